@@ -1,0 +1,64 @@
+// im2gemm: 2-D convolution, fp32, NCHW, forward and both backward passes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "im2gemm/common.hpp"
+
+namespace im2gemm {
+
+/// Shape of a 2-D convolution. Plain aggregate; every field is a count or a length.
+struct Conv2dShape {
+  std::int64_t batch = 1, in_channels = 1, in_height = 1, in_width = 1;
+  std::int64_t out_channels = 1, kernel_height = 1, kernel_width = 1;
+  std::int64_t stride_height = 1, stride_width = 1;
+  std::int64_t pad_height = 0, pad_width = 0;  ///< zeros on both sides
+  std::int64_t dilation_height = 1, dilation_width = 1;
+  std::int64_t groups = 1;  ///< in_channels and out_channels both divisible by groups
+
+  /// (in_height + 2*pad_height - ((kernel_height-1)*dilation_height+1)) / stride_height + 1.
+  /// Meaningful only for a shape that validate() accepts.
+  std::int64_t out_height() const;
+  std::int64_t out_width() const;
+
+  /// Throws std::invalid_argument naming the field and its value if the shape is not valid:
+  /// counts, kernel, stride, dilation, groups >= 1; pads >= 0; groups divides in_channels and
+  /// out_channels; the dilated kernel fits in the padded input; every tensor's element count
+  /// fits in 64 bits (and in memory: at most 2^62 bytes).
+  void validate() const;
+
+  std::int64_t x_size() const;  ///< N*C*H*W          (valid shapes only)
+  std::int64_t w_size() const;  ///< F*(C/groups)*KH*KW
+  std::int64_t y_size() const;  ///< N*F*OH*OW
+  /// Multiply-accumulates of one pass: N*F*OH*OW*(C/groups)*KH*KW. FLOPs are twice this.
+  std::int64_t macs() const;
+};
+
+/// Forward: y = act(conv(x, w) + bias).
+/// x [N][C][H][W], w [F][C/groups][KH][KW], bias [F] or empty (no bias).
+/// y [N][F][OH][OW] is OVERWRITTEN (never read).
+/// Convolution is cross-correlation with zero padding; filter f sees the input channels of its
+/// group only. Throws std::invalid_argument (y untouched) on a bad shape, a span of the wrong
+/// size, an Activation outside the enum, or y overlapping an input.
+void conv2d_forward(const Conv2dShape& shape, std::span<const float> x,
+                    std::span<const float> w, std::span<const float> bias,
+                    std::span<float> y, Activation act = Activation::identity);
+
+/// Backward data ("sensitivity map"): dx = col2im(W^T dy), then, if input_activation is not
+/// identity, dx *= input_activation'(x) computed from x (the layer's input, i.e. the previous
+/// layer's activated output). dy = dE/d(pre-activation output) [N][F][OH][OW].
+/// dx [N][C][H][W] is OVERWRITTEN. x may be empty only for Activation::identity.
+void conv2d_backward_data(const Conv2dShape& shape, std::span<const float> dy,
+                          std::span<const float> w, std::span<float> dx,
+                          Activation input_activation = Activation::identity,
+                          std::span<const float> x = {});
+
+/// Backward weights: dw [F][C/groups][KH][KW] and db [F] are OVERWRITTEN with the gradients
+/// summed over the batch. db may be empty (not computed).
+void conv2d_backward_weights(const Conv2dShape& shape, std::span<const float> x,
+                             std::span<const float> dy, std::span<float> dw,
+                             std::span<float> db);
+
+}  // namespace im2gemm
