@@ -1,18 +1,181 @@
-// Public max-pooling entry points. Until the vectorised fast path lands these validate and
-// call the reference loops.
+// Public max-pooling entry points: validate, plan, then run the per-ISA forward kernels or the
+// backward scatter over (n, c) planes with OpenMP.
 #include "im2gemm/maxpool2d.hpp"
-#include "im2gemm/reference.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "common/checks.hpp"
+#include "im2gemm/common.hpp"
+#include "pool/maxpool2d_impl.hpp"
+
+namespace im2gemm::detail {
+
+namespace {
+
+PoolIsa detect_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+      __builtin_cpu_supports("fma")) {
+    return PoolIsa::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return PoolIsa::avx2;
+#endif
+  return PoolIsa::scalar;
+}
+
+PoolIsa cap_from_env() {
+  const char* env = std::getenv("IM2GEMM_POOL_ISA");
+  if (env == nullptr) return PoolIsa::avx512;
+  const std::string_view v(env);
+  if (v == "scalar") return PoolIsa::scalar;
+  if (v == "avx2") return PoolIsa::avx2;
+  return PoolIsa::avx512;  // "avx512" or anything else: no cap
+}
+
+std::atomic<int> g_isa_cap{-1};  // -1: not read from the environment yet
+
+}  // namespace
+
+const char* pool_isa_name(PoolIsa isa) {
+  switch (isa) {
+    case PoolIsa::scalar: return "scalar";
+    case PoolIsa::avx2: return "avx2";
+    case PoolIsa::avx512: return "avx512";
+  }
+  return "?";
+}
+
+const char* pool_kernel_name(PoolKernel k) {
+  switch (k) {
+    case PoolKernel::k2x2_s2_p0: return "k2x2_s2_p0";
+    case PoolKernel::k3x3_s2_p1: return "k3x3_s2_p1";
+    case PoolKernel::k3x3_s2_p0: return "k3x3_s2_p0";
+    case PoolKernel::general: return "general";
+  }
+  return "?";
+}
+
+PoolIsa pool_isa_supported() {
+  static const PoolIsa isa = detect_isa();
+  return isa;
+}
+
+void set_pool_isa_cap(PoolIsa cap) { g_isa_cap.store(static_cast<int>(cap)); }
+
+PoolIsa pool_isa_active() {
+  int cap = g_isa_cap.load(std::memory_order_relaxed);
+  if (cap < 0) {
+    cap = static_cast<int>(cap_from_env());
+    int expected = -1;
+    if (!g_isa_cap.compare_exchange_strong(expected, cap)) cap = expected;
+  }
+  return static_cast<PoolIsa>(std::min(cap, static_cast<int>(pool_isa_supported())));
+}
+
+PoolKernel choose_pool_kernel(const PoolGeom& g) {
+  const bool s2 = g.sh == 2 && g.sw == 2;
+  if (s2 && g.kh == 2 && g.kw == 2 && g.ph == 0 && g.pw == 0) return PoolKernel::k2x2_s2_p0;
+  if (s2 && g.kh == 3 && g.kw == 3 && g.ph == 1 && g.pw == 1) return PoolKernel::k3x3_s2_p1;
+  if (s2 && g.kh == 3 && g.kw == 3 && g.ph == 0 && g.pw == 0) return PoolKernel::k3x3_s2_p0;
+  return PoolKernel::general;
+}
+
+namespace {
+
+PoolRowsFn rows_fn(PoolIsa isa) {
+  switch (isa) {
+    case PoolIsa::avx512: return &maxpool2d_forward_rows_avx512;
+    case PoolIsa::avx2: return &maxpool2d_forward_rows_avx2;
+    case PoolIsa::scalar: break;
+  }
+  return &maxpool2d_forward_rows_scalar;
+}
+
+PoolGeom geometry(const MaxPool2dShape& s) {
+  return PoolGeom{s.in_height,     s.in_width,     s.out_height(), s.out_width(),
+                  s.kernel_height, s.kernel_width, s.stride_height, s.stride_width,
+                  s.pad_height,    s.pad_width};
+}
+
+// Forward work is split into (plane, block of output rows) units; outputs of different units
+// never overlap. Planes alone suffice when there are several per thread; otherwise each plane
+// is cut into row blocks so that batch 1 with few channels still uses every thread.
+constexpr std::int64_t kUnitsPerThread = 4;
+
+struct ForwardPlan {
+  PoolGeom g;
+  PoolKernel kernel;
+  PoolRowsFn rows;
+  std::int64_t planes, blocks_per_plane, rows_per_block;
+  int threads;
+};
+
+ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
+  ForwardPlan p{};
+  p.g = geometry(s);
+  p.kernel = choose_pool_kernel(p.g);
+  p.rows = rows_fn(pool_isa_active());
+  p.planes = s.batch * s.channels;
+  p.threads = threads;
+  const std::int64_t want = kUnitsPerThread * threads;
+  p.blocks_per_plane = 1;
+  if (p.planes < want) p.blocks_per_plane = std::min(p.g.oh, (want + p.planes - 1) / p.planes);
+  p.rows_per_block = (p.g.oh + p.blocks_per_plane - 1) / p.blocks_per_plane;
+  p.blocks_per_plane = (p.g.oh + p.rows_per_block - 1) / p.rows_per_block;
+  return p;
+}
+
+}  // namespace
+
+}  // namespace im2gemm::detail
 
 namespace im2gemm {
 
 void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::span<float> y,
                        std::span<std::int32_t> argmax) {
-  reference::maxpool2d_forward(s, x, y, argmax);
+  detail::check_maxpool2d_forward(s, x, y, argmax);
+  const detail::ForwardPlan p = detail::plan_forward(s, num_threads());
+  const std::int64_t HW = p.g.h * p.g.w, OHW = p.g.oh * p.g.ow;
+  const std::int64_t units = p.planes * p.blocks_per_plane;
+  const float* xd = x.data();
+  float* yd = y.data();
+  std::int32_t* ad = argmax.data();
+#pragma omp parallel for num_threads(p.threads) schedule(static)
+  for (std::int64_t u = 0; u < units; ++u) {
+    const std::int64_t plane = u / p.blocks_per_plane, block = u % p.blocks_per_plane;
+    const std::int64_t oh0 = block * p.rows_per_block;
+    const std::int64_t oh1 = std::min(p.g.oh, oh0 + p.rows_per_block);
+    p.rows(p.kernel, p.g, xd + plane * HW, yd + plane * OHW, ad + plane * OHW, oh0, oh1);
+  }
 }
 
 void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
                         std::span<const std::int32_t> argmax, std::span<float> dx) {
-  reference::maxpool2d_backward(s, dy, argmax, dx);
+  // Every argmax entry is checked before dx is written.
+  detail::check_maxpool2d_backward(s, dy, argmax, dx);
+  const std::int64_t HW = s.in_height * s.in_width, OHW = s.out_height() * s.out_width();
+  const std::int64_t planes = s.batch * s.channels;
+  const float* g = dy.data();
+  const std::int32_t* a = argmax.data();
+  float* d = dx.data();
+  // One thread owns each plane: zero it, then add dy in output order (the reference's order,
+  // so overlapping windows round the same way).
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (std::int64_t p = 0; p < planes; ++p) {
+    float* dp = d + p * HW;
+    const float* gp = g + p * OHW;
+    const std::int32_t* ap = a + p * OHW;
+    std::memset(dp, 0, static_cast<std::size_t>(HW) * sizeof(float));
+    for (std::int64_t o = 0; o < OHW; ++o) dp[ap[o]] += gp[o];
+  }
 }
 
 }  // namespace im2gemm

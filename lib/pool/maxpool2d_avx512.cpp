@@ -1,0 +1,100 @@
+// Forward kernels, AVX-512 (F, BW, VL): 16 neighbouring outputs per group, mask-register
+// tails. Compiled for AVX-512 by the pragma below (not by the build flags), so the library
+// still runs on any x86-64; maxpool2d.cpp calls these only when the CPU has AVX-512.
+#include <cstdint>
+
+#include "pool/maxpool2d_impl.hpp"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
+
+namespace im2gemm::detail {
+namespace {
+
+struct Avx512 {
+  static constexpr int N = 16;
+  static constexpr int kOverreadS2 = 1;
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;  // lanes [0, n)
+  static M mask(int n) { return static_cast<M>((1u << n) - 1u); }
+  static F even(F lo, F hi) {  // lo[0], lo[2], ..., lo[14], hi[0], ..., hi[14]
+    const I idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(lo, idx, hi);
+  }
+  template <int S>
+  static F load(const float* p, std::int64_t s) {
+    if constexpr (S == 1) {
+      return _mm512_loadu_ps(p);
+    } else if constexpr (S == 2) {
+      return even(_mm512_loadu_ps(p), _mm512_loadu_ps(p + 16));
+    } else {
+      // the masked form with a zero source: the plain one trips -Wmaybe-uninitialized in GCC 12
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<M>(0xFFFF),
+                                      lanes(static_cast<std::int32_t>(s)), p, 4);
+    }
+  }
+  template <int S>
+  static F load_n(const float* p, std::int64_t s, int n, M m) {
+    if constexpr (S == 1) {
+      return _mm512_maskz_loadu_ps(m, p);
+    } else if constexpr (S == 2) {
+      const int c = 2 * n - 1;  // floats p[0 .. 2n-2]
+      const F lo = _mm512_maskz_loadu_ps(mask(c < 16 ? c : 16), p);
+      const F hi = _mm512_maskz_loadu_ps(mask(c > 16 ? c - 16 : 0), p + 16);
+      return even(lo, hi);
+    } else {
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
+                                      lanes(static_cast<std::int32_t>(s)), p, 4);
+    }
+  }
+  static I lanes(std::int32_t s) {
+    return _mm512_mullo_epi32(_mm512_set1_epi32(s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
+                                                                      9, 10, 11, 12, 13, 14, 15));
+  }
+  static I splat(std::uint32_t v) { return _mm512_set1_epi32(static_cast<std::int32_t>(v)); }
+  static I add(I a, I b) { return _mm512_add_epi32(a, b); }
+  static void update(F& best, I& off, F v, std::uint32_t o) {
+    const M ordered = _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
+    const M m = _mm512_mask_cmp_ps_mask(ordered, v, best, _CMP_NLE_UQ);
+    best = _mm512_mask_mov_ps(best, m, v);
+    off = _mm512_mask_mov_epi32(off, m, splat(o));
+  }
+  static void store(float* y, std::int32_t* a, F v, I i) {
+    _mm512_storeu_ps(y, v);
+    _mm512_storeu_si512(a, i);
+  }
+  static void store_n(float* y, std::int32_t* a, F v, I i, M m) {
+    _mm512_mask_storeu_ps(y, m, v);
+    _mm512_mask_storeu_epi32(a, m, i);
+  }
+};
+
+#include "pool/maxpool2d_kernels.inc"
+
+}  // namespace
+
+void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float* x, float* y,
+                                   std::int32_t* argmax, std::int64_t oh_begin,
+                                   std::int64_t oh_end) {
+  pool_forward_rows<Avx512>(k, g, x, y, argmax, oh_begin, oh_end);
+}
+
+}  // namespace im2gemm::detail
+
+#pragma GCC pop_options
+
+#else  // not x86-64 GCC/Clang: never selected (pool_isa_supported() is scalar)
+
+namespace im2gemm::detail {
+void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float* x, float* y,
+                                   std::int32_t* argmax, std::int64_t oh_begin,
+                                   std::int64_t oh_end) {
+  maxpool2d_forward_rows_scalar(k, g, x, y, argmax, oh_begin, oh_end);
+}
+}  // namespace im2gemm::detail
+
+#endif

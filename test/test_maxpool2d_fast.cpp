@@ -1,0 +1,403 @@
+// The fast max pooling against the reference loops, bit for bit, on every ISA path.
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "pool/maxpool2d_impl.hpp"
+#include "test_util.hpp"
+
+using namespace im2gemm;
+using detail::PoolIsa;
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr std::int32_t kIndexSentinel = 0x7eadbeef;
+
+// The ISAs this machine can run, each forced in turn by the tests.
+std::vector<PoolIsa> isas() {
+  std::vector<PoolIsa> v{PoolIsa::scalar};
+  if (detail::pool_isa_supported() >= PoolIsa::avx2) v.push_back(PoolIsa::avx2);
+  if (detail::pool_isa_supported() >= PoolIsa::avx512) v.push_back(PoolIsa::avx512);
+  return v;
+}
+
+// Restores the uncapped ISA and the default thread count at the end of a scope.
+struct IsaScope {
+  explicit IsaScope(PoolIsa isa) { detail::set_pool_isa_cap(isa); }
+  ~IsaScope() {
+    detail::set_pool_isa_cap(PoolIsa::avx512);
+    set_num_threads(0);
+  }
+};
+
+enum class Fill { floats, ties, special };
+
+std::vector<float> make_input(std::size_t n, std::uint32_t seed, Fill fill) {
+  switch (fill) {
+    case Fill::floats: return testutil::random_floats(n, seed);
+    case Fill::ties: return testutil::random_ints(n, seed, -2, 2);  // many equal maxima
+    case Fill::special: {
+      // small integers with NaN and -inf sprinkled in, sometimes in runs
+      auto v = testutil::random_ints(n, seed, -2, 2);
+      std::mt19937 rng(seed ^ 0x9e3779b9u);
+      std::uniform_int_distribution<int> d(0, 99);
+      for (std::size_t i = 0; i < n; ++i) {
+        const int r = d(rng);
+        if (r < 4) v[i] = kNaN;
+        else if (r < 30) v[i] = -kInf;
+        else if (r < 32) v[i] = kInf;
+      }
+      return v;
+    }
+  }
+  return {};
+}
+
+struct Result {
+  std::vector<float> y;
+  std::vector<std::int32_t> argmax;
+  std::vector<float> dx;
+};
+
+// Forward on x, backward with dy; outputs pre-filled with sentinels.
+template <class Fwd, class Bwd>
+Result run(const MaxPool2dShape& s, const std::vector<float>& x, const std::vector<float>& dy,
+           Fwd fwd, Bwd bwd) {
+  Result r;
+  r.y.assign(static_cast<std::size_t>(s.y_size()), kNaN);
+  r.argmax.assign(static_cast<std::size_t>(s.y_size()), kIndexSentinel);
+  r.dx.assign(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+  fwd(s, x, r.y, r.argmax);
+  bwd(s, dy, r.argmax, r.dx);
+  return r;
+}
+
+Result run_fast(const MaxPool2dShape& s, const std::vector<float>& x,
+                const std::vector<float>& dy) {
+  return run(
+      s, x, dy,
+      [](const MaxPool2dShape& sh, std::span<const float> a, std::span<float> b,
+         std::span<std::int32_t> c) { maxpool2d_forward(sh, a, b, c); },
+      [](const MaxPool2dShape& sh, std::span<const float> a, std::span<const std::int32_t> b,
+         std::span<float> c) { maxpool2d_backward(sh, a, b, c); });
+}
+
+Result run_ref(const MaxPool2dShape& s, const std::vector<float>& x,
+               const std::vector<float>& dy) {
+  return run(
+      s, x, dy,
+      [](const MaxPool2dShape& sh, std::span<const float> a, std::span<float> b,
+         std::span<std::int32_t> c) { reference::maxpool2d_forward(sh, a, b, c); },
+      [](const MaxPool2dShape& sh, std::span<const float> a, std::span<const std::int32_t> b,
+         std::span<float> c) { reference::maxpool2d_backward(sh, a, b, c); });
+}
+
+// Compares fast against reference exactly; returns false (after reporting) on a difference.
+bool same(const Result& got, const Result& want) {
+  const bool y_ok = testutil::bitwise_equal(got.y, want.y);
+  const bool a_ok = got.argmax == want.argmax;
+  const bool dx_ok = testutil::bitwise_equal(got.dx, want.dx);
+  if (!a_ok) {
+    for (std::size_t i = 0; i < got.argmax.size(); ++i) {
+      if (got.argmax[i] != want.argmax[i]) {
+        INFO("first argmax mismatch at " << i << ": got " << got.argmax[i] << " want "
+                                         << want.argmax[i]);
+        CHECK(a_ok);
+        break;
+      }
+    }
+  }
+  CHECK(y_ok);
+  CHECK(a_ok);
+  CHECK(dx_ok);
+  return y_ok && a_ok && dx_ok;
+}
+
+void check_against_reference(const MaxPool2dShape& s, std::uint32_t seed, Fill fill) {
+  const auto x = make_input(static_cast<std::size_t>(s.x_size()), seed, fill);
+  const auto dy = testutil::random_floats(static_cast<std::size_t>(s.y_size()), seed + 7);
+  const Result want = run_ref(s, x, dy);
+  const Result got = run_fast(s, x, dy);
+  same(got, want);
+}
+
+MaxPool2dShape pool(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
+                    std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
+                    std::int64_t ph, std::int64_t pw) {
+  MaxPool2dShape s;
+  s.batch = n; s.channels = c; s.in_height = h; s.in_width = w;
+  s.kernel_height = kh; s.kernel_width = kw; s.stride_height = sh; s.stride_width = sw;
+  s.pad_height = ph; s.pad_width = pw;
+  return s;
+}
+
+// Random valid shapes: kernels 1-5 (non-square), strides 1-4, pads up to kernel-1, odd sizes
+// from 1 to 70 (wide enough for full 16-lane groups and tails), batch 1-4.
+std::vector<MaxPool2dShape> random_shapes(int count, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto uni = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<MaxPool2dShape> out;
+  while (static_cast<int>(out.size()) < count) {
+    MaxPool2dShape s;
+    s.batch = uni(1, 4);
+    s.channels = uni(1, 5);
+    s.kernel_height = uni(1, 5);
+    s.kernel_width = uni(1, 5);
+    s.stride_height = uni(1, 4);
+    s.stride_width = uni(1, 4);
+    s.pad_height = uni(0, static_cast<int>(s.kernel_height) - 1);
+    s.pad_width = uni(0, static_cast<int>(s.kernel_width) - 1);
+    s.in_height = uni(1, uni(0, 3) == 0 ? 70 : 20);
+    s.in_width = uni(1, uni(0, 2) == 0 ? 70 : 24);
+    if (s.in_height + 2 * s.pad_height < s.kernel_height) continue;
+    if (s.in_width + 2 * s.pad_width < s.kernel_width) continue;
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ISA cap selects each path and never exceeds the CPU") {
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    CHECK(detail::pool_isa_active() == isa);
+  }
+  detail::set_pool_isa_cap(PoolIsa::avx512);
+  CHECK(detail::pool_isa_active() == detail::pool_isa_supported());
+  MESSAGE("CPU supports " << std::string(detail::pool_isa_name(detail::pool_isa_supported())));
+}
+
+TEST_CASE("kernel choice is named by the exact shape") {
+  auto k = [](std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
+              std::int64_t ph, std::int64_t pw) {
+    return detail::choose_pool_kernel(detail::PoolGeom{9, 9, 1, 1, kh, kw, sh, sw, ph, pw});
+  };
+  using detail::PoolKernel;
+  CHECK(k(2, 2, 2, 2, 0, 0) == PoolKernel::k2x2_s2_p0);
+  CHECK(k(3, 3, 2, 2, 1, 1) == PoolKernel::k3x3_s2_p1);
+  CHECK(k(3, 3, 2, 2, 0, 0) == PoolKernel::k3x3_s2_p0);
+  CHECK(k(2, 2, 2, 2, 1, 0) == PoolKernel::general);
+  CHECK(k(2, 2, 1, 2, 0, 0) == PoolKernel::general);
+  CHECK(k(3, 2, 2, 2, 1, 1) == PoolKernel::general);
+  CHECK(k(3, 3, 2, 2, 1, 0) == PoolKernel::general);
+  CHECK(k(3, 3, 3, 3, 1, 1) == PoolKernel::general);
+}
+
+TEST_CASE("random shapes match the reference exactly on every ISA") {
+  const auto shapes = random_shapes(320, 20261127u);
+  int checked = 0;
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (std::size_t i = 0; i < shapes.size(); ++i) {
+      const auto& s = shapes[i];
+      const Fill fill = static_cast<Fill>(i % 3);
+      CAPTURE(detail::pool_isa_name(isa));
+      CAPTURE(testutil::describe(s));
+      CAPTURE(static_cast<int>(fill));
+      check_against_reference(s, static_cast<std::uint32_t>(1000 + i), fill);
+      ++checked;
+    }
+  }
+  MESSAGE(checked << " shape x ISA cases");
+}
+
+TEST_CASE("dedicated paths on odd sizes cover their tails") {
+  // Widths around the 8- and 16-lane groups (and twice them for stride 2), odd and even
+  // heights, every fill.
+  const std::vector<std::int64_t> widths{2, 3, 4, 5, 7, 15, 16, 17, 18, 31, 32, 33, 34, 35,
+                                         47, 55, 63, 64, 65, 66, 67, 97, 112, 113};
+  const std::vector<std::int64_t> heights{2, 3, 4, 5, 9, 12};
+  struct Win { std::int64_t k, s, p; };
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (const Win win : {Win{2, 2, 0}, Win{3, 2, 1}, Win{3, 2, 0}}) {
+      for (std::int64_t h : heights) {
+        for (std::int64_t w : widths) {
+          const auto s = pool(1, 2, h, w, win.k, win.k, win.s, win.s, win.p, win.p);
+          if (h + 2 * win.p < win.k || w + 2 * win.p < win.k) continue;
+          CAPTURE(detail::pool_isa_name(isa));
+          CAPTURE(testutil::describe(s));
+          for (Fill fill : {Fill::floats, Fill::ties, Fill::special}) {
+            check_against_reference(s, static_cast<std::uint32_t>(h * 131 + w), fill);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("general path: stride > kernel, kernel = input, pad = kernel-1, 1x1") {
+  const std::vector<MaxPool2dShape> shapes{
+      pool(2, 3, 17, 37, 2, 2, 3, 3, 0, 0),   // stride > kernel: skipped cells
+      pool(1, 2, 19, 40, 1, 3, 4, 4, 0, 2),   // stride > kernel with padding
+      pool(1, 3, 9, 23, 9, 23, 1, 1, 0, 0),   // kernel = input
+      pool(2, 2, 7, 35, 5, 5, 1, 1, 4, 4),    // pad = kernel - 1, stride 1
+      pool(1, 1, 5, 6, 4, 3, 2, 1, 3, 2),     // pad = kernel - 1, non-square
+      pool(1, 2, 27, 37, 1, 1, 1, 1, 0, 0),   // 1x1 stride 1: identity
+      pool(1, 2, 27, 37, 1, 1, 2, 2, 0, 0),   // 1x1 stride 2: subsampling
+      pool(3, 2, 33, 71, 3, 2, 1, 2, 1, 1),   // stride 2 columns, stride 1 rows
+      pool(1, 1, 1, 200, 1, 3, 1, 3, 0, 1),   // one row
+      pool(1, 1, 200, 1, 3, 1, 3, 1, 1, 0),   // one column
+  };
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (const auto& s : shapes) {
+      CAPTURE(detail::pool_isa_name(isa));
+      CAPTURE(testutil::describe(s));
+      for (Fill fill : {Fill::floats, Fill::ties, Fill::special}) {
+        check_against_reference(s, 77u, fill);
+      }
+    }
+  }
+}
+
+TEST_CASE("semantics: ties, NaN, -inf, padding") {
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    CAPTURE(detail::pool_isa_name(isa));
+    // 2x2 windows over a 2x40 input: 20 outputs (full group + tail on every ISA).
+    const auto s = pool(1, 1, 2, 40, 2, 2, 2, 2, 0, 0);
+    std::vector<float> x(80, 1.0f);  // all tied: the first cell (row 0, even column) wins
+    std::vector<float> y(20);
+    std::vector<std::int32_t> a(20);
+    // window 1: two NaNs, the first in row-major order is (0, 3)
+    x[3] = kNaN; x[40 + 2] = kNaN;
+    // window 2: NaN after a larger value still wins
+    x[4] = 5.0f; x[40 + 5] = kNaN;
+    // window 3: all -inf gives -inf and the first cell
+    x[6] = x[7] = x[46] = x[47] = -kInf;
+    // window 4: tie between (0,9) and (1,8): row-major first is (0,9)
+    x[9] = 3.0f; x[48] = 3.0f;
+    // window 5: -inf then a larger finite value
+    x[10] = -kInf; x[11] = -kInf; x[50] = -kInf; x[51] = -7.0f;
+    // window 6: +inf beats everything, NaN beats +inf
+    x[12] = kInf; x[53] = kInf;
+    x[14] = kInf; x[55] = kNaN;
+    // window 19 (tail on AVX-512): NaN in the last cell
+    x[40 + 39] = kNaN;
+    maxpool2d_forward(s, x, y, a);
+    CHECK(std::isnan(y[1])); CHECK(a[1] == 3);
+    CHECK(std::isnan(y[2])); CHECK(a[2] == 45);
+    CHECK(y[3] == -kInf); CHECK(a[3] == 6);
+    CHECK(y[4] == 3.0f); CHECK(a[4] == 9);
+    CHECK(y[5] == -7.0f); CHECK(a[5] == 51);
+    CHECK(y[6] == kInf); CHECK(a[6] == 12);
+    CHECK(std::isnan(y[7])); CHECK(a[7] == 55);
+    CHECK(std::isnan(y[19])); CHECK(a[19] == 79);
+    for (int o : {0, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}) {
+      CHECK(y[o] == 1.0f);
+      CHECK(a[o] == 2 * o);
+    }
+    // Padded cells never win: all-negative and all -inf inputs with padding 1.
+    const auto sp = pool(1, 1, 5, 37, 3, 3, 2, 2, 1, 1);
+    std::vector<float> neg(5 * 37, -4.0f);
+    std::vector<float> yp(static_cast<std::size_t>(sp.y_size()));
+    std::vector<std::int32_t> ap(yp.size());
+    maxpool2d_forward(sp, neg, yp, ap);
+    std::vector<float> yr(yp.size());
+    std::vector<std::int32_t> ar(yp.size());
+    reference::maxpool2d_forward(sp, neg, yr, ar);
+    for (float v : yp) CHECK(v == -4.0f);
+    CHECK(ap == ar);
+    CHECK(ap[0] == 0);  // first real cell of the top-left window
+    std::vector<float> ninf(5 * 37, -kInf);
+    maxpool2d_forward(sp, ninf, yp, ap);
+    reference::maxpool2d_forward(sp, ninf, yr, ar);
+    for (float v : yp) CHECK(v == -kInf);
+    CHECK(ap == ar);
+    CHECK(ap[1] == 1);  // window columns 1..3 of row 0 (row -1 is padding)
+  }
+}
+
+TEST_CASE("backward: overlapping windows add up, stride > kernel leaves zeros") {
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    const auto s = pool(1, 1, 1, 5, 1, 3, 1, 1, 0, 0);  // windows [0,3) [1,4) [2,5)
+    const std::vector<float> x{0.0f, 1.0f, 9.0f, 2.0f, 3.0f};
+    std::vector<float> y(3), dx(5, testutil::kSentinel);
+    std::vector<std::int32_t> a(3);
+    maxpool2d_forward(s, x, y, a);
+    CHECK(a == std::vector<std::int32_t>{2, 2, 2});
+    maxpool2d_backward(s, std::vector<float>{1.0f, 2.0f, 4.0f}, a, dx);
+    CHECK(dx == std::vector<float>{0.0f, 0.0f, 7.0f, 0.0f, 0.0f});
+  }
+}
+
+TEST_CASE("corrupted argmax is rejected and dx is untouched") {
+  const auto s = pool(2, 3, 9, 11, 3, 3, 2, 2, 1, 1);
+  const auto x = testutil::random_floats(static_cast<std::size_t>(s.x_size()), 5u);
+  std::vector<float> y(static_cast<std::size_t>(s.y_size()));
+  std::vector<std::int32_t> a(y.size());
+  maxpool2d_forward(s, x, y, a);
+  const std::int32_t plane = 9 * 11;
+  for (const std::size_t pos : {std::size_t{0}, a.size() / 2, a.size() - 1}) {
+    for (const std::int32_t bad : {-1, plane, plane + 5, std::numeric_limits<std::int32_t>::max(),
+                                   std::numeric_limits<std::int32_t>::min()}) {
+      auto corrupt = a;
+      corrupt[pos] = bad;
+      std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+      CAPTURE(pos);
+      CAPTURE(bad);
+      CHECK_THROWS_AS(maxpool2d_backward(s, y, corrupt, dx), std::invalid_argument);
+      bool untouched = true;
+      for (float v : dx) untouched = untouched && v == testutil::kSentinel;
+      CHECK(untouched);
+    }
+  }
+  // Bad sizes are rejected before anything is written, too.
+  std::vector<float> y_short(y.size() - 1, testutil::kSentinel);
+  std::vector<std::int32_t> a_out(y.size(), kIndexSentinel);
+  CHECK_THROWS_AS(maxpool2d_forward(s, x, y_short, a_out), std::invalid_argument);
+  for (auto v : a_out) CHECK(v == kIndexSentinel);
+}
+
+TEST_CASE("1 and 2 threads give identical bits; batch 1 uses row blocks") {
+  const std::vector<MaxPool2dShape> shapes{
+      pool(3, 5, 40, 57, 3, 3, 2, 2, 1, 1),
+      pool(1, 1, 61, 67, 2, 2, 2, 2, 0, 0),   // one plane: split into row blocks
+      pool(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),
+      pool(2, 3, 31, 29, 4, 3, 1, 2, 2, 1),
+  };
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (const auto& s : shapes) {
+      CAPTURE(detail::pool_isa_name(isa));
+      CAPTURE(testutil::describe(s));
+      const auto x = make_input(static_cast<std::size_t>(s.x_size()), 3u, Fill::special);
+      const auto dy = testutil::random_floats(static_cast<std::size_t>(s.y_size()), 4u);
+      set_num_threads(1);
+      const Result one = run_fast(s, x, dy);
+      set_num_threads(2);
+      const Result two = run_fast(s, x, dy);
+      const Result again = run_fast(s, x, dy);
+      same(two, one);
+      same(again, two);
+      same(one, run_ref(s, x, dy));
+    }
+  }
+}
+
+TEST_CASE("the suite's pools match the reference (reduced batch)") {
+  // pools.txt shapes with batch 1 and fewer channels: the exact bench geometry, quickly.
+  const std::vector<MaxPool2dShape> shapes{
+      pool(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),     // lenet_pool
+      pool(1, 2, 224, 224, 2, 2, 2, 2, 0, 0),   // vgg_pool1
+      pool(1, 2, 112, 112, 3, 3, 2, 2, 1, 1),   // resnet_pool
+      pool(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),     // alexnet_pool1
+  };
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (const auto& s : shapes) {
+      CAPTURE(detail::pool_isa_name(isa));
+      CAPTURE(testutil::describe(s));
+      check_against_reference(s, 11u, Fill::floats);
+      check_against_reference(s, 12u, Fill::special);
+    }
+  }
+}
