@@ -61,4 +61,12 @@ void conv2d_backward_weights(const Conv2dShape& shape, std::span<const float> x,
                              std::span<const float> dy, std::span<float> dw,
                              std::span<float> db);
 
+/// Bytes of scratch memory one thread needs for a call on this shape with `threads` threads
+/// (0 = num_threads()), the maximum over the three passes. The passes keep one buffer per
+/// thread, allocated on first use, grown to the largest shape seen and reused by later calls
+/// (also from other user threads: each thread has its own). At most 8 MiB per thread on every
+/// layer of the benchmark suite. Throws std::invalid_argument for an invalid shape or
+/// threads < 0.
+std::size_t conv2d_scratch_bytes(const Conv2dShape& shape, int threads = 0);
+
 }  // namespace im2gemm

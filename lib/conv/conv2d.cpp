@@ -1,26 +1,401 @@
-// Public convolution entry points. Until the im2col + sgemm fast path lands these validate
-// and call the reference loops.
+// Public convolution entry points: im2col / col2im lowering + single-threaded OpenBLAS sgemm
+// per column block, inside one OpenMP region per call. plan_conv() (plan.cpp) decides the
+// blocking and the split over threads; this file only executes the plan.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstring>
+#include <new>
+#include <vector>
+
 #include "common/checks.hpp"
+#include "common/threads.hpp"
+#include "conv/lowering.hpp"
+#include "conv/plan.hpp"
+#include "conv/scratch.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/reference.hpp"
 
 namespace im2gemm {
 
+namespace {
+
+using i64 = std::int64_t;
+using detail::ConvGeom;
+using detail::ConvPass;
+using detail::ConvPlan;
+using detail::part_begin;
+
+// Row-major C = op(A) * op(B) + beta*C with int dimensions (checked by fits_blas_int).
+void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const float* a, i64 lda,
+           const float* b, i64 ldb, float beta, float* c, i64 ldc) {
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
+              static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
+              static_cast<blasint>(ldc));
+}
+
+// Every sgemm dimension and leading dimension is at most one of these.
+bool fits_blas_int(const ConvPlan& p) {
+  const i64 lim = INT_MAX;
+  return p.K <= lim && p.P <= lim && p.Fg <= lim && p.images_per_block * p.P <= lim;
+}
+
+struct Scratch {
+  float* col = nullptr;
+  float* tmp = nullptr;
+  float* partial = nullptr;
+};
+
+i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
+
+// Carves this thread's scratch; nullptr members if the allocation failed (then `ok` is false).
+bool carve_scratch(const ConvPlan& p, Scratch& sc) {
+  float* base = detail::thread_scratch(p.scratch_bytes());
+  if (base == nullptr) return false;
+  sc.col = base;
+  sc.tmp = sc.col + round16(p.col_floats);
+  sc.partial = sc.tmp + round16(p.tmp_floats);
+  return true;
+}
+
+struct Dims {
+  i64 C, F, HW, P, K, Cg, Fg, G, khw;
+  explicit Dims(const Conv2dShape& s, const ConvPlan& p)
+      : C(s.in_channels), F(s.out_channels), HW(s.in_height * s.in_width), P(p.P), K(p.K),
+        Cg(p.Cg), Fg(p.Fg), G(p.groups), khw(p.khw) {}
+};
+
+// ---------------------------------------------------------------------------------------
+// Forward. Item = (image run, group, pixel block, filter block); items are dealt to threads
+// in contiguous ranges, so consecutive filter blocks of one column block reuse its im2col.
+
+void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const float* w,
+                  const float* bias, float* y, Activation act) {
+  const ConvGeom geo(s);
+  const Dims d(s, p);
+  const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(p.threads)
+  {
+    detail::sgemm_single_thread_guard();
+    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
+    Scratch sc;
+    if (!carve_scratch(p, sc)) {
+      failed.store(true);
+    } else {
+      i64 col_key = -1;  // which (image run, group, pixel block) sc.col holds
+      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+        const i64 fb = it % p.filter_blocks;
+        const i64 key = it / p.filter_blocks;
+        const i64 pb = key % p.pixel_blocks;
+        const i64 gi = (key / p.pixel_blocks) % d.G;
+        const i64 ig = key / p.pixel_blocks / d.G;
+        const i64 n0 = part_begin(ig, p.image_groups, p.N);
+        const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+        const i64 f0 = part_begin(fb, p.filter_blocks, d.Fg);
+        const i64 f1 = part_begin(fb + 1, p.filter_blocks, d.Fg);
+        const float* wg = w + (gi * d.Fg + f0) * d.K;
+        const float* bg = bias ? bias + gi * d.Fg + f0 : nullptr;
+        if (n1 - n0 == 1) {
+          const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+          const float* xg = x + (n0 * d.C + gi * d.Cg) * d.HW;
+          const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
+          i64 ldb = d.P;
+          if (!p.pointwise) {
+            if (key != col_key) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
+            col_key = key;
+            cb = sc.col;
+            ldb = q1 - q0;
+          }
+          float* yb = y + (n0 * d.F + gi * d.Fg + f0) * d.P + q0;
+          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, 0.0f, yb, d.P);
+          detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, bg, act);
+        } else {
+          // Several small images side by side: one sgemm, then the finishing pass scatters
+          // tmp into y with bias and activation.
+          const i64 cols = (n1 - n0) * d.P;
+          if (key != col_key) {
+            for (i64 i = 0; i < n1 - n0; ++i) {
+              detail::im2col_block(geo, x + ((n0 + i) * d.C + gi * d.Cg) * d.HW, d.Cg, 0, d.P,
+                                   sc.col + i * d.P, cols);
+            }
+          }
+          col_key = key;
+          sgemm(false, false, f1 - f0, cols, d.K, wg, d.K, sc.col, cols, 0.0f, sc.tmp, cols);
+          for (i64 i = 0; i < n1 - n0; ++i) {
+            for (i64 f = 0; f < f1 - f0; ++f) {
+              detail::bias_act_copy(y + ((n0 + i) * d.F + gi * d.Fg + f0 + f) * d.P,
+                                    sc.tmp + f * cols + i * d.P, d.P, bg ? bg[f] : 0.0f, act);
+            }
+          }
+        }
+      }
+    }
+  }
+  if (failed.load()) throw std::bad_alloc();
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward data. Item = (image run, group, channel block); the item owns those dx planes.
+// col = W_g[:, channels]^T * dy-block, then col2im ADDS into dx rows zeroed just before their
+// first touch; a dx row is final once no later pixel block reaches it, and the input
+// activation's derivative is applied to it then (while it is still in cache).
+
+void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy,
+                        const float* w, float* dx, Activation act, const float* x) {
+  const ConvGeom geo(s);
+  const Dims d(s, p);
+  const i64 items = p.image_groups * d.G * p.channel_blocks;
+  const i64 H = s.in_height, W = s.in_width;
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(p.threads)
+  {
+    detail::sgemm_single_thread_guard();
+    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
+    Scratch sc;
+    if (!carve_scratch(p, sc)) {
+      failed.store(true);
+    } else {
+      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+        const i64 cbk = it % p.channel_blocks;
+        const i64 gi = (it / p.channel_blocks) % d.G;
+        const i64 ig = it / p.channel_blocks / d.G;
+        const i64 n0 = part_begin(ig, p.image_groups, p.N);
+        const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+        const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
+        const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
+        const i64 nch = c1 - c0, rows = nch * d.khw;
+        const float* wg = w + gi * d.Fg * d.K + c0 * d.khw;  // A = wg^T: rows x Fg, lda K
+        if (n1 - n0 == 1) {
+          const i64 plane0 = (n0 * d.C + gi * d.Cg + c0) * d.HW;
+          float* dxg = dx + plane0;
+          const float* xg = x ? x + plane0 : nullptr;
+          const float* dyg = dy + (n0 * d.F + gi * d.Fg) * d.P;
+          i64 zeroed = 0, finished = 0;  // dx rows [0, zeroed) are zeroed, [0, finished) final
+          for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
+            const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+            if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
+              sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0,
+                    d.HW);
+              if (act != Activation::identity) {
+                for (i64 c = 0; c < nch; ++c) {
+                  detail::act_backward(act, xg + c * d.HW + q0, dxg + c * d.HW + q0, q1 - q0);
+                }
+              }
+              continue;
+            }
+            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col,
+                  q1 - q0);
+            const i64 done =
+                q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
+            const i64 touched =
+                q1 == d.P ? H
+                          : std::clamp(((q1 - 1) / geo.OW) * geo.SH - geo.PH +
+                                           (geo.KH - 1) * geo.DH + 1,
+                                       i64{0}, H);
+            const i64 zero_to = std::max(done, touched);
+            if (zero_to > zeroed) {
+              for (i64 c = 0; c < nch; ++c) {
+                std::memset(dxg + c * d.HW + zeroed * W, 0,
+                            static_cast<std::size_t>((zero_to - zeroed) * W) * sizeof(float));
+              }
+              zeroed = zero_to;
+            }
+            detail::col2im_add_block(geo, sc.col, q1 - q0, nch, q0, q1, dxg);
+            if (act != Activation::identity && done > finished) {
+              for (i64 c = 0; c < nch; ++c) {
+                detail::act_backward(act, xg + c * d.HW + finished * W,
+                                     dxg + c * d.HW + finished * W, (done - finished) * W);
+              }
+            }
+            finished = std::max(finished, done);
+          }
+        } else {
+          const i64 cols = (n1 - n0) * d.P;
+          for (i64 i = 0; i < n1 - n0; ++i) {
+            for (i64 f = 0; f < d.Fg; ++f) {
+              detail::copy_floats(sc.tmp + f * cols + i * d.P,
+                                  dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+            }
+          }
+          sgemm(true, false, rows, cols, d.Fg, wg, d.K, sc.tmp, cols, 0.0f, sc.col, cols);
+          for (i64 i = 0; i < n1 - n0; ++i) {
+            const i64 plane0 = ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW;
+            float* dxi = dx + plane0;
+            std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));
+            detail::col2im_add_block(geo, sc.col + i * d.P, cols, nch, 0, d.P, dxi);
+            if (act != Activation::identity) {
+              detail::act_backward(act, x + plane0, dxi, nch * d.HW);
+            }
+          }
+        }
+      }
+    }
+  }
+  if (failed.load()) throw std::bad_alloc();
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward weights. dW_g[:, channels] (+)= dy-block * col-block^T over images and blocks.
+
+struct WeightsCtx {
+  const ConvGeom& geo;
+  const Dims& d;
+  const ConvPlan& p;
+  const float* x;
+  const float* dy;
+};
+
+// Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
+// c_out (row stride K); the first sgemm overwrites (beta 0) if `first`.
+void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0,
+                 i64 c1, float* c_out, bool first) {
+  const Dims& d = cx.d;
+  const ConvPlan& p = cx.p;
+  const i64 nch = c1 - c0, rows = nch * d.khw;
+  if (n1 - n0 == 1) {
+    const float* xg = cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW;
+    const float* dyg = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
+    for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
+      const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+      const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
+      i64 ldb = d.P;
+      if (!p.pointwise) {
+        detail::im2col_block(cx.geo, xg, nch, q0, q1, sc.col, q1 - q0);
+        cb = sc.col;
+        ldb = q1 - q0;
+      }
+      sgemm(false, true, d.Fg, rows, q1 - q0, dyg + q0, d.P, cb, ldb,
+            first && pb == 0 ? 0.0f : 1.0f, c_out, d.K);
+    }
+    return;
+  }
+  const i64 cols = (n1 - n0) * d.P;
+  for (i64 i = 0; i < n1 - n0; ++i) {
+    for (i64 f = 0; f < d.Fg; ++f) {
+      detail::copy_floats(sc.tmp + f * cols + i * d.P,
+                          cx.dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+    }
+    detail::im2col_block(cx.geo, cx.x + ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW, nch, 0, d.P,
+                         sc.col + i * d.P, cols);
+  }
+  sgemm(false, true, d.Fg, rows, cols, sc.tmp, cols, sc.col, cols, first ? 0.0f : 1.0f, c_out,
+        d.K);
+}
+
+void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x,
+                           const float* dy, float* dw, float* db) {
+  const ConvGeom geo(s);
+  const Dims d(s, p);
+  const WeightsCtx cx{geo, d, p, x, dy};
+  const i64 wsize = d.F * d.K;
+  std::vector<float*> partials(static_cast<std::size_t>(p.threads), nullptr);
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(p.threads)
+  {
+    detail::sgemm_single_thread_guard();
+    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
+    Scratch sc;
+    const bool ok = carve_scratch(p, sc);
+    if (!ok) failed.store(true);
+    if (p.weight_partials) {
+      // Thread t sums its images into its own dW (thread 0: dw itself); then the partials are
+      // added into dw in thread order, element ranges split over the threads.
+      float* mine = t == 0 ? dw : sc.partial;
+      partials[static_cast<std::size_t>(t)] = mine;
+      if (ok) {
+        const i64 a = part_begin(t, nthr, p.N), b = part_begin(t + 1, nthr, p.N);
+        if (a == b) std::memset(mine, 0, static_cast<std::size_t>(wsize) * sizeof(float));
+        const i64 runs = (b - a + p.images_per_block - 1) / p.images_per_block;
+        for (i64 r = 0; r < runs; ++r) {
+          const i64 n0 = a + part_begin(r, runs, b - a), n1 = a + part_begin(r + 1, runs, b - a);
+          for (i64 gi = 0; gi < d.G; ++gi) {
+            weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0);
+          }
+        }
+      }
+#pragma omp barrier
+      if (!failed.load()) {
+        const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
+        for (i64 u = 1; u < nthr; ++u) {
+          detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
+        }
+      }
+    } else if (ok) {
+      const i64 items = d.G * p.channel_blocks;
+      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+        const i64 gi = it / p.channel_blocks, cbk = it % p.channel_blocks;
+        const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
+        const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
+        float* c_out = dw + gi * d.Fg * d.K + c0 * d.khw;
+        for (i64 ig = 0; ig < p.image_groups; ++ig) {
+          weights_run(cx, sc, part_begin(ig, p.image_groups, p.N),
+                      part_begin(ig + 1, p.image_groups, p.N), gi, c0, c1, c_out, ig == 0);
+        }
+      }
+    }
+    if (db != nullptr) {
+      // Bias gradient: per filter, float sums per plane added in image order.
+#pragma omp for schedule(static)
+      for (i64 f = 0; f < d.F; ++f) {
+        double acc = 0.0;
+        for (i64 n = 0; n < p.N; ++n) acc += detail::sum_floats(dy + (n * d.F + f) * d.P, d.P);
+        db[f] = static_cast<float>(acc);
+      }
+    }
+  }
+  if (failed.load()) throw std::bad_alloc();
+}
+
+int resolve_threads(int threads) { return threads > 0 ? threads : num_threads(); }
+
+}  // namespace
+
+std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
+  s.validate();
+  if (threads < 0) {
+    detail::fail("conv2d_scratch_bytes: threads must be >= 0, got " + std::to_string(threads));
+  }
+  const int t = resolve_threads(threads);
+  std::size_t bytes = 0;
+  for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+    bytes = std::max(bytes, detail::plan_conv(s, pass, t).scratch_bytes());
+  }
+  return bytes;
+}
+
 void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<const float> w,
                     std::span<const float> bias, std::span<float> y, Activation act) {
-  reference::conv2d_forward(s, x, w, bias, y, act);
+  detail::check_conv2d_forward(s, x, w, bias, y, act);
+  const ConvPlan p = detail::plan_conv(s, ConvPass::forward, num_threads());
+  if (!fits_blas_int(p)) return reference::conv2d_forward(s, x, w, bias, y, act);
+  forward_impl(s, p, x.data(), w.data(), bias.empty() ? nullptr : bias.data(), y.data(), act);
 }
 
 void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
                           std::span<const float> w, std::span<float> dx,
                           Activation input_activation, std::span<const float> x) {
-  reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
+  detail::check_conv2d_backward_data(s, dy, w, dx, input_activation, x);
+  const ConvPlan p = detail::plan_conv(s, ConvPass::backward_data, num_threads());
+  if (!fits_blas_int(p)) {
+    return reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
+  }
+  backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation,
+                     x.empty() ? nullptr : x.data());
 }
 
 void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
                              std::span<const float> dy, std::span<float> dw,
                              std::span<float> db) {
-  reference::conv2d_backward_weights(s, x, dy, dw, db);
+  detail::check_conv2d_backward_weights(s, x, dy, dw, db);
+  const ConvPlan p = detail::plan_conv(s, ConvPass::backward_weights, num_threads());
+  if (!fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
+  backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data());
 }
 
 }  // namespace im2gemm

@@ -1,0 +1,48 @@
+// Internal: the memory-bound kernels around sgemm (im2col, col2im, bias + activation, dy
+// gathering, bias-gradient sums). Each is compiled for AVX-512, AVX2 and baseline x86-64 and
+// picked at load time (GCC target_clones), so one libim2gemm.a runs on any x86-64.
+#pragma once
+
+#include <cstdint>
+
+#include "im2gemm/common.hpp"
+#include "im2gemm/conv2d.hpp"
+
+namespace im2gemm::detail {
+
+/// Geometry of one image plane and the kernel, as the lowering kernels need it.
+struct ConvGeom {
+  std::int64_t H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
+  explicit ConvGeom(const Conv2dShape& s)
+      : H(s.in_height), W(s.in_width), OH(s.out_height()), OW(s.out_width()),
+        KH(s.kernel_height), KW(s.kernel_width), SH(s.stride_height), SW(s.stride_width),
+        PH(s.pad_height), PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width) {}
+};
+
+/// Column block of one image: for nch channels starting at plane x (H*W floats each) and
+/// output pixels [q0, q1) of the image, row (c*KH + kh)*KW + kw of col (row stride ldcol)
+/// gets x[c][oh*SH-PH+kh*DH][ow*SW-PW+kw*DW] (0 in the padding) at column p - q0.
+/// Every element of the (nch*KH*KW) x (q1-q0) block is written.
+void im2col_block(const ConvGeom& g, const float* x, std::int64_t nch, std::int64_t q0,
+                  std::int64_t q1, float* col, std::int64_t ldcol);
+
+/// The adjoint of im2col_block: ADDS every in-image element of the column block into dx
+/// (nch planes of H*W floats). Padding positions are dropped.
+void col2im_add_block(const ConvGeom& g, const float* col, std::int64_t ldcol,
+                      std::int64_t nch, std::int64_t q0, std::int64_t q1, float* dx);
+
+/// rows x cols block of y (row stride ldy), in place: y = act(y + bias[r]); bias may be null.
+void bias_act_rows(float* y, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
+                   const float* bias, Activation act);
+/// dst[i] = act(src[i] + b) for i < n.
+void bias_act_copy(float* dst, const float* src, std::int64_t n, float b, Activation act);
+/// d[i] *= act'(from y[i]) for i < n (the seed's activator.backward on the layer input).
+void act_backward(Activation act, const float* y, float* d, std::int64_t n);
+/// Sum of v[0..n) in float, 16 interleaved partial sums combined in a fixed order.
+float sum_floats(const float* v, std::int64_t n);
+/// dst[i] = src[i] for i < n.
+void copy_floats(float* dst, const float* src, std::int64_t n);
+/// d[i] += s[i] for i < n.
+void add_floats(float* d, const float* s, std::int64_t n);
+
+}  // namespace im2gemm::detail

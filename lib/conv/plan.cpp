@@ -1,0 +1,156 @@
+#include "conv/plan.hpp"
+
+#include <algorithm>
+#include <atomic>
+
+namespace im2gemm::detail {
+
+namespace {
+
+std::atomic<std::size_t> g_block_target_bytes{0};  // 0: kBlockTargetBytes
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+
+bool balanced(std::int64_t items, std::int64_t threads) {
+  return items % threads == 0 || items >= kBalancedItemsPerThread * threads;
+}
+
+std::size_t round_up_64(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// Pixel blocking of one image for a column block of `rows` rows (plus `extra_rows` rows of a
+// gathered block when images are side by side). Sets images_per_block / block_pixels /
+// pixel_blocks; images_per_block is at most max_images.
+void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
+                   std::int64_t max_images) {
+  const auto floats = static_cast<std::int64_t>(block_target_bytes() / sizeof(float));
+  const std::int64_t cols = std::max(kMinBlockPixels, floats / std::max<std::int64_t>(rows, 1));
+  const std::int64_t cols_multi =
+      std::max(kMinBlockPixels, floats / std::max<std::int64_t>(rows + extra_rows, 1));
+  if (2 * p.P <= cols_multi && max_images > 1) {  // several small images side by side
+    p.images_per_block = std::min(max_images, cols_multi / p.P);
+    p.block_pixels = p.P;
+    p.pixel_blocks = 1;
+    return;
+  }
+  p.images_per_block = 1;
+  p.pixel_blocks = ceil_div(p.P, cols);
+  p.block_pixels = ceil_div(p.P, p.pixel_blocks);
+  if (p.block_pixels > 4 * kPixelAlign) {
+    p.block_pixels = std::min(p.P, ceil_div(p.block_pixels, kPixelAlign) * kPixelAlign);
+  }
+  p.pixel_blocks = ceil_div(p.P, p.block_pixels);
+}
+
+void set_pixel_blocks(ConvPlan& p, std::int64_t blocks) {
+  p.block_pixels = ceil_div(p.P, blocks);
+  p.pixel_blocks = ceil_div(p.P, p.block_pixels);
+}
+
+// Image runs: at most images_per_block images each, and enough runs for the threads.
+void choose_image_groups(ConvPlan& p, std::int64_t images, std::int64_t other_items) {
+  p.image_groups = ceil_div(images, p.images_per_block);
+  while (p.images_per_block > 1 && !balanced(p.image_groups * other_items, p.threads)) {
+    --p.images_per_block;
+    p.image_groups = ceil_div(images, p.images_per_block);
+  }
+}
+
+}  // namespace
+
+void set_block_target_bytes(std::size_t bytes) {
+  g_block_target_bytes.store(bytes, std::memory_order_relaxed);
+}
+
+std::size_t block_target_bytes() {
+  const std::size_t b = g_block_target_bytes.load(std::memory_order_relaxed);
+  return b != 0 ? b : kBlockTargetBytes;
+}
+
+bool is_conv1x1_s1_p0_d1(const Conv2dShape& s) {
+  return s.kernel_height == 1 && s.kernel_width == 1 && s.stride_height == 1 &&
+         s.stride_width == 1 && s.pad_height == 0 && s.pad_width == 0 &&
+         s.dilation_height == 1 && s.dilation_width == 1;
+}
+
+std::size_t ConvPlan::scratch_bytes() const {
+  return round_up_64(static_cast<std::size_t>(col_floats) * sizeof(float)) +
+         round_up_64(static_cast<std::size_t>(tmp_floats) * sizeof(float)) +
+         round_up_64(static_cast<std::size_t>(partial_floats) * sizeof(float));
+}
+
+ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
+  ConvPlan p;
+  p.pass = pass;
+  p.threads = std::max(threads, 1);
+  p.groups = s.groups;
+  p.Cg = s.in_channels / s.groups;
+  p.Fg = s.out_channels / s.groups;
+  p.khw = s.kernel_height * s.kernel_width;
+  p.K = p.Cg * p.khw;
+  p.P = s.out_height() * s.out_width();
+  p.N = s.batch;
+  p.pointwise = is_conv1x1_s1_p0_d1(s);
+  const std::int64_t T = p.threads, G = p.groups;
+
+  switch (pass) {
+    case ConvPass::forward: {
+      // Items: image run x group x pixel block x filter block, all with disjoint outputs.
+      choose_blocks(p, p.K, p.Fg, p.N);
+      choose_image_groups(p, p.N, G * p.pixel_blocks);
+      for (;;) {
+        const std::int64_t items = p.image_groups * G * p.pixel_blocks * p.filter_blocks;
+        if (balanced(items, T)) break;
+        if (p.images_per_block == 1 && p.P / (p.pixel_blocks + 1) >= kMinSplitPixels) {
+          set_pixel_blocks(p, p.pixel_blocks + 1);
+        } else if (p.Fg / (p.filter_blocks + 1) >= kMinFiltersPerBlock) {
+          ++p.filter_blocks;
+        } else {
+          break;
+        }
+      }
+      const std::int64_t cols = p.images_per_block * p.block_pixels;
+      p.col_floats = p.skips_im2col() ? 0 : p.K * cols;
+      p.tmp_floats = p.images_per_block > 1 ? ceil_div(p.Fg, p.filter_blocks) * cols : 0;
+      break;
+    }
+    case ConvPass::backward_data: {
+      // Items: image run x group x channel block; an item owns its dx planes and runs all of
+      // their pixel blocks in order (col2im adds, the activation derivative ends each row).
+      while (!balanced(p.N * G * p.channel_blocks, T) && p.channel_blocks < p.Cg) {
+        ++p.channel_blocks;
+      }
+      const std::int64_t rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
+      choose_blocks(p, rows, p.Fg, p.N);
+      choose_image_groups(p, p.N, G * p.channel_blocks);
+      const std::int64_t cols = p.images_per_block * p.block_pixels;
+      p.col_floats = p.skips_im2col() ? 0 : rows * cols;
+      p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
+      break;
+    }
+    case ConvPass::backward_weights: {
+      const auto partial_bytes =
+          static_cast<std::size_t>(s.out_channels) * static_cast<std::size_t>(p.K) * sizeof(float);
+      p.weight_partials = T > 1 && p.N >= T && partial_bytes <= kMaxWeightPartialBytes;
+      std::int64_t rows = p.K;
+      if (p.weight_partials) {
+        // Thread t sums its own images into its partial dW: all groups, all channels.
+        choose_blocks(p, rows, p.Fg, ceil_div(p.N, T));
+        p.image_groups = ceil_div(ceil_div(p.N, T), p.images_per_block);  // per thread
+        p.partial_floats = s.out_channels * p.K;
+      } else {
+        // Items: group x channel block, each owning its columns of dW over all images.
+        while (!balanced(G * p.channel_blocks, T) && p.channel_blocks < p.Cg) ++p.channel_blocks;
+        rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
+        choose_blocks(p, rows, p.Fg, p.N);
+        p.image_groups = ceil_div(p.N, p.images_per_block);
+      }
+      const std::int64_t cols = p.images_per_block * p.block_pixels;
+      p.col_floats = p.skips_im2col() ? 0 : rows * cols;
+      p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
+      break;
+    }
+  }
+  return p;
+}
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,86 @@
+// Internal: the one place that decides how a convolution is blocked and threaded.
+// plan_conv() reads the shape and the thread count and fills a ConvPlan; the passes in
+// conv2d.cpp only read it. Every decision is a named constant below, and the plan also says
+// how much per-thread scratch the pass needs (the public conv2d_scratch_bytes reports it).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "im2gemm/conv2d.hpp"
+
+namespace im2gemm::detail {
+
+enum class ConvPass { forward, backward_data, backward_weights };
+
+/// Target size of one thread's working set per sgemm call: the column block plus, when images
+/// are put side by side, the gathered output/dy block. Large enough that the weights re-packed
+/// by each sgemm call are amortised over many pixels, well below the 8 MiB bound.
+inline constexpr std::size_t kBlockTargetBytes = std::size_t{4} << 20;
+/// Per-thread scratch bound the plan keeps on every layer of the suite (asserted by the tests).
+inline constexpr std::size_t kMaxScratchBytesPerThread = std::size_t{8} << 20;
+/// Narrowest column block worth an sgemm call, in pixels.
+inline constexpr std::int64_t kMinBlockPixels = 16;
+/// Column blocks wider than this are rounded up to a multiple of kPixelAlign so that every row
+/// of the column block starts on a 64-byte boundary.
+inline constexpr std::int64_t kPixelAlign = 16;
+/// Below this many pixels per split part, batch-1 work is split over filters or channels
+/// instead of pixels.
+inline constexpr std::int64_t kMinSplitPixels = 64;
+/// A forward filter block keeps at least this many filters (the sgemm M dimension).
+inline constexpr std::int64_t kMinFiltersPerBlock = 16;
+/// Work items are balanced over the threads if their count is a multiple of the thread count
+/// or at least this many per thread.
+inline constexpr std::int64_t kBalancedItemsPerThread = 4;
+/// Backward weights splits images over threads (per-thread partial dW, reduced in a fixed
+/// order) only while one partial dW is at most this large; otherwise it splits channels of dW.
+inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
+
+struct ConvPlan {
+  ConvPass pass = ConvPass::forward;
+  int threads = 1;
+  std::int64_t groups = 1, Cg = 1, Fg = 1, khw = 1, K = 1, P = 1, N = 1;
+  /// 1x1 kernel, stride 1, no padding, dilation 1: a plane of x is already the column matrix.
+  bool pointwise = false;
+  /// Images are cut into image_groups balanced runs of at most images_per_block images; a run
+  /// of more than one image is lowered side by side into one column block (only when
+  /// pixel_blocks == 1, i.e. one image is smaller than a block).
+  std::int64_t image_groups = 1;
+  std::int64_t images_per_block = 1;
+  /// One image's pixels are cut into blocks of block_pixels (the last one shorter).
+  std::int64_t block_pixels = 1;
+  std::int64_t pixel_blocks = 1;
+  /// Forward: filters of a group split into filter_blocks parts (batch-1 small images).
+  std::int64_t filter_blocks = 1;
+  /// Backward passes: input channels of a group split into channel_blocks parts; a part owns
+  /// its dx channels (backward data) or its dW columns (backward weights): no write races.
+  std::int64_t channel_blocks = 1;
+  /// Backward weights: images split over threads, each thread a partial dW, reduced in a
+  /// fixed order (thread 0 + 1 + ...). Otherwise channel_blocks parts of dW, no reduction.
+  bool weight_partials = false;
+  /// Scratch of one thread, in floats: column block, gathered block, partial dW.
+  std::int64_t col_floats = 0, tmp_floats = 0, partial_floats = 0;
+
+  /// True when this plan never runs im2col/col2im: pointwise shape, one image per block.
+  bool skips_im2col() const { return pointwise && images_per_block == 1; }
+  /// Bytes of scratch one thread needs (each part rounded up to 64 bytes).
+  std::size_t scratch_bytes() const;
+};
+
+/// Tuning and test hook: later plans use `bytes` instead of kBlockTargetBytes (0 restores the
+/// constant). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
+void set_block_target_bytes(std::size_t bytes);
+std::size_t block_target_bytes();
+
+/// The exact condition of the path without im2col: 1x1 kernel, stride 1, pad 0, dilation 1.
+bool is_conv1x1_s1_p0_d1(const Conv2dShape& s);
+
+/// s must be valid (validate() accepted it); threads >= 1.
+ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads);
+
+/// [begin, end) of part i when `total` is cut into `parts` balanced runs.
+inline std::int64_t part_begin(std::int64_t i, std::int64_t parts, std::int64_t total) {
+  return i * (total / parts) + (i < total % parts ? i : total % parts);
+}
+
+}  // namespace im2gemm::detail

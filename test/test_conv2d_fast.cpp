@@ -1,0 +1,432 @@
+// The fast convolution (im2col / col2im + sgemm + OpenMP) against the reference loops.
+#include <cstdlib>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <thread>
+
+#include "conv/plan.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using im2gemm::Activation;
+using im2gemm::Conv2dShape;
+using im2gemm::detail::ConvPass;
+using std::int64_t;
+
+constexpr Activation kActs[] = {Activation::identity, Activation::relu, Activation::sigmoid,
+                                Activation::tanh};
+
+// Restores the thread count and the block target at scope exit.
+struct Settings {
+  Settings() = default;
+  Settings(const Settings&) = delete;
+  Settings& operator=(const Settings&) = delete;
+  ~Settings() {
+    im2gemm::set_num_threads(0);
+    im2gemm::detail::set_block_target_bytes(0);
+  }
+  static void apply(int threads, std::size_t block_bytes) {
+    im2gemm::set_num_threads(threads);
+    im2gemm::detail::set_block_target_bytes(block_bytes);
+  }
+};
+
+// kernels 1-7 (non-square), strides 1-4, pads 0-3, dilations 1-3, groups 1-3, batch 1-4,
+// odd sizes; small enough for a sanitizer build.
+Conv2dShape random_shape(std::mt19937& rng) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Conv2dShape s;
+  s.groups = pick(1, 4) == 1 ? pick(2, 3) : 1;
+  s.batch = pick(1, 4);
+  s.in_channels = s.groups * pick(1, 5);
+  s.out_channels = s.groups * pick(1, 6);
+  s.kernel_height = pick(1, 7);
+  s.kernel_width = pick(1, 7);
+  s.stride_height = pick(1, 4);
+  s.stride_width = pick(1, 4);
+  s.pad_height = pick(0, 3);
+  s.pad_width = pick(0, 3);
+  s.dilation_height = pick(1, 3);
+  s.dilation_width = pick(1, 3);
+  const int64_t need_h = (s.kernel_height - 1) * s.dilation_height + 1 - 2 * s.pad_height;
+  const int64_t need_w = (s.kernel_width - 1) * s.dilation_width + 1 - 2 * s.pad_width;
+  s.in_height = std::max<int64_t>(1, need_h) + pick(0, 13);
+  s.in_width = std::max<int64_t>(1, need_w) + pick(0, 13);
+  s.validate();
+  return s;
+}
+
+struct Data {
+  std::vector<float> x, w, bias, dy, xact;
+};
+
+Data make_data(const Conv2dShape& s, std::uint32_t seed, bool ints) {
+  Data d;
+  auto fill = [&](std::size_t n, std::uint32_t k) {
+    return ints ? testutil::random_ints(n, seed * 8 + k) : testutil::random_floats(n, seed * 8 + k);
+  };
+  d.x = fill(static_cast<std::size_t>(s.x_size()), 1);
+  d.w = fill(static_cast<std::size_t>(s.w_size()), 2);
+  d.bias = fill(static_cast<std::size_t>(s.out_channels), 3);
+  d.dy = fill(static_cast<std::size_t>(s.y_size()), 4);
+  // The layer input as an activation output: values in the range of sigmoid/tanh/relu.
+  d.xact = ints ? testutil::random_ints(static_cast<std::size_t>(s.x_size()), seed * 8 + 5, -2, 2)
+                : testutil::random_floats(static_cast<std::size_t>(s.x_size()), seed * 8 + 5);
+  return d;
+}
+
+struct Outputs {
+  std::vector<float> y, dx, dw, db;
+};
+
+Outputs run_fast(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
+  Outputs o;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  o.y.assign(static_cast<std::size_t>(s.y_size()), nan);
+  o.dx.assign(static_cast<std::size_t>(s.x_size()), nan);
+  o.dw.assign(static_cast<std::size_t>(s.w_size()), nan);
+  o.db.assign(static_cast<std::size_t>(s.out_channels), nan);
+  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias) : std::span<const float>();
+  im2gemm::conv2d_forward(s, d.x, d.w, bias, o.y, act);
+  im2gemm::conv2d_backward_data(s, d.dy, d.w, o.dx, act, d.xact);
+  im2gemm::conv2d_backward_weights(s, d.x, d.dy, o.dw, with_bias ? std::span<float>(o.db) : std::span<float>());
+  if (!with_bias) o.db.clear();
+  return o;
+}
+
+Outputs run_ref(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
+  Outputs o;
+  o.y.assign(static_cast<std::size_t>(s.y_size()), 0.0f);
+  o.dx.assign(static_cast<std::size_t>(s.x_size()), 0.0f);
+  o.dw.assign(static_cast<std::size_t>(s.w_size()), 0.0f);
+  o.db.assign(with_bias ? static_cast<std::size_t>(s.out_channels) : 0, 0.0f);
+  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias) : std::span<const float>();
+  im2gemm::reference::conv2d_forward(s, d.x, d.w, bias, o.y, act);
+  im2gemm::reference::conv2d_backward_data(s, d.dy, d.w, o.dx, act, d.xact);
+  im2gemm::reference::conv2d_backward_weights(s, d.x, d.dy, o.dw, o.db);
+  return o;
+}
+
+// Compares all three passes: exact, or max(atol, rtol*|ref|) with atol growing with the
+// number of terms summed. Returns the number of passes that matched.
+int compare(const Conv2dShape& s, const Outputs& got, const Outputs& want, bool exact) {
+  const int64_t k = s.in_channels / s.groups * s.kernel_height * s.kernel_width;
+  const int64_t red_fwd = k, red_bwd_data = s.out_channels / s.groups * s.kernel_height * s.kernel_width;
+  const int64_t red_w = s.batch * s.out_height() * s.out_width();
+  auto tol = [&](int64_t terms) { return exact ? 0.0f : 2e-6f * static_cast<float>(terms) + 1e-5f; };
+  const float rtol = exact ? 0.0f : 1e-4f;
+  int ok = 0;
+  const auto m1 = testutil::first_mismatch(got.y, want.y, tol(red_fwd), rtol);
+  const auto m2 = testutil::first_mismatch(got.dx, want.dx, tol(red_bwd_data), rtol);
+  const auto m3 = testutil::first_mismatch(got.dw, want.dw, tol(red_w), rtol);
+  const auto m4 = testutil::first_mismatch(got.db, want.db, tol(red_w), rtol);
+  if (m1 >= 0) INFO("forward mismatch at " << m1 << ": " << got.y[m1] << " vs " << want.y[m1]);
+  CHECK(m1 == -1);
+  if (m2 >= 0) INFO("backward data mismatch at " << m2 << ": " << got.dx[m2] << " vs " << want.dx[m2]);
+  CHECK(m2 == -1);
+  if (m3 >= 0) INFO("backward weights mismatch at " << m3 << ": " << got.dw[m3] << " vs " << want.dw[m3]);
+  CHECK(m3 == -1);
+  if (m4 >= 0) INFO("bias gradient mismatch at " << m4 << ": " << got.db[m4] << " vs " << want.db[m4]);
+  CHECK(m4 == -1);
+  ok += (m1 == -1) + (m2 == -1) + (m3 == -1 && m4 == -1);
+  return ok;
+}
+
+// The suite's layers (../shared/suite/layers.txt), embedded so that the test needs no file.
+struct SuiteLayer {
+  const char* name;
+  int64_t n, c, h, w, f, kh, kw, sh, sw, ph, pw;
+};
+constexpr SuiteLayer kSuite[] = {
+    {"tutorial", 1, 3, 5, 5, 2, 3, 3, 2, 2, 1, 1},
+    {"lenet_conv1", 64, 1, 28, 28, 20, 5, 5, 1, 1, 0, 0},
+    {"lenet_conv2", 64, 20, 12, 12, 50, 5, 5, 1, 1, 0, 0},
+    {"alexnet_conv1", 8, 3, 227, 227, 96, 11, 11, 4, 4, 0, 0},
+    {"vgg_conv1_2", 1, 64, 224, 224, 64, 3, 3, 1, 1, 1, 1},
+    {"vgg_conv3_2", 8, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1},
+    {"resnet_conv1", 8, 3, 224, 224, 64, 7, 7, 2, 2, 3, 3},
+    {"resnet_1x1", 8, 64, 56, 56, 256, 1, 1, 1, 1, 0, 0},
+    {"resnet_3x3s2", 8, 128, 56, 56, 128, 3, 3, 2, 2, 1, 1},
+    {"resnet_l4_b8", 8, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},
+    {"resnet_l4_b1", 1, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},
+    {"vgg_conv3_b1", 1, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1},
+};
+
+Conv2dShape to_shape(const SuiteLayer& l) {
+  Conv2dShape s;
+  s.batch = l.n; s.in_channels = l.c; s.in_height = l.h; s.in_width = l.w;
+  s.out_channels = l.f; s.kernel_height = l.kh; s.kernel_width = l.kw;
+  s.stride_height = l.sh; s.stride_width = l.sw; s.pad_height = l.ph; s.pad_width = l.pw;
+  return s;
+}
+
+// Also the layers of the suite file, when IM2GEMM_SUITE_DIR points at it.
+std::vector<std::pair<std::string, Conv2dShape>> suite_shapes() {
+  std::vector<std::pair<std::string, Conv2dShape>> out;
+  for (const auto& l : kSuite) out.emplace_back(l.name, to_shape(l));
+  if (const char* dir = std::getenv("IM2GEMM_SUITE_DIR")) {
+    std::ifstream in(std::string(dir) + "/layers.txt");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty() || line[0] == '#') continue;
+      std::istringstream ss(line);
+      SuiteLayer l{};
+      std::string name;
+      if (ss >> name >> l.n >> l.c >> l.h >> l.w >> l.f >> l.kh >> l.kw >> l.sh >> l.sw >> l.ph >> l.pw) {
+        out.emplace_back(name, to_shape(l));
+      }
+    }
+  }
+  return out;
+}
+
+int64_t work_items(const im2gemm::detail::ConvPlan& p) {
+  switch (p.pass) {
+    case ConvPass::forward:
+      return p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
+    case ConvPass::backward_data:
+      return p.image_groups * p.groups * p.channel_blocks;
+    case ConvPass::backward_weights:
+      return p.weight_partials ? p.N : p.groups * p.channel_blocks;
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on floats, 1 and 2 threads") {
+  Settings restore;
+  std::mt19937 rng(20261127);
+  constexpr int kShapes = 320;
+  int runs = 0;
+  for (int i = 0; i < kShapes; ++i) {
+    const Conv2dShape s = random_shape(rng);
+    const Activation act = kActs[i % 4];
+    const bool with_bias = i % 3 != 2;
+    INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act));
+    // Integer data: exact at 1 and 2 threads, with the default blocks and with tiny blocks
+    // (many pixel blocks cutting output rows at odd places).
+    const Data di = make_data(s, static_cast<std::uint32_t>(i), true);
+    const Outputs ri = run_ref(s, di, act, with_bias);
+    for (int threads : {1, 2}) {
+      for (std::size_t block : {std::size_t{0}, std::size_t{1} << 11}) {
+        Settings::apply(threads, block);
+        INFO("ints, threads " << threads << " block bytes " << block);
+        compare(s, run_fast(s, di, act, with_bias), ri, true);
+        ++runs;
+      }
+    }
+    // Float data: max(atol, rtol*|ref|).
+    const Data df = make_data(s, static_cast<std::uint32_t>(i) + 100000, false);
+    const Outputs rf = run_ref(s, df, act, with_bias);
+    for (int threads : {1, 2}) {
+      Settings::apply(threads, i % 2 ? std::size_t{1} << 12 : 0);
+      INFO("floats, threads " << threads);
+      compare(s, run_fast(s, df, act, with_bias), rf, false);
+      ++runs;
+    }
+  }
+  MESSAGE(kShapes << " random shapes x 3 passes, " << runs << " runs of each pass");
+}
+
+TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size shapes") {
+  Settings restore;
+  // Shapes big enough for several pixel blocks with the default block size.
+  std::vector<Conv2dShape> shapes;
+  {
+    Conv2dShape s;  // vgg-like, one image, 3x3 pad 1: pixel split at batch 1
+    s.batch = 1; s.in_channels = 64; s.in_height = 50; s.in_width = 47; s.out_channels = 24;
+    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    shapes.push_back(s);
+    s.stride_height = 2; s.stride_width = 3; s.kernel_width = 5; s.pad_width = 2;  // rows cut oddly
+    shapes.push_back(s);
+    s = Conv2dShape{};  // small images side by side, odd batch
+    s.batch = 5; s.in_channels = 20; s.in_height = 12; s.in_width = 12; s.out_channels = 50;
+    s.kernel_height = 5; s.kernel_width = 5;
+    shapes.push_back(s);
+    s = Conv2dShape{};  // batch 1, tiny image, many channels: filter / channel split
+    s.batch = 1; s.in_channels = 96; s.in_height = 7; s.in_width = 7; s.out_channels = 64;
+    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    shapes.push_back(s);
+    s.groups = 2; s.batch = 3;
+    shapes.push_back(s);
+  }
+  int n = 0;
+  for (const auto& s : shapes) {
+    for (Activation act : {Activation::identity, Activation::relu}) {
+      const Data d = make_data(s, 777u + static_cast<std::uint32_t>(n), true);
+      const Outputs want = run_ref(s, d, act, true);
+      for (int threads : {1, 2, 3}) {
+        for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
+          Settings::apply(threads, block);
+          INFO(testutil::describe(s) << " threads " << threads << " block " << block);
+          compare(s, run_fast(s, d, act, true), want, true);
+        }
+      }
+      ++n;
+    }
+  }
+}
+
+TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads within rounding") {
+  Settings restore;
+  std::mt19937 rng(99);
+  std::vector<Conv2dShape> shapes;
+  for (int i = 0; i < 20; ++i) shapes.push_back(random_shape(rng));
+  Conv2dShape mid;  // several pixel blocks and both weight-gradient modes
+  mid.batch = 3; mid.in_channels = 32; mid.in_height = 40; mid.in_width = 37; mid.out_channels = 16;
+  mid.kernel_height = 3; mid.kernel_width = 3; mid.pad_height = 1; mid.pad_width = 1;
+  shapes.push_back(mid);
+  for (const auto& s : shapes) {
+    INFO(testutil::describe(s));
+    const Data d = make_data(s, 4242u, false);
+    for (std::size_t block : {std::size_t{0}, std::size_t{1} << 13}) {
+      Settings::apply(2, block);
+      const Outputs a = run_fast(s, d, Activation::tanh, true);
+      const Outputs b = run_fast(s, d, Activation::tanh, true);
+      CHECK(testutil::bitwise_equal(a.y, b.y));
+      CHECK(testutil::bitwise_equal(a.dx, b.dx));
+      CHECK(testutil::bitwise_equal(a.dw, b.dw));
+      CHECK(testutil::bitwise_equal(a.db, b.db));
+      Settings::apply(1, block);
+      const Outputs one = run_fast(s, d, Activation::tanh, true);
+      compare(s, one, a, false);
+    }
+  }
+}
+
+TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every thread on the suite") {
+  Settings restore;
+  for (const auto& [name, s] : suite_shapes()) {
+    for (int threads : {1, 2, 4, 8}) {
+      INFO(name << " threads " << threads);
+      const std::size_t bytes = im2gemm::conv2d_scratch_bytes(s, threads);
+      CHECK(bytes <= im2gemm::detail::kMaxScratchBytesPerThread);
+      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+        const auto p = im2gemm::detail::plan_conv(s, pass, threads);
+        CHECK(p.scratch_bytes() <= bytes);
+        if (name != "tutorial") {
+          INFO("pass " << static_cast<int>(pass));
+          CHECK(work_items(p) >= threads);  // batch 1 included: no idle thread
+        }
+        // A whole image's column matrix is never held when it is larger than the bound.
+        const auto full = static_cast<std::size_t>(p.K * p.P) * sizeof(float);
+        if (full > im2gemm::detail::kMaxScratchBytesPerThread) CHECK(p.col_floats < p.K * p.P);
+      }
+    }
+  }
+  // vgg_conv1_2's whole column matrix would be 110 MiB.
+  const Conv2dShape vgg = to_shape(kSuite[4]);
+  CHECK(static_cast<std::size_t>(vgg.in_channels * 9 * 224 * 224) * 4 > (std::size_t{100} << 20));
+  CHECK(im2gemm::conv2d_scratch_bytes(vgg, 2) <= (std::size_t{8} << 20));
+  CHECK_THROWS_AS(im2gemm::conv2d_scratch_bytes(vgg, -1), std::invalid_argument);
+  Conv2dShape bad = vgg;
+  bad.groups = 3;
+  CHECK_THROWS_AS(im2gemm::conv2d_scratch_bytes(bad, 1), std::invalid_argument);
+}
+
+TEST_CASE("fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilation 1, and is correct") {
+  Settings restore;
+  Conv2dShape base;
+  base.batch = 2; base.in_channels = 6; base.in_height = 9; base.in_width = 11; base.out_channels = 5;
+  CHECK(im2gemm::detail::is_conv1x1_s1_p0_d1(base));
+  CHECK(im2gemm::detail::plan_conv(to_shape(kSuite[7]), ConvPass::forward, 2).skips_im2col());
+  std::vector<Conv2dShape> others;
+  auto with = [&](auto edit) { Conv2dShape s = base; edit(s); others.push_back(s); };
+  with([](Conv2dShape& s) { s.stride_height = 2; });
+  with([](Conv2dShape& s) { s.stride_width = 2; });
+  with([](Conv2dShape& s) { s.pad_height = 1; });
+  with([](Conv2dShape& s) { s.pad_width = 1; });
+  with([](Conv2dShape& s) { s.dilation_height = 2; });
+  with([](Conv2dShape& s) { s.kernel_width = 2; });
+  with([](Conv2dShape& s) { s.kernel_height = 3; s.pad_height = 1; });
+  for (const auto& s : others) {
+    INFO(testutil::describe(s));
+    CHECK_FALSE(im2gemm::detail::is_conv1x1_s1_p0_d1(s));
+    for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+      CHECK_FALSE(im2gemm::detail::plan_conv(s, pass, 2).skips_im2col());
+    }
+  }
+  others.push_back(base);
+  Conv2dShape grouped = base;  // pointwise with groups, batch 1 (channel / filter split)
+  grouped.batch = 1; grouped.in_channels = 64; grouped.out_channels = 32; grouped.groups = 2;
+  grouped.in_height = 40; grouped.in_width = 33;
+  others.push_back(grouped);
+  for (const auto& s : others) {
+    for (Activation act : kActs) {
+      const Data d = make_data(s, 5u, true);
+      const Outputs want = run_ref(s, d, act, true);
+      for (int threads : {1, 2}) {
+        for (std::size_t block : {std::size_t{0}, std::size_t{1} << 10}) {
+          Settings::apply(threads, block);
+          INFO(testutil::describe(s) << " threads " << threads << " block " << block);
+          compare(s, run_fast(s, d, act, true), want, true);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("fast conv: calls from several std::threads at once") {
+  Settings restore;
+  im2gemm::set_num_threads(2);
+  std::mt19937 rng(7);
+  struct Job {
+    Conv2dShape s;
+    Data d;
+    Outputs want;
+    Activation act;
+  };
+  std::vector<Job> jobs;
+  for (int i = 0; i < 4; ++i) {
+    Job j;
+    j.s = random_shape(rng);
+    if (i == 0) {  // one job with several pixel blocks
+      j.s = Conv2dShape{};
+      j.s.batch = 2; j.s.in_channels = 64; j.s.in_height = 48; j.s.in_width = 48; j.s.out_channels = 16;
+      j.s.kernel_height = 3; j.s.kernel_width = 3; j.s.pad_height = 1; j.s.pad_width = 1;
+    }
+    j.act = kActs[i];
+    j.d = make_data(j.s, 300u + static_cast<std::uint32_t>(i), true);
+    j.want = run_ref(j.s, j.d, j.act, true);
+    jobs.push_back(std::move(j));
+  }
+  std::vector<int> bad(jobs.size(), 0);
+  std::vector<std::thread> pool;
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    pool.emplace_back([&, i] {
+      const Job& j = jobs[i];
+      for (int rep = 0; rep < 5; ++rep) {
+        const Outputs o = run_fast(j.s, j.d, j.act, true);
+        if (!testutil::bitwise_equal(o.y, j.want.y) || !testutil::bitwise_equal(o.dx, j.want.dx) ||
+            !testutil::bitwise_equal(o.dw, j.want.dw) || !testutil::bitwise_equal(o.db, j.want.db)) {
+          ++bad[i];
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  for (std::size_t i = 0; i < jobs.size(); ++i) {
+    INFO("job " << i << ": " << testutil::describe(jobs[i].s));
+    CHECK(bad[i] == 0);
+  }
+}
+
+TEST_CASE("fast conv: bad input throws and leaves outputs untouched") {
+  Conv2dShape s;
+  s.batch = 1; s.in_channels = 2; s.in_height = 5; s.in_width = 5; s.out_channels = 3;
+  s.kernel_height = 3; s.kernel_width = 3;
+  std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f), w(static_cast<std::size_t>(s.w_size()), 1.0f);
+  std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
+  std::vector<float> short_w(w.size() - 1, 1.0f);
+  CHECK_THROWS_AS(im2gemm::conv2d_forward(s, x, short_w, {}, y), std::invalid_argument);
+  for (float v : y) CHECK(v == testutil::kSentinel);
+  std::vector<float> dx(x.size(), testutil::kSentinel);
+  CHECK_THROWS_AS(im2gemm::conv2d_backward_data(s, y, w, dx, Activation::relu), std::invalid_argument);
+  for (float v : dx) CHECK(v == testutil::kSentinel);
+  std::vector<float> dw(w.size(), testutil::kSentinel), db(2, testutil::kSentinel);
+  CHECK_THROWS_AS(im2gemm::conv2d_backward_weights(s, x, y, dw, db), std::invalid_argument);
+  for (float v : dw) CHECK(v == testutil::kSentinel);
+}
