@@ -3,5 +3,6 @@
 
 #include "im2gemm/common.hpp"
 #include "im2gemm/conv2d.hpp"
+#include "im2gemm/layers.hpp"
 #include "im2gemm/maxpool2d.hpp"
 #include "im2gemm/reference.hpp"

@@ -1,0 +1,353 @@
+// im2gemm: the seed's object model on top of the primitives: layers that own their parameters,
+// a softmax cross-entropy loss, a sequential network, SGD, seeded initialisation, a gradient
+// check, parameter files, and a reader for (gzipped) IDX data files such as Fashion-MNIST.
+//
+// Conventions of every layer:
+//  - Tensors are fp32, NCHW, one sample after another: [batch][channels][height][width].
+//    A layer has a fixed per-sample input and output shape (Shape3); the batch is given to each
+//    forward call and may change from call to call.
+//  - forward(x, batch) returns the layer's output, held in a buffer the layer owns (OVERWRITTEN
+//    by every forward; valid until the next forward). It copies whatever backward needs (the
+//    input, the output), so x need not outlive the call.
+//  - backward(dy) takes dE/d(the layer's output), i.e. of its *activated* output, for the batch
+//    of the last forward. It OVERWRITES the parameter gradients (summed over the batch: with a
+//    mean loss they are the mean gradient) and returns dE/d(the layer's input) in a buffer the
+//    layer owns (OVERWRITTEN by every backward). With want_input_grad = false it skips that
+//    computation and returns an empty span (what the first layer of a network does).
+//  - A layer with an activation applies its own activation's derivative to dy first
+//    (activation_backward, from its kept output), then calls the primitives with
+//    dE/d(pre-activation). The primitive conv2d_backward_data's fused *input* activation is
+//    therefore not used: every layer owns its activation's derivative, never its neighbour's.
+//  - update(sgd) applies the gradients of the last backward to the parameters.
+//  - Bad input throws std::invalid_argument naming the values; the layer is then unchanged.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "im2gemm/common.hpp"
+#include "im2gemm/conv2d.hpp"
+#include "im2gemm/maxpool2d.hpp"
+
+namespace im2gemm {
+
+/// The shape of one sample: channels x height x width (a vector of n features is {n, 1, 1}).
+struct Shape3 {
+  std::int64_t channels = 1, height = 1, width = 1;
+  std::int64_t size() const { return channels * height * width; }
+  std::string str() const;  ///< "20x24x24"
+  friend bool operator==(const Shape3&, const Shape3&) = default;
+};
+
+/// A small, fast, portable random generator: xoshiro256** seeded through splitmix64, with its
+/// own uniform and normal (Box-Muller) conversions, so the same seed gives the same numbers with
+/// every compiler and standard library.
+class Rng {
+ public:
+  explicit Rng(std::uint64_t seed);
+  std::uint64_t next();            ///< 64 random bits
+  double uniform();                ///< [0, 1), 53 bits
+  double normal();                 ///< standard normal
+  std::uint64_t below(std::uint64_t n);  ///< uniform in [0, n), n >= 1 (unbiased)
+
+ private:
+  std::uint64_t s_[4];
+  double spare_ = 0.0;
+  bool has_spare_ = false;
+};
+
+/// SGD with momentum and weight decay, PyTorch's formulation:
+///   v = momentum * v + (grad + weight_decay * w);   w -= learning_rate * v.
+/// Weight decay applies to weights only, never to biases. The velocity v starts at zero.
+struct Sgd {
+  float learning_rate = 0.01f;
+  float momentum = 0.9f;
+  float weight_decay = 0.0f;
+  void validate() const;  ///< learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0, finite
+};
+
+/// A view of one parameter tensor of a layer and its gradient.
+struct Parameter {
+  std::string name;                  ///< "weights" or "bias"
+  std::vector<std::int64_t> shape;   ///< e.g. {F, C, KH, KW}
+  std::span<float> value;
+  std::span<float> grad;             ///< written by the layer's backward
+  bool decay = true;                 ///< weight decay applies
+};
+
+/// The base of every layer (see the conventions at the top of this file).
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  virtual std::string name() const = 0;  ///< e.g. "conv 5x5x20 relu"
+  virtual Shape3 input_shape() const = 0;
+  virtual Shape3 output_shape() const = 0;
+
+  /// x: [batch][input_shape()], batch >= 1. Returns [batch][output_shape()].
+  virtual std::span<const float> forward(std::span<const float> x, std::int64_t batch) = 0;
+  /// dy: dE/d(output) [batch][output_shape()] for the batch of the last forward.
+  /// Returns dE/d(input) [batch][input_shape()], or an empty span if !want_input_grad.
+  /// Throws if no forward came first.
+  virtual std::span<const float> backward(std::span<const float> dy,
+                                          bool want_input_grad = true) = 0;
+
+  /// The layer's parameters and their gradients (none for pooling).
+  virtual std::vector<Parameter> parameters() { return {}; }
+  /// Seeded initialisation: weights drawn from the generator, biases zero.
+  virtual void init(Rng& rng) { (void)rng; }
+
+  /// Applies the last backward's gradients with SGD; keeps one velocity buffer per parameter.
+  void update(const Sgd& sgd);
+  /// Sets the momentum buffers to zero.
+  void reset_momentum() { velocity_.clear(); }
+  /// The batch of the last forward (0 before the first).
+  std::int64_t batch() const { return batch_; }
+
+ protected:
+  /// Throws unless x holds batch * input_shape().size() elements and batch >= 1.
+  void check_forward(const char* who, std::span<const float> x, std::int64_t batch) const;
+  /// Throws unless a forward came first and dy holds batch() * output_shape().size().
+  void check_backward(const char* who, std::span<const float> dy) const;
+  std::int64_t batch_ = 0;
+
+ private:
+  std::vector<std::vector<float>> velocity_;
+};
+
+/// A convolution layer: y = act(conv(x, w) + b). Owns w [F][C/groups][KH][KW] and b [F].
+/// init: He normal (std sqrt(2/fan_in)) for relu, Xavier normal (std sqrt(2/(fan_in+fan_out)))
+/// otherwise; fan_in = C/groups*KH*KW, fan_out = F/groups*KH*KW; biases zero.
+class Conv2dLayer : public Layer {
+ public:
+  /// geometry.batch is ignored (each forward gives the batch); validated like the primitive.
+  Conv2dLayer(const Conv2dShape& geometry, Activation act);
+  /// A square kernel with equal stride and padding on both axes.
+  Conv2dLayer(Shape3 input, std::int64_t filters, std::int64_t kernel, Activation act,
+              std::int64_t stride = 1, std::int64_t pad = 0);
+
+  std::string name() const override;
+  Shape3 input_shape() const override;
+  Shape3 output_shape() const override;
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+  std::vector<Parameter> parameters() override;
+  void init(Rng& rng) override;
+
+  Activation activation() const { return act_; }
+  const Conv2dShape& geometry() const { return shape_; }
+  std::span<float> weights() { return w_; }
+  std::span<float> bias() { return b_; }
+  std::span<const float> weight_grad() const { return dw_; }
+  std::span<const float> bias_grad() const { return db_; }
+
+ private:
+  Conv2dShape shape_;
+  Activation act_;
+  std::vector<float> w_, b_, dw_, db_;
+  std::vector<float> x_, y_, delta_, dx_;
+};
+
+/// A max pooling layer (no parameters). Keeps the argmax of the last forward.
+class MaxPool2dLayer : public Layer {
+ public:
+  /// geometry.batch is ignored.
+  explicit MaxPool2dLayer(const MaxPool2dShape& geometry);
+  /// A square window; stride 0 means stride = kernel.
+  MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0,
+                 std::int64_t pad = 0);
+
+  std::string name() const override;
+  Shape3 input_shape() const override;
+  Shape3 output_shape() const override;
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+
+ private:
+  MaxPool2dShape shape_;
+  std::vector<float> y_, dx_;
+  std::vector<std::int32_t> argmax_;
+};
+
+/// A fully connected layer: y[n] = act(W x[n] + b), W [out][in] (in = input.size(): the input
+/// sample is flattened), b [out]; output shape {out, 1, 1}. Forward is one cblas_sgemm; backward
+/// two (weights, and data if wanted). init as Conv2dLayer with fan_in = in, fan_out = out.
+class DenseLayer : public Layer {
+ public:
+  DenseLayer(Shape3 input, std::int64_t outputs, Activation act);
+
+  std::string name() const override;
+  Shape3 input_shape() const override { return in_; }
+  Shape3 output_shape() const override { return Shape3{out_, 1, 1}; }
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+  std::vector<Parameter> parameters() override;
+  void init(Rng& rng) override;
+
+  Activation activation() const { return act_; }
+  std::span<float> weights() { return w_; }
+  std::span<float> bias() { return b_; }
+
+ private:
+  Shape3 in_;
+  std::int64_t out_;
+  Activation act_;
+  std::vector<float> w_, b_, dw_, db_;
+  std::vector<float> x_, y_, delta_, dx_;
+};
+
+/// Softmax followed by cross-entropy against integer labels, averaged over the batch:
+///   E = (1/N) sum_n [ log sum_k exp(z_nk) - z_n,label(n) ],
+/// computed stably (the row maximum is subtracted first; sums in double).
+class SoftmaxCrossEntropy {
+ public:
+  /// logits [batch][classes]; labels [batch], each in [0, classes). Returns E.
+  /// Keeps the probabilities for backward. Throws on bad sizes or labels (state unchanged).
+  float forward(std::span<const float> logits, std::span<const std::int32_t> labels,
+                std::int64_t classes);
+  /// dE/d(logits) = (softmax(z) - onehot(label)) / batch, [batch][classes], in a buffer the
+  /// loss owns (OVERWRITTEN by every call). Throws if no forward came first.
+  std::span<const float> backward();
+  /// The softmax of the last forward, [batch][classes].
+  std::span<const float> probabilities() const { return p_; }
+  /// How many samples of the last forward had their label as the (first) largest logit.
+  std::int64_t correct() const { return correct_; }
+
+ private:
+  std::vector<float> p_, dz_;
+  std::vector<std::int32_t> labels_;
+  std::int64_t classes_ = 0;
+  std::int64_t correct_ = 0;
+};
+
+/// Time spent in one layer since the last reset_timings().
+struct LayerTiming {
+  std::string name;
+  double forward_seconds = 0.0, backward_seconds = 0.0, update_seconds = 0.0;
+  std::int64_t forward_calls = 0, backward_calls = 0;
+};
+
+/// Layers chained one after another. Every layer's input shape must equal the previous
+/// layer's output shape (add() throws otherwise and leaves the network unchanged).
+class Sequential {
+ public:
+  /// input: the per-sample shape the first layer must take.
+  explicit Sequential(Shape3 input);
+
+  /// Appends a layer whose input_shape() must equal output_shape() of the network so far.
+  Layer& add(std::unique_ptr<Layer> layer);
+  /// Convenience: layers whose input shape is the network's current output shape.
+  Conv2dLayer& add_conv2d(std::int64_t filters, std::int64_t kernel, Activation act,
+                          std::int64_t stride = 1, std::int64_t pad = 0);
+  MaxPool2dLayer& add_maxpool2d(std::int64_t kernel, std::int64_t stride = 0);
+  DenseLayer& add_dense(std::int64_t outputs, Activation act);
+
+  Shape3 input_shape() const { return input_; }
+  Shape3 output_shape() const;  ///< the last layer's, or the input shape if empty
+  std::size_t size() const { return layers_.size(); }
+  Layer& layer(std::size_t i);
+  const Layer& layer(std::size_t i) const;
+
+  /// Seeded initialisation of every layer in order from one Rng(seed): same seed, same weights.
+  /// Also resets the momentum buffers.
+  void init(std::uint64_t seed);
+  /// x [batch][input_shape()] -> [batch][output_shape()] (the last layer's buffer).
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch);
+  /// dy = dE/d(network output). Runs every layer's backward; the first layer skips its input
+  /// gradient unless want_input_grad, in which case dE/d(network input) is returned.
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad = false);
+  void update(const Sgd& sgd);
+  /// forward, loss, backward, update on one minibatch; returns the loss.
+  float train_step(std::span<const float> x, std::span<const std::int32_t> labels,
+                   std::int64_t batch, SoftmaxCrossEntropy& loss, const Sgd& sgd);
+
+  /// All layers' parameters, first layer first (names prefixed "layer <i> <layer name> ").
+  std::vector<Parameter> parameters();
+  std::int64_t parameter_count();
+
+  std::vector<LayerTiming> timings() const;
+  void reset_timings();
+
+  /// Parameter file, version 1, all integers and floats little-endian:
+  ///   offset 0   8 bytes  magic "I2GPARAM"
+  ///          8   u32      version (1)
+  ///         12   u32      T, the number of parameter tensors (parameters() order)
+  ///         16   T times: u32 rank R (1..8), then R x u64 dims
+  ///              then T times: the tensor's values, f32, row-major
+  ///        end-4 u32      CRC-32 (zlib's crc32, ISO-HDLC) of every byte before it
+  /// The file holds parameters only (no momentum, no layer kinds); load checks every shape
+  /// against the network.
+  std::vector<std::uint8_t> save_bytes();
+  /// Writes save_bytes() to path.tmp then renames it to path. Throws std::runtime_error if the
+  /// file cannot be written.
+  void save(const std::string& path);
+  /// Throws std::invalid_argument saying what is wrong (wrong magic or version, truncated,
+  /// checksum mismatch, tensor count or shape different from the network, trailing bytes)
+  /// and leaves the network as it was. On success sets every parameter and resets momentum.
+  void load_bytes(std::span<const std::uint8_t> bytes);
+  void load(const std::string& path);  ///< also throws std::invalid_argument if unreadable
+
+ private:
+  Shape3 input_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<LayerTiming> timings_;
+};
+
+/// Options and result of gradient_check.
+struct GradientCheckOptions {
+  double epsilon = 3e-3;          ///< finite-difference step
+  std::int64_t max_per_tensor = 48;  ///< entries checked per tensor (all if the tensor is smaller)
+  std::uint64_t seed = 1;         ///< picks the entries and the output weighting r
+  /// Errors are |analytic - numeric| / max(|analytic|, |numeric|, scale_floor).
+  double scale_floor = 1e-2;
+};
+struct GradientCheckResult {
+  double max_error = 0.0;     ///< the largest error over every checked entry
+  std::int64_t checked = 0;   ///< entries compared
+  std::int64_t kinks = 0;     ///< entries where a one-sided difference matched better (near a
+                              ///< ReLU/max kink): the analytic value matched one side
+  std::string worst;          ///< which entry had max_error, with both values
+};
+
+/// The seed tutorial's check: finite differences against backward. For E = sum_i r_i y_i with a
+/// fixed random r (so dE/dy = r), compares backward's dE/dx and every parameter gradient with
+/// (E(v + eps) - E(v - eps)) / 2 eps, E accumulated in double, on up to max_per_tensor seeded
+/// entries of the input and of each parameter. Near a kink (ReLU at 0, a max changing winner)
+/// the central difference is meaningless: the entry's error is then the smallest of the
+/// central and the two one-sided differences (and counted in kinks). Leaves the parameters as
+/// they were and the layer as after forward(x) and backward(r).
+GradientCheckResult gradient_check(Layer& layer, std::span<const float> x, std::int64_t batch,
+                                   const GradientCheckOptions& options = {});
+/// The same check of the loss's backward against its forward (dE/dlogits, all entries up to
+/// max_per_tensor).
+GradientCheckResult gradient_check(SoftmaxCrossEntropy& loss, std::span<const float> logits,
+                                   std::span<const std::int32_t> labels, std::int64_t classes,
+                                   const GradientCheckOptions& options = {});
+
+/// An IDX file of unsigned bytes (type 0x08), as MNIST and Fashion-MNIST ship them.
+struct IdxArray {
+  std::vector<std::int64_t> dims;
+  std::vector<std::uint8_t> values;  ///< row-major, product of dims
+};
+/// Reads an IDX file, gzipped or not (zlib reads both). Checks the magic (0 0 0x08 rank, rank
+/// 1..4), that every dim is >= 1, and that the payload has exactly the size the dims give.
+/// Throws std::invalid_argument naming the file and what is wrong (missing, not IDX, wrong
+/// type, truncated, trailing data, broken gzip stream).
+IdxArray read_idx(const std::string& path);
+
+/// Images and their labels, e.g. one split of Fashion-MNIST.
+struct LabeledImages {
+  std::int64_t count = 0, rows = 0, cols = 0;
+  std::vector<std::uint8_t> pixels;   ///< [count][rows][cols]
+  std::vector<std::int32_t> labels;   ///< [count], each in [0, 9]
+};
+/// Reads <dir>/<split>-images-idx3-ubyte.gz and <dir>/<split>-labels-idx1-ubyte.gz (split
+/// "train" or "t10k"), checks that counts agree and labels are 0..9. Every error message also
+/// says how to get the data: `apt-get install dataset-fashion-mnist`, which installs it under
+/// /usr/share/datasets/fashion-mnist/.
+LabeledImages read_mnist(const std::string& dir, const std::string& split);
+
+}  // namespace im2gemm

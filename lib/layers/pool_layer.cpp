@@ -1,0 +1,72 @@
+// MaxPool2dLayer: keeps the argmax of its forward for backward.
+#include <string>
+
+#include "common/checks.hpp"
+#include "im2gemm/layers.hpp"
+
+namespace im2gemm {
+
+MaxPool2dLayer::MaxPool2dLayer(const MaxPool2dShape& geometry) : shape_(geometry) {
+  shape_.batch = 1;
+  shape_.validate();
+}
+
+namespace {
+MaxPool2dShape square(Shape3 in, std::int64_t kernel, std::int64_t stride, std::int64_t pad) {
+  if (stride < 0) detail::fail("MaxPool2dLayer: stride must be >= 0 (0 = kernel), got " + std::to_string(stride));
+  MaxPool2dShape s;
+  s.batch = 1;
+  s.channels = in.channels;
+  s.in_height = in.height;
+  s.in_width = in.width;
+  s.kernel_height = s.kernel_width = kernel;
+  s.stride_height = s.stride_width = stride == 0 ? kernel : stride;
+  s.pad_height = s.pad_width = pad;
+  return s;
+}
+}  // namespace
+
+MaxPool2dLayer::MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride,
+                               std::int64_t pad)
+    : MaxPool2dLayer(square(input, kernel, stride, pad)) {}
+
+std::string MaxPool2dLayer::name() const {
+  std::string n = "maxpool " + std::to_string(shape_.kernel_height) + "x" +
+                  std::to_string(shape_.kernel_width);
+  if (shape_.stride_height != shape_.kernel_height || shape_.stride_width != shape_.kernel_width)
+    n += " s" + std::to_string(shape_.stride_height) + "x" + std::to_string(shape_.stride_width);
+  if (shape_.pad_height != 0 || shape_.pad_width != 0)
+    n += " p" + std::to_string(shape_.pad_height) + "x" + std::to_string(shape_.pad_width);
+  return n;
+}
+
+Shape3 MaxPool2dLayer::input_shape() const {
+  return Shape3{shape_.channels, shape_.in_height, shape_.in_width};
+}
+Shape3 MaxPool2dLayer::output_shape() const {
+  return Shape3{shape_.channels, shape_.out_height(), shape_.out_width()};
+}
+
+std::span<const float> MaxPool2dLayer::forward(std::span<const float> x, std::int64_t batch) {
+  check_forward("MaxPool2dLayer", x, batch);
+  MaxPool2dShape s = shape_;
+  s.batch = batch;
+  s.validate();
+  y_.resize(static_cast<std::size_t>(s.y_size()));
+  argmax_.resize(y_.size());
+  maxpool2d_forward(s, x, y_, argmax_);
+  batch_ = batch;
+  return y_;
+}
+
+std::span<const float> MaxPool2dLayer::backward(std::span<const float> dy, bool want_input_grad) {
+  check_backward("MaxPool2dLayer", dy);
+  if (!want_input_grad) return {};
+  MaxPool2dShape s = shape_;
+  s.batch = batch_;
+  dx_.resize(static_cast<std::size_t>(s.x_size()));
+  maxpool2d_backward(s, dy, argmax_, dx_);
+  return dx_;
+}
+
+}  // namespace im2gemm

@@ -1,0 +1,493 @@
+// The layer API: every backward against finite differences, training on a tiny set,
+// parameter files (round trip and every kind of bad file), the IDX reader, seeding, shapes.
+#include <zlib.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "test_util.hpp"
+
+using namespace im2gemm;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Tolerances of the finite-difference checks. The layers compute in fp32; the check takes
+// central differences with a step of 3e-3, E accumulated in double. The worst errors observed
+// on these shapes are below 3e-3 (rounding of the fp32 outputs); 2e-2 leaves a factor of ~7,
+// while a real mistake (a wrong index, a missing activation derivative, a factor of 2) gives
+// 0.3 and more (see the broken layer below).
+constexpr double kGradTol = 2e-2;
+
+const Activation kActs[] = {Activation::identity, Activation::relu, Activation::sigmoid,
+                            Activation::tanh};
+
+const char* act_str(Activation a) {
+  switch (a) {
+    case Activation::identity: return "identity";
+    case Activation::relu: return "relu";
+    case Activation::sigmoid: return "sigmoid";
+    case Activation::tanh: return "tanh";
+  }
+  return "?";
+}
+
+void check_gradients(Layer& layer, const std::vector<float>& x, std::int64_t batch) {
+  Rng rng(7);
+  layer.init(rng);
+  // Non-zero biases so that bias gradients and activation kinks are exercised.
+  for (auto& p : layer.parameters()) {
+    if (p.name == "bias") {
+      for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.1f * static_cast<float>(i % 5) - 0.2f;
+    }
+  }
+  const auto r = gradient_check(layer, x, batch);
+  INFO(layer.name() << ": worst " << r.worst << "; checked " << r.checked << ", kinks " << r.kinks);
+  CHECK(r.checked > 0);
+  CHECK(r.max_error < kGradTol);
+  CHECK(r.kinks * 10 <= r.checked);  // a kink now and then, not the rule
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() /
+           ("im2gemm_test_layers_" + std::to_string(::getpid()) + "_" +
+            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+void write_gz(const fs::path& p, const std::vector<std::uint8_t>& bytes) {
+  gzFile f = gzopen(p.c_str(), "wb");
+  REQUIRE(f != nullptr);
+  REQUIRE(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())) == static_cast<int>(bytes.size()));
+  REQUIRE(gzclose(f) == Z_OK);
+}
+
+std::vector<std::uint8_t> idx_bytes(std::vector<std::uint32_t> dims, std::size_t payload,
+                                    std::uint8_t type = 0x08) {
+  std::vector<std::uint8_t> b{0, 0, type, static_cast<std::uint8_t>(dims.size())};
+  for (auto d : dims) {
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(d >> s));
+  }
+  for (std::size_t i = 0; i < payload; ++i) b.push_back(static_cast<std::uint8_t>((i * 7 + 3) % 10));
+  return b;
+}
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
+
+/// The small network of the training and file tests: conv 3x3 4 relu -> pool 2 -> dense 3.
+Sequential small_net(std::int64_t dense_out = 3) {
+  Sequential net(Shape3{1, 6, 6});
+  net.add_conv2d(4, 3, Activation::relu);
+  net.add_maxpool2d(2);
+  net.add_dense(dense_out, Activation::identity);
+  return net;
+}
+
+std::vector<std::vector<float>> snapshot(Sequential& net) {
+  std::vector<std::vector<float>> s;
+  for (auto& p : net.parameters()) s.emplace_back(p.value.begin(), p.value.end());
+  return s;
+}
+
+bool same(const std::vector<std::vector<float>>& a, const std::vector<std::vector<float>>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (!testutil::bitwise_equal(a[i], b[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("Conv2dLayer backward matches finite differences, every activation") {
+  for (Activation a : kActs) {
+    CAPTURE(act_str(a));
+    {  // stride 1, no padding, batch 2
+      Conv2dLayer conv(Shape3{3, 6, 5}, 4, 3, a);
+      check_gradients(conv, testutil::random_floats(2 * 3 * 6 * 5, 11), 2);
+    }
+    {  // stride 2, padding 1, non-square kernel through the general constructor
+      Conv2dShape g;
+      g.in_channels = 2, g.in_height = 7, g.in_width = 6, g.out_channels = 3;
+      g.kernel_height = 3, g.kernel_width = 2, g.stride_height = 2, g.stride_width = 1;
+      g.pad_height = 1, g.pad_width = 1;
+      Conv2dLayer conv(g, a);
+      CHECK(conv.output_shape() == Shape3{3, 4, 7});
+      check_gradients(conv, testutil::random_floats(3 * 2 * 7 * 6, 12), 3);
+    }
+  }
+}
+
+namespace {
+/// y = 3x, with a backward that is wrong on purpose (2 dy): the check must catch it.
+class BrokenScale : public Layer {
+ public:
+  std::string name() const override { return "broken scale"; }
+  Shape3 input_shape() const override { return {2, 2, 2}; }
+  Shape3 output_shape() const override { return {2, 2, 2}; }
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override {
+    check_forward("BrokenScale", x, batch);
+    batch_ = batch;
+    y_.resize(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) y_[i] = 3 * x[i];
+    return y_;
+  }
+  std::span<const float> backward(std::span<const float> dy, bool) override {
+    check_backward("BrokenScale", dy);
+    dx_.resize(dy.size());
+    for (std::size_t i = 0; i < dy.size(); ++i) dx_[i] = 2 * dy[i];
+    return dx_;
+  }
+
+ private:
+  std::vector<float> y_, dx_;
+};
+}  // namespace
+
+TEST_CASE("gradient_check catches a wrong backward") {
+  BrokenScale broken;
+  const auto r = gradient_check(broken, testutil::random_floats(16, 1), 2);
+  INFO(r.worst);
+  CHECK(r.checked == 16);
+  CHECK(r.max_error > 0.3);
+}
+
+TEST_CASE("MaxPool2dLayer backward matches finite differences") {
+  // Distinct values 0.05 apart: a +-1e-3 step never changes a window's winner.
+  auto distinct = [](std::size_t n, std::uint32_t seed) {
+    std::vector<float> v(n);
+    for (std::size_t i = 0; i < n; ++i) v[i] = 0.05f * static_cast<float>(i) - 1.0f;
+    Rng rng(seed);
+    for (std::size_t i = n; i-- > 1;) std::swap(v[i], v[rng.below(i + 1)]);
+    return v;
+  };
+  MaxPool2dLayer pool(Shape3{3, 6, 7}, 2);
+  CHECK(pool.output_shape() == Shape3{3, 3, 3});
+  check_gradients(pool, distinct(2 * 3 * 6 * 7, 3), 2);
+  MaxPool2dLayer overlap(Shape3{2, 7, 7}, 3, 2);  // overlapping windows: gradients add up
+  const auto x = distinct(2 * 7 * 7, 4);
+  check_gradients(overlap, x, 1);
+  // Every checked input entry: the check compares all 98 (max_per_tensor 48 -> use a bigger one)
+  GradientCheckOptions all;
+  all.max_per_tensor = 1000;
+  const auto r = gradient_check(overlap, x, 1, all);
+  CHECK(r.checked == 98);
+  CHECK(r.max_error < kGradTol);
+  CHECK(r.kinks == 0);
+}
+
+TEST_CASE("DenseLayer backward matches finite differences, every activation") {
+  for (Activation a : kActs) {
+    CAPTURE(act_str(a));
+    DenseLayer dense(Shape3{2, 3, 2}, 5, a);
+    CHECK(dense.output_shape() == Shape3{5, 1, 1});
+    check_gradients(dense, testutil::random_floats(4 * 12, 21), 4);
+  }
+}
+
+TEST_CASE("softmax cross-entropy: gradient, value, stability") {
+  SoftmaxCrossEntropy loss;
+  const auto z = testutil::random_floats(4 * 5, 31, -3.0f, 3.0f);
+  const std::vector<std::int32_t> labels{0, 4, 2, 2};
+  GradientCheckOptions all;
+  all.max_per_tensor = 100;
+  const auto r = gradient_check(loss, z, labels, 5, all);
+  INFO(r.worst);
+  CHECK(r.checked == 20);
+  CHECK(r.max_error < kGradTol);
+
+  // Value: two classes with equal logits cost log 2; huge logits stay finite.
+  const std::vector<float> z2{1000.0f, 1000.0f, -1e4f, 1e4f};
+  const std::vector<std::int32_t> l2{0, 1};
+  const float e = loss.forward(z2, l2, 2);
+  CHECK(e == doctest::Approx(std::log(2.0) / 2).epsilon(1e-6));
+  CHECK(loss.correct() == 2);  // a tie goes to the first class (label 0), the 2nd is clear
+  const auto g = loss.backward();
+  CHECK(g[0] == doctest::Approx(-0.25));
+  CHECK(g[1] == doctest::Approx(0.25));
+  CHECK(g[2] == 0.0f);
+  CHECK(g[3] == 0.0f);
+
+  const std::vector<std::int32_t> bad{0, 2};
+  CHECK(error_of([&] { loss.forward(z2, bad, 2); }).find("label 1 is 2") != std::string::npos);
+  CHECK(error_of([&] { loss.forward(z2, l2, 3); }).find("logits has 4 elements") != std::string::npos);
+}
+
+TEST_CASE("SGD with momentum and weight decay follows PyTorch's formula") {
+  DenseLayer d(Shape3{2, 1, 1}, 1, Activation::identity);
+  d.weights()[0] = 1.0f, d.weights()[1] = -2.0f, d.bias()[0] = 0.5f;
+  const std::vector<float> x{1.0f, 1.0f};
+  const std::vector<float> dy{1.0f};
+  Sgd sgd{0.1f, 0.5f, 0.01f};
+  d.forward(x, 1);
+  d.backward(dy);  // grad w = x = (1, 1), grad b = 1
+  d.update(sgd);
+  // v = g + wd*w = (1.01, 0.98), b: 1 (no decay); w -= 0.1 v
+  CHECK(d.weights()[0] == doctest::Approx(1.0 - 0.101));
+  CHECK(d.weights()[1] == doctest::Approx(-2.0 - 0.098));
+  CHECK(d.bias()[0] == doctest::Approx(0.4));
+  const float w0 = d.weights()[0];
+  d.forward(x, 1);
+  d.backward(dy);
+  d.update(sgd);  // v = 0.5*1.01 + 1 + 0.01*w0
+  CHECK(d.weights()[0] == doctest::Approx(w0 - 0.1 * (0.5 * 1.01 + 1.0 + 0.01 * w0)));
+  CHECK(d.bias()[0] == doctest::Approx(0.4 - 0.1 * 1.5));
+  CHECK_THROWS_AS(d.update(Sgd{0.1f, 1.0f, 0.0f}), std::invalid_argument);
+  CHECK_THROWS_AS(d.update(Sgd{-0.1f, 0.9f, 0.0f}), std::invalid_argument);
+}
+
+TEST_CASE("a small network learns a tiny synthetic set: the loss falls at least 10-fold") {
+  // Three classes of 6x6 images: a bright vertical bar, a horizontal bar, a diagonal, at
+  // random places, plus noise. 48 images, minibatches of 16, 60 epochs.
+  const std::int64_t n = 48, batch = 16;
+  std::vector<float> x(static_cast<std::size_t>(n * 36));
+  std::vector<std::int32_t> y(static_cast<std::size_t>(n));
+  Rng rng(5);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const int c = static_cast<int>(i % 3);
+    y[i] = c;
+    float* img = &x[i * 36];
+    for (int k = 0; k < 36; ++k) img[k] = static_cast<float>(0.2 * rng.normal());
+    const int at = 1 + static_cast<int>(rng.below(4));
+    for (int k = 0; k < 6; ++k) {
+      if (c == 0) img[k * 6 + at] += 1.0f;
+      if (c == 1) img[at * 6 + k] += 1.0f;
+      if (c == 2) img[k * 6 + k] += 1.0f;
+    }
+  }
+  Sequential net = small_net();
+  net.init(3);
+  SoftmaxCrossEntropy loss;
+  const Sgd sgd{0.05f, 0.9f, 0.0f};
+  auto epoch_loss = [&](bool train) {
+    double total = 0;
+    for (std::int64_t b = 0; b < n; b += batch) {
+      std::span<const float> xb(&x[b * 36], static_cast<std::size_t>(batch * 36));
+      std::span<const std::int32_t> yb(&y[b], static_cast<std::size_t>(batch));
+      if (train) {
+        total += net.train_step(xb, yb, batch, loss, sgd);
+      } else {
+        total += loss.forward(net.forward(xb, batch), yb, 3);
+      }
+    }
+    return total / (n / batch);
+  };
+  const double before = epoch_loss(false);
+  for (int e = 0; e < 60; ++e) epoch_loss(true);
+  const double after = epoch_loss(false);
+  INFO("loss before " << before << ", after " << after);
+  CHECK(before > 0.5);
+  CHECK(after * 10 < before);
+  // Every layer was timed.
+  for (const auto& t : net.timings()) {
+    CHECK(t.forward_calls > 0);
+    CHECK(t.backward_calls > 0);
+  }
+}
+
+TEST_CASE("training is deterministic: same seed, same data, bitwise the same weights") {
+  auto run = [] {
+    Sequential net = small_net();
+    net.init(9);
+    SoftmaxCrossEntropy loss;
+    const auto x = testutil::random_floats(8 * 36, 2);
+    const std::vector<std::int32_t> y{0, 1, 2, 0, 1, 2, 0, 1};
+    for (int i = 0; i < 5; ++i) net.train_step(x, y, 8, loss, Sgd{});
+    return snapshot(net);
+  };
+  CHECK(same(run(), run()));
+}
+
+TEST_CASE("seeded initialisation: same seed, same weights; another seed, others") {
+  Sequential a = small_net(), b = small_net(), c = small_net();
+  a.init(42);
+  b.init(42);
+  c.init(43);
+  CHECK(same(snapshot(a), snapshot(b)));
+  CHECK(!same(snapshot(a), snapshot(c)));
+  // He normal for the relu conv: the sample deviation is near sqrt(2/9).
+  Conv2dLayer big(Shape3{8, 9, 9}, 64, 3, Activation::relu);
+  Rng rng(1);
+  big.init(rng);
+  double s2 = 0;
+  for (float w : big.weights()) s2 += double(w) * w;
+  const double sd = std::sqrt(s2 / static_cast<double>(big.weights().size()));
+  CHECK(sd == doctest::Approx(std::sqrt(2.0 / 72)).epsilon(0.05));
+  for (float b0 : big.bias()) CHECK(b0 == 0.0f);
+  // The generator itself: fixed output for a fixed seed (portable across standard libraries).
+  Rng r1(123), r2(123);
+  for (int i = 0; i < 10; ++i) CHECK(r1.next() == r2.next());
+  Rng r3(0);
+  CHECK(r3.next() == 0x99ec5f36cb75f2b4ull);  // xoshiro256** from splitmix64(0)
+}
+
+TEST_CASE("Sequential rejects a layer whose input shape does not match") {
+  Sequential net(Shape3{1, 28, 28});
+  net.add_conv2d(20, 5, Activation::relu);  // -> 20x24x24
+  net.add_maxpool2d(2);                     // -> 20x12x12
+  const std::string msg = error_of([&] {
+    net.add(std::make_unique<Conv2dLayer>(Shape3{10, 12, 12}, 50, 5, Activation::relu));
+  });
+  CHECK(msg.find("takes 10x12x12") != std::string::npos);
+  CHECK(msg.find("gives 20x12x12") != std::string::npos);
+  CHECK(net.size() == 2);
+  CHECK_THROWS_AS(net.add(std::make_unique<DenseLayer>(Shape3{2880, 1, 1}, 10, Activation::identity)),
+                  std::invalid_argument);
+  net.add(std::make_unique<DenseLayer>(Shape3{20, 12, 12}, 10, Activation::identity));
+  CHECK(net.size() == 3);
+  CHECK(net.output_shape() == Shape3{10, 1, 1});
+
+  // Wrong sizes at run time.
+  std::vector<float> x(2 * 784);
+  CHECK(error_of([&] { net.forward(x, 3); }).find("x has 1568 elements") != std::string::npos);
+  Conv2dLayer fresh(Shape3{1, 4, 4}, 1, 3, Activation::relu);
+  std::vector<float> dy(4);
+  CHECK(error_of([&] { fresh.backward(dy); }).find("before forward") != std::string::npos);
+  CHECK_THROWS_AS(Conv2dLayer(Shape3{1, 4, 4}, 1, 5, Activation::relu), std::invalid_argument);
+}
+
+TEST_CASE("parameter files: round trip bit for bit") {
+  TempDir dir;
+  Sequential a = small_net(), b = small_net();
+  a.init(1);
+  b.init(2);
+  const auto want = snapshot(a);
+  const std::string path = (dir.path / "p.bin").string();
+  a.save(path);
+  b.load(path);
+  CHECK(same(snapshot(b), want));
+  CHECK(!fs::exists(path + ".tmp"));
+  // Same parameters, same outputs.
+  const auto x = testutil::random_floats(2 * 36, 5);
+  const auto ya = a.forward(x, 2);
+  const std::vector<float> yav(ya.begin(), ya.end());
+  const auto yb = b.forward(x, 2);
+  CHECK(testutil::bitwise_equal(yav, yb));
+  // Size: header 16 + shapes + values + crc.
+  const auto bytes = a.save_bytes();
+  const std::int64_t values = a.parameter_count();
+  CHECK(bytes.size() == 16 + (4 + 4 * 8) + (4 + 8) + (4 + 2 * 8) + (4 + 8) + 4 * values + 4);
+  CHECK(std::string(bytes.begin(), bytes.begin() + 8) == "I2GPARAM");
+}
+
+TEST_CASE("parameter files: wrong, truncated or corrupted files are rejected, network unchanged") {
+  Sequential src = small_net();
+  src.init(1);
+  const auto good = src.save_bytes();
+  Sequential net = small_net();
+  net.init(2);
+  const auto before = snapshot(net);
+  auto rejected = [&](const std::vector<std::uint8_t>& bytes, const char* expect) {
+    const std::string msg = error_of([&] { net.load_bytes(bytes); });
+    INFO(msg);
+    CHECK(msg.find(expect) != std::string::npos);
+    CHECK(same(snapshot(net), before));
+  };
+  for (std::size_t at : {std::size_t{3}, std::size_t{20}, good.size() / 2, good.size() - 1}) {
+    CAPTURE(at);
+    auto bad = good;
+    bad[at] ^= 0x10;  // one flipped bit: magic, shape, value or checksum
+    rejected(bad, at < 8 ? "wrong magic" : "checksum mismatch");
+  }
+  rejected(std::vector<std::uint8_t>(good.begin(), good.end() - 10), "checksum mismatch");
+  rejected(std::vector<std::uint8_t>(good.begin(), good.begin() + 10), "truncated");
+  rejected({}, "truncated");
+  {
+    auto bad = good;
+    bad[8] = 2;  // version 2
+    rejected(bad, "version 2 is not supported");
+  }
+  {
+    Sequential other = small_net(4);  // dense 3 -> dense 4: same tensor count, other shapes
+    other.init(1);
+    rejected(other.save_bytes(), "has shape [4,16] in the file, the network has [3,16]");
+  }
+  {
+    Sequential fewer(Shape3{1, 6, 6});
+    fewer.add_conv2d(4, 3, Activation::relu);
+    rejected(fewer.save_bytes(), "holds 2 tensors, the network has 4");
+  }
+  TempDir dir;
+  CHECK(error_of([&] { net.load((dir.path / "missing.bin").string()); }).find("cannot open") !=
+        std::string::npos);
+  CHECK(same(snapshot(net), before));
+  net.load_bytes(good);  // and the good one still loads
+  CHECK(same(snapshot(net), snapshot(src)));
+}
+
+TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, broken gzip") {
+  TempDir dir;
+  const auto p = [&](const char* name) { return (dir.path / name).string(); };
+
+  write_gz(p("train-images-idx3-ubyte.gz"), idx_bytes({3, 4, 5}, 60));
+  write_gz(p("train-labels-idx1-ubyte.gz"), idx_bytes({3}, 3));
+  const auto a = read_idx(p("train-images-idx3-ubyte.gz"));
+  CHECK(a.dims == std::vector<std::int64_t>{3, 4, 5});
+  REQUIRE(a.values.size() == 60);
+  CHECK(a.values[0] == 3);
+  CHECK(a.values[59] == (59 * 7 + 3) % 10);
+  const auto set = read_mnist(dir.path.string(), "train");
+  CHECK(set.count == 3);
+  CHECK(set.rows == 4);
+  CHECK(set.cols == 5);
+  CHECK(set.labels == std::vector<std::int32_t>{3, 0, 7});
+  CHECK(set.pixels.size() == 60);
+
+  // Plain (not gzipped) IDX reads too.
+  {
+    const auto b = idx_bytes({2, 2}, 4);
+    std::ofstream(p("plain.idx"), std::ios::binary).write(reinterpret_cast<const char*>(b.data()), 4 + 8 + 4);
+    CHECK(read_idx(p("plain.idx")).dims == std::vector<std::int64_t>{2, 2});
+  }
+  auto msg = [&](const char* name) { return error_of([&] { read_idx(p(name)); }); };
+  {
+    auto b = idx_bytes({3}, 3);
+    b[0] = 0x1f;
+    write_gz(p("magic.gz"), b);
+    CHECK(msg("magic.gz").find("wrong magic") != std::string::npos);
+    write_gz(p("type.gz"), idx_bytes({3}, 3, 0x0d));
+    CHECK(msg("type.gz").find("element type 0x0d") != std::string::npos);
+    write_gz(p("short.gz"), idx_bytes({3, 4, 5}, 59));
+    CHECK(msg("short.gz").find("truncated") != std::string::npos);
+    write_gz(p("header.gz"), std::vector<std::uint8_t>{0, 0, 8, 3, 0, 0});
+    CHECK(msg("header.gz").find("truncated in the header") != std::string::npos);
+    write_gz(p("long.gz"), idx_bytes({3, 4, 5}, 61));
+    CHECK(msg("long.gz").find("trailing data") != std::string::npos);
+    write_gz(p("zero.gz"), idx_bytes({0}, 0));
+    CHECK(msg("zero.gz").find("dimension 0 is 0") != std::string::npos);
+  }
+  {  // A gzip stream cut in half.
+    std::ifstream in(p("train-images-idx3-ubyte.gz"), std::ios::binary);
+    std::vector<char> gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(p("cut.gz"), std::ios::binary).write(gz.data(), static_cast<std::streamsize>(gz.size() / 2));
+    const std::string m = msg("cut.gz");
+    INFO(m);
+    CHECK((m.find("truncated") != std::string::npos || m.find("gzip") != std::string::npos));
+  }
+  // read_mnist: a missing file says what to install; mismatched counts are caught.
+  const std::string missing = error_of([&] { read_mnist((dir.path / "nowhere").string(), "t10k"); });
+  CHECK(missing.find("cannot open") != std::string::npos);
+  CHECK(missing.find("t10k-images-idx3-ubyte.gz") != std::string::npos);
+  CHECK(missing.find("apt-get install dataset-fashion-mnist") != std::string::npos);
+  write_gz(p("train-labels-idx1-ubyte.gz"), idx_bytes({4}, 4));
+  CHECK(error_of([&] { read_mnist(dir.path.string(), "train"); }).find("holds 3 images but") !=
+        std::string::npos);
+  CHECK_THROWS_AS(read_mnist(dir.path.string(), "validation"), std::invalid_argument);
+}
