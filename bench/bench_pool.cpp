@@ -1,2 +1,282 @@
+// Max pooling over ../shared/suite/pools.txt: im2gemm forward and backward, oneDNN on NCHW user
+// memory (training forward with its workspace, and backward), the reference loops, and a
+// memcpy of the same bytes as the bandwidth ceiling, all in one run. Every variant is charged
+// the same bytes per call, input + output + argmax = 4 * (N*C*H*W + 2 * N*C*OH*OW), so GB/s
+// ratios are time ratios. At the end the binary prints its own summary: medians over the
+// repetitions, per pool, against the targets of issue 4.
 #include <benchmark/benchmark.h>
-BENCHMARK_MAIN();
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <im2gemm/im2gemm.hpp>
+
+#include "pool/maxpool2d_impl.hpp"
+#include "suite.hpp"
+
+#ifdef IM2GEMM_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace {
+
+using im2gemm::MaxPool2dShape;
+
+constexpr int kRepetitions = 5;
+constexpr double kMinTime = 0.2;  // seconds per repetition
+
+std::int64_t pool_bytes(const MaxPool2dShape& s) {
+  return 4 * (s.x_size() + 2 * s.y_size());
+}
+
+// Buffers of one pool, allocated (and first touched) once; benchmarks of a pool run together,
+// so only one pool's buffers are alive at a time.
+struct PoolData {
+  MaxPool2dShape s;
+  std::vector<float> x, y, dy, dx;
+  std::vector<std::int32_t> argmax;
+  std::vector<char> copy_src, copy_dst;  // memcpy ceiling, pool_bytes each
+#ifdef IM2GEMM_HAVE_DNNL
+  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
+  dnnl::stream strm{eng};
+  std::vector<float> dnnl_y, dnnl_dx;
+  dnnl::pooling_forward::primitive_desc fwd_pd;
+  dnnl::pooling_backward::primitive_desc bwd_pd;
+  dnnl::memory src_m, dst_m, ws_m, ddst_m, dsrc_m;
+  dnnl::pooling_forward fwd;
+  dnnl::pooling_backward bwd;
+#endif
+};
+
+std::unique_ptr<PoolData> g_data;
+std::string g_data_name;
+
+PoolData& data_for(const im2gemm::bench::NamedPool& p) {
+  if (g_data && g_data_name == p.name) return *g_data;
+  g_data.reset();
+  auto d = std::make_unique<PoolData>();
+  const auto& s = p.shape;
+  d->s = s;
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  d->x.resize(static_cast<std::size_t>(s.x_size()));
+  for (auto& v : d->x) v = u(rng);
+  d->dy.resize(static_cast<std::size_t>(s.y_size()));
+  for (auto& v : d->dy) v = u(rng);
+  d->y.assign(d->dy.size(), 0.0f);
+  d->argmax.assign(d->dy.size(), 0);
+  d->dx.assign(d->x.size(), 0.0f);
+  d->copy_src.assign(static_cast<std::size_t>(pool_bytes(s)), 1);
+  d->copy_dst.assign(d->copy_src.size(), 0);
+  im2gemm::maxpool2d_forward(s, d->x, d->y, d->argmax);  // valid argmax for backward
+#ifdef IM2GEMM_HAVE_DNNL
+  using namespace dnnl;
+  using dims = memory::dims;
+  const dims src_dims{s.batch, s.channels, s.in_height, s.in_width};
+  const dims dst_dims{s.batch, s.channels, s.out_height(), s.out_width()};
+  const dims kernel{s.kernel_height, s.kernel_width}, strides{s.stride_height, s.stride_width};
+  const dims pad_l{s.pad_height, s.pad_width};
+  // Right padding such that oneDNN's output size equals the floor-mode one.
+  const dims pad_r{(s.out_height() - 1) * s.stride_height + s.kernel_height - s.in_height -
+                       s.pad_height,
+                   (s.out_width() - 1) * s.stride_width + s.kernel_width - s.in_width -
+                       s.pad_width};
+  const memory::desc src_md(src_dims, memory::data_type::f32, memory::format_tag::nchw);
+  const memory::desc dst_md(dst_dims, memory::data_type::f32, memory::format_tag::nchw);
+  const pooling_forward::desc fd(prop_kind::forward_training, algorithm::pooling_max, src_md,
+                                 dst_md, strides, kernel, pad_l, pad_r);
+  d->fwd_pd = pooling_forward::primitive_desc(fd, d->eng);
+  const pooling_backward::desc bd(algorithm::pooling_max, src_md, dst_md, strides, kernel,
+                                  pad_l, pad_r);
+  d->bwd_pd = pooling_backward::primitive_desc(bd, d->eng, d->fwd_pd);
+  d->dnnl_y.assign(d->y.size(), 0.0f);
+  d->dnnl_dx.assign(d->x.size(), 0.0f);
+  d->src_m = memory(src_md, d->eng, d->x.data());
+  d->dst_m = memory(dst_md, d->eng, d->dnnl_y.data());
+  d->ws_m = memory(d->fwd_pd.workspace_desc(), d->eng);
+  d->ddst_m = memory(dst_md, d->eng, d->dy.data());
+  d->dsrc_m = memory(src_md, d->eng, d->dnnl_dx.data());
+  d->fwd = pooling_forward(d->fwd_pd);
+  d->bwd = pooling_backward(d->bwd_pd);
+  d->fwd.execute(d->strm, {{DNNL_ARG_SRC, d->src_m}, {DNNL_ARG_DST, d->dst_m},
+                           {DNNL_ARG_WORKSPACE, d->ws_m}});
+  d->strm.wait();
+  static bool printed = false;
+  if (!printed) {
+    std::printf("oneDNN %d.%d.%d, implementations: fwd %s, bwd %s\n", dnnl_version()->major,
+                dnnl_version()->minor, dnnl_version()->patch, d->fwd_pd.impl_info_str(),
+                d->bwd_pd.impl_info_str());
+    printed = true;
+  }
+#endif
+  g_data = std::move(d);
+  g_data_name = p.name;
+  return *g_data;
+}
+
+void set_gbs(benchmark::State& st, const MaxPool2dShape& s) {
+  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(pool_bytes(s)) * 1e-9,
+                                           benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Variants, in the order of the summary table.
+enum Variant { kFwd, kBwd, kFwd1t, kBwd1t, kDnnlFwd, kDnnlBwd, kRefFwd, kRefBwd, kMemcpy,
+               kVariants };
+const char* const kVariantNames[kVariants] = {
+    "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t", "onednn_fwd",
+    "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy"};
+
+void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Variant v) {
+  PoolData& d = data_for(p);
+  const auto& s = d.s;
+  const int threads = (v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd) ? 1 : 0;
+  im2gemm::set_num_threads(threads);
+  for (auto _ : st) {
+    switch (v) {
+      case kFwd:
+      case kFwd1t:
+        im2gemm::maxpool2d_forward(s, d.x, d.y, d.argmax);
+        break;
+      case kBwd:
+      case kBwd1t:
+        im2gemm::maxpool2d_backward(s, d.dy, d.argmax, d.dx);
+        break;
+      case kRefFwd:
+        im2gemm::reference::maxpool2d_forward(s, d.x, d.y, d.argmax);
+        break;
+      case kRefBwd:
+        im2gemm::reference::maxpool2d_backward(s, d.dy, d.argmax, d.dx);
+        break;
+      case kDnnlFwd:
+      case kDnnlBwd:
+#ifdef IM2GEMM_HAVE_DNNL
+        if (v == kDnnlFwd) {
+          d.fwd.execute(d.strm, {{DNNL_ARG_SRC, d.src_m}, {DNNL_ARG_DST, d.dst_m},
+                                 {DNNL_ARG_WORKSPACE, d.ws_m}});
+        } else {
+          d.bwd.execute(d.strm, {{DNNL_ARG_DIFF_DST, d.ddst_m}, {DNNL_ARG_DIFF_SRC, d.dsrc_m},
+                                 {DNNL_ARG_WORKSPACE, d.ws_m}});
+        }
+        d.strm.wait();
+#endif
+        break;
+      case kMemcpy: {
+        const std::size_t n = d.copy_src.size();
+        const int nt = im2gemm::num_threads();
+        char* dst = d.copy_dst.data();
+        const char* src = d.copy_src.data();
+#pragma omp parallel num_threads(nt)
+        {
+          const int t = omp_get_thread_num(), T = omp_get_num_threads();
+          const std::size_t b = n * t / T, e = n * (t + 1) / T;
+          std::memcpy(dst + b, src + b, e - b);
+        }
+        break;
+      }
+      case kVariants:
+        break;
+    }
+    benchmark::ClobberMemory();
+  }
+  im2gemm::set_num_threads(0);
+  set_gbs(st, s);
+}
+
+// Collects the real time per iteration of every repetition for the summary.
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  std::map<std::string, std::vector<double>> seconds;  // "pool/variant" -> per repetition
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs) {
+      if (r.run_type != Run::RT_Iteration || r.error_occurred || r.iterations == 0) continue;
+      seconds[r.run_name.function_name].push_back(r.real_accumulated_time /
+                                                  static_cast<double>(r.iterations));
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+};
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+void print_summary(const SummaryReporter& rep,
+                   const std::vector<im2gemm::bench::NamedPool>& pools) {
+  std::printf("\nSummary: GB/s of input + output + argmax bytes, medians of %d repetitions; "
+              "%d threads unless 1t. ISA %s.\n",
+              kRepetitions, im2gemm::num_threads(),
+              im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_active()));
+  std::printf("Targets: >= 2x oneDNN, >= 60%% of memcpy (fwd and bwd, every pool); "
+              ">= 20x reference on vgg_pool1 at 1 thread.\n");
+  std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s %7s %8s %8s %7s\n", "pool", "dir", "kernel",
+              "im2gemm", "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "1t", "ref_1t", "x_ref_1t",
+              "targets");
+  for (const auto& p : pools) {
+    const double bytes = static_cast<double>(pool_bytes(p.shape));
+    auto gbs = [&](Variant v) {
+      const auto it = rep.seconds.find(p.name + "/" + kVariantNames[v]);
+      if (it == rep.seconds.end()) return 0.0;
+      const double t = median(it->second);
+      return t > 0 ? bytes / t * 1e-9 : 0.0;
+    };
+    const auto g = im2gemm::detail::PoolGeom{
+        p.shape.in_height,     p.shape.in_width,      p.shape.out_height(),
+        p.shape.out_width(),   p.shape.kernel_height, p.shape.kernel_width,
+        p.shape.stride_height, p.shape.stride_width,  p.shape.pad_height,
+        p.shape.pad_width};
+    const char* kname = im2gemm::detail::pool_kernel_name(im2gemm::detail::choose_pool_kernel(g));
+    const double mc = gbs(kMemcpy);
+    for (int dir = 0; dir < 2; ++dir) {
+      const double ours = gbs(dir ? kBwd : kFwd), dn = gbs(dir ? kDnnlBwd : kDnnlFwd);
+      const double one = gbs(dir ? kBwd1t : kFwd1t), ref = gbs(dir ? kRefBwd : kRefFwd);
+      const double x_dn = dn > 0 ? ours / dn : 0.0, frac = mc > 0 ? ours / mc : 0.0;
+      const double x_ref = ref > 0 ? one / ref : 0.0;
+      std::string t;
+      t += dn > 0 ? (x_dn >= 2.0 ? "dnn:ok " : "dnn:MISS ") : "dnn:n/a ";
+      t += frac >= 0.6 ? "mem:ok" : "mem:MISS";
+      if (p.name == "vgg_pool1") t += x_ref >= 20.0 ? " ref:ok" : " ref:MISS";
+      std::printf("%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%% %7.2f %8.2f %8.1f  %s\n",
+                  p.name.c_str(), dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac,
+                  one, ref, x_ref, t.c_str());
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  const auto pools = im2gemm::bench::pool_layers();
+  for (const auto& p : pools) {
+    for (int v = 0; v < kVariants; ++v) {
+#ifndef IM2GEMM_HAVE_DNNL
+      if (v == kDnnlFwd || v == kDnnlBwd) continue;
+#endif
+      benchmark::RegisterBenchmark((p.name + "/" + kVariantNames[v]).c_str(),
+                                   [p, v](benchmark::State& st) {
+                                     run_variant(st, p, static_cast<Variant>(v));
+                                   })
+          ->UseRealTime()
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(kMinTime)
+          ->Repetitions(kRepetitions);
+    }
+  }
+  SummaryReporter rep;
+  benchmark::RunSpecifiedBenchmarks(&rep);
+  print_summary(rep, pools);
+  g_data.reset();
+  benchmark::Shutdown();
+  return 0;
+}

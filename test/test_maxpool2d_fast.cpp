@@ -358,11 +358,12 @@ TEST_CASE("corrupted argmax is rejected and dx is untouched") {
 }
 
 TEST_CASE("1 and 2 threads give identical bits; batch 1 uses row blocks") {
+  // Inputs above 512 KiB, so that the plan really uses 2 threads (256 KiB each at least).
   const std::vector<MaxPool2dShape> shapes{
-      pool(3, 5, 40, 57, 3, 3, 2, 2, 1, 1),
-      pool(1, 1, 61, 67, 2, 2, 2, 2, 0, 0),   // one plane: split into row blocks
-      pool(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),
-      pool(2, 3, 31, 29, 4, 3, 1, 2, 2, 1),
+      pool(3, 8, 120, 117, 3, 3, 2, 2, 1, 1),
+      pool(1, 1, 401, 399, 2, 2, 2, 2, 0, 0),  // one plane: split into row blocks
+      pool(2, 48, 55, 55, 3, 3, 2, 2, 0, 0),
+      pool(2, 40, 61, 59, 4, 3, 1, 2, 2, 1),
   };
   for (PoolIsa isa : isas()) {
     IsaScope scope(isa);
@@ -398,6 +399,28 @@ TEST_CASE("the suite's pools match the reference (reduced batch)") {
       CAPTURE(testutil::describe(s));
       check_against_reference(s, 11u, Fill::floats);
       check_against_reference(s, 12u, Fill::special);
+    }
+  }
+}
+
+TEST_CASE("large tensors: streamed outputs and row blocks bounded by the scratch") {
+  // Outputs above 8 MiB go through per-thread scratch and non-temporal stores; odd plane
+  // sizes put the aligned part of each copy at every offset. The single 4096-wide plane is
+  // cut into row blocks that fit the scratch.
+  const std::vector<MaxPool2dShape> shapes{
+      pool(3, 16, 255, 257, 2, 2, 1, 1, 0, 0),  // y 3.1M outputs, x 3.1M floats
+      pool(2, 4, 723, 725, 3, 3, 2, 2, 1, 1),   // resnet-like window, odd sizes
+      pool(1, 1, 1024, 4099, 2, 2, 2, 2, 0, 0), // one plane, 2049 outputs per row
+  };
+  for (const auto& s : shapes) {
+    CAPTURE(testutil::describe(s));
+    const auto x = make_input(static_cast<std::size_t>(s.x_size()), 21u, Fill::special);
+    const auto dy = testutil::random_ints(static_cast<std::size_t>(s.y_size()), 22u, -8, 8);
+    const Result want = run_ref(s, x, dy);
+    for (PoolIsa isa : isas()) {
+      IsaScope scope(isa);
+      CAPTURE(detail::pool_isa_name(isa));
+      same(run_fast(s, x, dy), want);
     }
   }
 }

@@ -1,5 +1,6 @@
 #include "checks.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <sstream>
@@ -297,11 +298,28 @@ void check_maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy
   check_no_overlap(F, "dx", dx, "dy", dy);
   check_no_overlap(F, "dx", dx, "argmax", argmax);
   const std::int64_t plane = s.in_height * s.in_width;
-  const std::size_t n = argmax.size();
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int32_t a = argmax[i];
-    if (a < 0 || a >= plane) {
-      fail(std::string(F) + ": argmax[" + std::to_string(i) + "] = " + std::to_string(a) +
+  const std::int64_t n = static_cast<std::int64_t>(argmax.size());
+  // Chunks are scanned without early exit (an unsigned compare catches negatives too), so the
+  // scan vectorises and runs at memory speed on every thread; only the first chunk holding a
+  // bad entry is scanned again to name the first bad index.
+  const auto limit = static_cast<std::uint32_t>(plane);  // validate(): plane <= INT32_MAX
+  const std::int32_t* a = argmax.data();
+  constexpr std::int64_t kChunk = std::int64_t{1} << 14;
+  const std::int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::int64_t first_bad = chunks;
+  const int threads = chunks >= 8 ? num_threads() : 1;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
+  for (std::int64_t c = 0; c < chunks; ++c) {
+    const std::int64_t end = std::min(n, (c + 1) * kChunk);
+    unsigned bad = 0;
+    for (std::int64_t i = c * kChunk; i < end; ++i) {
+      bad |= static_cast<unsigned>(static_cast<std::uint32_t>(a[i]) >= limit);
+    }
+    if (bad != 0 && c < first_bad) first_bad = c;
+  }
+  for (std::int64_t i = first_bad * kChunk; i < n; ++i) {
+    if (a[i] < 0 || a[i] >= plane) {
+      fail(std::string(F) + ": argmax[" + std::to_string(i) + "] = " + std::to_string(a[i]) +
            " is outside its input plane [0, " + std::to_string(plane) + ")");
     }
   }

@@ -37,8 +37,8 @@ struct PoolGeom {
 /// The kernel a geometry runs (pure function of the shape).
 PoolKernel choose_pool_kernel(const PoolGeom& g);
 
-/// Forward of output rows [oh_begin, oh_end) of one plane: x is the plane's input [H][W],
-/// y and argmax the plane's outputs [OH][OW] (rows outside the range are not touched).
+/// Forward of output rows [oh_begin, oh_end) of one plane: x is the plane's input [H][W];
+/// y and argmax point at output row oh_begin and receive (oh_end - oh_begin) rows of OW.
 using PoolRowsFn = void (*)(PoolKernel k, const PoolGeom& g, const float* x, float* y,
                             std::int32_t* argmax, std::int64_t oh_begin, std::int64_t oh_end);
 
