@@ -338,6 +338,39 @@ TEST_CASE("seeded initialisation: same seed, same weights; another seed, others"
   CHECK(r3.next() == 0x99ec5f36cb75f2b4ull);  // xoshiro256** from splitmix64(0)
 }
 
+TEST_CASE("Sequential's fused conv -> pool backward gives the layers' own gradients") {
+  for (Activation a : kActs) {
+    CAPTURE(act_str(a));
+    auto build = [&] {
+      Sequential net(Shape3{2, 9, 8});
+      net.add_conv2d(3, 3, a);   // -> 3x7x6
+      net.add(std::make_unique<MaxPool2dLayer>(Shape3{3, 7, 6}, 3, 2));  // overlapping -> 3x3x2
+      net.add_dense(4, Activation::identity);
+      net.init(11);
+      return net;
+    };
+    Sequential fused = build(), plain = build();
+    const auto x = testutil::random_floats(2 * 2 * 9 * 8, 8);
+    const auto dy = testutil::random_floats(2 * 4, 9);
+    fused.forward(x, 2);
+    const auto dxf = fused.backward(dy, true);
+    const std::vector<float> dx_fused(dxf.begin(), dxf.end());
+    plain.forward(x, 2);
+    std::span<const float> d = dy;
+    for (std::size_t i = plain.size(); i-- > 0;) d = plain.layer(i).backward(d, true);
+    const bool exact = a == Activation::identity || a == Activation::relu;
+    auto pf = fused.parameters(), pp = plain.parameters();
+    REQUIRE(pf.size() == pp.size());
+    for (std::size_t i = 0; i < pf.size(); ++i) {
+      CAPTURE(pf[i].name);
+      if (exact) CHECK(testutil::bitwise_equal(pf[i].grad, pp[i].grad));
+      else CHECK_CLOSE_SPANS(pf[i].grad, pp[i].grad, 1e-6f, 1e-5f);
+    }
+    if (exact) CHECK(testutil::bitwise_equal(dx_fused, d));
+    else CHECK_CLOSE_SPANS(std::span<const float>(dx_fused), d, 1e-6f, 1e-5f);
+  }
+}
+
 TEST_CASE("Sequential rejects a layer whose input shape does not match") {
   Sequential net(Shape3{1, 28, 28});
   net.add_conv2d(20, 5, Activation::relu);  // -> 20x24x24

@@ -14,9 +14,9 @@
 //    mean loss they are the mean gradient) and returns dE/d(the layer's input) in a buffer the
 //    layer owns (OVERWRITTEN by every backward). With want_input_grad = false it skips that
 //    computation and returns an empty span (what the first layer of a network does).
-//  - A layer with an activation applies its own activation's derivative to dy first
-//    (activation_backward, from its kept output), then calls the primitives with
-//    dE/d(pre-activation). The primitive conv2d_backward_data's fused *input* activation is
+//  - A layer with an activation first multiplies dy by its own activation's derivative,
+//    computed from its kept output (activation_backward's rule), then calls the primitives
+//    with dE/d(pre-activation). The primitive conv2d_backward_data's fused *input* activation is
 //    therefore not used: every layer owns its activation's derivative, never its neighbour's.
 //  - update(sgd) applies the gradients of the last backward to the parameters.
 //  - Bad input throws std::invalid_argument naming the values; the layer is then unchanged.
@@ -136,6 +136,10 @@ class Conv2dLayer : public Layer {
   Shape3 output_shape() const override;
   std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
   std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+  /// backward from delta = dE/d(pre-activation output) instead of dE/d(output): the same
+  /// gradients, without the pass that multiplies by the activation's derivative.
+  std::span<const float> backward_preactivation(std::span<const float> delta,
+                                                bool want_input_grad = true);
   std::vector<Parameter> parameters() override;
   void init(Rng& rng) override;
 
@@ -167,10 +171,16 @@ class MaxPool2dLayer : public Layer {
   Shape3 output_shape() const override;
   std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
   std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+  /// When this layer's input is act(u), the output of the layer before: returns dE/du, the
+  /// previous layer's dE/d(pre-activation), by scaling dy with act' of this layer's own
+  /// output before the scatter. Exact: each window's max is the input value at its argmax, and
+  /// every other input cell gets zero either way. Saves the previous layer a pass over its
+  /// (4x larger) output; see Conv2dLayer::backward_preactivation.
+  std::span<const float> backward_through_activation(std::span<const float> dy, Activation act);
 
  private:
   MaxPool2dShape shape_;
-  std::vector<float> y_, dx_;
+  std::vector<float> y_, dx_, scaled_;
   std::vector<std::int32_t> argmax_;
 };
 
@@ -234,6 +244,9 @@ struct LayerTiming {
 
 /// Layers chained one after another. Every layer's input shape must equal the previous
 /// layer's output shape (add() throws otherwise and leaves the network unchanged).
+/// backward fuses one pair: a Conv2dLayer with an activation followed by a MaxPool2dLayer runs
+/// MaxPool2dLayer::backward_through_activation then Conv2dLayer::backward_preactivation (the
+/// same gradients; bitwise the same for relu and identity).
 class Sequential {
  public:
   /// input: the per-sample shape the first layer must take.
@@ -296,6 +309,7 @@ class Sequential {
   Shape3 input_;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerTiming> timings_;
+  std::vector<bool> pool_after_conv_;  ///< [i]: layer i is a MaxPool2dLayer after a Conv2dLayer
 };
 
 /// Options and result of gradient_check.

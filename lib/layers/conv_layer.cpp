@@ -72,14 +72,18 @@ std::span<const float> Conv2dLayer::forward(std::span<const float> x, std::int64
 
 std::span<const float> Conv2dLayer::backward(std::span<const float> dy, bool want_input_grad) {
   check_backward("Conv2dLayer", dy);
+  if (act_ == Activation::identity) return backward_preactivation(dy, want_input_grad);
+  delta_.resize(dy.size());
+  detail::derivative_times(act_, y_.data(), dy.data(), delta_.data(),
+                           static_cast<std::int64_t>(dy.size()));
+  return backward_preactivation(delta_, want_input_grad);
+}
+
+std::span<const float> Conv2dLayer::backward_preactivation(std::span<const float> delta,
+                                                           bool want_input_grad) {
+  check_backward("Conv2dLayer", delta);
   Conv2dShape s = shape_;
   s.batch = batch_;
-  std::span<const float> delta = dy;  // dE/d(pre-activation)
-  if (act_ != Activation::identity) {
-    delta_.assign(dy.begin(), dy.end());
-    activation_backward(act_, y_, delta_);
-    delta = delta_;
-  }
   conv2d_backward_weights(s, x_, delta, dw_, db_);
   if (!want_input_grad) return {};
   dx_.resize(x_.size());

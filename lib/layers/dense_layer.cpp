@@ -57,8 +57,9 @@ std::span<const float> DenseLayer::backward(std::span<const float> dy, bool want
   const int n = static_cast<int>(batch_), k = static_cast<int>(in_.size()), m = static_cast<int>(out_);
   const float* delta = dy.data();  // dE/d(pre-activation)
   if (act_ != Activation::identity) {
-    delta_.assign(dy.begin(), dy.end());
-    activation_backward(act_, y_, delta_);
+    delta_.resize(dy.size());
+    detail::derivative_times(act_, y_.data(), dy.data(), delta_.data(),
+                             static_cast<std::int64_t>(dy.size()));
     delta = delta_.data();
   }
   // dW[out][in] = delta^T[out][n] * X[n][in]   (overwritten: beta = 0)

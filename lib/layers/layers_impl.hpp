@@ -26,6 +26,26 @@ inline double init_std(Activation act, std::int64_t fan_in, std::int64_t fan_out
   return std::sqrt(2.0 / static_cast<double>(fan_in + fan_out));
 }
 
+/// delta[i] = dy[i] * f'(u_i), f' computed from y[i] = f(u_i): activation_backward fused with
+/// the copy of dy, one pass over three arrays. Sizes are checked by the caller.
+inline void derivative_times(Activation act, const float* y, const float* dy, float* delta,
+                             std::int64_t n) {
+  switch (act) {
+    case Activation::identity:
+      for (std::int64_t i = 0; i < n; ++i) delta[i] = dy[i];
+      return;
+    case Activation::relu:
+      for (std::int64_t i = 0; i < n; ++i) delta[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+      return;
+    case Activation::sigmoid:
+      for (std::int64_t i = 0; i < n; ++i) delta[i] = dy[i] * (y[i] * (1.0f - y[i]));
+      return;
+    case Activation::tanh:
+      for (std::int64_t i = 0; i < n; ++i) delta[i] = dy[i] * (1.0f - y[i] * y[i]);
+      return;
+  }
+}
+
 inline void fill_normal(Rng& rng, std::span<float> v, double stddev) {
   for (auto& x : v) x = static_cast<float>(rng.normal() * stddev);
 }

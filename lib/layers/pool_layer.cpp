@@ -3,6 +3,7 @@
 
 #include "common/checks.hpp"
 #include "im2gemm/layers.hpp"
+#include "layers/layers_impl.hpp"
 
 namespace im2gemm {
 
@@ -66,6 +67,20 @@ std::span<const float> MaxPool2dLayer::backward(std::span<const float> dy, bool 
   s.batch = batch_;
   dx_.resize(static_cast<std::size_t>(s.x_size()));
   maxpool2d_backward(s, dy, argmax_, dx_);
+  return dx_;
+}
+
+std::span<const float> MaxPool2dLayer::backward_through_activation(std::span<const float> dy,
+                                                                  Activation act) {
+  check_backward("MaxPool2dLayer", dy);
+  detail::check_activation(act, "MaxPool2dLayer::backward_through_activation: act");
+  MaxPool2dShape s = shape_;
+  s.batch = batch_;
+  scaled_.resize(dy.size());
+  detail::derivative_times(act, y_.data(), dy.data(), scaled_.data(),
+                           static_cast<std::int64_t>(dy.size()));
+  dx_.resize(static_cast<std::size_t>(s.x_size()));
+  maxpool2d_backward(s, scaled_, argmax_, dx_);
   return dx_;
 }
 

@@ -41,8 +41,13 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
   }
   LayerTiming t;
   t.name = layer->name();
+  const bool fuse = !layers_.empty() && dynamic_cast<MaxPool2dLayer*>(layer.get()) != nullptr &&
+                    dynamic_cast<Conv2dLayer*>(layers_.back().get()) != nullptr;
+  timings_.reserve(timings_.size() + 1);
+  pool_after_conv_.reserve(pool_after_conv_.size() + 1);
+  layers_.push_back(std::move(layer));  // the only step that can throw (bad_alloc): first
   timings_.push_back(t);
-  layers_.push_back(std::move(layer));
+  pool_after_conv_.push_back(fuse);
   return *layers_.back();
 }
 
@@ -92,8 +97,20 @@ std::span<const float> Sequential::backward(std::span<const float> dy, bool want
   if (layers_.empty()) detail::fail("Sequential::backward: the network has no layers");
   std::span<const float> d = dy;
   for (std::size_t i = layers_.size(); i-- > 0;) {
-    const auto t0 = Clock::now();
-    d = layers_[i]->backward(d, i > 0 || want_input_grad);
+    const bool want = i > 0 || want_input_grad;
+    auto t0 = Clock::now();
+    if (pool_after_conv_[i]) {
+      // pool i returns dE/d(pre-activation of conv i-1), which conv i-1 takes directly.
+      auto& conv = static_cast<Conv2dLayer&>(*layers_[i - 1]);
+      d = static_cast<MaxPool2dLayer&>(*layers_[i]).backward_through_activation(d, conv.activation());
+      timings_[i].backward_seconds += detail::seconds_since(t0);
+      ++timings_[i].backward_calls;
+      --i;
+      t0 = Clock::now();
+      d = conv.backward_preactivation(d, i > 0 || want_input_grad);
+    } else {
+      d = layers_[i]->backward(d, want);
+    }
     timings_[i].backward_seconds += detail::seconds_since(t0);
     ++timings_[i].backward_calls;
   }
