@@ -5,6 +5,7 @@
 #include <sstream>
 #include <thread>
 
+#include "conv/lowering.hpp"
 #include "conv/plan.hpp"
 #include "test_util.hpp"
 
@@ -26,6 +27,7 @@ struct Settings {
   ~Settings() {
     im2gemm::set_num_threads(0);
     im2gemm::detail::set_block_target_bytes(0);
+    im2gemm::detail::set_avx512_lowering(true);
   }
   static void apply(int threads, std::size_t block_bytes) {
     im2gemm::set_num_threads(threads);
@@ -205,7 +207,11 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
     const Conv2dShape s = random_shape(rng);
     const Activation act = kActs[i % 4];
     const bool with_bias = i % 3 != 2;
-    INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act));
+    // Odd shapes run the portable (target_clones) im2col/col2im, even ones the AVX-512 kernels
+    // where the CPU has them.
+    im2gemm::detail::set_avx512_lowering(i % 2 == 0);
+    INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act)
+                  << " avx512 lowering allowed " << (i % 2 == 0));
     // Integer data: exact at 1 and 2 threads, with the default blocks and with tiny blocks
     // (many pixel blocks cutting output rows at odd places).
     const Data di = make_data(s, static_cast<std::uint32_t>(i), true);

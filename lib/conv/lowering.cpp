@@ -1,6 +1,10 @@
 #include "conv/lowering.hpp"
 
+#include <immintrin.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
 
 #include "common/activation_impl.hpp"
 
@@ -29,11 +33,27 @@ inline ValidCols valid_cols(i64 off, i64 SW, i64 W, i64 OW) {
   return {std::min(lo, OW), std::max(std::min(lo, OW), hi)};
 }
 
+// Per kernel row kh: the output rows oh with 0 <= oh*SH - PH + kh*DH < H form [lo, hi).
+struct ValidRows {
+  static constexpr i64 kMaxKernelHeight = 64;
+  i64 lo[kMaxKernelHeight], hi[kMaxKernelHeight];
+  explicit ValidRows(const ConvGeom& g) {
+    for (i64 kh = 0; kh < g.KH && kh < kMaxKernelHeight; ++kh) {
+      const i64 base = kh * g.DH - g.PH;
+      const i64 l = base >= 0 ? 0 : (-base + g.SH - 1) / g.SH;
+      const i64 last = g.H - 1 - base;
+      const i64 h = last < 0 ? 0 : std::min(g.OH, last / g.SH + 1);
+      lo[kh] = std::min(l, g.OH);
+      hi[kh] = std::max(lo[kh], h);
+    }
+  }
+};
+
 }  // namespace
 
 IM2GEMM_CLONES
-void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, float* col,
-                  i64 ldcol) {
+static void im2col_block_generic(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1,
+                                 float* col, i64 ldcol) {
   const i64 oh_first = q0 / g.OW, oh_last = (q1 - 1) / g.OW;
   for (i64 c = 0; c < nch; ++c) {
     const float* xc = x + c * g.H * g.W;
@@ -76,8 +96,8 @@ void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, fl
 }
 
 IM2GEMM_CLONES
-void col2im_add_block(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 q0, i64 q1,
-                      float* dx) {
+static void col2im_add_block_generic(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                     i64 q0, i64 q1, float* dx) {
   const i64 oh_first = q0 / g.OW, oh_last = (q1 - 1) / g.OW;
   for (i64 c = 0; c < nch; ++c) {
     float* xc = dx + c * g.H * g.W;
@@ -111,6 +131,325 @@ void col2im_add_block(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i
       }
     }
   }
+}
+
+// ---- AVX-512: masked vector copies for the short row segments of stride 1 and 2 -----------
+// Only intrinsics and plain arithmetic inside (no std templates: an inline function compiled
+// here for AVX-512 could be picked by the linker for other translation units).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define IM2GEMM_HAVE_AVX512_LOWERING 1
+#define IM2GEMM_AVX512 __attribute__((target("avx512f")))
+
+namespace {
+
+IM2GEMM_AVX512 inline __mmask16 lanes(i64 n) {  // the first n lanes, n in [0, 16]
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
+}
+
+IM2GEMM_AVX512 inline void zero_n(float* d, i64 n) {
+  const __m512 z = _mm512_setzero_ps();
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, z);
+  if (i < n) _mm512_mask_storeu_ps(d + i, lanes(n - i), z);
+}
+
+// d[i] = s[i * SW] for i < n, SW in {1, 2}; reads s[0 .. (n-1)*SW] only.
+IM2GEMM_AVX512 inline void gather_n(float* d, const float* s, i64 n, i64 sw) {
+  i64 i = 0;
+  if (sw == 1) {
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(s + i));
+    if (i < n) {
+      const __mmask16 m = lanes(n - i);
+      _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, s + i));
+    }
+    return;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (; i < n; i += 16) {
+    const i64 m = n - i < 16 ? n - i : 16;
+    const i64 need = 2 * m - 1;  // s[2i .. 2i + need)
+    const float* p = s + 2 * i;
+    const __m512 lo = _mm512_maskz_loadu_ps(lanes(need), p);
+    const __m512 hi = _mm512_maskz_loadu_ps(lanes(need > 16 ? need - 16 : 0), p + 16);
+    _mm512_mask_storeu_ps(d + i, lanes(m), _mm512_permutex2var_ps(lo, even, hi));
+  }
+}
+
+// d[i * SW] += s[i] for i < n, SW in {1, 2}; touches d[0 .. (n-1)*SW] only.
+IM2GEMM_AVX512 inline void scatter_add_n(float* d, const float* s, i64 n, i64 sw) {
+  i64 i = 0;
+  if (sw == 1) {
+    for (; i + 16 <= n; i += 16) {
+      _mm512_storeu_ps(d + i, _mm512_add_ps(_mm512_loadu_ps(d + i), _mm512_loadu_ps(s + i)));
+    }
+    if (i < n) {
+      const __mmask16 m = lanes(n - i);
+      _mm512_mask_storeu_ps(
+          d + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + i), _mm512_maskz_loadu_ps(m, s + i)));
+    }
+    return;
+  }
+  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  const __mmask16 evens = 0x5555;
+  for (; i < n; i += 16) {
+    const i64 m = n - i < 16 ? n - i : 16;
+    const i64 need = 2 * m - 1;
+    float* p = d + 2 * i;
+    const __m512 v = _mm512_maskz_loadu_ps(lanes(m), s + i);
+    const __mmask16 mlo = lanes(need) & evens;
+    const __mmask16 mhi = lanes(need > 16 ? need - 16 : 0) & evens;
+    const __m512 lo = _mm512_maskz_loadu_ps(mlo, p);
+    _mm512_mask_storeu_ps(p, mlo, _mm512_add_ps(lo, _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, v)));
+    if (mhi) {
+      const __m512 hi = _mm512_maskz_loadu_ps(mhi, p + 16);
+      _mm512_mask_storeu_ps(p + 16, mhi, _mm512_add_ps(hi, _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, v)));
+    }
+  }
+}
+
+// Lanes [from, to) of a 16-lane chunk, clamped to [0, 16].
+IM2GEMM_AVX512 inline __mmask16 lane_range(i64 from, i64 to) {
+  from = from < 0 ? 0 : from;
+  to = to > 16 ? 16 : to;
+  if (to <= from) return 0;
+  return static_cast<__mmask16>(lanes(to) & ~lanes(from));
+}
+
+// Address arithmetic for a row base that may lie before the plane (only valid lanes are
+// dereferenced, through masked loads and stores).
+IM2GEMM_AVX512 inline const float* offset(const float* p, i64 n) {
+  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) +
+                                        static_cast<std::uintptr_t>(n) * sizeof(float));
+}
+IM2GEMM_AVX512 inline float* offset(float* p, i64 n) {
+  return reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(p) +
+                                  static_cast<std::uintptr_t>(n) * sizeof(float));
+}
+
+// Masks of one 16-column chunk of an output row: columns ow = c0 + l. Output lanes are the
+// columns below OW; source lanes are the valid columns [lo, hi) mapped to the source
+// positions ow*SW (SW 1: one vector; SW 2: two vectors of 16 positions).
+struct ChunkMasks {
+  __mmask16 out, src_lo, src_hi;
+};
+IM2GEMM_AVX512 inline ChunkMasks chunk_masks(i64 c0, i64 OW, i64 lo, i64 hi, i64 sw) {
+  ChunkMasks m;
+  m.out = lane_range(0, OW - c0);
+  const __mmask16 valid = lane_range(lo - c0, hi - c0);
+  if (sw == 1) {
+    m.src_lo = valid;
+    m.src_hi = 0;
+  } else {  // position p of the pair of vectors holds column c0 + p/2 when p is even
+    unsigned lo_bits = 0, hi_bits = 0;
+    for (int l = 0; l < 8; ++l) {
+      lo_bits |= ((valid >> l) & 1u) << (2 * l);
+      hi_bits |= ((valid >> (l + 8)) & 1u) << (2 * l);
+    }
+    m.src_lo = static_cast<__mmask16>(lo_bits);
+    m.src_hi = static_cast<__mmask16>(hi_bits);
+  }
+  return m;
+}
+
+// One full output row of a column-block row: dst[ow] = src_row[ow*SW] (0 outside [lo, hi)),
+// src_row = the input row shifted by the kernel column (address only).
+IM2GEMM_AVX512 inline void im2col_full_row(float* dst, const float* src_row, i64 OW, i64 lo,
+                                           i64 hi, i64 sw) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (i64 c0 = 0; c0 < OW; c0 += 16) {
+    const ChunkMasks m = chunk_masks(c0, OW, lo, hi, sw);
+    __m512 v;
+    if (sw == 1) {
+      v = _mm512_maskz_loadu_ps(m.src_lo, offset(src_row, c0));
+    } else {
+      const __m512 a = _mm512_maskz_loadu_ps(m.src_lo, offset(src_row, 2 * c0));
+      const __m512 b = _mm512_maskz_loadu_ps(m.src_hi, offset(src_row, 2 * c0 + 16));
+      v = _mm512_permutex2var_ps(a, even, b);
+    }
+    _mm512_mask_storeu_ps(dst + c0, m.out, v);
+  }
+}
+
+// The adjoint: dst_row[ow*SW] += src[ow] for ow in [lo, hi).
+IM2GEMM_AVX512 inline void col2im_full_row(float* dst_row, const float* src, i64 OW, i64 lo,
+                                           i64 hi, i64 sw) {
+  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  for (i64 c0 = 0; c0 < OW; c0 += 16) {
+    const ChunkMasks m = chunk_masks(c0, OW, lo, hi, sw);
+    if (sw == 1) {
+      if (!m.src_lo) continue;
+      float* d = offset(dst_row, c0);
+      const __m512 s = _mm512_maskz_loadu_ps(m.src_lo, src + c0);
+      _mm512_mask_storeu_ps(d, m.src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_lo, d), s));
+    } else {
+      const __m512 s = _mm512_maskz_loadu_ps(m.out, src + c0);
+      if (m.src_lo) {
+        float* d = offset(dst_row, 2 * c0);
+        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, s);
+        _mm512_mask_storeu_ps(d, m.src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_lo, d), e));
+      }
+      if (m.src_hi) {
+        float* d = offset(dst_row, 2 * c0 + 16);
+        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, s);
+        _mm512_mask_storeu_ps(d, m.src_hi, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_hi, d), e));
+      }
+    }
+  }
+}
+
+IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 nch, i64 q0,
+                                        i64 q1, float* col, i64 ldcol) {
+  // Geometry in locals: the vector stores below may alias anything, g's fields included.
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH, SW = g.SW;
+  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const i64 oh_first = q0 / OW, oh_last = (q1 - 1) / OW;
+  // Rows [full_a, full_b) lie wholly inside [q0, q1); the others are cut by the block.
+  const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
+  const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
+  ValidRows rows_of(g);
+  const i64* oh_valid_lo = rows_of.lo;
+  const i64* oh_valid_hi = rows_of.hi;
+  for (i64 c = 0; c < nch; ++c) {
+    const float* xc = x + c * H * W;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      for (i64 kw = 0; kw < KW; ++kw) {
+        float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
+        const i64 off_w = kw * DW - PW;
+        const ValidCols v = valid_cols(off_w, SW, W, OW);
+        auto segment = [&](i64 oh, i64 a, i64 b, float* dst) IM2GEMM_AVX512 {
+          const i64 ih = oh * SH - PH + kh * DH;
+          if (ih < 0 || ih >= H) {
+            zero_n(dst + a, b - a);
+            return;
+          }
+          const i64 lo = v.lo < a ? a : (v.lo > b ? b : v.lo);
+          const i64 hi = v.hi < lo ? lo : (v.hi > b ? b : v.hi);
+          if (lo > a) zero_n(dst + a, lo - a);
+          if (hi > lo) gather_n(dst + lo, xc + ih * W + lo * SW + off_w, hi - lo, SW);
+          if (b > hi) zero_n(dst + hi, b - hi);
+        };
+        if (full_a > full_b || oh_first == oh_last) {  // one (partial) row
+          segment(oh_first, q0 - oh_first * OW, q1 - oh_first * OW, row - (q0 - oh_first * OW));
+          continue;
+        }
+        if (full_a > oh_first) {
+          const i64 a = q0 - oh_first * OW;
+          segment(oh_first, a, OW, row - a);
+        }
+        float* dst = row + (full_a * OW - q0);
+        // Full rows: zeros where the kernel row falls in the padding, one masked load/store
+        // per 16 columns elsewhere (masks computed once per kernel column when OW <= 16).
+        const i64 va = std::max(full_a, std::min(full_b, oh_valid_lo[kh]));
+        const i64 vb = std::max(va, std::min(full_b, oh_valid_hi[kh]));
+        zero_n(dst, (va - full_a) * OW);
+        dst += (va - full_a) * OW;
+        const float* src = offset(xc, (va * SH - PH + kh * DH) * W + off_w);
+        if (OW <= 16) {
+          const ChunkMasks m = chunk_masks(0, OW, v.lo, v.hi, SW);
+          const __m512i even =
+              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+          for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
+            __m512 val = _mm512_maskz_loadu_ps(m.src_lo, src);
+            if (SW == 2) {
+              val = _mm512_permutex2var_ps(val, even, _mm512_maskz_loadu_ps(m.src_hi, offset(src, 16)));
+            }
+            _mm512_mask_storeu_ps(dst, m.out, val);
+          }
+        } else {
+          for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
+            im2col_full_row(dst, src, OW, v.lo, v.hi, SW);
+          }
+        }
+        zero_n(dst, (full_b - vb) * OW);
+        dst += (full_b - vb) * OW;
+        if (full_b <= oh_last) segment(oh_last, 0, q1 - oh_last * OW, dst);
+      }
+    }
+  }
+}
+
+IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                            i64 nch, i64 q0, i64 q1, float* dx) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH, SW = g.SW;
+  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const i64 oh_first = q0 / OW, oh_last = (q1 - 1) / OW;
+  const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
+  const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
+  ValidRows rows_of(g);
+  const i64* oh_valid_lo = rows_of.lo;
+  const i64* oh_valid_hi = rows_of.hi;
+  for (i64 c = 0; c < nch; ++c) {
+    float* xc = dx + c * H * W;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      for (i64 kw = 0; kw < KW; ++kw) {
+        const float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
+        const i64 off_w = kw * DW - PW;
+        const ValidCols v = valid_cols(off_w, SW, W, OW);
+        auto segment = [&](i64 oh, i64 a, i64 b, const float* src) IM2GEMM_AVX512 {
+          const i64 ih = oh * SH - PH + kh * DH;
+          if (ih < 0 || ih >= H) return;
+          const i64 lo = v.lo < a ? a : (v.lo > b ? b : v.lo);
+          const i64 hi = v.hi < lo ? lo : (v.hi > b ? b : v.hi);
+          if (hi > lo) scatter_add_n(xc + ih * W + lo * SW + off_w, src + lo, hi - lo, SW);
+        };
+        if (full_a > full_b || oh_first == oh_last) {
+          segment(oh_first, q0 - oh_first * OW, q1 - oh_first * OW, row - (q0 - oh_first * OW));
+          continue;
+        }
+        if (full_a > oh_first) {
+          const i64 a = q0 - oh_first * OW;
+          segment(oh_first, a, OW, row - a);
+        }
+        const float* src = row + (full_a * OW - q0);
+        const i64 va = std::max(full_a, std::min(full_b, oh_valid_lo[kh]));
+        const i64 vb = std::max(va, std::min(full_b, oh_valid_hi[kh]));
+        float* d = offset(xc, (va * SH - PH + kh * DH) * W + off_w);
+        src += (va - full_a) * OW;
+        for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
+          col2im_full_row(d, src, OW, v.lo, v.hi, SW);
+        }
+        src += (full_b - vb) * OW;
+        if (full_b <= oh_last) segment(oh_last, 0, q1 - oh_last * OW, src);
+      }
+    }
+  }
+}
+
+}  // namespace
+#endif
+
+namespace {
+std::atomic<bool> g_allow_avx512{true};
+bool avx512_lowering(const ConvGeom& g) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  static const bool cpu = __builtin_cpu_supports("avx512f");
+  return cpu && g.SW <= 2 && g.KH <= ValidRows::kMaxKernelHeight &&
+         g_allow_avx512.load(std::memory_order_relaxed);
+#else
+  (void)g;
+  return false;
+#endif
+}
+}  // namespace
+
+void set_avx512_lowering(bool allow) { g_allow_avx512.store(allow, std::memory_order_relaxed); }
+
+void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, float* col,
+                  i64 ldcol) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  if (avx512_lowering(g)) return im2col_block_avx512(g, x, nch, q0, q1, col, ldcol);
+#endif
+  im2col_block_generic(g, x, nch, q0, q1, col, ldcol);
+}
+
+void col2im_add_block(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 q0, i64 q1,
+                      float* dx) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  if (avx512_lowering(g)) return col2im_add_block_avx512(g, col, ldcol, nch, q0, q1, dx);
+#endif
+  col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);
 }
 
 IM2GEMM_CLONES

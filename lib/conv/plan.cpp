@@ -22,10 +22,17 @@ std::size_t round_up_64(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
 // pixel_blocks; images_per_block is at most max_images.
 void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
                    std::int64_t max_images) {
-  const auto floats = static_cast<std::int64_t>(block_target_bytes() / sizeof(float));
-  const std::int64_t cols = std::max(kMinBlockPixels, floats / std::max<std::int64_t>(rows, 1));
-  const std::int64_t cols_multi =
-      std::max(kMinBlockPixels, floats / std::max<std::int64_t>(rows + extra_rows, 1));
+  // With the test/tuning override of the target, the target alone decides.
+  const bool overridden = g_block_target_bytes.load(std::memory_order_relaxed) != 0;
+  auto columns = [overridden](std::int64_t r) {
+    r = std::max<std::int64_t>(r, 1);
+    const auto target = static_cast<std::int64_t>(block_target_bytes() / sizeof(float)) / r;
+    const auto most = static_cast<std::int64_t>(kMaxBlockBytes / sizeof(float)) / r;
+    if (overridden) return std::max(kMinBlockPixels, target);
+    return std::max(kMinBlockPixels, std::min(std::max(target, kMinGemmPixels), most));
+  };
+  const std::int64_t cols = columns(rows);
+  const std::int64_t cols_multi = columns(rows + extra_rows);
   if (2 * p.P <= cols_multi && max_images > 1) {  // several small images side by side
     p.images_per_block = std::min(max_images, cols_multi / p.P);
     p.block_pixels = p.P;
