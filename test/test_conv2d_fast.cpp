@@ -28,10 +28,14 @@ struct Settings {
     im2gemm::set_num_threads(0);
     im2gemm::detail::set_block_target_bytes(0);
     im2gemm::detail::set_avx512_lowering(true);
+    im2gemm::detail::set_min_macs_per_thread(0);
   }
+  // Small shapes run on every requested thread too (the plan would otherwise give tiny
+  // problems one thread).
   static void apply(int threads, std::size_t block_bytes) {
     im2gemm::set_num_threads(threads);
     im2gemm::detail::set_block_target_bytes(block_bytes);
+    im2gemm::detail::set_min_macs_per_thread(1);
   }
 };
 
@@ -323,6 +327,9 @@ TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every 
       }
     }
   }
+  // Tiny problems run on one thread, real layers on every thread asked for.
+  CHECK(im2gemm::detail::plan_conv(to_shape(kSuite[0]), ConvPass::forward, 2).threads == 1);
+  CHECK(im2gemm::detail::plan_conv(to_shape(kSuite[10]), ConvPass::forward, 2).threads == 2);
   // vgg_conv1_2's whole column matrix would be 110 MiB.
   const Conv2dShape vgg = to_shape(kSuite[4]);
   CHECK(static_cast<std::size_t>(vgg.in_channels * 9 * 224 * 224) * 4 > (std::size_t{100} << 20));
@@ -377,7 +384,7 @@ TEST_CASE("fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilat
 
 TEST_CASE("fast conv: calls from several std::threads at once") {
   Settings restore;
-  im2gemm::set_num_threads(2);
+  Settings::apply(2, 0);
   std::mt19937 rng(7);
   struct Job {
     Conv2dShape s;

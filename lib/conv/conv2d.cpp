@@ -80,7 +80,7 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
   std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads)
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {
     detail::sgemm_single_thread_guard();
     const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
@@ -153,7 +153,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
   std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads)
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {
     detail::sgemm_single_thread_guard();
     const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
@@ -296,7 +296,7 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
   const i64 wsize = d.F * d.K;
   std::vector<float*> partials(static_cast<std::size_t>(p.threads), nullptr);
   std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads)
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {
     detail::sgemm_single_thread_guard();
     const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();

@@ -8,6 +8,7 @@ namespace im2gemm::detail {
 namespace {
 
 std::atomic<std::size_t> g_block_target_bytes{0};  // 0: kBlockTargetBytes
+std::atomic<std::int64_t> g_min_macs_per_thread{0};  // 0: kMinMacsPerThread
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
@@ -33,7 +34,8 @@ void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
   };
   const std::int64_t cols = columns(rows);
   const std::int64_t cols_multi = columns(rows + extra_rows);
-  if (2 * p.P <= cols_multi && max_images > 1) {  // several small images side by side
+  // Images narrower than kMinGemmPixels go side by side into one column block.
+  if ((overridden || p.P < kMinGemmPixels) && 2 * p.P <= cols_multi && max_images > 1) {
     p.images_per_block = std::min(max_images, cols_multi / p.P);
     p.block_pixels = p.P;
     p.pixel_blocks = 1;
@@ -73,6 +75,15 @@ std::size_t block_target_bytes() {
   return b != 0 ? b : kBlockTargetBytes;
 }
 
+void set_min_macs_per_thread(std::int64_t macs) {
+  g_min_macs_per_thread.store(macs, std::memory_order_relaxed);
+}
+
+std::int64_t min_macs_per_thread() {
+  const std::int64_t m = g_min_macs_per_thread.load(std::memory_order_relaxed);
+  return m > 0 ? m : kMinMacsPerThread;
+}
+
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s) {
   return s.kernel_height == 1 && s.kernel_width == 1 && s.stride_height == 1 &&
          s.stride_width == 1 && s.pad_height == 0 && s.pad_width == 0 &&
@@ -97,6 +108,9 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   p.P = s.out_height() * s.out_width();
   p.N = s.batch;
   p.pointwise = is_conv1x1_s1_p0_d1(s);
+  // Tiny problems do not pay for waking threads.
+  p.threads = static_cast<int>(std::max<std::int64_t>(
+      1, std::min<std::int64_t>(p.threads, s.macs() / min_macs_per_thread())));
   const std::int64_t T = p.threads, G = p.groups;
 
   switch (pass) {

@@ -24,6 +24,9 @@ inline constexpr std::int64_t kMinGemmPixels = 448;
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
 /// Per-thread scratch bound the plan keeps on every layer of the suite (asserted by the tests).
 inline constexpr std::size_t kMaxScratchBytesPerThread = std::size_t{8} << 20;
+/// Each thread gets at least this many multiply-accumulates, else fewer threads run (a fork
+/// and join of the team costs about as much as this much work).
+inline constexpr std::int64_t kMinMacsPerThread = std::int64_t{1} << 16;
 /// Narrowest column block worth an sgemm call, in pixels.
 inline constexpr std::int64_t kMinBlockPixels = 16;
 /// Column blocks wider than this are rounded up to a multiple of kPixelAlign so that every row
@@ -43,7 +46,7 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 
 struct ConvPlan {
   ConvPass pass = ConvPass::forward;
-  int threads = 1;
+  int threads = 1;  ///< threads the pass runs on (<= the requested count)
   std::int64_t groups = 1, Cg = 1, Fg = 1, khw = 1, K = 1, P = 1, N = 1;
   /// 1x1 kernel, stride 1, no padding, dilation 1: a plane of x is already the column matrix.
   bool pointwise = false;
@@ -76,6 +79,11 @@ struct ConvPlan {
 /// kMinGemmPixels / kMaxBlockBytes limits (0 restores the constants). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
 void set_block_target_bytes(std::size_t bytes);
 std::size_t block_target_bytes();
+
+/// Test hook: later plans use `macs` instead of kMinMacsPerThread (0 restores it); tests set
+/// 1 so that small shapes run on every requested thread.
+void set_min_macs_per_thread(std::int64_t macs);
+std::int64_t min_macs_per_thread();
 
 /// The exact condition of the path without im2col: 1x1 kernel, stride 1, pad 0, dilation 1.
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s);
