@@ -191,6 +191,10 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
             }
             sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col,
                   q1 - q0);
+            if (p.pixel_blocks == 1 &&
+                detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
+              continue;  // the whole image in one block: dx written once, act' applied
+            }
             const i64 done =
                 q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
             const i64 touched =
@@ -227,6 +231,10 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
           for (i64 i = 0; i < n1 - n0; ++i) {
             const i64 plane0 = ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW;
             float* dxi = dx + plane0;
+            if (detail::col2im_image_overwrite(geo, sc.col + i * d.P, cols, nch, dxi, act,
+                                               x ? x + plane0 : nullptr)) {
+              continue;
+            }
             std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));
             detail::col2im_add_block(geo, sc.col + i * d.P, cols, nch, 0, d.P, dxi);
             if (act != Activation::identity) {

@@ -299,6 +299,54 @@ IM2GEMM_AVX512 inline void col2im_full_row(float* dst_row, const float* src, i64
   }
 }
 
+// The same two row kernels with the chunk masks computed once per kernel column.
+constexpr i64 kMaxRowChunks = 32;  // rows up to 512 columns; wider rows compute masks per chunk
+constexpr i64 kMaxGatherTaps = 1024;  // KW * ceil(W / 16) of the gathering col2im
+
+IM2GEMM_AVX512 inline void im2col_row_premasked(float* dst, const float* src_row, i64 nchunks,
+                                                const ChunkMasks* cm, i64 sw) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (i64 k = 0; k < nchunks; ++k) {
+    const i64 c0 = 16 * k;
+    __m512 v;
+    if (sw == 1) {
+      v = _mm512_maskz_loadu_ps(cm[k].src_lo, offset(src_row, c0));
+    } else {
+      const __m512 a = _mm512_maskz_loadu_ps(cm[k].src_lo, offset(src_row, 2 * c0));
+      const __m512 b = _mm512_maskz_loadu_ps(cm[k].src_hi, offset(src_row, 2 * c0 + 16));
+      v = _mm512_permutex2var_ps(a, even, b);
+    }
+    _mm512_mask_storeu_ps(dst + c0, cm[k].out, v);
+  }
+}
+
+IM2GEMM_AVX512 inline void col2im_row_premasked(float* dst_row, const float* src, i64 nchunks,
+                                                const ChunkMasks* cm, i64 sw) {
+  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  for (i64 k = 0; k < nchunks; ++k) {
+    const i64 c0 = 16 * k;
+    if (sw == 1) {
+      if (!cm[k].src_lo) continue;
+      float* d = offset(dst_row, c0);
+      const __m512 sv = _mm512_maskz_loadu_ps(cm[k].src_lo, src + c0);
+      _mm512_mask_storeu_ps(d, cm[k].src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_lo, d), sv));
+    } else {
+      const __m512 sv = _mm512_maskz_loadu_ps(cm[k].out, src + c0);
+      if (cm[k].src_lo) {
+        float* d = offset(dst_row, 2 * c0);
+        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, sv);
+        _mm512_mask_storeu_ps(d, cm[k].src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_lo, d), e));
+      }
+      if (cm[k].src_hi) {
+        float* d = offset(dst_row, 2 * c0 + 16);
+        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, sv);
+        _mm512_mask_storeu_ps(d, cm[k].src_hi, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_hi, d), e));
+      }
+    }
+  }
+}
+
 IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 nch, i64 q0,
                                         i64 q1, float* col, i64 ldcol) {
   // Geometry in locals: the vector stores below may alias anything, g's fields included.
@@ -308,6 +356,7 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   // Rows [full_a, full_b) lie wholly inside [q0, q1); the others are cut by the block.
   const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
   const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
+  const i64 nchunks = (OW + 15) / 16;
   ValidRows rows_of(g);
   const i64* oh_valid_lo = rows_of.lo;
   const i64* oh_valid_hi = rows_of.hi;
@@ -357,6 +406,12 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
             }
             _mm512_mask_storeu_ps(dst, m.out, val);
           }
+        } else if (nchunks <= kMaxRowChunks) {
+          ChunkMasks cm[kMaxRowChunks];
+          for (i64 k = 0; k < nchunks; ++k) cm[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
+          for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
+            im2col_row_premasked(dst, src, nchunks, cm, SW);
+          }
         } else {
           for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
             im2col_full_row(dst, src, OW, v.lo, v.hi, SW);
@@ -377,6 +432,7 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col,
   const i64 oh_first = q0 / OW, oh_last = (q1 - 1) / OW;
   const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
   const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
+  const i64 nchunks = (OW + 15) / 16;
   ValidRows rows_of(g);
   const i64* oh_valid_lo = rows_of.lo;
   const i64* oh_valid_hi = rows_of.hi;
@@ -407,11 +463,74 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col,
         const i64 vb = std::max(va, std::min(full_b, oh_valid_hi[kh]));
         float* d = offset(xc, (va * SH - PH + kh * DH) * W + off_w);
         src += (va - full_a) * OW;
-        for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
-          col2im_full_row(d, src, OW, v.lo, v.hi, SW);
+        if (nchunks <= kMaxRowChunks) {
+          ChunkMasks cm[kMaxRowChunks];
+          for (i64 k = 0; k < nchunks; ++k) cm[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
+          for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
+            col2im_row_premasked(d, src, nchunks, cm, SW);
+          }
+        } else {
+          for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
+            col2im_full_row(d, src, OW, v.lo, v.hi, SW);
+          }
         }
         src += (full_b - vb) * OW;
         if (full_b <= oh_last) segment(oh_last, 0, q1 - oh_last * OW, src);
+      }
+    }
+  }
+}
+
+// Stride 1, a whole image in the column block: every dx element is the sum of its KH*KW
+// taps, gathered in a register and stored once (no zeroing, no read-modify-write), times the
+// input activation's derivative.
+IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                           i64 nch, float* dx, Activation act, const float* x) {
+  const i64 H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
+  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const i64 nchunks = (W + 15) / 16;
+  __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes whose source column lies in [0, OW)
+  for (i64 kw = 0; kw < KW; ++kw) {
+    for (i64 k = 0; k < nchunks; ++k) {
+      const i64 ow0 = 16 * k + PW - kw * DW;
+      tap[kw * nchunks + k] = static_cast<__mmask16>(lane_range(-ow0, OW - ow0) & lane_range(0, W - 16 * k));
+    }
+  }
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * KH * KW * ldcol;
+    for (i64 ih = 0; ih < H; ++ih) {
+      float* drow = dx + (c * H + ih) * W;
+      const float* xrow = x ? x + (c * H + ih) * W : nullptr;
+      for (i64 k = 0; k < nchunks; ++k) {
+        __m512 acc = _mm512_setzero_ps();
+        for (i64 kh = 0; kh < KH; ++kh) {
+          const i64 oh = ih + PH - kh * DH;
+          if (oh < 0 || oh >= OH) continue;
+          const float* base = offset(colc, kh * KW * ldcol + oh * OW + 16 * k + PW);
+          for (i64 kw = 0; kw < KW; ++kw) {
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
+                                                           offset(base, kw * (ldcol - DW))));
+          }
+        }
+        const __mmask16 out = lane_range(0, W - 16 * k);
+        if (act != Activation::identity) {
+          const __m512 y = _mm512_maskz_loadu_ps(out, xrow + 16 * k);
+          switch (act) {
+            case Activation::relu:
+              acc = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), acc);
+              break;
+            case Activation::sigmoid:
+              acc = _mm512_mul_ps(acc, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));
+              break;
+            case Activation::tanh:
+              acc = _mm512_mul_ps(acc, _mm512_sub_ps(one, _mm512_mul_ps(y, y)));
+              break;
+            default:
+              break;
+          }
+        }
+        _mm512_mask_storeu_ps(drow + 16 * k, out, acc);
       }
     }
   }
@@ -450,6 +569,19 @@ void col2im_add_block(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i
   if (avx512_lowering(g)) return col2im_add_block_avx512(g, col, ldcol, nch, q0, q1, dx);
 #endif
   col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);
+}
+
+bool col2im_image_overwrite(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, float* dx,
+                            Activation act, const float* x) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  if (avx512_lowering(g) && g.SH == 1 && g.SW == 1 &&
+      g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps) {
+    col2im_image_s1_avx512(g, col, ldcol, nch, dx, act, x);
+    return true;
+  }
+#endif
+  (void)g, (void)col, (void)ldcol, (void)nch, (void)dx, (void)act, (void)x;
+  return false;
 }
 
 IM2GEMM_CLONES

@@ -31,6 +31,14 @@ void im2col_block(const ConvGeom& g, const float* x, std::int64_t nch, std::int6
 void col2im_add_block(const ConvGeom& g, const float* col, std::int64_t ldcol,
                       std::int64_t nch, std::int64_t q0, std::int64_t q1, float* dx);
 
+/// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
+/// OVERWRITTEN with col2im(col), then multiplied by act'(x) unless act is identity (x: the
+/// same planes of the layer input; may be null for identity). Returns false, writing nothing,
+/// where this kernel does not apply (it needs stride 1 and AVX-512); the caller then zeroes and
+/// uses col2im_add_block.
+bool col2im_image_overwrite(const ConvGeom& g, const float* col, std::int64_t ldcol,
+                            std::int64_t nch, float* dx, Activation act, const float* x);
+
 /// Test hook: false makes im2col/col2im use the target_clones loops even on an AVX-512 CPU
 /// (true, the default, uses the AVX-512 kernels for strides 1 and 2 where the CPU has them).
 void set_avx512_lowering(bool allow);
