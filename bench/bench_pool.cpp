@@ -37,8 +37,8 @@ std::int64_t pool_bytes(const MaxPool2dShape& s) {
   return 4 * (s.x_size() + 2 * s.y_size());
 }
 
-// Buffers of one pool, allocated (and first touched) once; benchmarks of a pool run together,
-// so only one pool's buffers are alive at a time.
+// Buffers of one pool, allocated (and first touched) once and kept for the whole run: the
+// repetitions of all benchmarks are interleaved (see main), about 1.2 GB for the suite.
 struct PoolData {
   MaxPool2dShape s;
   std::vector<float> x, y, dy, dx;
@@ -56,12 +56,10 @@ struct PoolData {
 #endif
 };
 
-std::unique_ptr<PoolData> g_data;
-std::string g_data_name;
+std::map<std::string, std::unique_ptr<PoolData>> g_data;
 
 PoolData& data_for(const im2gemm::bench::NamedPool& p) {
-  if (g_data && g_data_name == p.name) return *g_data;
-  g_data.reset();
+  if (auto it = g_data.find(p.name); it != g_data.end()) return *it->second;
   auto d = std::make_unique<PoolData>();
   const auto& s = p.shape;
   d->s = s;
@@ -117,9 +115,7 @@ PoolData& data_for(const im2gemm::bench::NamedPool& p) {
     printed = true;
   }
 #endif
-  g_data = std::move(d);
-  g_data_name = p.name;
-  return *g_data;
+  return *(g_data[p.name] = std::move(d));
 }
 
 void set_gbs(benchmark::State& st, const MaxPool2dShape& s) {
@@ -213,8 +209,8 @@ double median(std::vector<double> v) {
 
 void print_summary(const SummaryReporter& rep,
                    const std::vector<im2gemm::bench::NamedPool>& pools) {
-  std::printf("\nSummary: GB/s of input + output + argmax bytes, medians of %d repetitions; "
-              "%d threads unless 1t. ISA %s.\n",
+  std::printf("\nSummary: GB/s of input + output + argmax bytes, medians of %d interleaved "
+              "repetitions; %d threads unless 1t. ISA %s.\n",
               kRepetitions, im2gemm::num_threads(),
               im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_active()));
   std::printf("Targets: >= 2x oneDNN, >= 60%% of memcpy (fwd and bwd, every pool); "
@@ -256,7 +252,14 @@ void print_summary(const SummaryReporter& rep,
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
+  // Repetitions of all benchmarks run in random order, so that load from other users of a
+  // shared machine falls on every variant alike and the ratios stay fair. A flag given on the
+  // command line comes later and wins.
+  std::vector<char*> args(argv, argv + argc);
+  std::string interleave = "--benchmark_enable_random_interleaving=true";
+  args.insert(args.begin() + 1, interleave.data());
+  int nargs = static_cast<int>(args.size());
+  benchmark::Initialize(&nargs, args.data());
   const auto pools = im2gemm::bench::pool_layers();
   for (const auto& p : pools) {
     for (int v = 0; v < kVariants; ++v) {
@@ -276,7 +279,7 @@ int main(int argc, char** argv) {
   SummaryReporter rep;
   benchmark::RunSpecifiedBenchmarks(&rep);
   print_summary(rep, pools);
-  g_data.reset();
+  g_data.clear();
   benchmark::Shutdown();
   return 0;
 }

@@ -404,13 +404,14 @@ TEST_CASE("the suite's pools match the reference (reduced batch)") {
 }
 
 TEST_CASE("large tensors: streamed outputs and row blocks bounded by the scratch") {
-  // Outputs above 8 MiB go through per-thread scratch and non-temporal stores; odd plane
-  // sizes put the aligned part of each copy at every offset. The single 4096-wide plane is
-  // cut into row blocks that fit the scratch.
+  // Outputs above 32 MiB go through per-thread scratch and non-temporal stores (forward: y
+  // and argmax; backward: dx, when two planes fit the scratch); odd plane sizes put the
+  // aligned part of each copy at every offset. The single 4099-wide plane is cut into row
+  // blocks that fit the scratch.
   const std::vector<MaxPool2dShape> shapes{
-      pool(3, 16, 255, 257, 2, 2, 1, 1, 0, 0),  // y 3.1M outputs, x 3.1M floats
-      pool(2, 4, 723, 725, 3, 3, 2, 2, 1, 1),   // resnet-like window, odd sizes
-      pool(1, 1, 1024, 4099, 2, 2, 2, 2, 0, 0), // one plane, 2049 outputs per row
+      pool(3, 16, 511, 513, 2, 2, 1, 1, 0, 0),   // forward streamed: y 12.5M outputs
+      pool(4, 128, 129, 129, 3, 3, 2, 2, 1, 1),  // backward streamed: dx 34 MB of small planes
+      pool(1, 1, 4096, 4099, 2, 2, 2, 2, 0, 0),  // one plane, 2049 outputs per row; y 34 MB
   };
   for (const auto& s : shapes) {
     CAPTURE(testutil::describe(s));

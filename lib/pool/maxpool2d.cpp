@@ -118,17 +118,31 @@ constexpr std::int64_t kUnitsPerThread = 4;
 // it saves (and a busy core stalls the whole team).
 constexpr std::int64_t kMinBytesPerThread = std::int64_t{256} << 10;
 
+// Units (planes or row blocks) are handed out dynamically, at least this many input bytes at
+// a time: on a shared machine a thread that loses its core then holds up one chunk, not half
+// of the work. Which thread computes a unit never changes its bits.
+constexpr std::int64_t kMinBytesPerChunk = std::int64_t{64} << 10;
+
+int chunk_units(std::int64_t unit_bytes) {
+  const std::int64_t units = kMinBytesPerChunk / std::max<std::int64_t>(1, unit_bytes);
+  return static_cast<int>(std::clamp<std::int64_t>(units, 1, 1 << 20));
+}
+
 int threads_for(std::int64_t input_bytes, int threads) {
   const std::int64_t useful = std::max<std::int64_t>(1, input_bytes / kMinBytesPerThread);
   return static_cast<int>(std::min<std::int64_t>(threads, useful));
 }
+
 // Outputs larger than this bypass the caches: each unit is computed into per-thread scratch
 // and copied out with non-temporal stores, which saves the read-for-ownership of every output
 // line (a third of the forward traffic, half of the backward's on dx). Smaller outputs stay
-// in cache for the next layer.
-constexpr std::int64_t kStreamMinBytes = std::int64_t{8} << 20;
+// in cache for the next layer; measured here, streaming 13-26 MB outputs (resnet_pool) was
+// 20% slower than caching them, streaming the 51-103 MB ones of vgg_pool1 faster.
+constexpr std::int64_t kStreamMinBytes = std::int64_t{32} << 20;
 // Largest per-thread scratch (bytes): well inside the 1-2 MiB L2 of current x86 cores.
-constexpr std::int64_t kScratchMaxBytes = std::int64_t{512} << 10;
+constexpr std::int64_t kScratchMaxBytes = std::int64_t{1} << 20;
+// Forward scratch (one block of y and argmax) is kept to half of it.
+constexpr std::int64_t kForwardScratchMaxBytes = kScratchMaxBytes / 2;
 
 struct ForwardPlan {
   PoolGeom g;
@@ -137,6 +151,7 @@ struct ForwardPlan {
   std::int64_t planes, blocks_per_plane, rows_per_block;
   int threads;
   bool stream;  // compute into scratch, stream out
+  std::int64_t units_per_chunk;  // dynamic scheduling grain
 };
 
 ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
@@ -152,11 +167,13 @@ ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
   p.rows_per_block = (p.g.oh + p.blocks_per_plane - 1) / p.blocks_per_plane;
   // Stream only whole blocks that fit the scratch: y and argmax, 8 bytes per output.
   const std::int64_t block_bytes = 8 * p.rows_per_block * p.g.ow;
-  if (block_bytes > kScratchMaxBytes && 8 * p.g.ow <= kScratchMaxBytes) {
-    p.rows_per_block = kScratchMaxBytes / (8 * p.g.ow);
+  if (block_bytes > kForwardScratchMaxBytes && 8 * p.g.ow <= kForwardScratchMaxBytes) {
+    p.rows_per_block = kForwardScratchMaxBytes / (8 * p.g.ow);
   }
   p.blocks_per_plane = (p.g.oh + p.rows_per_block - 1) / p.rows_per_block;
-  p.stream = 8 * s.y_size() >= kStreamMinBytes && 8 * p.rows_per_block * p.g.ow <= kScratchMaxBytes;
+  p.units_per_chunk = chunk_units(p.g.h * p.g.w * 4 / p.blocks_per_plane);
+  p.stream = 8 * s.y_size() >= kStreamMinBytes &&
+             8 * p.rows_per_block * p.g.ow <= kForwardScratchMaxBytes;
   return p;
 }
 
@@ -168,23 +185,37 @@ void* thread_scratch(std::int64_t bytes) {
   return buf.data();
 }
 
-// dst[0, n) = src[0, n) with non-temporal stores (after a short head that aligns dst).
+// dst[0, n) = src[0, n): whole 64-byte lines of dst with non-temporal stores, the partial
+// lines at either end with ordinary stores (a line never mixes the two kinds, which would
+// flush a half-filled write-combining buffer: several times slower than a plain copy).
 template <class T>
 void stream_copy(T* dst, const T* src, std::int64_t n) {
   static_assert(sizeof(T) == 4);
 #if defined(__SSE2__)
   std::int64_t i = 0;
-  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 15) != 0; ++i) dst[i] = src[i];
-  for (; i + 8 <= n; i += 8) {
+  for (; i < n && (reinterpret_cast<std::uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = src[i];
+  for (; i + 16 <= n; i += 16) {
     const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 4));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 8));
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 12));
     _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
     _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 4), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 8), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 12), e);
   }
   for (; i < n; ++i) dst[i] = src[i];
 #else
   std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(T));
 #endif
+}
+
+// Cut point near element c of an array at dst that falls on a 64-byte line of dst, so that
+// consecutive stream_copy calls over [cut(k), cut(k+1)) write whole lines.
+inline std::int64_t line_cut(const float* dst, std::int64_t c, std::int64_t n) {
+  const auto skew = static_cast<std::int64_t>((reinterpret_cast<std::uintptr_t>(dst) >> 2) & 15);
+  const std::int64_t cut = ((c + skew) & ~std::int64_t{15}) - skew;
+  return cut < 0 ? 0 : (cut > n ? n : cut);
 }
 
 // Orders this thread's non-temporal stores before the region's closing barrier.
@@ -217,7 +248,7 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
       ys = static_cast<float*>(detail::thread_scratch(8 * p.rows_per_block * p.g.ow));
       as = reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow);
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, p.units_per_chunk)
     for (std::int64_t u = 0; u < units; ++u) {
       const std::int64_t plane = u / p.blocks_per_plane, block = u % p.blocks_per_plane;
       const std::int64_t oh0 = block * p.rows_per_block;
@@ -244,24 +275,53 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
   const float* g = dy.data();
   const std::int32_t* a = argmax.data();
   float* d = dx.data();
-  // Large dx: build each plane in cache-resident scratch and stream it out.
+  // Large dx: build each plane in cache-resident scratch (two planes per thread) and stream
+  // it out while the next plane is scattered, so that one thread reads dy and argmax and
+  // writes dx at the same time.
   const bool stream =
-      4 * s.x_size() >= detail::kStreamMinBytes && 4 * HW <= detail::kScratchMaxBytes;
+      4 * s.x_size() >= detail::kStreamMinBytes && 8 * HW <= detail::kScratchMaxBytes;
+  const int threads = detail::threads_for(4 * s.x_size(), num_threads());
   // One thread owns each plane: zero it, then add dy in output order (the reference's order,
   // so overlapping windows round the same way).
-#pragma omp parallel num_threads(detail::threads_for(4 * s.x_size(), num_threads()))
+  auto scatter = [&](float* dp, std::int64_t p, std::int64_t o0, std::int64_t o1) {
+    const float* gp = g + p * OHW;
+    const std::int32_t* ap = a + p * OHW;
+    for (std::int64_t o = o0; o < o1; ++o) dp[ap[o]] += gp[o];
+  };
+  const int chunk = detail::chunk_units(4 * HW);
+#pragma omp parallel num_threads(threads)
   {
-    float* scratch = stream ? static_cast<float*>(detail::thread_scratch(4 * HW)) : nullptr;
-#pragma omp for schedule(static)
+    float* buf = stream ? static_cast<float*>(detail::thread_scratch(8 * HW)) : nullptr;
+    constexpr std::int64_t kSlices = 16;  // interleaving grain of scatter and stream-out
+    std::int64_t pending = -1;            // plane of this thread waiting in buf[side ^ 1]
+    int side = 0;
+#pragma omp for schedule(dynamic, chunk) nowait
     for (std::int64_t p = 0; p < planes; ++p) {
-      float* dp = stream ? scratch : d + p * HW;
-      const float* gp = g + p * OHW;
-      const std::int32_t* ap = a + p * OHW;
-      std::memset(dp, 0, static_cast<std::size_t>(HW) * sizeof(float));
-      for (std::int64_t o = 0; o < OHW; ++o) dp[ap[o]] += gp[o];
-      if (stream) detail::stream_copy(d + p * HW, dp, HW);
+      if (!stream) {
+        std::memset(d + p * HW, 0, static_cast<std::size_t>(HW) * sizeof(float));
+        scatter(d + p * HW, p, 0, OHW);
+        continue;
+      }
+      float* cur = buf + side * HW;
+      const float* prev = buf + (side ^ 1) * HW;
+      std::memset(cur, 0, static_cast<std::size_t>(HW) * sizeof(float));
+      for (std::int64_t k = 0; k < kSlices; ++k) {
+        scatter(cur, p, OHW * k / kSlices, OHW * (k + 1) / kSlices);
+        if (pending >= 0) {
+          float* out = d + pending * HW;
+          const std::int64_t c0 = detail::line_cut(out, HW * k / kSlices, HW);
+          const std::int64_t c1 =
+              k + 1 == kSlices ? HW : detail::line_cut(out, HW * (k + 1) / kSlices, HW);
+          detail::stream_copy(out + c0, prev + c0, c1 - c0);
+        }
+      }
+      pending = p;
+      side ^= 1;
     }
-    if (stream) detail::stream_fence();
+    if (stream) {
+      if (pending >= 0) detail::stream_copy(d + pending * HW, buf + (side ^ 1) * HW, HW);
+      detail::stream_fence();
+    }
   }
 }
 
