@@ -33,6 +33,17 @@ inline ValidCols valid_cols(i64 off, i64 SW, i64 W, i64 OW) {
   return {std::min(lo, OW), std::max(std::min(lo, OW), hi)};
 }
 
+// Per kernel column kw: valid_cols of its offset (divisions done once per call).
+struct ValidColumns {
+  static constexpr i64 kMaxKernelWidth = 64;
+  ValidCols v[kMaxKernelWidth];
+  explicit ValidColumns(const ConvGeom& g) {
+    for (i64 kw = 0; kw < g.KW && kw < kMaxKernelWidth; ++kw) {
+      v[kw] = valid_cols(kw * g.DW - g.PW, g.SW, g.W, g.OW);
+    }
+  }
+};
+
 // Per kernel row kh: the output rows oh with 0 <= oh*SH - PH + kh*DH < H form [lo, hi).
 struct ValidRows {
   static constexpr i64 kMaxKernelHeight = 64;
@@ -133,79 +144,21 @@ static void col2im_add_block_generic(const ConvGeom& g, const float* col, i64 ld
   }
 }
 
-// ---- AVX-512: masked vector copies for the short row segments of stride 1 and 2 -----------
-// Only intrinsics and plain arithmetic inside (no std templates: an inline function compiled
-// here for AVX-512 could be picked by the linker for other translation units).
+// ---- AVX-512: masked vector kernels for row segments of stride 1, 2 and 4 ------------------
+// A 16-column chunk of an output row reads its source columns ow*SW from SW vectors of 16
+// input positions (masked loads: only in-image positions are touched) and compacts them with
+// permutes; col2im does the reverse with masked read-modify-writes.
 #if defined(__GNUC__) && defined(__x86_64__)
 #define IM2GEMM_HAVE_AVX512_LOWERING 1
 #define IM2GEMM_AVX512 __attribute__((target("avx512f")))
 
 namespace {
 
+constexpr i64 kMaxRowChunks = 32;     // rows up to 512 columns get their masks precomputed
+constexpr i64 kMaxGatherTaps = 1024;  // KW * ceil(W / 16) of the gathering col2im
+
 IM2GEMM_AVX512 inline __mmask16 lanes(i64 n) {  // the first n lanes, n in [0, 16]
   return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1u);
-}
-
-IM2GEMM_AVX512 inline void zero_n(float* d, i64 n) {
-  const __m512 z = _mm512_setzero_ps();
-  i64 i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, z);
-  if (i < n) _mm512_mask_storeu_ps(d + i, lanes(n - i), z);
-}
-
-// d[i] = s[i * SW] for i < n, SW in {1, 2}; reads s[0 .. (n-1)*SW] only.
-IM2GEMM_AVX512 inline void gather_n(float* d, const float* s, i64 n, i64 sw) {
-  i64 i = 0;
-  if (sw == 1) {
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, _mm512_loadu_ps(s + i));
-    if (i < n) {
-      const __mmask16 m = lanes(n - i);
-      _mm512_mask_storeu_ps(d + i, m, _mm512_maskz_loadu_ps(m, s + i));
-    }
-    return;
-  }
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (; i < n; i += 16) {
-    const i64 m = n - i < 16 ? n - i : 16;
-    const i64 need = 2 * m - 1;  // s[2i .. 2i + need)
-    const float* p = s + 2 * i;
-    const __m512 lo = _mm512_maskz_loadu_ps(lanes(need), p);
-    const __m512 hi = _mm512_maskz_loadu_ps(lanes(need > 16 ? need - 16 : 0), p + 16);
-    _mm512_mask_storeu_ps(d + i, lanes(m), _mm512_permutex2var_ps(lo, even, hi));
-  }
-}
-
-// d[i * SW] += s[i] for i < n, SW in {1, 2}; touches d[0 .. (n-1)*SW] only.
-IM2GEMM_AVX512 inline void scatter_add_n(float* d, const float* s, i64 n, i64 sw) {
-  i64 i = 0;
-  if (sw == 1) {
-    for (; i + 16 <= n; i += 16) {
-      _mm512_storeu_ps(d + i, _mm512_add_ps(_mm512_loadu_ps(d + i), _mm512_loadu_ps(s + i)));
-    }
-    if (i < n) {
-      const __mmask16 m = lanes(n - i);
-      _mm512_mask_storeu_ps(
-          d + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, d + i), _mm512_maskz_loadu_ps(m, s + i)));
-    }
-    return;
-  }
-  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-  const __mmask16 evens = 0x5555;
-  for (; i < n; i += 16) {
-    const i64 m = n - i < 16 ? n - i : 16;
-    const i64 need = 2 * m - 1;
-    float* p = d + 2 * i;
-    const __m512 v = _mm512_maskz_loadu_ps(lanes(m), s + i);
-    const __mmask16 mlo = lanes(need) & evens;
-    const __mmask16 mhi = lanes(need > 16 ? need - 16 : 0) & evens;
-    const __m512 lo = _mm512_maskz_loadu_ps(mlo, p);
-    _mm512_mask_storeu_ps(p, mlo, _mm512_add_ps(lo, _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, v)));
-    if (mhi) {
-      const __m512 hi = _mm512_maskz_loadu_ps(mhi, p + 16);
-      _mm512_mask_storeu_ps(p + 16, mhi, _mm512_add_ps(hi, _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, v)));
-    }
-  }
 }
 
 // Lanes [from, to) of a 16-lane chunk, clamped to [0, 16].
@@ -216,7 +169,7 @@ IM2GEMM_AVX512 inline __mmask16 lane_range(i64 from, i64 to) {
   return static_cast<__mmask16>(lanes(to) & ~lanes(from));
 }
 
-// Address arithmetic for a row base that may lie before the plane (only valid lanes are
+// Address arithmetic for a row base that may lie outside the plane (only valid lanes are
 // dereferenced, through masked loads and stores).
 IM2GEMM_AVX512 inline const float* offset(const float* p, i64 n) {
   return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) +
@@ -227,123 +180,128 @@ IM2GEMM_AVX512 inline float* offset(float* p, i64 n) {
                                   static_cast<std::uintptr_t>(n) * sizeof(float));
 }
 
-// Masks of one 16-column chunk of an output row: columns ow = c0 + l. Output lanes are the
-// columns below OW; source lanes are the valid columns [lo, hi) mapped to the source
-// positions ow*SW (SW 1: one vector; SW 2: two vectors of 16 positions).
+IM2GEMM_AVX512 inline void zero_n(float* d, i64 n) {
+  const __m512 z = _mm512_setzero_ps();
+  i64 i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(d + i, z);
+  if (i < n) _mm512_mask_storeu_ps(d + i, lanes(n - i), z);
+}
+
+// Masks of the chunk of output columns [c0, c0 + 16): `out` are the columns below OW; src[v]
+// marks, in source vector v (positions 16v .. 16v+15 from column c0's position), the
+// positions (ow - c0) * SW of the valid columns ow in [lo, hi).
 struct ChunkMasks {
-  __mmask16 out, src_lo, src_hi;
+  __mmask16 out;
+  __mmask16 src[4];
 };
 IM2GEMM_AVX512 inline ChunkMasks chunk_masks(i64 c0, i64 OW, i64 lo, i64 hi, i64 sw) {
   ChunkMasks m;
   m.out = lane_range(0, OW - c0);
-  const __mmask16 valid = lane_range(lo - c0, hi - c0);
+  const unsigned valid = lane_range(lo - c0, hi - c0) & m.out;
+  for (i64 v = 0; v < 4; ++v) m.src[v] = 0;
   if (sw == 1) {
-    m.src_lo = valid;
-    m.src_hi = 0;
-  } else {  // position p of the pair of vectors holds column c0 + p/2 when p is even
-    unsigned lo_bits = 0, hi_bits = 0;
-    for (int l = 0; l < 8; ++l) {
-      lo_bits |= ((valid >> l) & 1u) << (2 * l);
-      hi_bits |= ((valid >> (l + 8)) & 1u) << (2 * l);
-    }
-    m.src_lo = static_cast<__mmask16>(lo_bits);
-    m.src_hi = static_cast<__mmask16>(hi_bits);
+    m.src[0] = static_cast<__mmask16>(valid);
+    return m;
   }
+  unsigned bits[4] = {0, 0, 0, 0};
+  for (i64 l = 0; l < 16; ++l) {
+    if ((valid >> l) & 1u) {
+      const i64 pos = l * sw;
+      bits[pos >> 4] |= 1u << (pos & 15);
+    }
+  }
+  for (i64 v = 0; v < sw; ++v) m.src[v] = static_cast<__mmask16>(bits[v]);
   return m;
 }
 
-// One full output row of a column-block row: dst[ow] = src_row[ow*SW] (0 outside [lo, hi)),
-// src_row = the input row shifted by the kernel column (address only).
-IM2GEMM_AVX512 inline void im2col_full_row(float* dst, const float* src_row, i64 OW, i64 lo,
-                                           i64 hi, i64 sw) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  for (i64 c0 = 0; c0 < OW; c0 += 16) {
-    const ChunkMasks m = chunk_masks(c0, OW, lo, hi, sw);
-    __m512 v;
-    if (sw == 1) {
-      v = _mm512_maskz_loadu_ps(m.src_lo, offset(src_row, c0));
-    } else {
-      const __m512 a = _mm512_maskz_loadu_ps(m.src_lo, offset(src_row, 2 * c0));
-      const __m512 b = _mm512_maskz_loadu_ps(m.src_hi, offset(src_row, 2 * c0 + 16));
-      v = _mm512_permutex2var_ps(a, even, b);
-    }
-    _mm512_mask_storeu_ps(dst + c0, m.out, v);
+// The 16 values of a chunk: p[l * SW] for the valid lanes, 0 elsewhere (p: column c0's source).
+template <int SW>
+IM2GEMM_AVX512 inline __m512 load_chunk_sw(const float* p, const ChunkMasks& m) {
+  if constexpr (SW == 1) {
+    return _mm512_maskz_loadu_ps(m.src[0], p);
+  } else if constexpr (SW == 2) {
+    const __m512i even =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[0], p), even,
+                                  _mm512_maskz_loadu_ps(m.src[1], offset(p, 16)));
+  } else {
+    const __m512i fourth =
+        _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    const __m512 ab = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[0], p), fourth,
+                                             _mm512_maskz_loadu_ps(m.src[1], offset(p, 16)));
+    const __m512 cd = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[2], offset(p, 32)),
+                                             fourth,
+                                             _mm512_maskz_loadu_ps(m.src[3], offset(p, 48)));
+    return _mm512_maskz_shuffle_f32x4(0xFFFF, ab, cd, 0x44);  // ab lanes 0-7, cd lanes 0-7
+  }
+}
+IM2GEMM_AVX512 inline __m512 load_chunk(const float* p, const ChunkMasks& m, i64 sw) {
+  return sw == 1 ? load_chunk_sw<1>(p, m) : sw == 2 ? load_chunk_sw<2>(p, m) : load_chunk_sw<4>(p, m);
+}
+
+// Rows of one chunk each (OW <= 16) with the masks in registers: dst advances by OW, src by
+// src_step floats.
+template <int SW>
+IM2GEMM_AVX512 inline void im2col_narrow_rows(float* dst, const float* src, i64 rows, i64 OW,
+                                              i64 src_step, ChunkMasks m) {
+  for (i64 r = 0; r < rows; ++r, dst += OW, src = offset(src, src_step)) {
+    _mm512_mask_storeu_ps(dst, m.out, load_chunk_sw<SW>(src, m));
   }
 }
 
-// The adjoint: dst_row[ow*SW] += src[ow] for ow in [lo, hi).
-IM2GEMM_AVX512 inline void col2im_full_row(float* dst_row, const float* src, i64 OW, i64 lo,
-                                           i64 hi, i64 sw) {
-  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
-  for (i64 c0 = 0; c0 < OW; c0 += 16) {
-    const ChunkMasks m = chunk_masks(c0, OW, lo, hi, sw);
-    if (sw == 1) {
-      if (!m.src_lo) continue;
-      float* d = offset(dst_row, c0);
-      const __m512 s = _mm512_maskz_loadu_ps(m.src_lo, src + c0);
-      _mm512_mask_storeu_ps(d, m.src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_lo, d), s));
-    } else {
-      const __m512 s = _mm512_maskz_loadu_ps(m.out, src + c0);
-      if (m.src_lo) {
-        float* d = offset(dst_row, 2 * c0);
-        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, s);
-        _mm512_mask_storeu_ps(d, m.src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_lo, d), e));
-      }
-      if (m.src_hi) {
-        float* d = offset(dst_row, 2 * c0 + 16);
-        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, s);
-        _mm512_mask_storeu_ps(d, m.src_hi, _mm512_add_ps(_mm512_maskz_loadu_ps(m.src_hi, d), e));
-      }
+// The adjoint: p[l * SW] += s[l] for the valid lanes.
+IM2GEMM_AVX512 inline void add_chunk(float* p, __m512 s, const ChunkMasks& m, i64 sw) {
+  if (sw == 1) {
+    if (m.src[0]) {
+      _mm512_mask_storeu_ps(p, m.src[0], _mm512_add_ps(_mm512_maskz_loadu_ps(m.src[0], p), s));
     }
+    return;
+  }
+  for (i64 v = 0; v < sw; ++v) {
+    if (!m.src[v]) continue;
+    // Position q of vector v takes s[(16v + q) / sw].
+    const int b = static_cast<int>(16 * v / sw);
+    const __m512i spread =
+        sw == 2 ? _mm512_setr_epi32(b, b, b + 1, b + 1, b + 2, b + 2, b + 3, b + 3, b + 4, b + 4,
+                                    b + 5, b + 5, b + 6, b + 6, b + 7, b + 7)
+                : _mm512_setr_epi32(b, b, b, b, b + 1, b + 1, b + 1, b + 1, b + 2, b + 2, b + 2,
+                                    b + 2, b + 3, b + 3, b + 3, b + 3);
+    float* q = offset(p, 16 * v);
+    const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, spread, s);
+    _mm512_mask_storeu_ps(q, m.src[v], _mm512_add_ps(_mm512_maskz_loadu_ps(m.src[v], q), e));
   }
 }
 
-// The same two row kernels with the chunk masks computed once per kernel column.
-constexpr i64 kMaxRowChunks = 32;  // rows up to 512 columns; wider rows compute masks per chunk
-constexpr i64 kMaxGatherTaps = 1024;  // KW * ceil(W / 16) of the gathering col2im
+// d[i] = s[i * SW] for i < n; reads s[0 .. (n-1)*SW] only.
+IM2GEMM_AVX512 inline void gather_n(float* d, const float* s, i64 n, i64 sw) {
+  for (i64 c0 = 0; c0 < n; c0 += 16) {
+    const ChunkMasks m = chunk_masks(c0, n, 0, n, sw);
+    _mm512_mask_storeu_ps(d + c0, m.out, load_chunk(offset(s, c0 * sw), m, sw));
+  }
+}
 
-IM2GEMM_AVX512 inline void im2col_row_premasked(float* dst, const float* src_row, i64 nchunks,
-                                                const ChunkMasks* cm, i64 sw) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+// d[i * SW] += s[i] for i < n; touches d[0 .. (n-1)*SW] only.
+IM2GEMM_AVX512 inline void scatter_add_n(float* d, const float* s, i64 n, i64 sw) {
+  for (i64 c0 = 0; c0 < n; c0 += 16) {
+    const ChunkMasks m = chunk_masks(c0, n, 0, n, sw);
+    add_chunk(offset(d, c0 * sw), _mm512_maskz_loadu_ps(m.out, s + c0), m, sw);
+  }
+}
+
+// Full output rows, masks per chunk given (nchunks <= kMaxRowChunks) or computed (wider rows).
+IM2GEMM_AVX512 inline void im2col_row(float* dst, const float* src_row, i64 OW, i64 lo, i64 hi,
+                                      i64 sw, i64 nchunks, const ChunkMasks* cm) {
   for (i64 k = 0; k < nchunks; ++k) {
-    const i64 c0 = 16 * k;
-    __m512 v;
-    if (sw == 1) {
-      v = _mm512_maskz_loadu_ps(cm[k].src_lo, offset(src_row, c0));
-    } else {
-      const __m512 a = _mm512_maskz_loadu_ps(cm[k].src_lo, offset(src_row, 2 * c0));
-      const __m512 b = _mm512_maskz_loadu_ps(cm[k].src_hi, offset(src_row, 2 * c0 + 16));
-      v = _mm512_permutex2var_ps(a, even, b);
-    }
-    _mm512_mask_storeu_ps(dst + c0, cm[k].out, v);
+    const ChunkMasks m = cm ? cm[k] : chunk_masks(16 * k, OW, lo, hi, sw);
+    _mm512_mask_storeu_ps(dst + 16 * k, m.out, load_chunk(offset(src_row, 16 * k * sw), m, sw));
   }
 }
 
-IM2GEMM_AVX512 inline void col2im_row_premasked(float* dst_row, const float* src, i64 nchunks,
-                                                const ChunkMasks* cm, i64 sw) {
-  const __m512i dup_lo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  const __m512i dup_hi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+IM2GEMM_AVX512 inline void col2im_row(float* dst_row, const float* src, i64 OW, i64 lo, i64 hi,
+                                      i64 sw, i64 nchunks, const ChunkMasks* cm) {
   for (i64 k = 0; k < nchunks; ++k) {
-    const i64 c0 = 16 * k;
-    if (sw == 1) {
-      if (!cm[k].src_lo) continue;
-      float* d = offset(dst_row, c0);
-      const __m512 sv = _mm512_maskz_loadu_ps(cm[k].src_lo, src + c0);
-      _mm512_mask_storeu_ps(d, cm[k].src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_lo, d), sv));
-    } else {
-      const __m512 sv = _mm512_maskz_loadu_ps(cm[k].out, src + c0);
-      if (cm[k].src_lo) {
-        float* d = offset(dst_row, 2 * c0);
-        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_lo, sv);
-        _mm512_mask_storeu_ps(d, cm[k].src_lo, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_lo, d), e));
-      }
-      if (cm[k].src_hi) {
-        float* d = offset(dst_row, 2 * c0 + 16);
-        const __m512 e = _mm512_maskz_permutexvar_ps(0xFFFF, dup_hi, sv);
-        _mm512_mask_storeu_ps(d, cm[k].src_hi, _mm512_add_ps(_mm512_maskz_loadu_ps(cm[k].src_hi, d), e));
-      }
-    }
+    const ChunkMasks m = cm ? cm[k] : chunk_masks(16 * k, OW, lo, hi, sw);
+    add_chunk(offset(dst_row, 16 * k * sw), _mm512_maskz_loadu_ps(m.out, src + 16 * k), m, sw);
   }
 }
 
@@ -357,16 +315,21 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
   const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
   const i64 nchunks = (OW + 15) / 16;
-  ValidRows rows_of(g);
-  const i64* oh_valid_lo = rows_of.lo;
-  const i64* oh_valid_hi = rows_of.hi;
-  for (i64 c = 0; c < nch; ++c) {
-    const float* xc = x + c * H * W;
-    for (i64 kh = 0; kh < KH; ++kh) {
-      for (i64 kw = 0; kw < KW; ++kw) {
+  const ValidRows rows_of(g);
+  const ValidColumns cols_of(g);
+  ChunkMasks cm_store[kMaxRowChunks];
+  for (i64 kw = 0; kw < KW; ++kw) {
+    const i64 off_w = kw * DW - PW;
+    const ValidCols v = cols_of.v[kw];
+    const ChunkMasks* cm = nullptr;
+    if (nchunks <= kMaxRowChunks) {
+      for (i64 k = 0; k < nchunks; ++k) cm_store[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
+      cm = cm_store;
+    }
+    for (i64 c = 0; c < nch; ++c) {
+      const float* xc = x + c * H * W;
+      for (i64 kh = 0; kh < KH; ++kh) {
         float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
-        const i64 off_w = kw * DW - PW;
-        const ValidCols v = valid_cols(off_w, SW, W, OW);
         auto segment = [&](i64 oh, i64 a, i64 b, float* dst) IM2GEMM_AVX512 {
           const i64 ih = oh * SH - PH + kh * DH;
           if (ih < 0 || ih >= H) {
@@ -388,33 +351,20 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
           segment(oh_first, a, OW, row - a);
         }
         float* dst = row + (full_a * OW - q0);
-        // Full rows: zeros where the kernel row falls in the padding, one masked load/store
-        // per 16 columns elsewhere (masks computed once per kernel column when OW <= 16).
-        const i64 va = std::max(full_a, std::min(full_b, oh_valid_lo[kh]));
-        const i64 vb = std::max(va, std::min(full_b, oh_valid_hi[kh]));
+        // Full rows: zeros where the kernel row falls in the padding, masked chunks elsewhere.
+        const i64 va = std::max(full_a, std::min(full_b, rows_of.lo[kh]));
+        const i64 vb = std::max(va, std::min(full_b, rows_of.hi[kh]));
         zero_n(dst, (va - full_a) * OW);
         dst += (va - full_a) * OW;
         const float* src = offset(xc, (va * SH - PH + kh * DH) * W + off_w);
-        if (OW <= 16) {
-          const ChunkMasks m = chunk_masks(0, OW, v.lo, v.hi, SW);
-          const __m512i even =
-              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-          for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
-            __m512 val = _mm512_maskz_loadu_ps(m.src_lo, src);
-            if (SW == 2) {
-              val = _mm512_permutex2var_ps(val, even, _mm512_maskz_loadu_ps(m.src_hi, offset(src, 16)));
-            }
-            _mm512_mask_storeu_ps(dst, m.out, val);
-          }
-        } else if (nchunks <= kMaxRowChunks) {
-          ChunkMasks cm[kMaxRowChunks];
-          for (i64 k = 0; k < nchunks; ++k) cm[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
-          for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
-            im2col_row_premasked(dst, src, nchunks, cm, SW);
-          }
+        if (nchunks == 1) {
+          if (SW == 1) im2col_narrow_rows<1>(dst, src, vb - va, OW, SH * W, cm_store[0]);
+          if (SW == 2) im2col_narrow_rows<2>(dst, src, vb - va, OW, SH * W, cm_store[0]);
+          if (SW == 4) im2col_narrow_rows<4>(dst, src, vb - va, OW, SH * W, cm_store[0]);
+          dst += (vb - va) * OW;
         } else {
           for (i64 oh = va; oh < vb; ++oh, dst += OW, src = offset(src, SH * W)) {
-            im2col_full_row(dst, src, OW, v.lo, v.hi, SW);
+            im2col_row(dst, src, OW, v.lo, v.hi, SW, nchunks, cm);
           }
         }
         zero_n(dst, (full_b - vb) * OW);
@@ -433,16 +383,21 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col,
   const i64 full_a = q0 % OW == 0 ? oh_first : oh_first + 1;
   const i64 full_b = q1 % OW == 0 ? oh_last + 1 : oh_last;
   const i64 nchunks = (OW + 15) / 16;
-  ValidRows rows_of(g);
-  const i64* oh_valid_lo = rows_of.lo;
-  const i64* oh_valid_hi = rows_of.hi;
-  for (i64 c = 0; c < nch; ++c) {
-    float* xc = dx + c * H * W;
-    for (i64 kh = 0; kh < KH; ++kh) {
-      for (i64 kw = 0; kw < KW; ++kw) {
+  const ValidRows rows_of(g);
+  const ValidColumns cols_of(g);
+  ChunkMasks cm_store[kMaxRowChunks];
+  for (i64 kw = 0; kw < KW; ++kw) {
+    const i64 off_w = kw * DW - PW;
+    const ValidCols v = cols_of.v[kw];
+    const ChunkMasks* cm = nullptr;
+    if (nchunks <= kMaxRowChunks) {
+      for (i64 k = 0; k < nchunks; ++k) cm_store[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
+      cm = cm_store;
+    }
+    for (i64 c = 0; c < nch; ++c) {
+      float* xc = dx + c * H * W;
+      for (i64 kh = 0; kh < KH; ++kh) {
         const float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
-        const i64 off_w = kw * DW - PW;
-        const ValidCols v = valid_cols(off_w, SW, W, OW);
         auto segment = [&](i64 oh, i64 a, i64 b, const float* src) IM2GEMM_AVX512 {
           const i64 ih = oh * SH - PH + kh * DH;
           if (ih < 0 || ih >= H) return;
@@ -459,20 +414,12 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col,
           segment(oh_first, a, OW, row - a);
         }
         const float* src = row + (full_a * OW - q0);
-        const i64 va = std::max(full_a, std::min(full_b, oh_valid_lo[kh]));
-        const i64 vb = std::max(va, std::min(full_b, oh_valid_hi[kh]));
+        const i64 va = std::max(full_a, std::min(full_b, rows_of.lo[kh]));
+        const i64 vb = std::max(va, std::min(full_b, rows_of.hi[kh]));
         float* d = offset(xc, (va * SH - PH + kh * DH) * W + off_w);
         src += (va - full_a) * OW;
-        if (nchunks <= kMaxRowChunks) {
-          ChunkMasks cm[kMaxRowChunks];
-          for (i64 k = 0; k < nchunks; ++k) cm[k] = chunk_masks(16 * k, OW, v.lo, v.hi, SW);
-          for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
-            col2im_row_premasked(d, src, nchunks, cm, SW);
-          }
-        } else {
-          for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
-            col2im_full_row(d, src, OW, v.lo, v.hi, SW);
-          }
+        for (i64 oh = va; oh < vb; ++oh, src += OW, d = offset(d, SH * W)) {
+          col2im_row(d, src, OW, v.lo, v.hi, SW, nchunks, cm);
         }
         src += (full_b - vb) * OW;
         if (full_b <= oh_last) segment(oh_last, 0, q1 - oh_last * OW, src);
@@ -544,7 +491,8 @@ std::atomic<bool> g_allow_avx512{true};
 bool avx512_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
   static const bool cpu = __builtin_cpu_supports("avx512f");
-  return cpu && g.SW <= 2 && g.KH <= ValidRows::kMaxKernelHeight &&
+  return cpu && (g.SW == 1 || g.SW == 2 || g.SW == 4) && g.KH <= ValidRows::kMaxKernelHeight &&
+         g.KW <= ValidColumns::kMaxKernelWidth &&
          g_allow_avx512.load(std::memory_order_relaxed);
 #else
   (void)g;

@@ -25,12 +25,13 @@ void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
                    std::int64_t max_images) {
   // With the test/tuning override of the target, the target alone decides.
   const bool overridden = g_block_target_bytes.load(std::memory_order_relaxed) != 0;
-  auto columns = [overridden](std::int64_t r) {
+  const std::int64_t per_filter = kPixelsPerFilter * p.Fg;
+  auto columns = [overridden, per_filter](std::int64_t r) {
     r = std::max<std::int64_t>(r, 1);
     const auto target = static_cast<std::int64_t>(block_target_bytes() / sizeof(float)) / r;
     const auto most = static_cast<std::int64_t>(kMaxBlockBytes / sizeof(float)) / r;
     if (overridden) return std::max(kMinBlockPixels, target);
-    return std::max(kMinBlockPixels, std::min(std::max(target, kMinGemmPixels), most));
+    return std::max(kMinBlockPixels, std::min(std::max(target, per_filter), most));
   };
   const std::int64_t cols = columns(rows);
   const std::int64_t cols_multi = columns(rows + extra_rows);

@@ -16,9 +16,12 @@ enum class ConvPass { forward, backward_data, backward_weights };
 /// A column block (plus, for images side by side, the gathered output/dy block) is sized to
 /// stay in a core's L2 cache between im2col and sgemm's packing ...
 inline constexpr std::size_t kBlockTargetBytes = std::size_t{1} << 20;
-/// ... but is never narrower than kMinGemmPixels columns (below that, every sgemm call re-packs
-/// the whole weight matrix for too few pixels: measured here with K = 2304, 455 columns run at
-/// 1.25x the speed of 113) ...
+/// ... but has at least kPixelsPerFilter * (filters per group) columns: every sgemm call
+/// re-packs the weights (backward weights: re-reads dW), which must be amortised over enough
+/// pixels (measured here, 2 threads, vgg_conv3_2 backward data: 113 columns 285 GFLOP/s,
+/// 448 columns 321, 784 columns 338) ...
+inline constexpr std::int64_t kPixelsPerFilter = 4;
+/// Images with fewer pixels than this are put side by side into one column block.
 inline constexpr std::int64_t kMinGemmPixels = 448;
 /// ... and never larger than this, which keeps the per-thread scratch within the bound below.
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
@@ -76,7 +79,7 @@ struct ConvPlan {
 };
 
 /// Tuning and test hook: later plans size column blocks to `bytes` alone, without the
-/// kMinGemmPixels / kMaxBlockBytes limits (0 restores the constants). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
+/// kPixelsPerFilter / kMaxBlockBytes limits (0 restores the constants). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
 void set_block_target_bytes(std::size_t bytes);
 std::size_t block_target_bytes();
 
