@@ -308,7 +308,7 @@ void check_maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy
   const std::int64_t chunks = (n + kChunk - 1) / kChunk;
   std::int64_t first_bad = chunks;
   const int threads = chunks >= 8 ? num_threads() : 1;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(min : first_bad)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 4) reduction(min : first_bad)
   for (std::int64_t c = 0; c < chunks; ++c) {
     const std::int64_t end = std::min(n, (c + 1) * kChunk);
     unsigned bad = 0;
