@@ -29,6 +29,7 @@ struct Options {
   std::int64_t batch = 64;
   int threads = 0;
   std::uint64_t seed = 1;
+  im2gemm::Init init = im2gemm::Init::pytorch;
   float lr = 0.01f;
   std::int64_t limit = 0;       // 0: every training image
   std::int64_t test_limit = 0;  // 0: every test image
@@ -45,6 +46,8 @@ void usage(FILE* out) {
                "  --batch N      minibatch size (default 64)\n"
                "  --threads N    threads for the primitives and BLAS (default 0: all cores)\n"
                "  --seed N       seed of the initial weights and the shuffling (default 1)\n"
+               "  --init S       initial weights: pytorch (default: PyTorch's own default init,\n"
+               "                 as in scripts/torch_lenet.py) or he (He/Xavier normal, zero biases)\n"
                "  --lr X         learning rate (default 0.01; momentum 0.9)\n"
                "  --limit N      train on the first N training images only (quick checks)\n"
                "  --test-limit N test on the first N test images only (quick checks)\n"
@@ -83,6 +86,14 @@ bool parse(int argc, char** argv, Options& o) {
     else if (a == "--test-limit") o.test_limit = integer(0);
     else if (a == "--save") o.save = v;
     else if (a == "--load") o.load = v;
+    else if (a == "--init") {
+      if (v == "pytorch") o.init = im2gemm::Init::pytorch;
+      else if (v == "he") o.init = im2gemm::Init::he_xavier;
+      else {
+        std::fprintf(stderr, "error: --init wants pytorch or he, got '%s'\n", v.c_str());
+        return false;
+      }
+    }
     else if (a == "--lr") {
       o.lr = std::strtof(v.c_str(), &end);
       if (end == v.c_str() || *end || !(o.lr > 0)) {
@@ -178,7 +189,7 @@ int main(int argc, char** argv) {
   net.add_maxpool2d(2);
   net.add_dense(500, Activation::relu);
   net.add_dense(10, Activation::identity);
-  net.init(opt.seed);
+  net.init(opt.seed, opt.init);
   if (!opt.load.empty()) {
     try {
       net.load(opt.load);
@@ -191,9 +202,10 @@ int main(int argc, char** argv) {
               static_cast<long long>(n_train), n_train < train.count ? " (--limit)" : "",
               static_cast<long long>(n_test), n_test < test.count ? " (--test-limit)" : "",
               static_cast<long long>(net.parameter_count()));
-  std::printf("minibatch %lld, SGD lr %g momentum 0.9, seed %llu, %d threads; inputs (x/255 - %.4f) / %.4f\n",
+  std::printf("minibatch %lld, SGD lr %g momentum 0.9, seed %llu, init %s, %d threads; "
+              "inputs (x/255 - %.4f) / %.4f\n",
               static_cast<long long>(opt.batch), opt.lr, static_cast<unsigned long long>(opt.seed),
-              num_threads(), mean, sd);
+              opt.init == Init::pytorch ? "pytorch" : "he", num_threads(), mean, sd);
   if (!opt.load.empty()) std::printf("parameters loaded from %s\n", opt.load.c_str());
 
   const Sgd sgd{opt.lr, 0.9f, 0.0f};

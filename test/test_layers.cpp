@@ -331,6 +331,29 @@ TEST_CASE("seeded initialisation: same seed, same weights; another seed, others"
   const double sd = std::sqrt(s2 / static_cast<double>(big.weights().size()));
   CHECK(sd == doctest::Approx(std::sqrt(2.0 / 72)).epsilon(0.05));
   for (float b0 : big.bias()) CHECK(b0 == 0.0f);
+  // PyTorch's default: uniform in +-1/sqrt(fan_in), biases too; variance 1/(3 fan_in).
+  big.init(rng, Init::pytorch);
+  const double bound = 1.0 / std::sqrt(72.0);
+  s2 = 0;
+  for (float w : big.weights()) {
+    CHECK(std::fabs(w) <= bound);
+    s2 += double(w) * w;
+  }
+  CHECK(s2 / static_cast<double>(big.weights().size()) == doctest::Approx(bound * bound / 3).epsilon(0.05));
+  int nonzero = 0;
+  for (float b0 : big.bias()) {
+    CHECK(std::fabs(b0) <= bound);
+    nonzero += b0 != 0.0f;
+  }
+  CHECK(nonzero == 64);
+  Sequential p1 = small_net(), p2 = small_net();
+  p1.init(42, Init::pytorch);
+  p2.init(42, Init::pytorch);
+  CHECK(same(snapshot(p1), snapshot(p2)));
+  CHECK(!same(snapshot(p1), snapshot(a)));
+  const auto before = snapshot(p1);
+  CHECK_THROWS_AS(p1.init(1, static_cast<Init>(7)), std::invalid_argument);
+  CHECK(same(snapshot(p1), before));
   // The generator itself: fixed output for a fixed seed (portable across standard libraries).
   Rng r1(123), r2(123);
   for (int i = 0; i < 10; ++i) CHECK(r1.next() == r2.next());

@@ -60,6 +60,18 @@ class Rng {
   bool has_spare_ = false;
 };
 
+/// Seeded initialisation schemes. Both draw every value from the Rng, weights first, in
+/// memory order, so the same seed gives the same parameters.
+enum class Init {
+  /// Weights normal: He, std sqrt(2/fan_in), for a layer with relu; Xavier (Glorot), std
+  /// sqrt(2/(fan_in+fan_out)), otherwise. Biases zero.
+  he_xavier,
+  /// PyTorch 1.13's default for Conv2d and Linear (kaiming_uniform_ with a = sqrt(5), a He
+  /// uniform init with the leaky-relu gain of that slope): weights and biases uniform in
+  /// [-1/sqrt(fan_in), 1/sqrt(fan_in)). For comparisons with PyTorch on equal terms.
+  pytorch,
+};
+
 /// SGD with momentum and weight decay, PyTorch's formulation:
 ///   v = momentum * v + (grad + weight_decay * w);   w -= learning_rate * v.
 /// Weight decay applies to weights only, never to biases. The velocity v starts at zero; a
@@ -99,8 +111,9 @@ class Layer {
 
   /// The layer's parameters and their gradients (none for pooling).
   virtual std::vector<Parameter> parameters() { return {}; }
-  /// Seeded initialisation: weights drawn from the generator, biases zero.
-  virtual void init(Rng& rng) { (void)rng; }
+  /// Seeded initialisation of the parameters (none for pooling), drawn from rng.
+  /// Throws std::invalid_argument for a scheme outside the enum (parameters untouched).
+  void init(Rng& rng, Init scheme = Init::he_xavier);
 
   /// Applies the last backward's gradients with SGD; keeps one velocity buffer per parameter.
   void update(const Sgd& sgd);
@@ -115,14 +128,15 @@ class Layer {
   /// Throws unless a forward came first and dy holds batch() * output_shape().size().
   void check_backward(const char* who, std::span<const float> dy) const;
   std::int64_t batch_ = 0;
+  /// What init() does once the scheme is validated.
+  virtual void do_init(Rng& rng, Init scheme) { (void)rng, (void)scheme; }
 
  private:
   std::vector<std::vector<float>> velocity_;
 };
 
 /// A convolution layer: y = act(conv(x, w) + b). Owns w [F][C/groups][KH][KW] and b [F].
-/// init: He normal (std sqrt(2/fan_in)) for relu, Xavier normal (std sqrt(2/(fan_in+fan_out)))
-/// otherwise; fan_in = C/groups*KH*KW, fan_out = F/groups*KH*KW; biases zero.
+/// For init: fan_in = C/groups*KH*KW, fan_out = F/groups*KH*KW.
 class Conv2dLayer : public Layer {
  public:
   /// geometry.batch is ignored (each forward gives the batch); validated like the primitive.
@@ -141,7 +155,11 @@ class Conv2dLayer : public Layer {
   std::span<const float> backward_preactivation(std::span<const float> delta,
                                                 bool want_input_grad = true);
   std::vector<Parameter> parameters() override;
-  void init(Rng& rng) override;
+
+ protected:
+  void do_init(Rng& rng, Init scheme) override;
+
+ public:
 
   Activation activation() const { return act_; }
   const Conv2dShape& geometry() const { return shape_; }
@@ -186,7 +204,7 @@ class MaxPool2dLayer : public Layer {
 
 /// A fully connected layer: y[n] = act(W x[n] + b), W [out][in] (in = input.size(): the input
 /// sample is flattened), b [out]; output shape {out, 1, 1}. Forward is one cblas_sgemm; backward
-/// two (weights, and data if wanted). init as Conv2dLayer with fan_in = in, fan_out = out.
+/// two (weights, and data if wanted). For init: fan_in = in, fan_out = out.
 class DenseLayer : public Layer {
  public:
   DenseLayer(Shape3 input, std::int64_t outputs, Activation act);
@@ -197,7 +215,11 @@ class DenseLayer : public Layer {
   std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
   std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
   std::vector<Parameter> parameters() override;
-  void init(Rng& rng) override;
+
+ protected:
+  void do_init(Rng& rng, Init scheme) override;
+
+ public:
 
   Activation activation() const { return act_; }
   std::span<float> weights() { return w_; }
@@ -268,7 +290,7 @@ class Sequential {
 
   /// Seeded initialisation of every layer in order from one Rng(seed): same seed, same weights.
   /// Also resets the momentum buffers.
-  void init(std::uint64_t seed);
+  void init(std::uint64_t seed, Init scheme = Init::he_xavier);
   /// x [batch][input_shape()] -> [batch][output_shape()] (the last layer's buffer).
   std::span<const float> forward(std::span<const float> x, std::int64_t batch);
   /// dy = dE/d(network output). Runs every layer's backward; the first layer skips its input

@@ -98,12 +98,11 @@ std::vector<Parameter> Conv2dLayer::parameters() {
           Parameter{"bias", {s.out_channels}, b_, db_, false}};
 }
 
-void Conv2dLayer::init(Rng& rng) {
+void Conv2dLayer::do_init(Rng& rng, Init scheme) {
   const auto& s = shape_;
   const std::int64_t k = s.kernel_height * s.kernel_width;
-  detail::fill_normal(rng, w_, detail::init_std(act_, s.in_channels / s.groups * k,
-                                                s.out_channels / s.groups * k));
-  std::fill(b_.begin(), b_.end(), 0.0f);
+  detail::init_parameters(rng, scheme, act_, s.in_channels / s.groups * k,
+                          s.out_channels / s.groups * k, w_, b_);
 }
 
 }  // namespace im2gemm

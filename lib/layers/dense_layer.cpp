@@ -83,9 +83,8 @@ std::vector<Parameter> DenseLayer::parameters() {
           Parameter{"bias", {out_}, b_, db_, false}};
 }
 
-void DenseLayer::init(Rng& rng) {
-  detail::fill_normal(rng, w_, detail::init_std(act_, in_.size(), out_));
-  std::fill(b_.begin(), b_.end(), 0.0f);
+void DenseLayer::do_init(Rng& rng, Init scheme) {
+  detail::init_parameters(rng, scheme, act_, in_.size(), out_, w_, b_);
 }
 
 }  // namespace im2gemm

@@ -115,6 +115,14 @@ void Layer::update(const Sgd& sgd) {
   }
 }
 
+void Layer::init(Rng& rng, Init scheme) {
+  if (scheme != Init::he_xavier && scheme != Init::pytorch) {
+    detail::fail("Layer::init: scheme is not a valid Init (value " +
+                 std::to_string(static_cast<int>(scheme)) + ")");
+  }
+  do_init(rng, scheme);
+}
+
 void Layer::check_forward(const char* who, std::span<const float> x, std::int64_t batch) const {
   if (batch < 1) detail::fail(std::string(who) + "::forward: batch must be >= 1, got " + std::to_string(batch));
   const std::int64_t per = input_shape().size();

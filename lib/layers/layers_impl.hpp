@@ -50,6 +50,19 @@ inline void fill_normal(Rng& rng, std::span<float> v, double stddev) {
   for (auto& x : v) x = static_cast<float>(rng.normal() * stddev);
 }
 
+/// Weights, then biases, by the scheme (see Init in layers.hpp).
+inline void init_parameters(Rng& rng, Init scheme, Activation act, std::int64_t fan_in,
+                            std::int64_t fan_out, std::span<float> w, std::span<float> b) {
+  if (scheme == Init::pytorch) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+    for (auto& v : w) v = static_cast<float>((2.0 * rng.uniform() - 1.0) * bound);
+    for (auto& v : b) v = static_cast<float>((2.0 * rng.uniform() - 1.0) * bound);
+    return;
+  }
+  fill_normal(rng, w, init_std(act, fan_in, fan_out));
+  for (auto& v : b) v = 0.0f;
+}
+
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

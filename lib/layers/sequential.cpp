@@ -73,10 +73,14 @@ const Layer& Sequential::layer(std::size_t i) const {
   return *layers_[i];
 }
 
-void Sequential::init(std::uint64_t seed) {
+void Sequential::init(std::uint64_t seed, Init scheme) {
+  if (scheme != Init::he_xavier && scheme != Init::pytorch) {
+    detail::fail("Sequential::init: scheme is not a valid Init (value " +
+                 std::to_string(static_cast<int>(scheme)) + ")");
+  }
   Rng rng(seed);
   for (auto& l : layers_) {
-    l->init(rng);
+    l->init(rng, scheme);
     l->reset_momentum();
   }
 }
