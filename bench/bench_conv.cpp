@@ -4,7 +4,7 @@
 // the reference loops (and im2gemm at one thread) where the reference takes under a second.
 // Ends with a summary table of medians over the repetitions.
 //
-//   flock /tmp/im2gemm-bench.lock ./build/bench/bench_conv --benchmark_repetitions=5 \
+//   flock /tmp/im2gemm-bench.lock ./build/bench/bench_conv --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true [--layers=vgg_conv3_2,lenet_conv2]
 //       [--impls=im2gemm,sgemm,onednn,ref] [--passes=fwd,bwd_data,bwd_weights]
 // The same selections from the environment: IM2GEMM_BENCH_LAYERS, _IMPLS, _PASSES.
@@ -259,7 +259,9 @@ __attribute__((target("avx512f"))) double fma_loop_avx512(int64_t iters) {
   }
   __m512 sum = a[0];
   for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, a[i]);
-  volatile float sink = _mm512_reduce_add_ps(sum);
+  float out[16];
+  _mm512_storeu_ps(out, sum);
+  volatile float sink = out[0];
   (void)sink;
   return static_cast<double>(iters) * 12 * 16 * 2;
 }
