@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -207,8 +208,19 @@ double median(std::vector<double> v) {
   return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
 }
 
+// The 1-minute load average: the machine is shared, and a run during which other processes
+// kept the cores busy measures the scheduler more than the code (2-thread variants suffer
+// most). This process adds about 1-2 while it runs.
+double load_average() {
+  double l[1] = {0.0};
+  return getloadavg(l, 1) == 1 ? l[0] : -1.0;
+}
+double g_load_before = 0.0;
+
 void print_summary(const SummaryReporter& rep,
                    const std::vector<im2gemm::bench::NamedPool>& pools) {
+  std::printf("\nLoad average (1 min) at start %.2f, at end %.2f, on %d cores.\n", g_load_before,
+              load_average(), omp_get_num_procs());
   std::printf("\nSummary: GB/s of input + output + argmax bytes, medians of %d interleaved "
               "repetitions; %d threads unless 1t. ISA %s.\n",
               kRepetitions, im2gemm::num_threads(),
@@ -276,6 +288,7 @@ int main(int argc, char** argv) {
           ->Repetitions(kRepetitions);
     }
   }
+  g_load_before = load_average();
   SummaryReporter rep;
   benchmark::RunSpecifiedBenchmarks(&rep);
   print_summary(rep, pools);
