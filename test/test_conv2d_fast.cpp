@@ -263,7 +263,15 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
     shapes.push_back(s);
     s.groups = 2; s.batch = 3;
     shapes.push_back(s);
+    s = Conv2dShape{};  // more than kMaxFiltersTransposedWeights filters: dW accumulated as is
+    s.batch = 3; s.in_channels = 6; s.in_height = 9; s.in_width = 8; s.out_channels = 2 * 131;
+    s.groups = 2; s.kernel_height = 3; s.kernel_width = 2; s.stride_width = 2; s.pad_height = 1;
+    shapes.push_back(s);
+    s.batch = 1;
+    shapes.push_back(s);
   }
+  CHECK_FALSE(im2gemm::detail::plan_conv(shapes.back(), ConvPass::backward_weights, 2).weights_transposed);
+  CHECK(im2gemm::detail::plan_conv(shapes.front(), ConvPass::backward_weights, 2).weights_transposed);
   int n = 0;
   for (const auto& s : shapes) {
     for (Activation act : {Activation::identity, Activation::relu}) {

@@ -260,12 +260,21 @@ struct WeightsCtx {
 };
 
 // Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
-// c_out (row stride K); the first sgemm overwrites (beta 0) if `first`.
+// c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride
+// Fg). The first sgemm overwrites (beta 0) if `first`.
 void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0,
                  i64 c1, float* c_out, bool first) {
   const Dims& d = cx.d;
   const ConvPlan& p = cx.p;
   const i64 nch = c1 - c0, rows = nch * d.khw;
+  // dW (Fg x rows) += dy-block (Fg x n) * col-block^T, or dW^T (rows x Fg) += col * dy^T.
+  auto gemm = [&](i64 n, const float* dyb, i64 lddy, const float* colb, i64 ldcol, float beta) {
+    if (p.weights_transposed) {
+      sgemm(false, true, rows, d.Fg, n, colb, ldcol, dyb, lddy, beta, c_out, d.Fg);
+    } else {
+      sgemm(false, true, d.Fg, rows, n, dyb, lddy, colb, ldcol, beta, c_out, d.K);
+    }
+  };
   if (n1 - n0 == 1) {
     const float* xg = cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW;
     const float* dyg = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
@@ -278,8 +287,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
         cb = sc.col;
         ldb = q1 - q0;
       }
-      sgemm(false, true, d.Fg, rows, q1 - q0, dyg + q0, d.P, cb, ldb,
-            first && pb == 0 ? 0.0f : 1.0f, c_out, d.K);
+      gemm(q1 - q0, dyg + q0, d.P, cb, ldb, first && pb == 0 ? 0.0f : 1.0f);
     }
     return;
   }
@@ -292,8 +300,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
     detail::im2col_block(cx.geo, cx.x + ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW, nch, 0, d.P,
                          sc.col + i * d.P, cols);
   }
-  sgemm(false, true, d.Fg, rows, cols, sc.tmp, cols, sc.col, cols, first ? 0.0f : 1.0f, c_out,
-        d.K);
+  gemm(cols, sc.tmp, cols, sc.col, cols, first ? 0.0f : 1.0f);
 }
 
 void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x,
@@ -312,9 +319,10 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
     const bool ok = carve_scratch(p, sc);
     if (!ok) failed.store(true);
     if (p.weight_partials) {
-      // Thread t sums its images into its own dW (thread 0: dw itself); then the partials are
-      // added into dw in thread order, element ranges split over the threads.
-      float* mine = t == 0 ? dw : sc.partial;
+      // Thread t sums its images into its own partial dW (dW^T per group if transposed;
+      // untransposed, thread 0's partial is dw itself); then the partials are added into dw in
+      // thread order, element ranges split over the threads.
+      float* mine = t == 0 && !p.weights_transposed ? dw : sc.partial;
       partials[static_cast<std::size_t>(t)] = mine;
       if (ok) {
         const i64 a = part_begin(t, nthr, p.N), b = part_begin(t + 1, nthr, p.N);
@@ -330,8 +338,19 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
 #pragma omp barrier
       if (!failed.load()) {
         const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
-        for (i64 u = 1; u < nthr; ++u) {
-          detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
+        if (p.weights_transposed) {
+          // dw[g][f][k] = sum over threads, in thread order, of partial[g][k][f].
+          for (i64 e = e0; e < e1; ++e) {
+            const i64 g = e / (d.Fg * d.K), f = (e / d.K) % d.Fg, k = e % d.K;
+            const i64 src = (g * d.K + k) * d.Fg + f;
+            float acc = partials[0][src];
+            for (i64 u = 1; u < nthr; ++u) acc += partials[static_cast<std::size_t>(u)][src];
+            dw[e] = acc;
+          }
+        } else {
+          for (i64 u = 1; u < nthr; ++u) {
+            detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
+          }
         }
       }
     } else if (ok) {
@@ -340,10 +359,17 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         const i64 gi = it / p.channel_blocks, cbk = it % p.channel_blocks;
         const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
         const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
-        float* c_out = dw + gi * d.Fg * d.K + c0 * d.khw;
+        float* slice = dw + gi * d.Fg * d.K + c0 * d.khw;  // dW[g][:, channels c0..c1)
+        float* c_out = p.weights_transposed ? sc.partial : slice;
         for (i64 ig = 0; ig < p.image_groups; ++ig) {
           weights_run(cx, sc, part_begin(ig, p.image_groups, p.N),
                       part_begin(ig + 1, p.image_groups, p.N), gi, c0, c1, c_out, ig == 0);
+        }
+        if (p.weights_transposed) {  // dW slice (Fg x rows, stride K) = accumulated dW^T
+          const i64 rows = (c1 - c0) * d.khw;
+          for (i64 f = 0; f < d.Fg; ++f) {
+            for (i64 r = 0; r < rows; ++r) slice[f * d.K + r] = c_out[r * d.Fg + f];
+          }
         }
       }
     }

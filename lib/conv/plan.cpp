@@ -169,6 +169,8 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       const std::int64_t cols = p.images_per_block * p.block_pixels;
       p.col_floats = p.skips_im2col() ? 0 : rows * cols;
       p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
+      p.weights_transposed = p.Fg <= kMaxFiltersTransposedWeights;
+      if (p.weights_transposed && !p.weight_partials) p.partial_floats = rows * p.Fg;
       break;
     }
   }
