@@ -263,6 +263,20 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
     shapes.push_back(s);
     s.groups = 2; s.batch = 3;
     shapes.push_back(s);
+    s = Conv2dShape{};  // alexnet-like: 11x11 stride 4, wide enough for several row chunks
+    s.batch = 2; s.in_channels = 3; s.in_height = 47; s.in_width = 75; s.out_channels = 8;
+    s.kernel_height = 11; s.kernel_width = 11; s.stride_height = 4; s.stride_width = 4;
+    shapes.push_back(s);
+    s = Conv2dShape{};  // resnet_conv1-like: 7x7 stride 2 pad 3
+    s.batch = 1; s.in_channels = 3; s.in_height = 40; s.in_width = 70; s.out_channels = 8;
+    s.kernel_height = 7; s.kernel_width = 7; s.stride_height = 2; s.stride_width = 2;
+    s.pad_height = 3; s.pad_width = 3;
+    shapes.push_back(s);
+    s = Conv2dShape{};  // dilated, mixed strides, rows wider than 64 output columns
+    s.batch = 2; s.in_channels = 4; s.in_height = 30; s.in_width = 140; s.out_channels = 5;
+    s.kernel_height = 3; s.kernel_width = 5; s.stride_width = 2; s.dilation_height = 2;
+    s.dilation_width = 3; s.pad_height = 1; s.pad_width = 2;
+    shapes.push_back(s);
     s = Conv2dShape{};  // more than kMaxFiltersTransposedWeights filters: dW accumulated as is
     s.batch = 3; s.in_channels = 6; s.in_height = 9; s.in_width = 8; s.out_channels = 2 * 131;
     s.groups = 2; s.kernel_height = 3; s.kernel_width = 2; s.stride_width = 2; s.pad_height = 1;
@@ -280,6 +294,7 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
       for (int threads : {1, 2, 3}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
           Settings::apply(threads, block);
+          im2gemm::detail::set_avx512_lowering(threads != 3);
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
           compare(s, run_fast(s, d, act, true), want, true);
         }

@@ -113,8 +113,11 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
             ldb = q1 - q0;
           }
           float* yb = y + (n0 * d.F + gi * d.Fg + f0) * d.P + q0;
-          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, 0.0f, yb, d.P);
-          detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, bg, act);
+          // With a bias, y starts as the bias and sgemm adds to it (beta 1): this replaces
+          // sgemm's zeroing pass and saves a separate bias pass.
+          if (bg) detail::fill_rows(yb, d.P, f1 - f0, q1 - q0, bg);
+          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb, d.P);
+          detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
         } else {
           // Several small images side by side: one sgemm, then the finishing pass scatters
           // tmp into y with bias and activation.

@@ -599,6 +599,15 @@ void bias_act_rows(float* y, i64 ldy, i64 rows, i64 cols, const float* bias, Act
 }
 
 IM2GEMM_CLONES
+void fill_rows(float* y, i64 ldy, i64 rows, i64 cols, const float* values) {
+  for (i64 r = 0; r < rows; ++r) {
+    float* __restrict v = y + r * ldy;
+    const float b = values[r];
+    for (i64 i = 0; i < cols; ++i) v[i] = b;
+  }
+}
+
+IM2GEMM_CLONES
 void act_backward(Activation act, const float* __restrict y, float* __restrict d, i64 n) {
   switch (act) {
     case Activation::identity:

@@ -46,6 +46,9 @@ void set_avx512_lowering(bool allow);
 /// rows x cols block of y (row stride ldy), in place: y = act(y + bias[r]); bias may be null.
 void bias_act_rows(float* y, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
                    const float* bias, Activation act);
+/// rows x cols block of y (row stride ldy): y[r][i] = values[r].
+void fill_rows(float* y, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
+               const float* values);
 /// dst[i] = act(src[i] + b) for i < n.
 void bias_act_copy(float* dst, const float* src, std::int64_t n, float b, Activation act);
 /// d[i] *= act'(from y[i]) for i < n (the seed's activator.backward on the layer input).
