@@ -3,6 +3,10 @@
 
 #include "pool/maxpool2d_impl.hpp"
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 namespace im2gemm::detail {
 namespace {
 
@@ -21,10 +25,22 @@ struct Scalar {
   static I splat(std::uint32_t v) { return v; }
   static I add(I a, I b) { return a + b; }
   static void update(F& best, I& off, F v, std::uint32_t o) {
+#if defined(__SSE2__)
+    // Branch-free with SSE2 scalar compares (x86-64 baseline): on random data the outcome is
+    // unpredictable and branches cost more than the whole update.
+    const __m128 b = _mm_set_ss(best), x = _mm_set_ss(v);
+    const __m128 take = _mm_andnot_ps(_mm_cmpunord_ss(b, b), _mm_cmpnle_ss(x, b));
+    best = _mm_cvtss_f32(_mm_or_ps(_mm_and_ps(take, x), _mm_andnot_ps(take, b)));
+    const __m128i t = _mm_castps_si128(take);
+    const __m128i r = _mm_or_si128(_mm_and_si128(t, _mm_cvtsi32_si128(static_cast<int>(o))),
+                                   _mm_andnot_si128(t, _mm_cvtsi32_si128(static_cast<int>(off))));
+    off = static_cast<std::uint32_t>(_mm_cvtsi128_si32(r));
+#else
     if (!(best != best) && !(v <= best)) {
       best = v;
       off = o;
     }
+#endif
   }
   static void store(float* y, std::int32_t* a, F v, I i) {
     *y = v;
