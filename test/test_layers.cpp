@@ -547,3 +547,19 @@ TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, br
         std::string::npos);
   CHECK_THROWS_AS(read_mnist(dir.path.string(), "validation"), std::invalid_argument);
 }
+
+TEST_CASE("read_mnist on the installed Fashion-MNIST test split, if present") {
+  const std::string dir = "/usr/share/datasets/fashion-mnist";
+  if (!fs::exists(dir + "/t10k-images-idx3-ubyte.gz")) {
+    MESSAGE("skipped: " << dir << " not installed (apt-get install dataset-fashion-mnist)");
+    return;
+  }
+  const auto t = read_mnist(dir, "t10k");
+  CHECK(t.count == 10000);
+  CHECK(t.rows == 28);
+  CHECK(t.cols == 28);
+  CHECK(t.pixels.size() == 10000u * 784u);
+  std::vector<int> per_class(10, 0);
+  for (auto l : t.labels) ++per_class[static_cast<std::size_t>(l)];
+  for (int c : per_class) CHECK(c == 1000);  // Fashion-MNIST's test split is balanced
+}
