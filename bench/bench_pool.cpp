@@ -125,21 +125,30 @@ void set_gbs(benchmark::State& st, const MaxPool2dShape& s) {
 }
 
 // Variants, in the order of the summary table.
+// The *_avx2 and *_scalar variants force the forward kernels of that ISA (1 thread).
 enum Variant { kFwd, kBwd, kFwd1t, kBwd1t, kDnnlFwd, kDnnlBwd, kRefFwd, kRefBwd, kMemcpy,
-               kVariants };
+               kFwd1tAvx2, kFwd1tScalar, kVariants };
 const char* const kVariantNames[kVariants] = {
-    "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t", "onednn_fwd",
-    "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy"};
+    "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t",        "onednn_fwd",
+    "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy", "im2gemm_fwd_1t_avx2",
+    "im2gemm_fwd_1t_scalar"};
 
 void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Variant v) {
   PoolData& d = data_for(p);
   const auto& s = d.s;
-  const int threads = (v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd) ? 1 : 0;
-  im2gemm::set_num_threads(threads);
+  using im2gemm::detail::PoolIsa;
+  const bool one = v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd ||
+                   v == kFwd1tAvx2 || v == kFwd1tScalar;
+  im2gemm::set_num_threads(one ? 1 : 0);
+  im2gemm::detail::set_pool_isa_cap(v == kFwd1tAvx2     ? PoolIsa::avx2
+                                    : v == kFwd1tScalar ? PoolIsa::scalar
+                                                        : PoolIsa::avx512);
   for (auto _ : st) {
     switch (v) {
       case kFwd:
       case kFwd1t:
+      case kFwd1tAvx2:
+      case kFwd1tScalar:
         im2gemm::maxpool2d_forward(s, d.x, d.y, d.argmax);
         break;
       case kBwd:
@@ -184,6 +193,7 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
     benchmark::ClobberMemory();
   }
   im2gemm::set_num_threads(0);
+  im2gemm::detail::set_pool_isa_cap(PoolIsa::avx512);
   set_gbs(st, s);
 }
 
@@ -245,6 +255,7 @@ void print_summary(const SummaryReporter& rep,
         p.shape.pad_width};
     const char* kname = im2gemm::detail::pool_kernel_name(im2gemm::detail::choose_pool_kernel(g));
     const double mc = gbs(kMemcpy);
+    if (mc == 0.0 && gbs(kFwd) == 0.0 && gbs(kBwd) == 0.0) continue;  // filtered out
     for (int dir = 0; dir < 2; ++dir) {
       const double ours = gbs(dir ? kBwd : kFwd), dn = gbs(dir ? kDnnlBwd : kDnnlFwd);
       const double one = gbs(dir ? kBwd1t : kFwd1t), ref = gbs(dir ? kRefBwd : kRefFwd);
@@ -258,6 +269,20 @@ void print_summary(const SummaryReporter& rep,
                   p.name.c_str(), dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac,
                   one, ref, x_ref, t.c_str());
     }
+  }
+  std::printf("\nForward at 1 thread by forced ISA (GB/s; the CPU supports %s):\n",
+              im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_supported()));
+  std::printf("%-14s %8s %8s %8s %8s\n", "pool", "avx512", "avx2", "scalar", "ref");
+  for (const auto& p : pools) {
+    const double bytes = static_cast<double>(pool_bytes(p.shape));
+    auto gbs = [&](Variant v) {
+      const auto it = rep.seconds.find(p.name + "/" + kVariantNames[v]);
+      const double t = it == rep.seconds.end() ? 0.0 : median(it->second);
+      return t > 0 ? bytes / t * 1e-9 : 0.0;
+    };
+    if (gbs(kFwd1t) == 0.0 && gbs(kFwd1tAvx2) == 0.0 && gbs(kFwd1tScalar) == 0.0) continue;
+    std::printf("%-14s %8.2f %8.2f %8.2f %8.2f\n", p.name.c_str(), gbs(kFwd1t), gbs(kFwd1tAvx2),
+                gbs(kFwd1tScalar), gbs(kRefFwd));
   }
 }
 
