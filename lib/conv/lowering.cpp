@@ -317,6 +317,8 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   const i64 nchunks = (OW + 15) / 16;
   const ValidRows rows_of(g);
   const ValidColumns cols_of(g);
+  // Strided, undilated rows: kernel columns kw >= SW are shifted copies of kw - SW.
+  const bool shift_rows = SW >= 2 && DW == 1 && OW >= 2;
   // Chunk masks of every kernel column, computed once per call when the table is small.
   ChunkMasks table[kMaxMaskTable];
   const bool tabled = KW * nchunks <= kMaxMaskTable;
@@ -356,6 +358,23 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
           segment(oh_first, a, OW, row - a);
         }
         float* dst = row + (full_a * OW - q0);
+        if (shift_rows && kw >= SW) {
+          // Row kw is row kw - SW one output column later: input position ow*SW + kw - PW
+          // = (ow+1)*SW + (kw-SW) - PW. One contiguous copy, then each output row's last
+          // column from x (or 0 in the padding).
+          const float* prev = dst - SW * ldcol;
+          const i64 len = (full_b - full_a) * OW;
+          gather_n(dst, prev + 1, len - 1, 1);
+          const i64 pos = (OW - 1) * SW + off_w;
+          for (i64 oh = full_a; oh < full_b; ++oh) {
+            const i64 ih = oh * SH - PH + kh * DH;
+            dst[(oh - full_a) * OW + OW - 1] =
+                ih >= 0 && ih < H && pos >= 0 && pos < W ? xc[ih * W + pos] : 0.0f;
+          }
+          dst += len;
+          if (full_b <= oh_last) segment(oh_last, 0, q1 - oh_last * OW, dst);
+          continue;
+        }
         // Full rows: zeros where the kernel row falls in the padding, masked chunks elsewhere.
         const i64 va = std::max(full_a, std::min(full_b, rows_of.lo[kh]));
         const i64 vb = std::max(va, std::min(full_b, rows_of.hi[kh]));
@@ -511,9 +530,11 @@ bool avx512_lowering(const ConvGeom& g) {
 }
 // Where the hand-written AVX-512 kernels beat the compiler-vectorised loops (measured here,
 // one thread, suite shapes): im2col on rows narrower than kWideRow or with stride 4 (masked
-// chunks and permutes beat per-segment loops); col2im with strides 2 and 4.
+// chunks and permutes, shifted row copies); col2im with strides 2 and 4.
 constexpr std::int64_t kWideRow = 64;
-bool avx512_im2col(const ConvGeom& g) { return avx512_lowering(g) && (g.OW < kWideRow || g.SW == 4); }
+bool avx512_im2col(const ConvGeom& g) {
+  return avx512_lowering(g) && (g.OW < kWideRow || g.SW == 4);
+}
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
 }  // namespace
 
