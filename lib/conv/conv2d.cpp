@@ -266,10 +266,16 @@ struct WeightsCtx {
 // c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride
 // Fg). The first sgemm overwrites (beta 0) if `first`.
 void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0,
-                 i64 c1, float* c_out, bool first) {
+                 i64 c1, float* c_out, bool first, double* db_acc) {
   const Dims& d = cx.d;
   const ConvPlan& p = cx.p;
   const i64 nch = c1 - c0, rows = nch * d.khw;
+  // Bias gradient fused into the pass over dy (the block is in cache): db_acc[f] (group gi's
+  // filters) += float sum of the block's row f.
+  auto bias_sums = [&](const float* dyb, i64 lddy, i64 n) {
+    if (db_acc == nullptr) return;
+    for (i64 f = 0; f < d.Fg; ++f) db_acc[f] += detail::sum_floats(dyb + f * lddy, n);
+  };
   // dW (Fg x rows) += dy-block (Fg x n) * col-block^T, or dW^T (rows x Fg) += col * dy^T.
   auto gemm = [&](i64 n, const float* dyb, i64 lddy, const float* colb, i64 ldcol, float beta) {
     if (p.weights_transposed) {
@@ -291,6 +297,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
         ldb = q1 - q0;
       }
       gemm(q1 - q0, dyg + q0, d.P, cb, ldb, first && pb == 0 ? 0.0f : 1.0f);
+      bias_sums(dyg + q0, d.P, q1 - q0);
     }
     return;
   }
@@ -304,6 +311,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
                          sc.col + i * d.P, cols);
   }
   gemm(cols, sc.tmp, cols, sc.col, cols, first ? 0.0f : 1.0f);
+  bias_sums(sc.tmp, cols, cols);
 }
 
 void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x,
@@ -313,6 +321,9 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
   const WeightsCtx cx{geo, d, p, x, dy};
   const i64 wsize = d.F * d.K;
   std::vector<float*> partials(static_cast<std::size_t>(p.threads), nullptr);
+  // Bias gradient: per-thread sums over its images (image split) or the sums of the first
+  // channel block of each group (channel split), in double; written to db in a fixed order.
+  std::vector<double> db_sums(db ? static_cast<std::size_t>(p.threads * d.F) : 0, 0.0);
   std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {
@@ -334,7 +345,8 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         for (i64 r = 0; r < runs; ++r) {
           const i64 n0 = a + part_begin(r, runs, b - a), n1 = a + part_begin(r + 1, runs, b - a);
           for (i64 gi = 0; gi < d.G; ++gi) {
-            weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0);
+            double* acc = db ? db_sums.data() + t * d.F + gi * d.Fg : nullptr;
+            weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0, acc);
           }
         }
       }
@@ -364,9 +376,10 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
         float* slice = dw + gi * d.Fg * d.K + c0 * d.khw;  // dW[g][:, channels c0..c1)
         float* c_out = p.weights_transposed ? sc.partial : slice;
+        double* acc = db && cbk == 0 ? db_sums.data() + gi * d.Fg : nullptr;
         for (i64 ig = 0; ig < p.image_groups; ++ig) {
           weights_run(cx, sc, part_begin(ig, p.image_groups, p.N),
-                      part_begin(ig + 1, p.image_groups, p.N), gi, c0, c1, c_out, ig == 0);
+                      part_begin(ig + 1, p.image_groups, p.N), gi, c0, c1, c_out, ig == 0, acc);
         }
         if (p.weights_transposed) {  // dW slice (Fg x rows, stride K) = accumulated dW^T
           const i64 rows = (c1 - c0) * d.khw;
@@ -376,17 +389,16 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         }
       }
     }
-    if (db != nullptr) {
-      // Bias gradient: per filter, float sums per plane added in image order.
-#pragma omp for schedule(static)
-      for (i64 f = 0; f < d.F; ++f) {
-        double acc = 0.0;
-        for (i64 n = 0; n < p.N; ++n) acc += detail::sum_floats(dy + (n * d.F + f) * d.P, d.P);
-        db[f] = static_cast<float>(acc);
-      }
-    }
   }
   if (failed.load()) throw std::bad_alloc();
+  if (db != nullptr) {
+    const i64 parts = p.weight_partials ? p.threads : 1;
+    for (i64 f = 0; f < d.F; ++f) {
+      double acc = 0.0;
+      for (i64 u = 0; u < parts; ++u) acc += db_sums[static_cast<std::size_t>(u * d.F + f)];
+      db[f] = static_cast<float>(acc);
+    }
+  }
 }
 
 int resolve_threads(int threads) { return threads > 0 ? threads : num_threads(); }
