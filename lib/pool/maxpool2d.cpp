@@ -2,8 +2,6 @@
 // backward scatter over (n, c) planes with OpenMP.
 #include "im2gemm/maxpool2d.hpp"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
