@@ -400,7 +400,7 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   }
 }
 
-IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 ldcol,
                                             i64 nch, i64 q0, i64 q1, float* dx) {
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH, SW = g.SW;
   const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
@@ -419,10 +419,32 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, const float* col,
       }
     }
   }
+  // Strided, undilated: row kw >= SW lands where row kw - SW lands one output column later,
+  // so it is first added into that row (contiguous adds, highest kw first); only the last
+  // column of each row segment, which has no such partner in the block, is added into dx
+  // directly. Then only kernel columns kw < SW are scattered.
+  const bool fold = SW >= 2 && DW == 1 && KW > SW;
+  const i64 kw_scatter = fold ? SW : KW;
   for (i64 c = 0; c < nch; ++c) {
     float* xc = dx + c * H * W;
     for (i64 kh = 0; kh < KH; ++kh) {
-      for (i64 kw = 0; kw < KW; ++kw) {
+      if (fold) {
+        float* rows = col + (c * KH + kh) * KW * ldcol;
+        for (i64 kw = KW - 1; kw >= SW; --kw) {
+          float* src = rows + kw * ldcol;
+          float* dst = rows + (kw - SW) * ldcol;
+          for (i64 oh = oh_first; oh <= oh_last; ++oh) {
+            const i64 a = oh == oh_first ? q0 - oh * OW : 0;
+            const i64 b = oh == oh_last ? q1 - oh * OW : OW;
+            const i64 j = oh * OW + a - q0;  // the segment's first column in the block
+            if (b - a > 1) scatter_add_n(dst + j + 1, src + j, b - a - 1, 1);
+            const i64 ih = oh * SH - PH + kh * DH;
+            const i64 iw = (b - 1) * SW + kw - PW;
+            if (ih >= 0 && ih < H && iw >= 0 && iw < W) xc[ih * W + iw] += src[j + b - a - 1];
+          }
+        }
+      }
+      for (i64 kw = 0; kw < kw_scatter; ++kw) {
         const i64 off_w = kw * DW - PW;
         const ValidCols v = cols_of.v[kw];
         const ChunkMasks* cm = tabled ? table + kw * nchunks : nullptr;
@@ -548,7 +570,7 @@ void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, fl
   im2col_block_generic(g, x, nch, q0, q1, col, ldcol);
 }
 
-void col2im_add_block(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 q0, i64 q1,
+void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0, i64 q1,
                       float* dx) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
   if (avx512_col2im(g)) return col2im_add_block_avx512(g, col, ldcol, nch, q0, q1, dx);

@@ -27,8 +27,9 @@ void im2col_block(const ConvGeom& g, const float* x, std::int64_t nch, std::int6
                   std::int64_t q1, float* col, std::int64_t ldcol);
 
 /// The adjoint of im2col_block: ADDS every in-image element of the column block into dx
-/// (nch planes of H*W floats). Padding positions are dropped.
-void col2im_add_block(const ConvGeom& g, const float* col, std::int64_t ldcol,
+/// (nch planes of H*W floats). Padding positions are dropped. col is scratch: it may be left
+/// modified (strided kernels fold kernel columns into one another first).
+void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol,
                       std::int64_t nch, std::int64_t q0, std::int64_t q1, float* dx);
 
 /// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
