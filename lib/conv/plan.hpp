@@ -21,10 +21,10 @@ inline constexpr std::size_t kBlockTargetBytes = std::size_t{1} << 20;
 /// pixels (measured here, 2 threads, vgg_conv3_2 backward data: 113 columns 285 GFLOP/s,
 /// 448 columns 321, 784 columns 338) ...
 inline constexpr std::int64_t kPixelsPerFilter = 4;
-/// Images with fewer pixels than this are put side by side into one column block.
-inline constexpr std::int64_t kMinGemmPixels = 448;
 /// ... and never larger than this, which keeps the per-thread scratch within the bound below.
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
+/// Images with fewer pixels than this are put side by side into one column block.
+inline constexpr std::int64_t kMinGemmPixels = 448;
 /// Per-thread scratch bound the plan keeps on every layer of the suite (asserted by the tests).
 inline constexpr std::size_t kMaxScratchBytesPerThread = std::size_t{8} << 20;
 /// Each thread gets at least this many multiply-accumulates, else fewer threads run (a fork
