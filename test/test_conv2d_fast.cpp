@@ -1,5 +1,8 @@
 // The fast convolution (im2col / col2im + sgemm + OpenMP) against the reference loops.
+#include <cblas.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -466,4 +469,67 @@ TEST_CASE("fast conv: bad input throws and leaves outputs untouched") {
   std::vector<float> dw(w.size(), testutil::kSentinel), db(2, testutil::kSentinel);
   CHECK_THROWS_AS(im2gemm::conv2d_backward_weights(s, x, y, dw, db), std::invalid_argument);
   for (float v : dw) CHECK(v == testutil::kSentinel);
+}
+
+namespace {
+// Threads of this process (Linux: one entry per thread in /proc/self/task).
+int process_threads() {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+}  // namespace
+
+// Run by meson as its own process (test conv_inline_single_thread, OMP_NUM_THREADS=2), where
+// no thread exists yet: a one-thread plan that runs inline (no OpenMP region) must not let
+// OpenBLAS start threads of its own. In the full suite, earlier tests have started the OpenMP
+// pool already, so there only "no new thread" is checked.
+TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
+  Settings restore;
+  const bool fresh = std::getenv("IM2GEMM_EXPECT_FRESH_PROCESS") != nullptr;
+  const int before = process_threads();
+  if (fresh) REQUIRE(before == 1);
+  im2gemm::set_num_threads(2);
+  // The suite's tutorial layer and the largest shape an inline plan may have.
+  Conv2dShape big;
+  big.batch = 1; big.in_channels = 4; big.in_height = 11; big.in_width = 11;
+  big.out_channels = 16; big.kernel_height = 4; big.kernel_width = 4;  // 16*8*8*4*16 MACs
+  REQUIRE(big.macs() == im2gemm::detail::kMaxMacsInline);
+  for (const Conv2dShape& s : {to_shape(kSuite[0]), big}) {
+    for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+      REQUIRE(im2gemm::detail::plan_conv(s, pass, 2).run_inline);
+    }
+    const Data d = make_data(s, 7, true);
+    compare(s, run_fast(s, d, Activation::relu, true), run_ref(s, d, Activation::relu, true), true);
+  }
+  CHECK(process_threads() == before);
+  if (fresh) {
+    // The check can fail: the same OpenBLAS sgemm, large and outside any region, starts its
+    // OpenMP team.
+    const int n = 512;
+    std::vector<float> a(n * n, 1.0f), b(n * n, 1.0f), c(n * n, 0.0f);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
+                n, 0.0f, c.data(), n);
+    CHECK(process_threads() > before);
+  }
+}
+
+TEST_CASE("fast conv: conv2d_fast_path is false exactly where a GEMM dimension exceeds int") {
+  for (const auto& [name, s] : suite_shapes()) {
+    INFO(name);
+    CHECK(im2gemm::conv2d_fast_path(s));
+  }
+  Conv2dShape s;  // (C/groups)*KH*KW = 2^20 * 2^11 = 2^31 > INT_MAX (only the query is called)
+  s.in_channels = int64_t{1} << 20;
+  s.in_height = 1;
+  s.kernel_height = 1;
+  s.in_width = s.kernel_width = int64_t{1} << 11;
+  CHECK_FALSE(im2gemm::conv2d_fast_path(s));
+  s.in_channels = (int64_t{1} << 20) - 1;  // 2^31 - 2^11: fits
+  CHECK(im2gemm::conv2d_fast_path(s));
+  s.groups = 2;  // 2^20 - 1 is odd: not divisible
+  CHECK_THROWS_AS(im2gemm::conv2d_fast_path(s), std::invalid_argument);
 }

@@ -63,6 +63,31 @@ bool carve_scratch(const ConvPlan& p, Scratch& sc) {
   return true;
 }
 
+// Runs body(t, nthr, sc, failed) on the plan's threads, each with its own scratch (sc is null
+// where this thread's allocation failed; the body must still reach any barrier it contains).
+// Throws std::bad_alloc afterwards if any allocation failed. Plans marked run_inline run on the
+// calling thread with no OpenMP region at all (see kMaxMacsInline).
+template <class Body>
+void run_threads(const ConvPlan& p, Body&& body) {
+  std::atomic<bool> failed{false};
+  auto run = [&](i64 t, i64 nthr) {
+    Scratch sc;
+    const bool ok = carve_scratch(p, sc);
+    if (!ok) failed.store(true);
+    body(t, nthr, ok ? &sc : nullptr, failed);
+  };
+  if (p.run_inline) {
+    run(0, 1);
+  } else {
+#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
+    {
+      detail::sgemm_single_thread_guard();
+      run(omp_get_thread_num(), omp_get_num_threads());
+    }
+  }
+  if (failed.load()) throw std::bad_alloc();
+}
+
 struct Dims {
   i64 C, F, HW, P, K, Cg, Fg, G, khw;
   explicit Dims(const Conv2dShape& s, const ConvPlan& p)
@@ -79,68 +104,60 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
   const ConvGeom geo(s);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
-  std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
-  {
-    detail::sgemm_single_thread_guard();
-    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
-    Scratch sc;
-    if (!carve_scratch(p, sc)) {
-      failed.store(true);
-    } else {
-      i64 col_key = -1;  // which (image run, group, pixel block) sc.col holds
-      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-        const i64 fb = it % p.filter_blocks;
-        const i64 key = it / p.filter_blocks;
-        const i64 pb = key % p.pixel_blocks;
-        const i64 gi = (key / p.pixel_blocks) % d.G;
-        const i64 ig = key / p.pixel_blocks / d.G;
-        const i64 n0 = part_begin(ig, p.image_groups, p.N);
-        const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
-        const i64 f0 = part_begin(fb, p.filter_blocks, d.Fg);
-        const i64 f1 = part_begin(fb + 1, p.filter_blocks, d.Fg);
-        const float* wg = w + (gi * d.Fg + f0) * d.K;
-        const float* bg = bias ? bias + gi * d.Fg + f0 : nullptr;
-        if (n1 - n0 == 1) {
-          const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
-          const float* xg = x + (n0 * d.C + gi * d.Cg) * d.HW;
-          const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
-          i64 ldb = d.P;
-          if (!p.pointwise) {
-            if (key != col_key) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
-            col_key = key;
-            cb = sc.col;
-            ldb = q1 - q0;
-          }
-          float* yb = y + (n0 * d.F + gi * d.Fg + f0) * d.P + q0;
-          // With a bias, y starts as the bias and sgemm adds to it (beta 1): this replaces
-          // sgemm's zeroing pass and saves a separate bias pass.
-          if (bg) detail::fill_rows(yb, d.P, f1 - f0, q1 - q0, bg);
-          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb, d.P);
-          detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
-        } else {
-          // Several small images side by side: one sgemm, then the finishing pass scatters
-          // tmp into y with bias and activation.
-          const i64 cols = (n1 - n0) * d.P;
-          if (key != col_key) {
-            for (i64 i = 0; i < n1 - n0; ++i) {
-              detail::im2col_block(geo, x + ((n0 + i) * d.C + gi * d.Cg) * d.HW, d.Cg, 0, d.P,
-                                   sc.col + i * d.P, cols);
-            }
-          }
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>&) {
+    if (scp == nullptr) return;
+    const Scratch& sc = *scp;
+    i64 col_key = -1;  // which (image run, group, pixel block) sc.col holds
+    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+      const i64 fb = it % p.filter_blocks;
+      const i64 key = it / p.filter_blocks;
+      const i64 pb = key % p.pixel_blocks;
+      const i64 gi = (key / p.pixel_blocks) % d.G;
+      const i64 ig = key / p.pixel_blocks / d.G;
+      const i64 n0 = part_begin(ig, p.image_groups, p.N);
+      const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+      const i64 f0 = part_begin(fb, p.filter_blocks, d.Fg);
+      const i64 f1 = part_begin(fb + 1, p.filter_blocks, d.Fg);
+      const float* wg = w + (gi * d.Fg + f0) * d.K;
+      const float* bg = bias ? bias + gi * d.Fg + f0 : nullptr;
+      if (n1 - n0 == 1) {
+        const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+        const float* xg = x + (n0 * d.C + gi * d.Cg) * d.HW;
+        const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
+        i64 ldb = d.P;
+        if (!p.pointwise) {
+          if (key != col_key) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
           col_key = key;
-          sgemm(false, false, f1 - f0, cols, d.K, wg, d.K, sc.col, cols, 0.0f, sc.tmp, cols);
+          cb = sc.col;
+          ldb = q1 - q0;
+        }
+        float* yb = y + (n0 * d.F + gi * d.Fg + f0) * d.P + q0;
+        // With a bias, y starts as the bias and sgemm adds to it (beta 1): this replaces
+        // sgemm's zeroing pass and saves a separate bias pass.
+        if (bg) detail::fill_rows(yb, d.P, f1 - f0, q1 - q0, bg);
+        sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb, d.P);
+        detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
+      } else {
+        // Several small images side by side: one sgemm, then the finishing pass scatters
+        // tmp into y with bias and activation.
+        const i64 cols = (n1 - n0) * d.P;
+        if (key != col_key) {
           for (i64 i = 0; i < n1 - n0; ++i) {
-            for (i64 f = 0; f < f1 - f0; ++f) {
-              detail::bias_act_copy(y + ((n0 + i) * d.F + gi * d.Fg + f0 + f) * d.P,
-                                    sc.tmp + f * cols + i * d.P, d.P, bg ? bg[f] : 0.0f, act);
-            }
+            detail::im2col_block(geo, x + ((n0 + i) * d.C + gi * d.Cg) * d.HW, d.Cg, 0, d.P,
+                                 sc.col + i * d.P, cols);
+          }
+        }
+        col_key = key;
+        sgemm(false, false, f1 - f0, cols, d.K, wg, d.K, sc.col, cols, 0.0f, sc.tmp, cols);
+        for (i64 i = 0; i < n1 - n0; ++i) {
+          for (i64 f = 0; f < f1 - f0; ++f) {
+            detail::bias_act_copy(y + ((n0 + i) * d.F + gi * d.Fg + f0 + f) * d.P,
+                                  sc.tmp + f * cols + i * d.P, d.P, bg ? bg[f] : 0.0f, act);
           }
         }
       }
     }
-  }
-  if (failed.load()) throw std::bad_alloc();
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -155,100 +172,92 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
-  std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
-  {
-    detail::sgemm_single_thread_guard();
-    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
-    Scratch sc;
-    if (!carve_scratch(p, sc)) {
-      failed.store(true);
-    } else {
-      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-        const i64 cbk = it % p.channel_blocks;
-        const i64 gi = (it / p.channel_blocks) % d.G;
-        const i64 ig = it / p.channel_blocks / d.G;
-        const i64 n0 = part_begin(ig, p.image_groups, p.N);
-        const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
-        const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
-        const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
-        const i64 nch = c1 - c0, rows = nch * d.khw;
-        const float* wg = w + gi * d.Fg * d.K + c0 * d.khw;  // A = wg^T: rows x Fg, lda K
-        if (n1 - n0 == 1) {
-          const i64 plane0 = (n0 * d.C + gi * d.Cg + c0) * d.HW;
-          float* dxg = dx + plane0;
-          const float* xg = x ? x + plane0 : nullptr;
-          const float* dyg = dy + (n0 * d.F + gi * d.Fg) * d.P;
-          i64 zeroed = 0, finished = 0;  // dx rows [0, zeroed) are zeroed, [0, finished) final
-          for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
-            const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
-            if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
-              sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0,
-                    d.HW);
-              if (act != Activation::identity) {
-                for (i64 c = 0; c < nch; ++c) {
-                  detail::act_backward(act, xg + c * d.HW + q0, dxg + c * d.HW + q0, q1 - q0);
-                }
-              }
-              continue;
-            }
-            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col,
-                  q1 - q0);
-            if (p.pixel_blocks == 1 &&
-                detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
-              continue;  // the whole image in one block: dx written once, act' applied
-            }
-            const i64 done =
-                q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
-            const i64 touched =
-                q1 == d.P ? H
-                          : std::clamp(((q1 - 1) / geo.OW) * geo.SH - geo.PH +
-                                           (geo.KH - 1) * geo.DH + 1,
-                                       i64{0}, H);
-            const i64 zero_to = std::max(done, touched);
-            if (zero_to > zeroed) {
-              for (i64 c = 0; c < nch; ++c) {
-                std::memset(dxg + c * d.HW + zeroed * W, 0,
-                            static_cast<std::size_t>((zero_to - zeroed) * W) * sizeof(float));
-              }
-              zeroed = zero_to;
-            }
-            detail::col2im_add_block(geo, sc.col, q1 - q0, nch, q0, q1, dxg);
-            if (act != Activation::identity && done > finished) {
-              for (i64 c = 0; c < nch; ++c) {
-                detail::act_backward(act, xg + c * d.HW + finished * W,
-                                     dxg + c * d.HW + finished * W, (done - finished) * W);
-              }
-            }
-            finished = std::max(finished, done);
-          }
-        } else {
-          const i64 cols = (n1 - n0) * d.P;
-          for (i64 i = 0; i < n1 - n0; ++i) {
-            for (i64 f = 0; f < d.Fg; ++f) {
-              detail::copy_floats(sc.tmp + f * cols + i * d.P,
-                                  dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
-            }
-          }
-          sgemm(true, false, rows, cols, d.Fg, wg, d.K, sc.tmp, cols, 0.0f, sc.col, cols);
-          for (i64 i = 0; i < n1 - n0; ++i) {
-            const i64 plane0 = ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW;
-            float* dxi = dx + plane0;
-            if (detail::col2im_image_overwrite(geo, sc.col + i * d.P, cols, nch, dxi, act,
-                                               x ? x + plane0 : nullptr)) {
-              continue;
-            }
-            std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));
-            detail::col2im_add_block(geo, sc.col + i * d.P, cols, nch, 0, d.P, dxi);
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>&) {
+    if (scp == nullptr) return;
+    const Scratch& sc = *scp;
+    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+      const i64 cbk = it % p.channel_blocks;
+      const i64 gi = (it / p.channel_blocks) % d.G;
+      const i64 ig = it / p.channel_blocks / d.G;
+      const i64 n0 = part_begin(ig, p.image_groups, p.N);
+      const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+      const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
+      const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
+      const i64 nch = c1 - c0, rows = nch * d.khw;
+      const float* wg = w + gi * d.Fg * d.K + c0 * d.khw;  // A = wg^T: rows x Fg, lda K
+      if (n1 - n0 == 1) {
+        const i64 plane0 = (n0 * d.C + gi * d.Cg + c0) * d.HW;
+        float* dxg = dx + plane0;
+        const float* xg = x ? x + plane0 : nullptr;
+        const float* dyg = dy + (n0 * d.F + gi * d.Fg) * d.P;
+        i64 zeroed = 0, finished = 0;  // dx rows [0, zeroed) are zeroed, [0, finished) final
+        for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
+          const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+          if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
+            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0,
+                  d.HW);
             if (act != Activation::identity) {
-              detail::act_backward(act, x + plane0, dxi, nch * d.HW);
+              for (i64 c = 0; c < nch; ++c) {
+                detail::act_backward(act, xg + c * d.HW + q0, dxg + c * d.HW + q0, q1 - q0);
+              }
             }
+            continue;
+          }
+          sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col,
+                q1 - q0);
+          if (p.pixel_blocks == 1 &&
+              detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
+            continue;  // the whole image in one block: dx written once, act' applied
+          }
+          const i64 done =
+              q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
+          const i64 touched =
+              q1 == d.P ? H
+                        : std::clamp(((q1 - 1) / geo.OW) * geo.SH - geo.PH +
+                                         (geo.KH - 1) * geo.DH + 1,
+                                     i64{0}, H);
+          const i64 zero_to = std::max(done, touched);
+          if (zero_to > zeroed) {
+            for (i64 c = 0; c < nch; ++c) {
+              std::memset(dxg + c * d.HW + zeroed * W, 0,
+                          static_cast<std::size_t>((zero_to - zeroed) * W) * sizeof(float));
+            }
+            zeroed = zero_to;
+          }
+          detail::col2im_add_block(geo, sc.col, q1 - q0, nch, q0, q1, dxg);
+          if (act != Activation::identity && done > finished) {
+            for (i64 c = 0; c < nch; ++c) {
+              detail::act_backward(act, xg + c * d.HW + finished * W,
+                                   dxg + c * d.HW + finished * W, (done - finished) * W);
+            }
+          }
+          finished = std::max(finished, done);
+        }
+      } else {
+        const i64 cols = (n1 - n0) * d.P;
+        for (i64 i = 0; i < n1 - n0; ++i) {
+          for (i64 f = 0; f < d.Fg; ++f) {
+            detail::copy_floats(sc.tmp + f * cols + i * d.P,
+                                dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+          }
+        }
+        sgemm(true, false, rows, cols, d.Fg, wg, d.K, sc.tmp, cols, 0.0f, sc.col, cols);
+        for (i64 i = 0; i < n1 - n0; ++i) {
+          const i64 plane0 = ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW;
+          float* dxi = dx + plane0;
+          if (detail::col2im_image_overwrite(geo, sc.col + i * d.P, cols, nch, dxi, act,
+                                             x ? x + plane0 : nullptr)) {
+            continue;
+          }
+          std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));
+          detail::col2im_add_block(geo, sc.col + i * d.P, cols, nch, 0, d.P, dxi);
+          if (act != Activation::identity) {
+            detail::act_backward(act, x + plane0, dxi, nch * d.HW);
           }
         }
       }
     }
-  }
-  if (failed.load()) throw std::bad_alloc();
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -324,14 +333,9 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
   // Bias gradient: per-thread sums over its images (image split) or the sums of the first
   // channel block of each group (channel split), in double; written to db in a fixed order.
   std::vector<double> db_sums(db ? static_cast<std::size_t>(p.threads * d.F) : 0, 0.0);
-  std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
-  {
-    detail::sgemm_single_thread_guard();
-    const i64 nthr = omp_get_num_threads(), t = omp_get_thread_num();
-    Scratch sc;
-    const bool ok = carve_scratch(p, sc);
-    if (!ok) failed.store(true);
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>& failed) {
+    const bool ok = scp != nullptr;
+    const Scratch sc = ok ? *scp : Scratch{};
     if (p.weight_partials) {
       // Thread t sums its images into its own partial dW (dW^T per group if transposed;
       // untransposed, thread 0's partial is dw itself); then the partials are added into dw in
@@ -389,8 +393,7 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         }
       }
     }
-  }
-  if (failed.load()) throw std::bad_alloc();
+  });
   if (db != nullptr) {
     const i64 parts = p.weight_partials ? p.threads : 1;
     for (i64 f = 0; f < d.F; ++f) {
@@ -404,6 +407,11 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
 int resolve_threads(int threads) { return threads > 0 ? threads : num_threads(); }
 
 }  // namespace
+
+bool conv2d_fast_path(const Conv2dShape& s) {
+  s.validate();
+  return fits_blas_int(detail::plan_conv(s, ConvPass::forward, 1));
+}
 
 std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   s.validate();

@@ -112,6 +112,7 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   // Tiny problems do not pay for waking threads.
   p.threads = static_cast<int>(std::max<std::int64_t>(
       1, std::min<std::int64_t>(p.threads, s.macs() / min_macs_per_thread())));
+  p.run_inline = p.threads == 1 && s.macs() <= kMaxMacsInline;
   const std::int64_t T = p.threads, G = p.groups;
 
   switch (pass) {

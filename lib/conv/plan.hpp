@@ -30,6 +30,12 @@ inline constexpr std::size_t kMaxScratchBytesPerThread = std::size_t{8} << 20;
 /// Each thread gets at least this many multiply-accumulates, else fewer threads run (a fork
 /// and join of the team costs about as much as this much work).
 inline constexpr std::int64_t kMinMacsPerThread = std::int64_t{1} << 16;
+/// A one-thread plan of at most this many multiply-accumulates runs on the calling thread with
+/// no OpenMP region: even a region of one costs a team allocation and a futex round trip
+/// (about 0.5 us here, measured on the suite's tutorial layer: more than its arithmetic).
+/// Every sgemm of such a problem has M*N*K <= this, well under the 4 * 65536 below which
+/// OpenBLAS 0.3.21 keeps an sgemm on the calling thread, so no second pool starts.
+inline constexpr std::int64_t kMaxMacsInline = std::int64_t{1} << 16;
 /// Narrowest column block worth an sgemm call, in pixels.
 inline constexpr std::int64_t kMinBlockPixels = 16;
 /// Column blocks wider than this are rounded up to a multiple of kPixelAlign so that every row
@@ -55,6 +61,8 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 struct ConvPlan {
   ConvPass pass = ConvPass::forward;
   int threads = 1;  ///< threads the pass runs on (<= the requested count)
+  /// One thread and at most kMaxMacsInline: run on the calling thread, no OpenMP region.
+  bool run_inline = false;
   std::int64_t groups = 1, Cg = 1, Fg = 1, khw = 1, K = 1, P = 1, N = 1;
   /// 1x1 kernel, stride 1, no padding, dilation 1: a plane of x is already the column matrix.
   bool pointwise = false;
