@@ -127,18 +127,18 @@ void set_gbs(benchmark::State& st, const MaxPool2dShape& s) {
 // Variants, in the order of the summary table.
 // The *_avx2 and *_scalar variants force the forward kernels of that ISA (1 thread).
 enum Variant { kFwd, kBwd, kFwd1t, kBwd1t, kDnnlFwd, kDnnlBwd, kRefFwd, kRefBwd, kMemcpy,
-               kFwd1tAvx2, kFwd1tScalar, kVariants };
+               kFwd1tAvx2, kFwd1tScalar, kMemcpy1t, kVariants };
 const char* const kVariantNames[kVariants] = {
     "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t",        "onednn_fwd",
     "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy", "im2gemm_fwd_1t_avx2",
-    "im2gemm_fwd_1t_scalar"};
+    "im2gemm_fwd_1t_scalar", "memcpy_1t"};
 
 void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Variant v) {
   PoolData& d = data_for(p);
   const auto& s = d.s;
   using im2gemm::detail::PoolIsa;
   const bool one = v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd ||
-                   v == kFwd1tAvx2 || v == kFwd1tScalar;
+                   v == kFwd1tAvx2 || v == kFwd1tScalar || v == kMemcpy1t;
   im2gemm::set_num_threads(one ? 1 : 0);
   im2gemm::detail::set_pool_isa_cap(v == kFwd1tAvx2     ? PoolIsa::avx2
                                     : v == kFwd1tScalar ? PoolIsa::scalar
@@ -174,7 +174,8 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
         d.strm.wait();
 #endif
         break;
-      case kMemcpy: {
+      case kMemcpy:
+      case kMemcpy1t: {
         const std::size_t n = d.copy_src.size();
         const int nt = im2gemm::num_threads();
         char* dst = d.copy_dst.data();
@@ -236,10 +237,12 @@ void print_summary(const SummaryReporter& rep,
               kRepetitions, im2gemm::num_threads(),
               im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_active()));
   std::printf("Targets: >= 2x oneDNN, >= 60%% of memcpy (fwd and bwd, every pool); "
-              ">= 20x reference on vgg_pool1 at 1 thread.\n");
-  std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s %7s %8s %8s %7s\n", "pool", "dir", "kernel",
-              "im2gemm", "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "1t", "ref_1t", "x_ref_1t",
-              "targets");
+              ">= 20x reference on vgg_pool1 at 1 thread.\n"
+              "mem_1t: memcpy of the same bytes on 1 thread; x_ceil = mem_1t / ref_1t, the most\n"
+              "x_ref_1t a kernel that moves each byte once at memcpy speed can reach.\n");
+  std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s %7s %8s %8s %7s %7s %7s\n", "pool", "dir",
+              "kernel", "im2gemm", "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "1t", "ref_1t",
+              "x_ref_1t", "mem_1t", "x_ceil", "targets");
   for (const auto& p : pools) {
     const double bytes = static_cast<double>(pool_bytes(p.shape));
     auto gbs = [&](Variant v) {
@@ -261,13 +264,14 @@ void print_summary(const SummaryReporter& rep,
       const double one = gbs(dir ? kBwd1t : kFwd1t), ref = gbs(dir ? kRefBwd : kRefFwd);
       const double x_dn = dn > 0 ? ours / dn : 0.0, frac = mc > 0 ? ours / mc : 0.0;
       const double x_ref = ref > 0 ? one / ref : 0.0;
+      const double mc1 = gbs(kMemcpy1t), x_ceil = ref > 0 ? mc1 / ref : 0.0;
       std::string t;
       t += dn > 0 ? (x_dn >= 2.0 ? "dnn:ok " : "dnn:MISS ") : "dnn:n/a ";
       t += frac >= 0.6 ? "mem:ok" : "mem:MISS";
       if (p.name == "vgg_pool1") t += x_ref >= 20.0 ? " ref:ok" : " ref:MISS";
-      std::printf("%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%% %7.2f %8.2f %8.1f  %s\n",
+      std::printf("%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%% %7.2f %8.2f %8.1f %7.2f %7.1f  %s\n",
                   p.name.c_str(), dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac,
-                  one, ref, x_ref, t.c_str());
+                  one, ref, x_ref, mc1, x_ceil, t.c_str());
     }
   }
   std::printf("\nForward at 1 thread by forced ISA (GB/s; the CPU supports %s):\n",
