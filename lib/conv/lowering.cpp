@@ -241,10 +241,26 @@ IM2GEMM_AVX512 inline __m512 load_chunk(const float* p, const ChunkMasks& m, i64
 
 // Rows of one chunk each (OW <= 16) with the masks in registers: dst advances by OW, src by
 // src_step floats.
+// With OW <= 8 (stride 1), two rows share one store: the second row's chunk is moved up by
+// OW lanes (one permute), which halves the stores and widens them (lenet_conv2, OW = 8:
+// every store is then a whole aligned 64-byte line).
 template <int SW>
 IM2GEMM_AVX512 inline void im2col_narrow_rows(float* dst, const float* src, i64 rows, i64 OW,
                                               i64 src_step, ChunkMasks m) {
-  for (i64 r = 0; r < rows; ++r, dst += OW, src = offset(src, src_step)) {
+  i64 r = 0;
+  if (SW == 1 && OW <= 8) {
+    const __m512i up = _mm512_sub_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(static_cast<int>(OW)));
+    const auto pair_out = static_cast<__mmask16>(m.out | (m.out << OW));
+    const auto high = static_cast<__mmask16>(lanes(2 * OW) & ~lanes(OW));
+    for (; r + 2 <= rows; r += 2, dst += 2 * OW, src = offset(src, 2 * src_step)) {
+      const __m512 a = load_chunk_sw<1>(src, m);
+      const __m512 b = load_chunk_sw<1>(offset(src, src_step), m);
+      _mm512_mask_storeu_ps(dst, pair_out, _mm512_mask_permutexvar_ps(a, high, up, b));
+    }
+  }
+  for (; r < rows; ++r, dst += OW, src = offset(src, src_step)) {
     _mm512_mask_storeu_ps(dst, m.out, load_chunk_sw<SW>(src, m));
   }
 }
