@@ -533,3 +533,67 @@ TEST_CASE("fast conv: conv2d_fast_path is false exactly where a GEMM dimension e
   s.groups = 2;  // 2^20 - 1 is odd: not divisible
   CHECK_THROWS_AS(im2gemm::conv2d_fast_path(s), std::invalid_argument);
 }
+
+TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writes nothing") {
+  Settings restore;
+  struct Unfail {
+    ~Unfail() { im2gemm::detail::set_fail_scratch_thread(-1); }
+  } unfail;
+  // vgg_conv3_2 cut to one small image (backward weights splits channels), lenet_conv2 with
+  // 4 images (per-thread partial dW), and the tutorial layer (inline, one thread).
+  std::vector<Conv2dShape> shapes = {to_shape(kSuite[5]), to_shape(kSuite[2]), to_shape(kSuite[0])};
+  shapes[0].batch = 1;
+  shapes[0].in_height = shapes[0].in_width = 20;
+  shapes[1].batch = 4;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto untouched = [](const std::vector<float>& v) {
+    return std::all_of(v.begin(), v.end(), [](float f) { return std::isnan(f); });
+  };
+  int failures_seen = 0;
+  for (const Conv2dShape& s : shapes) {
+    const Data d = make_data(s, 11, true);
+    for (int threads : {1, 2}) {
+      im2gemm::set_num_threads(threads);
+      for (int failing : {0, 1}) {
+        for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+          // The thread exists in this pass only if the plan runs that many.
+          const bool fails = failing < im2gemm::detail::plan_conv(s, pass, threads).threads;
+          INFO(testutil::describe(s) << " threads " << threads << " failing thread " << failing
+                                     << " pass " << static_cast<int>(pass));
+          im2gemm::detail::set_fail_scratch_thread(failing);
+          std::vector<float> out(static_cast<std::size_t>(
+                                     pass == ConvPass::forward         ? s.y_size()
+                                     : pass == ConvPass::backward_data ? s.x_size()
+                                                                       : s.w_size()),
+                                 nan);
+          std::vector<float> db(static_cast<std::size_t>(s.out_channels), nan);
+          auto call = [&] {
+            if (pass == ConvPass::forward) {
+              im2gemm::conv2d_forward(s, d.x, d.w, d.bias, out, Activation::relu);
+            } else if (pass == ConvPass::backward_data) {
+              im2gemm::conv2d_backward_data(s, d.dy, d.w, out, Activation::relu, d.xact);
+            } else {
+              im2gemm::conv2d_backward_weights(s, d.x, d.dy, out, db);
+            }
+          };
+          if (fails) {
+            ++failures_seen;
+            CHECK_THROWS_AS(call(), std::bad_alloc);
+            CHECK(untouched(out));
+            CHECK(untouched(db));
+          } else {
+            CHECK_NOTHROW(call());
+            CHECK_FALSE(untouched(out));
+          }
+        }
+      }
+    }
+  }
+  CHECK(failures_seen >= 20);  // both threads of the two-thread plans, and the inline ones
+  // Without the failure the same calls run and match the reference.
+  im2gemm::detail::set_fail_scratch_thread(-1);
+  im2gemm::set_num_threads(2);
+  const Data d = make_data(shapes[1], 11, true);
+  compare(shapes[1], run_fast(shapes[1], d, Activation::relu, true),
+          run_ref(shapes[1], d, Activation::relu, true), true);
+}

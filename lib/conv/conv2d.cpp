@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <climits>
 #include <cstring>
 #include <new>
+#include <thread>
 #include <vector>
 
 #include "common/checks.hpp"
@@ -53,8 +55,16 @@ struct Scratch {
 
 i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
 
-// Carves this thread's scratch; nullptr members if the allocation failed (then `ok` is false).
-bool carve_scratch(const ConvPlan& p, Scratch& sc) {
+// Test hook: the OpenMP thread whose scratch allocation is made to fail (-1: none).
+std::atomic<int> g_fail_scratch_thread{-1};
+
+// Carves thread t's scratch; false if the allocation failed.
+bool carve_scratch(const ConvPlan& p, Scratch& sc, i64 t) {
+  if (t == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
+    // A slow failure, so that a missing wait in the other threads would show.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return false;
+  }
   float* base = detail::thread_scratch(p.scratch_bytes());
   if (base == nullptr) return false;
   sc.col = base;
@@ -63,27 +73,27 @@ bool carve_scratch(const ConvPlan& p, Scratch& sc) {
   return true;
 }
 
-// Runs body(t, nthr, sc, failed) on the plan's threads, each with its own scratch (sc is null
-// where this thread's allocation failed; the body must still reach any barrier it contains).
-// Throws std::bad_alloc afterwards if any allocation failed. Plans marked run_inline run on the
+// Runs body(t, nthr, sc) on the plan's threads, each with its own scratch. Every thread
+// allocates its scratch before any thread starts: if one allocation fails, no body runs, the
+// outputs are untouched and std::bad_alloc is thrown. Plans marked run_inline run on the
 // calling thread with no OpenMP region at all (see kMaxMacsInline).
 template <class Body>
 void run_threads(const ConvPlan& p, Body&& body) {
-  std::atomic<bool> failed{false};
-  auto run = [&](i64 t, i64 nthr) {
-    Scratch sc;
-    const bool ok = carve_scratch(p, sc);
-    if (!ok) failed.store(true);
-    body(t, nthr, ok ? &sc : nullptr, failed);
-  };
   if (p.run_inline) {
-    run(0, 1);
-  } else {
+    Scratch sc;
+    if (!carve_scratch(p, sc, 0)) throw std::bad_alloc();
+    body(0, 1, sc);
+    return;
+  }
+  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(p.threads) if (p.threads > 1)
-    {
-      detail::sgemm_single_thread_guard();
-      run(omp_get_thread_num(), omp_get_num_threads());
-    }
+  {
+    detail::sgemm_single_thread_guard();
+    const i64 t = omp_get_thread_num(), nthr = omp_get_num_threads();
+    Scratch sc;
+    if (!carve_scratch(p, sc, t)) failed.store(true);
+#pragma omp barrier
+    if (!failed.load()) body(t, nthr, sc);
   }
   if (failed.load()) throw std::bad_alloc();
 }
@@ -104,9 +114,7 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
   const ConvGeom geo(s);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
-  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>&) {
-    if (scp == nullptr) return;
-    const Scratch& sc = *scp;
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
     i64 col_key = -1;  // which (image run, group, pixel block) sc.col holds
     for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
       const i64 fb = it % p.filter_blocks;
@@ -172,9 +180,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
-  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>&) {
-    if (scp == nullptr) return;
-    const Scratch& sc = *scp;
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
     for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
       const i64 cbk = it % p.channel_blocks;
       const i64 gi = (it / p.channel_blocks) % d.G;
@@ -333,46 +339,40 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
   // Bias gradient: per-thread sums over its images (image split) or the sums of the first
   // channel block of each group (channel split), in double; written to db in a fixed order.
   std::vector<double> db_sums(db ? static_cast<std::size_t>(p.threads * d.F) : 0, 0.0);
-  run_threads(p, [&](i64 t, i64 nthr, const Scratch* scp, const std::atomic<bool>& failed) {
-    const bool ok = scp != nullptr;
-    const Scratch sc = ok ? *scp : Scratch{};
+  run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
     if (p.weight_partials) {
       // Thread t sums its images into its own partial dW (dW^T per group if transposed;
       // untransposed, thread 0's partial is dw itself); then the partials are added into dw in
       // thread order, element ranges split over the threads.
       float* mine = t == 0 && !p.weights_transposed ? dw : sc.partial;
       partials[static_cast<std::size_t>(t)] = mine;
-      if (ok) {
-        const i64 a = part_begin(t, nthr, p.N), b = part_begin(t + 1, nthr, p.N);
-        if (a == b) std::memset(mine, 0, static_cast<std::size_t>(wsize) * sizeof(float));
-        const i64 runs = (b - a + p.images_per_block - 1) / p.images_per_block;
-        for (i64 r = 0; r < runs; ++r) {
-          const i64 n0 = a + part_begin(r, runs, b - a), n1 = a + part_begin(r + 1, runs, b - a);
-          for (i64 gi = 0; gi < d.G; ++gi) {
-            double* acc = db ? db_sums.data() + t * d.F + gi * d.Fg : nullptr;
-            weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0, acc);
-          }
+      const i64 a = part_begin(t, nthr, p.N), b = part_begin(t + 1, nthr, p.N);
+      if (a == b) std::memset(mine, 0, static_cast<std::size_t>(wsize) * sizeof(float));
+      const i64 runs = (b - a + p.images_per_block - 1) / p.images_per_block;
+      for (i64 r = 0; r < runs; ++r) {
+        const i64 n0 = a + part_begin(r, runs, b - a), n1 = a + part_begin(r + 1, runs, b - a);
+        for (i64 gi = 0; gi < d.G; ++gi) {
+          double* acc = db ? db_sums.data() + t * d.F + gi * d.Fg : nullptr;
+          weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0, acc);
         }
       }
 #pragma omp barrier
-      if (!failed.load()) {
-        const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
-        if (p.weights_transposed) {
-          // dw[g][f][k] = sum over threads, in thread order, of partial[g][k][f].
-          for (i64 e = e0; e < e1; ++e) {
-            const i64 g = e / (d.Fg * d.K), f = (e / d.K) % d.Fg, k = e % d.K;
-            const i64 src = (g * d.K + k) * d.Fg + f;
-            float acc = partials[0][src];
-            for (i64 u = 1; u < nthr; ++u) acc += partials[static_cast<std::size_t>(u)][src];
-            dw[e] = acc;
-          }
-        } else {
-          for (i64 u = 1; u < nthr; ++u) {
-            detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
-          }
+      const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
+      if (p.weights_transposed) {
+        // dw[g][f][k] = sum over threads, in thread order, of partial[g][k][f].
+        for (i64 e = e0; e < e1; ++e) {
+          const i64 g = e / (d.Fg * d.K), f = (e / d.K) % d.Fg, k = e % d.K;
+          const i64 src = (g * d.K + k) * d.Fg + f;
+          float acc = partials[0][src];
+          for (i64 u = 1; u < nthr; ++u) acc += partials[static_cast<std::size_t>(u)][src];
+          dw[e] = acc;
+        }
+      } else {
+        for (i64 u = 1; u < nthr; ++u) {
+          detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
         }
       }
-    } else if (ok) {
+    } else {
       const i64 items = d.G * p.channel_blocks;
       for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
         const i64 gi = it / p.channel_blocks, cbk = it % p.channel_blocks;
@@ -407,6 +407,10 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
 int resolve_threads(int threads) { return threads > 0 ? threads : num_threads(); }
 
 }  // namespace
+
+namespace detail {
+void set_fail_scratch_thread(int t) { g_fail_scratch_thread.store(t); }
+}  // namespace detail
 
 bool conv2d_fast_path(const Conv2dShape& s) {
   s.validate();
