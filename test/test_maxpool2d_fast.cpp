@@ -1,9 +1,14 @@
 // The fast max pooling against the reference loops, bit for bit, on every ISA path.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "pool/maxpool2d_impl.hpp"
@@ -422,6 +427,310 @@ TEST_CASE("large tensors: streamed outputs and row blocks bounded by the scratch
       IsaScope scope(isa);
       CAPTURE(detail::pool_isa_name(isa));
       same(run_fast(s, x, dy), want);
+    }
+  }
+}
+
+// ---- One-pass backward of the 2x2 stride-2 pad-0 window ----
+
+namespace {
+
+// dy with the values whose rounding the one-pass kernel must reproduce (the reference adds dy
+// to a zeroed dx: -0 becomes +0, a signalling NaN becomes quiet) among ordinary floats.
+std::vector<float> special_dy(std::size_t n, std::uint32_t seed) {
+  auto v = testutil::random_floats(n, seed);
+  std::uint32_t snan_bits = 0x7f800001u, nan_payload_bits = 0xffc01234u;
+  float snan, nan_payload;
+  std::memcpy(&snan, &snan_bits, 4);
+  std::memcpy(&nan_payload, &nan_payload_bits, 4);
+  const float specials[] = {-0.0f, 0.0f, kNaN, snan, nan_payload, kInf, -kInf, 1e-40f, -1e-40f};
+  std::mt19937 rng(seed ^ 0x51ed270bu);
+  std::uniform_int_distribution<int> d(0, 9);
+  std::uniform_int_distribution<int> pick(0, static_cast<int>(std::size(specials)) - 1);
+  for (auto& x : v) {
+    if (d(rng) < 3) x = specials[pick(rng)];
+  }
+  return v;
+}
+
+MaxPool2dShape pool2x2(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w) {
+  return pool(n, c, h, w, 2, 2, 2, 2, 0, 0);
+}
+
+detail::PoolGeom geom2x2(std::int64_t h, std::int64_t w) {
+  return detail::PoolGeom{h, w, h / 2, w / 2, 2, 2, 2, 2, 0, 0};
+}
+
+// Valid argmax (the reference forward's) of random data with many ties.
+std::vector<std::int32_t> argmax_of(const MaxPool2dShape& s, std::uint32_t seed) {
+  const auto x = make_input(static_cast<std::size_t>(s.x_size()), seed, Fill::special);
+  std::vector<float> y(static_cast<std::size_t>(s.y_size()));
+  std::vector<std::int32_t> a(y.size());
+  reference::maxpool2d_forward(s, x, y, a);
+  return a;
+}
+
+// Cells of the plane outside window (oh, ow): its neighbours' cells, the uncovered odd last
+// row and column, the plane's corners.
+std::vector<std::int32_t> cells_outside(std::int64_t h, std::int64_t w, std::int64_t oh,
+                                        std::int64_t ow) {
+  std::vector<std::int64_t> c{0, h * w - 1, (2 * oh) * w + 2 * ow + 2, (2 * oh) * w + 2 * ow - 1,
+                              (2 * oh + 2) * w + 2 * ow, (2 * oh - 1) * w + 2 * ow + 1,
+                              (2 * oh) * w + 2 * ow + w + 2};
+  if (w % 2) c.push_back(2 * oh * w + w - 1), c.push_back((2 * oh + 1) * w + w - 1);
+  if (h % 2) c.push_back((h - 1) * w + 2 * ow);
+  std::vector<std::int32_t> out;
+  for (std::int64_t v : c) {
+    const std::int64_t r = v / w, col = v % w;
+    const bool inside = r / 2 == oh && col / 2 == ow && r < 2 * (h / 2) && col < 2 * (w / 2);
+    if (v >= 0 && v < h * w && !inside) out.push_back(static_cast<std::int32_t>(v));
+  }
+  return out;
+}
+
+std::vector<float> reference_dx(const MaxPool2dShape& s, const std::vector<float>& dy,
+                                const std::vector<std::int32_t>& a) {
+  std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+  reference::maxpool2d_backward(s, dy, a, dx);
+  return dx;
+}
+
+std::vector<float> fast_dx(const MaxPool2dShape& s, const std::vector<float>& dy,
+                           const std::vector<std::int32_t>& a) {
+  std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+  maxpool2d_backward(s, dy, a, dx);
+  return dx;
+}
+
+}  // namespace
+
+TEST_CASE("one-pass 2x2 backward: the plan picks it on the vector ISAs only") {
+  using detail::PoolKernel;
+  CHECK((detail::pool_backward_2x2_kernel(PoolIsa::scalar) == nullptr));
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    const std::string isa_name = detail::pool_isa_name(isa);
+    CAPTURE(isa_name);
+    const auto kernel = detail::pool_backward_2x2_kernel(isa);
+    CHECK((kernel != nullptr) == (isa != PoolIsa::scalar));
+    auto one_pass = [](const MaxPool2dShape& s) {
+      return detail::plan_maxpool2d_backward(s, 1).one_pass;
+    };
+    CHECK((one_pass(pool2x2(2, 3, 24, 24)) == kernel));
+    CHECK((one_pass(pool2x2(1, 1, 5, 7)) == kernel));
+    // any other window zeroes and scatters
+    CHECK((one_pass(pool(1, 1, 8, 8, 2, 2, 2, 2, 1, 1)) == nullptr));
+    CHECK((one_pass(pool(1, 1, 8, 8, 2, 2, 1, 1, 0, 0)) == nullptr));
+    CHECK((one_pass(pool(1, 1, 9, 9, 3, 3, 2, 2, 1, 1)) == nullptr));
+    CHECK((one_pass(pool(1, 1, 9, 9, 3, 3, 2, 2, 0, 0)) == nullptr));
+  }
+}
+
+TEST_CASE("one-pass 2x2 kernel: exact rows at every dx alignment, ordinary and streaming") {
+  // The kernel alone on one plane: the rows it owns equal the reference's, nothing else is
+  // written (sentinels around), whatever the 64-byte alignment of dx (streaming cuts its
+  // output at lines) and the row range.
+  const std::vector<std::int64_t> heights{2, 3, 4, 5, 9};
+  const std::vector<std::int64_t> widths{2, 3, 4, 5, 6, 15, 16, 17, 18, 19, 31, 32, 33, 34,
+                                         35, 47, 63, 64, 65, 66, 67, 97};
+  int calls = 0;
+  for (PoolIsa isa : isas()) {
+    const auto kernel = detail::pool_backward_2x2_kernel(isa);
+    if (kernel == nullptr) continue;
+    const std::string isa_name = detail::pool_isa_name(isa);
+    CAPTURE(isa_name);
+    for (std::int64_t h : heights) {
+      for (std::int64_t w : widths) {
+        const auto s = pool2x2(1, 1, h, w);
+        CAPTURE(testutil::describe(s));
+        const auto a = argmax_of(s, static_cast<std::uint32_t>(h * 100 + w));
+        const auto dy = special_dy(a.size(), static_cast<std::uint32_t>(h * 7 + w));
+        const auto want = reference_dx(s, dy, a);
+        const std::int64_t oh = h / 2, hw = h * w;
+        const detail::PoolGeom g = geom2x2(h, w);
+        std::vector<float> store(static_cast<std::size_t>(hw + 64 + 32));
+        std::vector<float> buf(static_cast<std::size_t>(2 * w + 16));
+        const auto lead = ((64 - (reinterpret_cast<std::uintptr_t>(store.data()) & 63)) & 63) / 4;
+        struct Range { std::int64_t b, e; };
+        std::vector<Range> ranges{{0, oh}, {0, 1}, {oh - 1, oh}};
+        if (oh >= 3) ranges.push_back({1, oh - 1});
+        for (std::int64_t off = 0; off < 16; ++off) {
+          for (const Range r : ranges) {
+            for (bool streaming : {false, true}) {
+              CAPTURE(off);
+              CAPTURE(r.b);
+              CAPTURE(r.e);
+              CAPTURE(streaming);
+              std::fill(store.begin(), store.end(), testutil::kSentinel);
+              std::fill(buf.begin(), buf.end(), -99.0f);
+              float* dx = store.data() + lead + 16 + off;
+              const bool ok = kernel(g, dy.data(), a.data(), dx, r.b, r.e,
+                                     streaming ? buf.data() : nullptr);
+              ++calls;
+              CHECK(ok);
+              const std::int64_t c0 = 2 * r.b * w, c1 = (r.e == oh ? h : 2 * r.e) * w;
+              bool rows_ok = true, rest_ok = true;
+              for (std::int64_t i = 0; i < hw; ++i) {
+                if (i >= c0 && i < c1) {
+                  rows_ok = rows_ok && testutil::bitwise_equal(std::span(dx + i, 1),
+                                                               std::span(&want[i], 1));
+                } else {
+                  rest_ok = rest_ok && dx[i] == testutil::kSentinel;
+                }
+              }
+              for (std::size_t i = 0; i < store.size(); ++i) {
+                const auto pos = static_cast<std::int64_t>(i) - (dx - store.data());
+                if (pos < 0 || pos >= hw) rest_ok = rest_ok && store[i] == testutil::kSentinel;
+              }
+              CHECK(rows_ok);
+              CHECK(rest_ok);
+            }
+          }
+        }
+      }
+    }
+  }
+  MESSAGE(calls << " kernel calls");
+}
+
+TEST_CASE("one-pass 2x2 kernel: any argmax outside its own window is detected") {
+  // Full groups and tails (16 and 8 lanes), odd and even sizes: moving any single window's
+  // argmax to a cell outside its window (a neighbour's cell, the uncovered odd row or column)
+  // makes the kernel reject the plane, in both store modes.
+  for (PoolIsa isa : isas()) {
+    const auto kernel = detail::pool_backward_2x2_kernel(isa);
+    if (kernel == nullptr) continue;
+    const std::string isa_name = detail::pool_isa_name(isa);
+    CAPTURE(isa_name);
+    for (const auto& [h, w] : {std::pair<std::int64_t, std::int64_t>{7, 37}, {6, 36}, {4, 2},
+                              {5, 3}, {3, 66}}) {
+      const auto s = pool2x2(1, 1, h, w);
+      CAPTURE(testutil::describe(s));
+      const auto a = argmax_of(s, static_cast<std::uint32_t>(h + w));
+      const auto dy = special_dy(a.size(), 3u);
+      const detail::PoolGeom g = geom2x2(h, w);
+      std::vector<float> dx(static_cast<std::size_t>(h * w));
+      std::vector<float> buf(static_cast<std::size_t>(2 * w + 16));
+      CHECK(kernel(g, dy.data(), a.data(), dx.data(), 0, g.oh, nullptr));
+      int rejected = 0, tried = 0;
+      for (std::int64_t oh = 0; oh < g.oh; ++oh) {
+        for (std::int64_t ow = 0; ow < g.ow; ++ow) {
+          for (std::int32_t bad : cells_outside(h, w, oh, ow)) {
+            auto corrupt = a;
+            corrupt[static_cast<std::size_t>(oh * g.ow + ow)] = bad;
+            for (float* sb : {static_cast<float*>(nullptr), buf.data()}) {
+              ++tried;
+              rejected += !kernel(g, dy.data(), corrupt.data(), dx.data(), 0, g.oh, sb);
+            }
+          }
+        }
+      }
+      CHECK(tried > 0);
+      CHECK(rejected == tried);
+    }
+  }
+}
+
+TEST_CASE("one-pass 2x2 backward matches the reference: odd/even sizes, batch, threads") {
+  // Batch and channels 1-4, odd and even H and W, small planes and planes of 2 threads'
+  // worth; dy with -0, NaNs, infinities and denormals.
+  std::vector<MaxPool2dShape> shapes;
+  int i = 0;
+  for (std::int64_t h : {2, 3, 8, 13, 24}) {
+    for (std::int64_t w : {2, 5, 24, 33, 40}) {
+      shapes.push_back(pool2x2(1 + i % 4, 1 + (i / 4) % 4, h, w));
+      ++i;
+    }
+  }
+  shapes.push_back(pool2x2(4, 4, 130, 131));  // 1.1 MB: two threads
+  shapes.push_back(pool2x2(3, 2, 257, 256));
+  shapes.push_back(pool2x2(1, 1, 512, 513));  // one plane
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    const std::string isa_name = detail::pool_isa_name(isa);
+    CAPTURE(isa_name);
+    for (const auto& s : shapes) {
+      CAPTURE(testutil::describe(s));
+      const auto a = argmax_of(s, 31u);
+      const auto dy = special_dy(a.size(), 32u);
+      const auto want = reference_dx(s, dy, a);
+      set_num_threads(1);
+      const auto one = fast_dx(s, dy, a);
+      set_num_threads(2);
+      const auto two = fast_dx(s, dy, a);
+      CHECK(testutil::bitwise_equal(one, want));
+      CHECK(testutil::bitwise_equal(two, want));
+      if (4 * s.x_size() >= (std::int64_t{1} << 20)) {
+        CHECK(detail::plan_maxpool2d_backward(s, 2).threads == 2);
+      }
+    }
+  }
+}
+
+TEST_CASE("one-pass 2x2 backward: out-of-window argmax falls back exactly") {
+  // Some planes hold argmax entries elsewhere in their plane (legal: the reference adds dy
+  // there, possibly on top of another window's); those planes are zeroed and scattered, the
+  // others keep the one-pass path. Small, two-thread and streamed (> 32 MiB) tensors.
+  const std::vector<MaxPool2dShape> shapes{
+      pool2x2(2, 3, 9, 11),
+      pool2x2(4, 4, 130, 131),
+      pool2x2(2, 24, 513, 515),  // dx 50.7 MB: streamed
+  };
+  for (const auto& s : shapes) {
+    CAPTURE(testutil::describe(s));
+    auto a = argmax_of(s, 41u);
+    const auto dy = special_dy(a.size(), 42u);
+    const std::int64_t planes = s.batch * s.channels, h = s.in_height, w = s.in_width;
+    const std::int64_t oh = s.out_height(), ow = s.out_width(), ohw = oh * ow;
+    std::mt19937 rng(43u);
+    for (std::int64_t p = 0; p < planes; p += 3) {  // every third plane, a few entries each
+      for (int k = 0; k < 1 + static_cast<int>(p % 4); ++k) {
+        const std::int64_t o =
+            std::uniform_int_distribution<std::int64_t>(0, ohw - 1)(rng);
+        const auto out = cells_outside(h, w, o / ow, o % ow);
+        a[static_cast<std::size_t>(p * ohw + o)] =
+            out[std::uniform_int_distribution<std::size_t>(0, out.size() - 1)(rng)];
+      }
+    }
+    const auto want = reference_dx(s, dy, a);
+    for (PoolIsa isa : isas()) {
+      IsaScope scope(isa);
+      const std::string isa_name = detail::pool_isa_name(isa);
+      CAPTURE(isa_name);
+      set_num_threads(1);
+      const auto one = fast_dx(s, dy, a);
+      set_num_threads(2);
+      const auto two = fast_dx(s, dy, a);
+      CHECK(testutil::bitwise_equal(one, want));
+      CHECK(testutil::bitwise_equal(two, want));
+    }
+  }
+}
+
+TEST_CASE("one-pass 2x2 backward, streamed: odd sizes, 1 and 2 threads, every ISA") {
+  // dx above 32 MiB: the one-pass kernel writes it with non-temporal stores through its row
+  // buffer; odd plane sizes put every 64-byte alignment at the start of some plane.
+  const std::vector<MaxPool2dShape> shapes{
+      pool2x2(3, 21, 401, 403),  // odd H and W
+      pool2x2(2, 16, 512, 530),  // even
+      pool2x2(1, 1, 4096, 2049),  // one plane
+  };
+  for (const auto& s : shapes) {
+    CAPTURE(testutil::describe(s));
+    const auto a = argmax_of(s, 51u);
+    const auto dy = special_dy(a.size(), 52u);
+    const auto want = reference_dx(s, dy, a);
+    for (PoolIsa isa : isas()) {
+      IsaScope scope(isa);
+      const std::string isa_name = detail::pool_isa_name(isa);
+      CAPTURE(isa_name);
+      if (isa != PoolIsa::scalar) CHECK(detail::plan_maxpool2d_backward(s, 2).stream);
+      set_num_threads(1);
+      const auto one = fast_dx(s, dy, a);
+      set_num_threads(2);
+      const auto two = fast_dx(s, dy, a);
+      CHECK(testutil::bitwise_equal(one, want));
+      CHECK(testutil::bitwise_equal(two, want));
     }
   }
 }

@@ -1,6 +1,6 @@
-// Forward kernels, AVX2: 8 neighbouring outputs per group. Compiled for AVX2 by the pragma
-// below (not by the build flags), so the library still runs on any x86-64; maxpool2d.cpp calls
-// these only when the CPU has AVX2.
+// Forward kernels and the one-pass 2x2 backward, AVX2: 8 neighbouring outputs per group.
+// Compiled for AVX2 by the pragma below (not by the build flags), so the library still runs on
+// any x86-64; maxpool2d.cpp calls these only when the CPU has AVX2.
 #include <cstdint>
 
 #include "pool/maxpool2d_impl.hpp"
@@ -71,6 +71,50 @@ struct Avx2 {
     _mm256_maskstore_ps(y, m, v);
     _mm256_maskstore_epi32(reinterpret_cast<int*>(a), m, i);
   }
+  static void stream(float* dst, const float* src, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  }
+  // One-pass 2x2 backward of N windows (or the first n): see maxpool2d_kernels.inc.
+  template <bool Full>
+  static bool bwd2x2(const std::int32_t* a, const float* g, std::uint32_t cell, std::int32_t w,
+                     int n, M m, float* top, float* bot) {
+    const I av = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))
+                      : _mm256_maskload_epi32(reinterpret_cast<const int*>(a), m);
+    const F gv = _mm256_add_ps(_mm256_setzero_ps(),
+                               Full ? _mm256_loadu_ps(g) : _mm256_maskload_ps(g, m));
+    // offset of each argmax from its window's top-left cell: 0, 1, w or w + 1 if in the window
+    const I d = _mm256_sub_epi32(
+        av, _mm256_add_epi32(splat(cell), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)));
+    const I tl = _mm256_cmpeq_epi32(d, _mm256_setzero_si256());
+    const I tr = _mm256_cmpeq_epi32(d, _mm256_set1_epi32(1));
+    const I bl = _mm256_cmpeq_epi32(d, _mm256_set1_epi32(w));
+    const I br = _mm256_cmpeq_epi32(d, _mm256_set1_epi32(w + 1));
+    const int hit = _mm256_movemask_ps(
+        _mm256_castsi256_ps(_mm256_or_si256(_mm256_or_si256(tl, tr), _mm256_or_si256(bl, br))));
+    const int want = (1 << n) - 1;
+    if ((hit & want) != want) return false;
+    auto sel = [&](I c) { return _mm256_and_ps(_mm256_castsi256_ps(c), gv); };
+    // unpack: windows 0 1 | 4 5 and 2 3 | 6 7 interleaved; the lane swap puts them in order
+    const F tlo = _mm256_unpacklo_ps(sel(tl), sel(tr)), thi = _mm256_unpackhi_ps(sel(tl), sel(tr));
+    const F blo = _mm256_unpacklo_ps(sel(bl), sel(br)), bhi = _mm256_unpackhi_ps(sel(bl), sel(br));
+    const F t0 = _mm256_permute2f128_ps(tlo, thi, 0x20);
+    const F t1 = _mm256_permute2f128_ps(tlo, thi, 0x31);
+    const F b0 = _mm256_permute2f128_ps(blo, bhi, 0x20);
+    const F b1 = _mm256_permute2f128_ps(blo, bhi, 0x31);
+    if constexpr (Full) {
+      _mm256_storeu_ps(top, t0);
+      _mm256_storeu_ps(top + 8, t1);
+      _mm256_storeu_ps(bot, b0);
+      _mm256_storeu_ps(bot + 8, b1);
+    } else {
+      const M m0 = mask(n < 4 ? 2 * n : 8), m1 = mask(n > 4 ? 2 * n - 8 : 0);
+      _mm256_maskstore_ps(top, m0, t0);
+      _mm256_maskstore_ps(top + 8, m1, t1);
+      _mm256_maskstore_ps(bot, m0, b0);
+      _mm256_maskstore_ps(bot + 8, m1, b1);
+    }
+    return true;
+  }
 };
 
 #include "pool/maxpool2d_kernels.inc"
@@ -81,6 +125,13 @@ void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x
                                  std::int32_t* argmax, std::int64_t oh_begin,
                                  std::int64_t oh_end) {
   pool_forward_rows<Avx2>(k, g, x, y, argmax, oh_begin, oh_end);
+}
+
+bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom& g, const float* dy,
+                                            const std::int32_t* argmax, float* dx,
+                                            std::int64_t oh_begin, std::int64_t oh_end,
+                                            float* stream_buf) {
+  return pool_backward_2x2_s2_p0_rows<Avx2>(g, dy, argmax, dx, oh_begin, oh_end, stream_buf);
 }
 
 }  // namespace im2gemm::detail
@@ -94,6 +145,10 @@ void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x
                                  std::int32_t* argmax, std::int64_t oh_begin,
                                  std::int64_t oh_end) {
   maxpool2d_forward_rows_scalar(k, g, x, y, argmax, oh_begin, oh_end);
+}
+bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom&, const float*, const std::int32_t*,
+                                            float*, std::int64_t, std::int64_t, float*) {
+  return false;  // the caller zeroes and scatters
 }
 }  // namespace im2gemm::detail
 

@@ -1,6 +1,7 @@
-// Forward kernels, AVX-512 (F, BW, VL): 16 neighbouring outputs per group, mask-register
-// tails. Compiled for AVX-512 by the pragma below (not by the build flags), so the library
-// still runs on any x86-64; maxpool2d.cpp calls these only when the CPU has AVX-512.
+// Forward kernels and the one-pass 2x2 backward, AVX-512 (F, BW, VL): 16 neighbouring outputs
+// per group, mask-register tails. Compiled for AVX-512 by the pragma below (not by the build
+// flags), so the library still runs on any x86-64; maxpool2d.cpp calls these only when the CPU
+// has AVX-512.
 #include <cstdint>
 
 #include "pool/maxpool2d_impl.hpp"
@@ -71,6 +72,44 @@ struct Avx512 {
     _mm512_mask_storeu_ps(y, m, v);
     _mm512_mask_storeu_epi32(a, m, i);
   }
+  static void stream(float* dst, const float* src, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+  }
+  // One-pass 2x2 backward of N windows (or the first n): see maxpool2d_kernels.inc.
+  template <bool Full>
+  static bool bwd2x2(const std::int32_t* a, const float* g, std::uint32_t cell, std::int32_t w,
+                     int n, M m, float* top, float* bot) {
+    const I av = Full ? _mm512_loadu_si512(a) : _mm512_maskz_loadu_epi32(m, a);
+    const F gv = _mm512_add_ps(_mm512_setzero_ps(),
+                               Full ? _mm512_loadu_ps(g) : _mm512_maskz_loadu_ps(m, g));
+    // offset of each argmax from its window's top-left cell: 0, 1, w or w + 1 if in the window
+    const I d = _mm512_sub_epi32(
+        av, _mm512_add_epi32(splat(cell), _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                              20, 22, 24, 26, 28, 30)));
+    const M tl = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_setzero_si512());
+    const M tr = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_set1_epi32(1));
+    const M bl = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_set1_epi32(w));
+    const M br = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_set1_epi32(w + 1));
+    if (static_cast<M>(tl | tr | bl | br) != m) return false;
+    // interleave the left and right cells of windows 0-7 (lo) and 8-15 (hi)
+    const I lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const I hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const F t0 = _mm512_maskz_mov_ps(tl, gv), t1 = _mm512_maskz_mov_ps(tr, gv);
+    const F b0 = _mm512_maskz_mov_ps(bl, gv), b1 = _mm512_maskz_mov_ps(br, gv);
+    if constexpr (Full) {
+      _mm512_storeu_ps(top, _mm512_permutex2var_ps(t0, lo, t1));
+      _mm512_storeu_ps(top + 16, _mm512_permutex2var_ps(t0, hi, t1));
+      _mm512_storeu_ps(bot, _mm512_permutex2var_ps(b0, lo, b1));
+      _mm512_storeu_ps(bot + 16, _mm512_permutex2var_ps(b0, hi, b1));
+    } else {
+      const M m_lo = mask(n < 8 ? 2 * n : 16), m_hi = mask(n > 8 ? 2 * n - 16 : 0);
+      _mm512_mask_storeu_ps(top, m_lo, _mm512_permutex2var_ps(t0, lo, t1));
+      _mm512_mask_storeu_ps(top + 16, m_hi, _mm512_permutex2var_ps(t0, hi, t1));
+      _mm512_mask_storeu_ps(bot, m_lo, _mm512_permutex2var_ps(b0, lo, b1));
+      _mm512_mask_storeu_ps(bot + 16, m_hi, _mm512_permutex2var_ps(b0, hi, b1));
+    }
+    return true;
+  }
 };
 
 #include "pool/maxpool2d_kernels.inc"
@@ -81,6 +120,13 @@ void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float*
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end) {
   pool_forward_rows<Avx512>(k, g, x, y, argmax, oh_begin, oh_end);
+}
+
+bool maxpool2d_backward_2x2_s2_p0_rows_avx512(const PoolGeom& g, const float* dy,
+                                              const std::int32_t* argmax, float* dx,
+                                              std::int64_t oh_begin, std::int64_t oh_end,
+                                              float* stream_buf) {
+  return pool_backward_2x2_s2_p0_rows<Avx512>(g, dy, argmax, dx, oh_begin, oh_end, stream_buf);
 }
 
 }  // namespace im2gemm::detail
@@ -94,6 +140,10 @@ void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float*
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end) {
   maxpool2d_forward_rows_scalar(k, g, x, y, argmax, oh_begin, oh_end);
+}
+bool maxpool2d_backward_2x2_s2_p0_rows_avx512(const PoolGeom&, const float*, const std::int32_t*,
+                                              float*, std::int64_t, std::int64_t, float*) {
+  return false;  // the caller zeroes and scatters
 }
 }  // namespace im2gemm::detail
 

@@ -1,19 +1,22 @@
-// Internal: the max-pooling plan, the ISA selection and the per-ISA forward kernels.
-// The kernels compute exactly what reference::maxpool2d_forward computes (bitwise values and
-// argmax); the ISA only changes how many neighbouring outputs are processed at once.
+// Internal: the max-pooling plan, the ISA selection and the per-ISA kernels (forward, and the
+// one-pass backward of the 2x2 stride-2 window). The kernels compute exactly what the reference
+// loops compute (bitwise values, argmax and dx); the ISA only changes how many neighbouring
+// outputs are processed at once.
 #pragma once
 
 #include <cstdint>
 
+#include "im2gemm/maxpool2d.hpp"
+
 namespace im2gemm::detail {
 
-/// Instruction sets of the forward kernels, in increasing order.
+/// Instruction sets of the kernels, in increasing order.
 enum class PoolIsa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
 const char* pool_isa_name(PoolIsa isa);
 /// The best ISA this CPU and OS support (cached; __builtin_cpu_supports).
 PoolIsa pool_isa_supported();
-/// The ISA the forward kernels use now: min(cap, supported). The cap starts from the
+/// The ISA the kernels use now: min(cap, supported). The cap starts from the
 /// environment variable IM2GEMM_POOL_ISA (scalar | avx2 | avx512; unset = no cap).
 PoolIsa pool_isa_active();
 /// Caps the ISA (tests force each path with it). Process-wide, not meant for concurrent use.
@@ -51,5 +54,47 @@ void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x
 void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float* x, float* y,
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end);
+
+/// One-pass backward of the 2x2 stride-2 pad-0 window (k2x2_s2_p0) over output rows
+/// [oh_begin, oh_end) of one plane: dy and argmax point at the plane's [OH][OW], dx at its
+/// [H][W]. Overwrites dx rows [2*oh_begin, 2*oh_end) (and the odd last row H-1 when oh_end ==
+/// OH) with the reference's result, writing each cell once, and returns true; returns false,
+/// with those rows partly written, if some window's argmax is not one of its own four cells
+/// (the caller then zeroes the plane and scatters). stream_buf: nullptr for ordinary stores;
+/// else 2*W + 16 floats of this thread's scratch, and dx is written with non-temporal stores
+/// (ordinary ones for the partial 64-byte lines at both ends): fence before reading dx.
+/// The scalar path has none: zero + scatter.
+using PoolBackward2x2Fn = bool (*)(const PoolGeom& g, const float* dy, const std::int32_t* argmax,
+                                   float* dx, std::int64_t oh_begin, std::int64_t oh_end,
+                                   float* stream_buf);
+
+bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom& g, const float* dy,
+                                            const std::int32_t* argmax, float* dx,
+                                            std::int64_t oh_begin, std::int64_t oh_end,
+                                            float* stream_buf);
+bool maxpool2d_backward_2x2_s2_p0_rows_avx512(const PoolGeom& g, const float* dy,
+                                              const std::int32_t* argmax, float* dx,
+                                              std::int64_t oh_begin, std::int64_t oh_end,
+                                              float* stream_buf);
+
+/// The one-pass 2x2 backward kernel of an ISA, or nullptr (scalar).
+PoolBackward2x2Fn pool_backward_2x2_kernel(PoolIsa isa);
+
+/// How maxpool2d_backward runs a (validated) shape: a pure function of the shape, the thread
+/// count and pool_isa_active(). Each plane is owned by one thread, which overwrites it with the
+/// one-pass kernel (k2x2_s2_p0 on a vector ISA; zero + scatter if the kernel rejects the
+/// plane's argmax) or zeroes it and adds dy at each argmax in output order.
+struct PoolBackwardPlan {
+  PoolGeom g;
+  std::int64_t planes;
+  int threads;
+  int planes_per_chunk;        ///< dynamic scheduling grain
+  PoolBackward2x2Fn one_pass;  ///< nullptr: zero + scatter for every plane
+  /// Large dx, written with non-temporal stores: directly by the one-pass kernel (through a
+  /// row-pair buffer), else each plane is scattered in scratch and copied out.
+  bool stream;
+  std::int64_t scratch_floats;  ///< per thread, when streaming
+};
+PoolBackwardPlan plan_maxpool2d_backward(const MaxPool2dShape& s, int threads);
 
 }  // namespace im2gemm::detail
