@@ -1,5 +1,6 @@
 // The fast convolution (im2col / col2im + sgemm + OpenMP) against the reference loops.
 #include <cblas.h>
+#include <omp.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -485,8 +486,9 @@ int process_threads() {
 
 // Run by meson as its own process (test conv_inline_single_thread, OMP_NUM_THREADS=2), where
 // no thread exists yet: a one-thread plan that runs inline (no OpenMP region) must not let
-// OpenBLAS start threads of its own. In the full suite, earlier tests have started the OpenMP
-// pool already, so there only "no new thread" is checked.
+// OpenBLAS start threads of its own. In the full suite, earlier tests have started (and may
+// still be ending) OpenMP pools, so a thread count proves nothing there; only the results
+// are checked.
 TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
   Settings restore;
   const bool fresh = std::getenv("IM2GEMM_EXPECT_FRESH_PROCESS") != nullptr;
@@ -505,10 +507,10 @@ TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
     const Data d = make_data(s, 7, true);
     compare(s, run_fast(s, d, Activation::relu, true), run_ref(s, d, Activation::relu, true), true);
   }
-  CHECK(process_threads() == before);
   if (fresh) {
+    CHECK(process_threads() == before);
     // The check can fail: the same OpenBLAS sgemm, large and outside any region, starts its
-    // OpenMP team.
+    // OpenMP team (OMP_NUM_THREADS=2 in this test's environment lets it).
     const int n = 512;
     std::vector<float> a(n * n, 1.0f), b(n * n, 1.0f), c(n * n, 0.0f);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
@@ -541,7 +543,8 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
   } unfail;
   // vgg_conv3_2 cut to one small image (backward weights splits channels), lenet_conv2 with
   // 4 images (per-thread partial dW), and the tutorial layer (inline, one thread).
-  std::vector<Conv2dShape> shapes = {to_shape(kSuite[5]), to_shape(kSuite[2]), to_shape(kSuite[0])};
+  std::vector<Conv2dShape> shapes = {to_shape(kSuite[5]), to_shape(kSuite[2]),
+                                     to_shape(kSuite[0])};
   shapes[0].batch = 1;
   shapes[0].in_height = shapes[0].in_width = 20;
   shapes[1].batch = 4;
@@ -550,14 +553,19 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
     return std::all_of(v.begin(), v.end(), [](float f) { return std::isnan(f); });
   };
   int failures_seen = 0;
+  // OMP_DYNAMIC could give a region fewer threads than asked: not in this test.
+  const int dynamic = omp_get_dynamic();
+  omp_set_dynamic(0);
   for (const Conv2dShape& s : shapes) {
     const Data d = make_data(s, 11, true);
     for (int threads : {1, 2}) {
       im2gemm::set_num_threads(threads);
       for (int failing : {0, 1}) {
         for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
-          // The thread exists in this pass only if the plan runs that many.
-          const bool fails = failing < im2gemm::detail::plan_conv(s, pass, threads).threads;
+          // The thread exists in this pass only if the plan and OpenMP run that many.
+          const int team = std::min(im2gemm::detail::plan_conv(s, pass, threads).threads,
+                                    omp_get_thread_limit());
+          const bool fails = failing < team;
           INFO(testutil::describe(s) << " threads " << threads << " failing thread " << failing
                                      << " pass " << static_cast<int>(pass));
           im2gemm::detail::set_fail_scratch_thread(failing);
@@ -589,7 +597,10 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
       }
     }
   }
-  CHECK(failures_seen >= 20);  // both threads of the two-thread plans, and the inline ones
+  omp_set_dynamic(dynamic);
+  if (omp_get_thread_limit() >= 2) {
+    CHECK(failures_seen >= 20);  // both threads of the two-thread plans, and the inline ones
+  }
   // Without the failure the same calls run and match the reference.
   im2gemm::detail::set_fail_scratch_thread(-1);
   im2gemm::set_num_threads(2);

@@ -57,6 +57,10 @@ void conv2d_backward_data(const Conv2dShape& shape, std::span<const float> dy,
 
 /// Backward weights: dw [F][C/groups][KH][KW] and db [F] are OVERWRITTEN with the gradients
 /// summed over the batch. db may be empty (not computed).
+///
+/// All three passes throw std::invalid_argument on bad input and std::bad_alloc when a thread
+/// cannot get its scratch memory (conv2d_scratch_bytes); in both cases before any output is
+/// written.
 void conv2d_backward_weights(const Conv2dShape& shape, std::span<const float> x,
                              std::span<const float> dy, std::span<float> dw,
                              std::span<float> db);
@@ -72,8 +76,7 @@ bool conv2d_fast_path(const Conv2dShape& shape);
 /// (0 = num_threads()), the maximum over the three passes. The passes keep one buffer per
 /// thread, allocated on first use, grown to the largest shape seen and reused by later calls
 /// (also from other user threads: each thread has its own). At most 8 MiB per thread on every
-/// layer of the benchmark suite. If a thread cannot get its scratch, the pass throws
-/// std::bad_alloc before any output is written. Throws std::invalid_argument for an invalid shape or
+/// layer of the benchmark suite. Throws std::invalid_argument for an invalid shape or
 /// threads < 0.
 std::size_t conv2d_scratch_bytes(const Conv2dShape& shape, int threads = 0);
 

@@ -1,6 +1,7 @@
 // Public convolution entry points: im2col / col2im lowering + single-threaded OpenBLAS sgemm
-// per column block, inside one OpenMP region per call. plan_conv() (plan.cpp) decides the
-// blocking and the split over threads; this file only executes the plan.
+// per column block, inside one OpenMP region per call (or on the calling thread for tiny
+// one-thread plans, see run_threads). plan_conv() (plan.cpp) decides the blocking and the
+// split over threads; this file only executes the plan.
 #include <cblas.h>
 #include <omp.h>
 

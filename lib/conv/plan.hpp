@@ -18,11 +18,8 @@ enum class ConvPass { forward, backward_data, backward_weights };
 inline constexpr std::size_t kBlockTargetBytes = std::size_t{1} << 20;
 /// ... but has at least kPixelsPerFilter * (filters per group) columns: every sgemm call
 /// re-packs the weights (backward weights: re-reads dW), which must be amortised over enough
-/// pixels (measured here, 2 threads, vgg_conv3_2 backward data: 113 columns 285 GFLOP/s,
-/// 448 columns 321, 784 columns 338; resnet_3x3s2, 4 -> 8 per filter, i.e. two blocks of 392
-/// columns -> the whole 784-column image, two alternating runs each: forward 205-213 -> 240-242
-/// GFLOP/s, backward data 212-215 -> 224-233, backward weights 211-212 -> 218-220; alexnet_conv1
-/// and vgg_conv1_2 within noise) ...
+/// pixels (vgg_conv3_2 and resnet_3x3s2 ran 10-15% faster with several hundred more columns
+/// than the L2 target gives; the commits that set 4, then 8, quote the runs) ...
 inline constexpr std::int64_t kPixelsPerFilter = 8;
 /// ... and never larger than this, which keeps the per-thread scratch within the bound below.
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
@@ -36,10 +33,10 @@ inline constexpr std::int64_t kMinMacsPerThread = std::int64_t{1} << 16;
 /// A one-thread plan of at most this many multiply-accumulates runs on the calling thread with
 /// no OpenMP region: even a region of one costs a team allocation and a futex round trip
 /// (about 0.5 us here, measured on the suite's tutorial layer: more than its arithmetic).
-/// Every sgemm of such a problem has M*N*K <= this, well under the size from which OpenBLAS
-/// 0.3.21 starts its own team outside a region (measured here with OMP_NUM_THREADS=2:
-/// 64x64x128 = 524,288 stays on one thread, 64x64x256 starts two), so no second pool starts;
-/// the meson test conv_inline_single_thread checks it.
+/// Every sgemm of such a problem has M*N*K <= this, a quarter of the 262,144 (65,536 times
+/// GEMM_MULTITHREAD_THRESHOLD 4) below which OpenBLAS 0.3.21 keeps an sgemm on the calling
+/// thread outside a region, whatever its kernel set, so no second pool starts; the meson test
+/// conv_inline_single_thread checks it.
 inline constexpr std::int64_t kMaxMacsInline = std::int64_t{1} << 16;
 /// Narrowest column block worth an sgemm call, in pixels.
 inline constexpr std::int64_t kMinBlockPixels = 16;
