@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include <omp.h>
+
 #include "pool/maxpool2d_impl.hpp"
 #include "test_util.hpp"
 
@@ -733,4 +735,71 @@ TEST_CASE("one-pass 2x2 backward, streamed: odd sizes, 1 and 2 threads, every IS
       CHECK(testutil::bitwise_equal(two, want));
     }
   }
+}
+
+TEST_CASE("streaming paths: no scratch for a thread means std::bad_alloc and nothing written") {
+  struct Unfail {
+    ~Unfail() { detail::set_fail_pool_scratch_thread(-1); }
+  } unfail;
+  const int dynamic = omp_get_dynamic();
+  omp_set_dynamic(0);  // every region gets the threads it asks for
+  // Forward streamed; backward zero + scatter streamed; backward one-pass streamed.
+  const MaxPool2dShape fwd = pool(3, 16, 511, 513, 2, 2, 1, 1, 0, 0);
+  const MaxPool2dShape scatter = pool(4, 128, 129, 129, 3, 3, 2, 2, 1, 1);
+  const MaxPool2dShape one_pass = pool2x2(2, 16, 512, 530);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  auto untouched = [](const auto& v) {
+    return std::all_of(v.begin(), v.end(), [](auto f) { return f != f || f == -7; });
+  };
+  const int team_max = std::min(2, omp_get_thread_limit());
+  int failures = 0;
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (int threads = 1; threads <= team_max; ++threads) {
+      set_num_threads(threads);
+      for (int failing = 0; failing < threads; ++failing) {
+        const std::string isa_name = detail::pool_isa_name(isa);
+        CAPTURE(isa_name);
+        CAPTURE(threads);
+        CAPTURE(failing);
+        detail::set_fail_pool_scratch_thread(failing);
+        {
+          const auto x = make_input(static_cast<std::size_t>(fwd.x_size()), 61u, Fill::floats);
+          std::vector<float> y(static_cast<std::size_t>(fwd.y_size()), nan);
+          std::vector<std::int32_t> am(static_cast<std::size_t>(fwd.y_size()), -7);
+          CHECK_THROWS_AS(maxpool2d_forward(fwd, x, y, am), std::bad_alloc);
+          CHECK(untouched(y));
+          CHECK(untouched(am));
+          ++failures;
+        }
+        // The one-pass kernel runs on the vector ISAs only; on the scalar ISA its shape's
+        // planes are too large for the zero + scatter path's scratch, which then writes dx
+        // directly (no scratch: nothing can fail).
+        for (int k = 0; k < 2; ++k) {
+          const MaxPool2dShape& s = k == 0 ? scatter : one_pass;
+          CAPTURE(testutil::describe(s));
+          const bool streams = detail::plan_maxpool2d_backward(s, threads).stream;
+          CHECK(streams == (k == 0 || isa != PoolIsa::scalar));
+          const auto a = argmax_of(s, 62u);
+          const auto dy = testutil::random_floats(a.size(), 63u);
+          std::vector<float> dx(static_cast<std::size_t>(s.x_size()), nan);
+          if (streams) {
+            CHECK_THROWS_AS(maxpool2d_backward(s, dy, a, dx), std::bad_alloc);
+            CHECK(untouched(dx));
+            ++failures;
+          } else {
+            CHECK_NOTHROW(maxpool2d_backward(s, dy, a, dx));
+            CHECK(testutil::bitwise_equal(dx, reference_dx(s, dy, a)));
+          }
+        }
+      }
+    }
+  }
+  omp_set_dynamic(dynamic);
+  detail::set_fail_pool_scratch_thread(-1);
+  // Without the failure the same calls run.
+  const auto a = argmax_of(one_pass, 62u);
+  const auto dy = testutil::random_floats(a.size(), 63u);
+  CHECK(testutil::bitwise_equal(fast_dx(one_pass, dy, a), reference_dx(one_pass, dy, a)));
+  CHECK(failures >= 3);
 }

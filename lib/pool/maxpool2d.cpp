@@ -7,7 +7,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
+#include <chrono>
+#include <new>
+#include <thread>
 #include <vector>
+
+#include <omp.h>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -44,6 +49,7 @@ PoolIsa cap_from_env() {
 }
 
 std::atomic<int> g_isa_cap{-1};  // -1: not read from the environment yet
+std::atomic<int> g_fail_scratch_thread{-1};  // test hook (set_fail_pool_scratch_thread)
 
 }  // namespace
 
@@ -65,6 +71,8 @@ const char* pool_kernel_name(PoolKernel k) {
   }
   return "?";
 }
+
+void set_fail_pool_scratch_thread(int t) { g_fail_scratch_thread.store(t); }
 
 PoolIsa pool_isa_supported() {
   static const PoolIsa isa = detect_isa();
@@ -175,12 +183,32 @@ ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
   return p;
 }
 
-// This thread's scratch of at least `bytes` (kept between calls; OpenMP reuses its threads).
-void* thread_scratch(std::int64_t bytes) {
+// This thread's scratch of at least `bytes` (kept between calls; OpenMP reuses its threads),
+// or nullptr if it cannot be had: an exception must not leave an OpenMP region.
+float* thread_scratch(std::int64_t bytes) noexcept {
+  if (omp_get_thread_num() == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
+    // A slow failure, so that a thread not waiting for the others would show.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return nullptr;
+  }
   thread_local std::vector<float> buf;
   const auto n = static_cast<std::size_t>((bytes + 3) / 4);
-  if (buf.size() < n) buf.resize(n);
+  try {
+    if (buf.size() < n) buf.resize(n);
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
   return buf.data();
+}
+
+// In a region whose threads all call it: this thread's scratch if `want`, after every thread
+// has tried to get its own; `failed` (shared) is then true for all if any could not.
+float* scratch_for_all(bool want, std::int64_t bytes, std::atomic<bool>& failed) {
+  if (!want) return nullptr;
+  float* buf = thread_scratch(bytes);
+  if (buf == nullptr) failed.store(true);
+#pragma omp barrier
+  return buf;
 }
 
 // dst[0, n) = src[0, n): whole 64-byte lines of dst with non-temporal stores, the partial
@@ -271,16 +299,15 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
   const float* xd = x.data();
   float* yd = y.data();
   std::int32_t* ad = argmax.data();
+  std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(p.threads)
   {
-    float* ys = nullptr;
-    std::int32_t* as = nullptr;
-    if (p.stream) {
-      ys = static_cast<float*>(detail::thread_scratch(8 * p.rows_per_block * p.g.ow));
-      as = reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow);
-    }
+    float* ys = detail::scratch_for_all(p.stream, 8 * p.rows_per_block * p.g.ow, failed);
+    std::int32_t* as = p.stream ? reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow)
+                                : nullptr;
+    const std::int64_t todo = failed.load() ? 0 : units;  // the same for every thread
 #pragma omp for schedule(dynamic, p.units_per_chunk)
-    for (std::int64_t u = 0; u < units; ++u) {
+    for (std::int64_t u = 0; u < todo; ++u) {
       const std::int64_t plane = u / p.blocks_per_plane, block = u % p.blocks_per_plane;
       const std::int64_t oh0 = block * p.rows_per_block;
       const std::int64_t oh1 = std::min(p.g.oh, oh0 + p.rows_per_block);
@@ -295,6 +322,7 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
     }
     if (p.stream) detail::stream_fence();
   }
+  if (failed.load()) throw std::bad_alloc();
 }
 
 void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
@@ -316,13 +344,14 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
   auto zero = [&](float* dp) {
     std::memset(dp, 0, static_cast<std::size_t>(HW) * sizeof(float));
   };
+  std::atomic<bool> failed{false};
   if (p.one_pass != nullptr) {
 #pragma omp parallel num_threads(p.threads)
     {
-      float* buf = p.stream ? static_cast<float*>(detail::thread_scratch(4 * p.scratch_floats))
-                            : nullptr;
+      float* buf = detail::scratch_for_all(p.stream, 4 * p.scratch_floats, failed);
+      const std::int64_t todo = failed.load() ? 0 : p.planes;  // the same for every thread
 #pragma omp for schedule(dynamic, p.planes_per_chunk) nowait
-      for (std::int64_t plane = 0; plane < p.planes; ++plane) {
+      for (std::int64_t plane = 0; plane < todo; ++plane) {
         float* dp = d + plane * HW;
         if (!p.one_pass(p.g, g + plane * OHW, a + plane * OHW, dp, 0, OH, buf)) {
           zero(dp);  // an argmax outside its window
@@ -331,17 +360,18 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
       }
       if (p.stream) detail::stream_fence();
     }
+    if (failed.load()) throw std::bad_alloc();
     return;
   }
 #pragma omp parallel num_threads(p.threads)
   {
-    float* buf = p.stream ? static_cast<float*>(detail::thread_scratch(4 * p.scratch_floats))
-                          : nullptr;
+    float* buf = detail::scratch_for_all(p.stream, 4 * p.scratch_floats, failed);
+    const std::int64_t todo = failed.load() ? 0 : p.planes;  // the same for every thread
     constexpr std::int64_t kSlices = 16;  // interleaving grain of scatter and stream-out
     std::int64_t pending = -1;            // plane of this thread waiting in buf[side ^ 1]
     int side = 0;
 #pragma omp for schedule(dynamic, p.planes_per_chunk) nowait
-    for (std::int64_t plane = 0; plane < p.planes; ++plane) {
+    for (std::int64_t plane = 0; plane < todo; ++plane) {
       if (!p.stream) {
         zero(d + plane * HW);
         scatter(d + plane * HW, plane, 0, OHW);
@@ -368,6 +398,7 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
       detail::stream_fence();
     }
   }
+  if (failed.load()) throw std::bad_alloc();
 }
 
 }  // namespace im2gemm
