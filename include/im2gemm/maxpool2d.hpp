@@ -39,4 +39,8 @@ void maxpool2d_forward(const MaxPool2dShape& shape, std::span<const float> x,
 void maxpool2d_backward(const MaxPool2dShape& shape, std::span<const float> dy,
                         std::span<const std::int32_t> argmax, std::span<float> dx);
 
+/// Both functions throw std::invalid_argument on bad input, and std::bad_alloc when a thread
+/// cannot get the small scratch buffer the streaming paths of large tensors use; in both
+/// cases before any output is written.
+
 }  // namespace im2gemm
