@@ -504,6 +504,16 @@ std::vector<float> fast_dx(const MaxPool2dShape& s, const std::vector<float>& dy
   return dx;
 }
 
+// Backward at 1 and at 2 threads must both give `want`, bit for bit (the ISA cap as set).
+void check_dx_at_1_and_2_threads(const MaxPool2dShape& s, const std::vector<float>& dy,
+                                 const std::vector<std::int32_t>& a,
+                                 const std::vector<float>& want) {
+  set_num_threads(1);
+  CHECK(testutil::bitwise_equal(fast_dx(s, dy, a), want));
+  set_num_threads(2);
+  CHECK(testutil::bitwise_equal(fast_dx(s, dy, a), want));
+}
+
 }  // namespace
 
 TEST_CASE("one-pass 2x2 backward: the plan picks it on the vector ISAs only") {
@@ -656,12 +666,7 @@ TEST_CASE("one-pass 2x2 backward matches the reference: odd/even sizes, batch, t
       const auto a = argmax_of(s, 31u);
       const auto dy = special_dy(a.size(), 32u);
       const auto want = reference_dx(s, dy, a);
-      set_num_threads(1);
-      const auto one = fast_dx(s, dy, a);
-      set_num_threads(2);
-      const auto two = fast_dx(s, dy, a);
-      CHECK(testutil::bitwise_equal(one, want));
-      CHECK(testutil::bitwise_equal(two, want));
+      check_dx_at_1_and_2_threads(s, dy, a, want);
       if (4 * s.x_size() >= (std::int64_t{1} << 20)) {
         CHECK(detail::plan_maxpool2d_backward(s, 2).threads == 2);
       }
@@ -699,12 +704,7 @@ TEST_CASE("one-pass 2x2 backward: out-of-window argmax falls back exactly") {
       IsaScope scope(isa);
       const std::string isa_name = detail::pool_isa_name(isa);
       CAPTURE(isa_name);
-      set_num_threads(1);
-      const auto one = fast_dx(s, dy, a);
-      set_num_threads(2);
-      const auto two = fast_dx(s, dy, a);
-      CHECK(testutil::bitwise_equal(one, want));
-      CHECK(testutil::bitwise_equal(two, want));
+      check_dx_at_1_and_2_threads(s, dy, a, want);
     }
   }
 }
@@ -727,12 +727,7 @@ TEST_CASE("one-pass 2x2 backward, streamed: odd sizes, 1 and 2 threads, every IS
       const std::string isa_name = detail::pool_isa_name(isa);
       CAPTURE(isa_name);
       if (isa != PoolIsa::scalar) CHECK(detail::plan_maxpool2d_backward(s, 2).stream);
-      set_num_threads(1);
-      const auto one = fast_dx(s, dy, a);
-      set_num_threads(2);
-      const auto two = fast_dx(s, dy, a);
-      CHECK(testutil::bitwise_equal(one, want));
-      CHECK(testutil::bitwise_equal(two, want));
+      check_dx_at_1_and_2_threads(s, dy, a, want);
     }
   }
 }
