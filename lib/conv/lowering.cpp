@@ -321,6 +321,25 @@ IM2GEMM_AVX512 inline void col2im_row(float* dst_row, const float* src, i64 OW, 
   }
 }
 
+// Chunk masks of every kernel column, computed once per call when the table is small;
+// column(kw) is null otherwise (the row loops then compute each chunk's masks).
+struct MaskTable {
+  ChunkMasks table[kMaxMaskTable];
+  i64 nchunks;
+  bool tabled;
+  IM2GEMM_AVX512 MaskTable(const ConvGeom& g, const ValidColumns& cols_of)
+      : nchunks((g.OW + 15) / 16), tabled(g.KW * nchunks <= kMaxMaskTable) {
+    if (!tabled) return;
+    for (i64 kw = 0; kw < g.KW; ++kw) {
+      for (i64 k = 0; k < nchunks; ++k) {
+        table[kw * nchunks + k] =
+            chunk_masks(16 * k, g.OW, cols_of.v[kw].lo, cols_of.v[kw].hi, g.SW);
+      }
+    }
+  }
+  const ChunkMasks* column(i64 kw) const { return tabled ? table + kw * nchunks : nullptr; }
+};
+
 IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 nch, i64 q0,
                                         i64 q1, float* col, i64 ldcol) {
   // Geometry in locals: the vector stores below may alias anything, g's fields included.
@@ -335,23 +354,14 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   const ValidColumns cols_of(g);
   // Strided, undilated rows: kernel columns kw >= SW are shifted copies of kw - SW.
   const bool shift_rows = SW >= 2 && DW == 1 && OW >= 2;
-  // Chunk masks of every kernel column, computed once per call when the table is small.
-  ChunkMasks table[kMaxMaskTable];
-  const bool tabled = KW * nchunks <= kMaxMaskTable;
-  if (tabled) {
-    for (i64 kw = 0; kw < KW; ++kw) {
-      for (i64 k = 0; k < nchunks; ++k) {
-        table[kw * nchunks + k] = chunk_masks(16 * k, OW, cols_of.v[kw].lo, cols_of.v[kw].hi, SW);
-      }
-    }
-  }
+  const MaskTable masks(g, cols_of);
   for (i64 c = 0; c < nch; ++c) {
     const float* xc = x + c * H * W;
     for (i64 kh = 0; kh < KH; ++kh) {
       for (i64 kw = 0; kw < KW; ++kw) {
         const i64 off_w = kw * DW - PW;
         const ValidCols v = cols_of.v[kw];
-        const ChunkMasks* cm = tabled ? table + kw * nchunks : nullptr;
+        const ChunkMasks* cm = masks.column(kw);
         float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
         auto segment = [&](i64 oh, i64 a, i64 b, float* dst) IM2GEMM_AVX512 {
           const i64 ih = oh * SH - PH + kh * DH;
@@ -426,15 +436,7 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 l
   const i64 nchunks = (OW + 15) / 16;
   const ValidRows rows_of(g);
   const ValidColumns cols_of(g);
-  ChunkMasks table[kMaxMaskTable];
-  const bool tabled = KW * nchunks <= kMaxMaskTable;
-  if (tabled) {
-    for (i64 kw = 0; kw < KW; ++kw) {
-      for (i64 k = 0; k < nchunks; ++k) {
-        table[kw * nchunks + k] = chunk_masks(16 * k, OW, cols_of.v[kw].lo, cols_of.v[kw].hi, SW);
-      }
-    }
-  }
+  const MaskTable masks(g, cols_of);
   // Strided, undilated: row kw >= SW lands where row kw - SW lands one output column later,
   // so it is first added into that row (contiguous adds, highest kw first); only the last
   // column of each row segment, which has no such partner in the block, is added into dx
@@ -463,7 +465,7 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 l
       for (i64 kw = 0; kw < kw_scatter; ++kw) {
         const i64 off_w = kw * DW - PW;
         const ValidCols v = cols_of.v[kw];
-        const ChunkMasks* cm = tabled ? table + kw * nchunks : nullptr;
+        const ChunkMasks* cm = masks.column(kw);
         const float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
         auto segment = [&](i64 oh, i64 a, i64 b, const float* src) IM2GEMM_AVX512 {
           const i64 ih = oh * SH - PH + kh * DH;
