@@ -7,6 +7,7 @@
 
 #include "common/checks.hpp"
 #include "im2gemm/layers.hpp"
+#include "layers/layers_impl.hpp"
 
 namespace im2gemm {
 
@@ -116,10 +117,7 @@ void Layer::update(const Sgd& sgd) {
 }
 
 void Layer::init(Rng& rng, Init scheme) {
-  if (scheme != Init::he_xavier && scheme != Init::pytorch) {
-    detail::fail("Layer::init: scheme is not a valid Init (value " +
-                 std::to_string(static_cast<int>(scheme)) + ")");
-  }
+  detail::check_init_scheme("Layer::init", scheme);
   do_init(rng, scheme);
 }
 

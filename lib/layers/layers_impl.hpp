@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdint>
 #include <span>
+#include <string>
 
+#include "common/checks.hpp"
 #include "im2gemm/layers.hpp"
 
 namespace im2gemm::detail {
@@ -48,6 +50,14 @@ inline void derivative_times(Activation act, const float* y, const float* dy, fl
 
 inline void fill_normal(Rng& rng, std::span<float> v, double stddev) {
   for (auto& x : v) x = static_cast<float>(rng.normal() * stddev);
+}
+
+/// Throws std::invalid_argument naming `who` if scheme is not a value of the Init enum.
+inline void check_init_scheme(const char* who, Init scheme) {
+  if (scheme != Init::he_xavier && scheme != Init::pytorch) {
+    fail(std::string(who) + ": scheme is not a valid Init (value " +
+         std::to_string(static_cast<int>(scheme)) + ")");
+  }
 }
 
 /// Weights, then biases, by the scheme (see Init in layers.hpp).

@@ -74,10 +74,7 @@ const Layer& Sequential::layer(std::size_t i) const {
 }
 
 void Sequential::init(std::uint64_t seed, Init scheme) {
-  if (scheme != Init::he_xavier && scheme != Init::pytorch) {
-    detail::fail("Sequential::init: scheme is not a valid Init (value " +
-                 std::to_string(static_cast<int>(scheme)) + ")");
-  }
+  detail::check_init_scheme("Sequential::init", scheme);
   Rng rng(seed);
   for (auto& l : layers_) {
     l->init(rng, scheme);
