@@ -18,7 +18,7 @@
 #include "common/threads.hpp"
 #include "conv/lowering.hpp"
 #include "conv/plan.hpp"
-#include "conv/scratch.hpp"
+#include "common/scratch.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/reference.hpp"
 

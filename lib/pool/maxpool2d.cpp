@@ -2,23 +2,23 @@
 // backward scatter over (n, c) planes with OpenMP.
 #include "im2gemm/maxpool2d.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <string_view>
-#include <chrono>
 #include <new>
+#include <string_view>
 #include <thread>
-#include <vector>
-
-#include <omp.h>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
 #include "common/checks.hpp"
+#include "common/scratch.hpp"
 #include "im2gemm/common.hpp"
 #include "pool/maxpool2d_impl.hpp"
 
@@ -183,29 +183,18 @@ ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
   return p;
 }
 
-// This thread's scratch of at least `bytes` (kept between calls; OpenMP reuses its threads),
-// or nullptr if it cannot be had: an exception must not leave an OpenMP region.
-float* thread_scratch(std::int64_t bytes) noexcept {
-  if (omp_get_thread_num() == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
-    // A slow failure, so that a thread not waiting for the others would show.
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    return nullptr;
-  }
-  thread_local std::vector<float> buf;
-  const auto n = static_cast<std::size_t>((bytes + 3) / 4);
-  try {
-    if (buf.size() < n) buf.resize(n);
-  } catch (const std::bad_alloc&) {
-    return nullptr;
-  }
-  return buf.data();
-}
-
-// In a region whose threads all call it: this thread's scratch if `want`, after every thread
-// has tried to get its own; `failed` (shared) is then true for all if any could not.
+// In a region whose threads all call it: this thread's scratch (common/scratch.hpp, nullptr
+// if it cannot be had: an exception must not leave an OpenMP region) if `want`, after every
+// thread has tried to get its own; `failed` (shared) is then true for all if any could not.
 float* scratch_for_all(bool want, std::int64_t bytes, std::atomic<bool>& failed) {
   if (!want) return nullptr;
-  float* buf = thread_scratch(bytes);
+  float* buf = nullptr;
+  if (omp_get_thread_num() == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
+    // The test hook: a slow failure, so that a thread not waiting for the others would show.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } else {
+    buf = thread_scratch(static_cast<std::size_t>(bytes));
+  }
   if (buf == nullptr) failed.store(true);
 #pragma omp barrier
   return buf;
@@ -303,8 +292,9 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
 #pragma omp parallel num_threads(p.threads)
   {
     float* ys = detail::scratch_for_all(p.stream, 8 * p.rows_per_block * p.g.ow, failed);
-    std::int32_t* as = p.stream ? reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow)
-                                : nullptr;
+    std::int32_t* as = ys != nullptr
+                           ? reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow)
+                           : nullptr;
     const std::int64_t todo = failed.load() ? 0 : units;  // the same for every thread
 #pragma omp for schedule(dynamic, p.units_per_chunk)
     for (std::int64_t u = 0; u < todo; ++u) {

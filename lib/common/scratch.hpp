@@ -1,4 +1,5 @@
-// Internal: per-thread scratch of the convolution passes.
+// Internal: per-thread scratch of the convolution and pooling passes (one buffer per thread,
+// shared by both: a call uses it only while it runs).
 #pragma once
 
 #include <cstddef>

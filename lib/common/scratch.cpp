@@ -1,4 +1,4 @@
-#include "conv/scratch.hpp"
+#include "common/scratch.hpp"
 
 #include <cstdlib>
 
