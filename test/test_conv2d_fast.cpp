@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/scratch.hpp"
 #include "conv/lowering.hpp"
 #include "conv/plan.hpp"
 #include "test_util.hpp"

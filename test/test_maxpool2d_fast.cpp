@@ -13,6 +13,7 @@
 
 #include <omp.h>
 
+#include "common/scratch.hpp"
 #include "pool/maxpool2d_impl.hpp"
 #include "test_util.hpp"
 
@@ -734,7 +735,7 @@ TEST_CASE("one-pass 2x2 backward, streamed: odd sizes, 1 and 2 threads, every IS
 
 TEST_CASE("streaming paths: no scratch for a thread means std::bad_alloc and nothing written") {
   struct Unfail {
-    ~Unfail() { detail::set_fail_pool_scratch_thread(-1); }
+    ~Unfail() { detail::set_fail_scratch_thread(-1); }
   } unfail;
   const int dynamic = omp_get_dynamic();
   omp_set_dynamic(0);  // every region gets the threads it asks for
@@ -757,7 +758,7 @@ TEST_CASE("streaming paths: no scratch for a thread means std::bad_alloc and not
         CAPTURE(isa_name);
         CAPTURE(threads);
         CAPTURE(failing);
-        detail::set_fail_pool_scratch_thread(failing);
+        detail::set_fail_scratch_thread(failing);
         {
           const auto x = make_input(static_cast<std::size_t>(fwd.x_size()), 61u, Fill::floats);
           std::vector<float> y(static_cast<std::size_t>(fwd.y_size()), nan);
@@ -791,7 +792,7 @@ TEST_CASE("streaming paths: no scratch for a thread means std::bad_alloc and not
     }
   }
   omp_set_dynamic(dynamic);
-  detail::set_fail_pool_scratch_thread(-1);
+  detail::set_fail_scratch_thread(-1);
   // Without the failure the same calls run.
   const auto a = argmax_of(one_pass, 62u);
   const auto dy = testutil::random_floats(a.size(), 63u);

@@ -1,6 +1,11 @@
 #include "common/scratch.hpp"
 
+#include <omp.h>
+
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 
 namespace im2gemm::detail {
 
@@ -16,10 +21,18 @@ struct ScratchBuffer {
 };
 
 thread_local ScratchBuffer t_scratch;
+std::atomic<int> g_fail_thread{-1};  // set_fail_scratch_thread
 
 }  // namespace
 
+void set_fail_scratch_thread(int t) { g_fail_thread.store(t); }
+
 float* thread_scratch(std::size_t bytes) noexcept {
+  if (omp_get_thread_num() == g_fail_thread.load(std::memory_order_relaxed)) {
+    // The test hook: a slow failure, so that a thread not waiting for the others would show.
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return nullptr;
+  }
   ScratchBuffer& s = t_scratch;
   if (bytes == 0) bytes = 64;
   if (s.capacity < bytes) {

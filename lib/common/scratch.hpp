@@ -12,4 +12,9 @@ namespace im2gemm::detail {
 /// user threads (each with its own OpenMP team) never touch one another's scratch.
 float* thread_scratch(std::size_t bytes) noexcept;
 
+/// Test hook: from now on, thread_scratch fails on OpenMP thread `t` (omp_get_thread_num(),
+/// 0 outside a region) as if memory ran out, after a 20 ms delay (-1: none). Tests check that
+/// no output is then written, also by the threads whose allocation succeeded first.
+void set_fail_scratch_thread(int t);
+
 }  // namespace im2gemm::detail

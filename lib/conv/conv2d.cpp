@@ -7,11 +7,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <climits>
 #include <cstring>
 #include <new>
-#include <thread>
 #include <vector>
 
 #include "common/checks.hpp"
@@ -56,16 +54,8 @@ struct Scratch {
 
 i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
 
-// Test hook: the OpenMP thread whose scratch allocation is made to fail (-1: none).
-std::atomic<int> g_fail_scratch_thread{-1};
-
-// Carves thread t's scratch; false if the allocation failed.
-bool carve_scratch(const ConvPlan& p, Scratch& sc, i64 t) {
-  if (t == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
-    // A slow failure, so that a missing wait in the other threads would show.
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    return false;
-  }
+// Carves this thread's scratch; false if the allocation failed.
+bool carve_scratch(const ConvPlan& p, Scratch& sc) {
   float* base = detail::thread_scratch(p.scratch_bytes());
   if (base == nullptr) return false;
   sc.col = base;
@@ -82,7 +72,7 @@ template <class Body>
 void run_threads(const ConvPlan& p, Body&& body) {
   if (p.run_inline) {
     Scratch sc;
-    if (!carve_scratch(p, sc, 0)) throw std::bad_alloc();
+    if (!carve_scratch(p, sc)) throw std::bad_alloc();
     body(0, 1, sc);
     return;
   }
@@ -92,7 +82,7 @@ void run_threads(const ConvPlan& p, Body&& body) {
     detail::sgemm_single_thread_guard();
     const i64 t = omp_get_thread_num(), nthr = omp_get_num_threads();
     Scratch sc;
-    if (!carve_scratch(p, sc, t)) failed.store(true);
+    if (!carve_scratch(p, sc)) failed.store(true);
 #pragma omp barrier
     if (!failed.load()) body(t, nthr, sc);
   }
@@ -408,10 +398,6 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
 int resolve_threads(int threads) { return threads > 0 ? threads : num_threads(); }
 
 }  // namespace
-
-namespace detail {
-void set_fail_scratch_thread(int t) { g_fail_scratch_thread.store(t); }
-}  // namespace detail
 
 bool conv2d_fast_path(const Conv2dShape& s) {
   s.validate();

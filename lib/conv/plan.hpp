@@ -106,11 +106,6 @@ std::size_t block_target_bytes();
 void set_min_macs_per_thread(std::int64_t macs);
 std::int64_t min_macs_per_thread();
 
-/// Test hook: from now on, the scratch allocation of OpenMP thread `t` of every conv pass
-/// fails as if memory ran out, after a 20 ms delay (-1: none). Tests check that no output is
-/// then written, also by the threads whose allocation succeeded first.
-void set_fail_scratch_thread(int t);
-
 /// The exact condition of the path without im2col: 1x1 kernel, stride 1, pad 0, dilation 1.
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s);
 

@@ -6,12 +6,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string_view>
-#include <thread>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -49,7 +47,6 @@ PoolIsa cap_from_env() {
 }
 
 std::atomic<int> g_isa_cap{-1};  // -1: not read from the environment yet
-std::atomic<int> g_fail_scratch_thread{-1};  // test hook (set_fail_pool_scratch_thread)
 
 }  // namespace
 
@@ -71,8 +68,6 @@ const char* pool_kernel_name(PoolKernel k) {
   }
   return "?";
 }
-
-void set_fail_pool_scratch_thread(int t) { g_fail_scratch_thread.store(t); }
 
 PoolIsa pool_isa_supported() {
   static const PoolIsa isa = detect_isa();
@@ -188,13 +183,7 @@ ForwardPlan plan_forward(const MaxPool2dShape& s, int threads) {
 // thread has tried to get its own; `failed` (shared) is then true for all if any could not.
 float* scratch_for_all(bool want, std::int64_t bytes, std::atomic<bool>& failed) {
   if (!want) return nullptr;
-  float* buf = nullptr;
-  if (omp_get_thread_num() == g_fail_scratch_thread.load(std::memory_order_relaxed)) {
-    // The test hook: a slow failure, so that a thread not waiting for the others would show.
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  } else {
-    buf = thread_scratch(static_cast<std::size_t>(bytes));
-  }
+  float* buf = thread_scratch(static_cast<std::size_t>(bytes));
   if (buf == nullptr) failed.store(true);
 #pragma omp barrier
   return buf;

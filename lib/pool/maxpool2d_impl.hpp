@@ -21,10 +21,6 @@ PoolIsa pool_isa_supported();
 PoolIsa pool_isa_active();
 /// Caps the ISA (tests force each path with it). Process-wide, not meant for concurrent use.
 void set_pool_isa_cap(PoolIsa cap);
-/// Test hook: from now on, the scratch of OpenMP thread `t` of every pooling region is not
-/// available, as if memory ran out, after a 20 ms delay (-1: none). Only the streaming paths use scratch; they then
-/// throw std::bad_alloc with nothing written.
-void set_fail_pool_scratch_thread(int t);
 
 /// Which forward loop a shape runs; each dedicated kernel is valid exactly for its shape.
 enum class PoolKernel : int {
