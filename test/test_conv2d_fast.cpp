@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -245,6 +246,66 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
     }
   }
   MESSAGE(kShapes << " random shapes x 3 passes, " << runs << " runs of each pass");
+}
+
+TEST_CASE("fast conv: the small-plane im2col equals the portable loop bitwise and writes only its block") {
+  Settings restore;
+  if (!__builtin_cpu_supports("avx512f")) {
+    MESSAGE("no AVX-512 on this CPU: the small-plane kernel is never taken");
+    return;
+  }
+  std::mt19937 rng(64);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  int taken = 0, planes_33_to_64 = 0;
+  for (int i = 0; i < 3000; ++i) {
+    Conv2dShape s;
+    s.in_height = pick(1, 9);
+    s.in_width = pick(1, 64 / s.in_height);
+    s.kernel_height = pick(1, 5);
+    s.kernel_width = pick(1, 5);
+    s.stride_height = pick(1, 3);
+    s.stride_width = pick(1, 3);
+    s.dilation_height = pick(1, 2);
+    s.dilation_width = pick(1, 2);
+    s.pad_height = pick(0, 3);
+    s.pad_width = pick(0, 3);
+    if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
+        (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
+      continue;
+    }
+    s.in_channels = pick(1, 3);
+    const im2gemm::detail::ConvGeom g(s);
+    const int64_t P = g.OH * g.OW;
+    const int64_t q0 = pick(0, static_cast<int>(P - 1));
+    const int64_t q1 = pick(static_cast<int>(q0 + 1), static_cast<int>(P));
+    const int64_t ld = (q1 - q0) + pick(0, 5);
+    const int64_t rows = s.in_channels * s.kernel_height * s.kernel_width;
+    const auto x = testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
+                                         static_cast<std::uint32_t>(i));
+    std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
+    im2gemm::detail::set_avx512_lowering(false);
+    im2gemm::detail::im2col_block(g, x.data(), s.in_channels, q0, q1, want.data(), ld);
+    im2gemm::detail::set_avx512_lowering(true);
+    if (!im2gemm::detail::im2col_small_plane(g, q0, q1)) continue;
+    ++taken;
+    planes_33_to_64 += s.in_height * s.in_width > 32;
+    im2gemm::detail::im2col_block(g, x.data(), s.in_channels, q0, q1, got.data(), ld);
+    INFO(testutil::describe(s) << " pixels [" << q0 << ", " << q1 << ") ldcol " << ld);
+    // Elements between rows and after the block keep the sentinel in both.
+    REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+  }
+  MESSAGE(taken << " blocks through the small-plane kernel, " << planes_33_to_64
+                << " of them with planes of 33-64 floats");
+  CHECK(taken > 1000);
+  CHECK(planes_33_to_64 > 200);
+  // Planes above 64 floats or tables above 256 entries keep the other kernels.
+  Conv2dShape big;
+  big.in_height = 8; big.in_width = 9; big.kernel_height = 3; big.kernel_width = 3;
+  CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 1));
+  big.in_width = 8;
+  CHECK(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 36));
+  big.pad_height = big.pad_width = 60;  // 126 x 126 output pixels: 9 taps x 993 chunks
+  CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 126 * 126));
 }
 
 TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size shapes") {

@@ -552,6 +552,72 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
   }
 }
 
+// ---- AVX-512: im2col of planes of at most 64 floats ---------------------------------------
+// The whole input plane of a channel fits in four registers, so every 16-pixel chunk of a
+// column row is one two-source permute (two and a blend for planes of 33-64 floats) of those
+// registers, zeroed where the tap falls in the padding. The permute indices and the in-image
+// masks depend only on (kh, kw, chunk), so they are computed once per call and reused by every
+// channel (resnet's last stage: 7x7 planes, 512 channels). Any stride, dilation or padding.
+constexpr i64 kMaxSmallPlane = 64;       // floats in one input plane
+constexpr i64 kMaxSmallPlaneTaps = 256;  // KH * KW * ceil((q1 - q0) / 16) table entries
+
+IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const float* x, i64 nch,
+                                                    i64 q0, i64 q1, float* col, i64 ldcol) {
+  const i64 HW = g.H * g.W, KH = g.KH, KW = g.KW, n = q1 - q0;
+  const i64 nck = (n + 15) / 16;
+  __m512i idx[kMaxSmallPlaneTaps];
+  __mmask16 valid[kMaxSmallPlaneTaps];
+  for (i64 k = 0; k < nck; ++k) {
+    alignas(64) std::int32_t ohs[16], ows[16];
+    for (i64 l = 0; l < 16; ++l) {
+      const i64 q = std::min(q0 + 16 * k + l, q1 - 1);  // lanes past q1 repeat the last pixel
+      ohs[l] = static_cast<std::int32_t>(q / g.OW * g.SH - g.PH);
+      ows[l] = static_cast<std::int32_t>(q % g.OW * g.SW - g.PW);
+    }
+    const __m512i oh = _mm512_load_si512(ohs), ow = _mm512_load_si512(ows);
+    const __mmask16 in_block = lanes(n - 16 * k);
+    for (i64 kh = 0; kh < KH; ++kh) {
+      const __m512i ih = _mm512_add_epi32(oh, _mm512_set1_epi32(static_cast<int>(kh * g.DH)));
+      const __mmask16 row_ok =
+          _mm512_mask_cmplt_epu32_mask(in_block, ih, _mm512_set1_epi32(static_cast<int>(g.H)));
+      const __m512i row_base = _mm512_mullo_epi32(ih, _mm512_set1_epi32(static_cast<int>(g.W)));
+      for (i64 kw = 0; kw < KW; ++kw) {
+        const __m512i iw = _mm512_add_epi32(ow, _mm512_set1_epi32(static_cast<int>(kw * g.DW)));
+        const i64 e = (kh * KW + kw) * nck + k;
+        valid[e] = _mm512_mask_cmplt_epu32_mask(row_ok, iw,
+                                                _mm512_set1_epi32(static_cast<int>(g.W)));
+        idx[e] = _mm512_add_epi32(row_base, iw);
+      }
+    }
+  }
+  const __mmask16 last = lanes(n - 16 * (nck - 1));
+  const __m512i upper = _mm512_set1_epi32(32);
+  for (i64 c = 0; c < nch; ++c) {
+    const float* xc = x + c * HW;
+    const __m512 v0 = _mm512_maskz_loadu_ps(lane_range(0, HW), xc);
+    const __m512 v1 = _mm512_maskz_loadu_ps(lane_range(0, HW - 16), offset(xc, 16));
+    const __m512 v2 = _mm512_maskz_loadu_ps(lane_range(0, HW - 32), offset(xc, 32));
+    const __m512 v3 = _mm512_maskz_loadu_ps(lane_range(0, HW - 48), offset(xc, 48));
+    for (i64 r = 0; r < KH * KW; ++r) {
+      float* row = col + (c * KH * KW + r) * ldcol;
+      for (i64 k = 0; k < nck; ++k) {
+        const i64 e = r * nck + k;
+        __m512 v = _mm512_permutex2var_ps(v0, idx[e], v1);
+        if (HW > 32) {
+          v = _mm512_mask_blend_ps(_mm512_test_epi32_mask(idx[e], upper), v,
+                                   _mm512_permutex2var_ps(v2, idx[e], v3));
+        }
+        v = _mm512_maskz_mov_ps(valid[e], v);
+        if (k + 1 < nck) {
+          _mm512_storeu_ps(row + 16 * k, v);
+        } else {
+          _mm512_mask_storeu_ps(row + 16 * k, last, v);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 #endif
 
@@ -580,9 +646,30 @@ bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; 
 
 void set_avx512_lowering(bool allow) { g_allow_avx512.store(allow, std::memory_order_relaxed); }
 
+bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  static const bool cpu = __builtin_cpu_supports("avx512f");
+  // Input coordinates are computed in 32-bit lanes: every term stays below 2^30.
+  constexpr i64 lim = i64{1} << 30;
+  auto span_fits = [](i64 out, i64 stride, i64 k, i64 dil, i64 pad) {
+    return out < lim && stride < lim && k < lim && dil < lim && pad < lim &&
+           out * stride + k * dil < lim;
+  };
+  return cpu && g_allow_avx512.load(std::memory_order_relaxed) && g.H * g.W <= kMaxSmallPlane &&
+         q1 > q0 && g.KH * g.KW * ((q1 - q0 + 15) / 16) <= kMaxSmallPlaneTaps &&
+         span_fits(g.OH, g.SH, g.KH, g.DH, g.PH) && span_fits(g.OW, g.SW, g.KW, g.DW, g.PW);
+#else
+  (void)g, (void)q0, (void)q1;
+  return false;
+#endif
+}
+
 void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, float* col,
                   i64 ldcol) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  if (im2col_small_plane(g, q0, q1)) {
+    return im2col_block_small_plane_avx512(g, x, nch, q0, q1, col, ldcol);
+  }
   if (avx512_im2col(g)) return im2col_block_avx512(g, x, nch, q0, q1, col, ldcol);
 #endif
   im2col_block_generic(g, x, nch, q0, q1, col, ldcol);

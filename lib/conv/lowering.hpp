@@ -26,6 +26,11 @@ struct ConvGeom {
 void im2col_block(const ConvGeom& g, const float* x, std::int64_t nch, std::int64_t q0,
                   std::int64_t q1, float* col, std::int64_t ldcol);
 
+/// True when im2col_block takes the small-plane kernel for this block (AVX-512 CPU, the
+/// AVX-512 kernels allowed, H*W <= 64 and KH*KW*ceil((q1-q0)/16) <= 256): a whole input plane
+/// in registers, each 16-pixel chunk one permute. Exposed for the tests.
+bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
+
 /// The adjoint of im2col_block: ADDS every in-image element of the column block into dx
 /// (nch planes of H*W floats). Padding positions are dropped. col is scratch: it may be left
 /// modified (strided kernels fold kernel columns into one another first).
