@@ -567,12 +567,18 @@ IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const flo
   const i64 nck = (n + 15) / 16;
   __m512i idx[kMaxSmallPlaneTaps];
   __mmask16 valid[kMaxSmallPlaneTaps];
+  // Output row and column of pixel q, stepped without a division per lane (a 64-bit divide
+  // per lane was most of a tiny layer's im2col).
+  i64 q_oh = q0 / g.OW, q_ow = q0 % g.OW;
   for (i64 k = 0; k < nck; ++k) {
     alignas(64) std::int32_t ohs[16], ows[16];
     for (i64 l = 0; l < 16; ++l) {
-      const i64 q = std::min(q0 + 16 * k + l, q1 - 1);  // lanes past q1 repeat the last pixel
-      ohs[l] = static_cast<std::int32_t>(q / g.OW * g.SH - g.PH);
-      ows[l] = static_cast<std::int32_t>(q % g.OW * g.SW - g.PW);
+      ohs[l] = static_cast<std::int32_t>(q_oh * g.SH - g.PH);
+      ows[l] = static_cast<std::int32_t>(q_ow * g.SW - g.PW);
+      if (16 * k + l + 1 < n && ++q_ow == g.OW) {  // lanes past q1 repeat the last pixel
+        q_ow = 0;
+        ++q_oh;
+      }
     }
     const __m512i oh = _mm512_load_si512(ohs), ow = _mm512_load_si512(ows);
     const __mmask16 in_block = lanes(n - 16 * k);
