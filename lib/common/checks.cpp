@@ -9,22 +9,9 @@ namespace im2gemm::detail {
 
 void fail(const std::string& message) { throw std::invalid_argument("im2gemm: " + message); }
 
-std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what) {
-  std::int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) {
-    fail(std::string(what) + " overflows 64 bits (" + std::to_string(a) + " * " +
-         std::to_string(b) + ")");
-  }
-  return r;
-}
-
-std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* what) {
-  std::int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) {
-    fail(std::string(what) + " overflows 64 bits (" + std::to_string(a) + " + " +
-         std::to_string(b) + ")");
-  }
-  return r;
+void fail_overflow(const char* what, std::int64_t a, char op, std::int64_t b) {
+  fail(std::string(what) + " overflows 64 bits (" + std::to_string(a) + " " + op + " " +
+       std::to_string(b) + ")");
 }
 
 void check_activation(Activation act, const char* what) {
@@ -62,11 +49,14 @@ void check_no_overlap(const char* func, const char* out_name, const void* out,
 
 namespace {
 
-void require_at_least(const char* shape, const char* field, std::int64_t v, std::int64_t lo) {
-  if (v < lo) {
-    fail(std::string(shape) + "." + field + " must be >= " + std::to_string(lo) + ", got " +
-         std::to_string(v));
-  }
+[[noreturn]] void fail_below(const char* shape, const char* field, std::int64_t v,
+                             std::int64_t lo) {
+  fail(std::string(shape) + "." + field + " must be >= " + std::to_string(lo) + ", got " +
+       std::to_string(v));
+}
+inline void require_at_least(const char* shape, const char* field, std::int64_t v,
+                             std::int64_t lo) {
+  if (v < lo) [[unlikely]] fail_below(shape, field, v, lo);
 }
 
 // Largest element count of one tensor: its bytes must stay below 2^62.

@@ -109,10 +109,11 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   p.P = s.out_height() * s.out_width();
   p.N = s.batch;
   p.pointwise = is_conv1x1_s1_p0_d1(s);
+  const std::int64_t macs = p.N * s.out_channels * p.P * p.K;  // s.macs(), without re-dividing
   // Tiny problems do not pay for waking threads.
   p.threads = static_cast<int>(std::max<std::int64_t>(
-      1, std::min<std::int64_t>(p.threads, s.macs() / min_macs_per_thread())));
-  p.run_inline = p.threads == 1 && s.macs() <= kMaxMacsInline;
+      1, std::min<std::int64_t>(p.threads, macs / min_macs_per_thread())));
+  p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const std::int64_t T = p.threads, G = p.groups;
 
   switch (pass) {
