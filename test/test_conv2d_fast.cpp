@@ -35,13 +35,16 @@ struct Settings {
     im2gemm::detail::set_block_target_bytes(0);
     im2gemm::detail::set_avx512_lowering(true);
     im2gemm::detail::set_min_macs_per_thread(0);
+    im2gemm::detail::set_k_chunk_rows(0);
   }
   // Small shapes run on every requested thread too (the plan would otherwise give tiny
   // problems one thread).
-  static void apply(int threads, std::size_t block_bytes) {
+  // chunk_rows > 0 splits the forward K of every shape into chunks of about that many rows.
+  static void apply(int threads, std::size_t block_bytes, std::int64_t chunk_rows = 0) {
     im2gemm::set_num_threads(threads);
     im2gemm::detail::set_block_target_bytes(block_bytes);
     im2gemm::detail::set_min_macs_per_thread(1);
+    im2gemm::detail::set_k_chunk_rows(chunk_rows);
   }
 };
 
@@ -229,7 +232,8 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
     const Outputs ri = run_ref(s, di, act, with_bias);
     for (int threads : {1, 2}) {
       for (std::size_t block : {std::size_t{0}, std::size_t{1} << 11}) {
-        Settings::apply(threads, block);
+        // Tiny blocks also lower the forward K in chunks of about 8 rows.
+        Settings::apply(threads, block, block ? 8 : 0);
         INFO("ints, threads " << threads << " block bytes " << block);
         compare(s, run_fast(s, di, act, with_bias), ri, true);
         ++runs;
@@ -239,7 +243,7 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
     const Data df = make_data(s, static_cast<std::uint32_t>(i) + 100000, false);
     const Outputs rf = run_ref(s, df, act, with_bias);
     for (int threads : {1, 2}) {
-      Settings::apply(threads, i % 2 ? std::size_t{1} << 12 : 0);
+      Settings::apply(threads, i % 2 ? std::size_t{1} << 12 : 0, i % 2 ? 8 : 0);
       INFO("floats, threads " << threads);
       compare(s, run_fast(s, df, act, with_bias), rf, false);
       ++runs;
@@ -359,7 +363,7 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
       const Outputs want = run_ref(s, d, act, true);
       for (int threads : {1, 2, 3}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
-          Settings::apply(threads, block);
+          Settings::apply(threads, block, block ? 100 : 0);
           im2gemm::detail::set_avx512_lowering(threads != 3);
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
           compare(s, run_fast(s, d, act, true), want, true);
@@ -383,14 +387,14 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
     INFO(testutil::describe(s));
     const Data d = make_data(s, 4242u, false);
     for (std::size_t block : {std::size_t{0}, std::size_t{1} << 13}) {
-      Settings::apply(2, block);
+      Settings::apply(2, block, block ? 40 : 0);
       const Outputs a = run_fast(s, d, Activation::tanh, true);
       const Outputs b = run_fast(s, d, Activation::tanh, true);
       CHECK(testutil::bitwise_equal(a.y, b.y));
       CHECK(testutil::bitwise_equal(a.dx, b.dx));
       CHECK(testutil::bitwise_equal(a.dw, b.dw));
       CHECK(testutil::bitwise_equal(a.db, b.db));
-      Settings::apply(1, block);
+      Settings::apply(1, block, block ? 40 : 0);
       const Outputs one = run_fast(s, d, Activation::tanh, true);
       compare(s, one, a, false);
     }
@@ -416,6 +420,17 @@ TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every 
         if (full > im2gemm::detail::kMaxScratchBytesPerThread) CHECK(p.col_floats < p.K * p.P);
       }
     }
+  }
+  // The forward K is lowered in chunks exactly where it is long (about 2 x kKChunkRows or
+  // more) and images are not put side by side.
+  for (const auto& l : kSuite) {
+    const Conv2dShape s = to_shape(l);
+    const auto p = im2gemm::detail::plan_conv(s, ConvPass::forward, 2);
+    const std::string name = l.name;
+    INFO(name << ": K " << p.K << " k_chunks " << p.k_chunks);
+    const bool long_k = name == "vgg_conv3_2" || name == "vgg_conv3_b1" || name == "resnet_3x3s2";
+    CHECK((p.k_chunks > 1) == long_k);
+    if (long_k) CHECK(p.col_floats < p.K * p.block_pixels);
   }
   // Tiny problems run on one thread, real layers on every thread asked for.
   CHECK(im2gemm::detail::plan_conv(to_shape(kSuite[0]), ConvPass::forward, 2).threads == 1);

@@ -124,7 +124,7 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
         const float* xg = x + (n0 * d.C + gi * d.Cg) * d.HW;
         const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
         i64 ldb = d.P;
-        if (!p.pointwise) {
+        if (!p.pointwise && p.k_chunks == 1) {
           if (key != col_key) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
           col_key = key;
           cb = sc.col;
@@ -134,7 +134,20 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
         // With a bias, y starts as the bias and sgemm adds to it (beta 1): this replaces
         // sgemm's zeroing pass and saves a separate bias pass.
         if (bg) detail::fill_rows(yb, d.P, f1 - f0, q1 - q0, bg);
-        sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb, d.P);
+        if (p.k_chunks == 1) {
+          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb,
+                d.P);
+        } else {
+          // Channel chunks in order, each lowered into sc.col and added into y.
+          for (i64 kc = 0; kc < p.k_chunks; ++kc) {
+            const i64 c0 = part_begin(kc, p.k_chunks, d.Cg);
+            const i64 c1 = part_begin(kc + 1, p.k_chunks, d.Cg);
+            detail::im2col_block(geo, xg + c0 * d.HW, c1 - c0, q0, q1, sc.col, q1 - q0);
+            sgemm(false, false, f1 - f0, q1 - q0, (c1 - c0) * d.khw, wg + c0 * d.khw, d.K,
+                  sc.col, q1 - q0, bg || kc > 0 ? 1.0f : 0.0f, yb, d.P);
+          }
+          col_key = -1;  // sc.col holds the last chunk only
+        }
         detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
       } else {
         // Several small images side by side: one sgemm, then the finishing pass scatters

@@ -9,6 +9,7 @@ namespace {
 
 std::atomic<std::size_t> g_block_target_bytes{0};  // 0: kBlockTargetBytes
 std::atomic<std::int64_t> g_min_macs_per_thread{0};  // 0: kMinMacsPerThread
+std::atomic<std::int64_t> g_k_chunk_rows{0};         // 0: kKChunkRows
 
 std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
 
@@ -22,10 +23,10 @@ std::size_t round_up_64(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
 // gathered block when images are side by side). Sets images_per_block / block_pixels /
 // pixel_blocks; images_per_block is at most max_images.
 void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
-                   std::int64_t max_images) {
+                   std::int64_t max_images, std::int64_t pixels_per_filter = kPixelsPerFilter) {
   // With the test/tuning override of the target, the target alone decides.
   const bool overridden = g_block_target_bytes.load(std::memory_order_relaxed) != 0;
-  const std::int64_t per_filter = kPixelsPerFilter * p.Fg;
+  const std::int64_t per_filter = pixels_per_filter * p.Fg;
   auto columns = [overridden, per_filter](std::int64_t r) {
     r = std::max<std::int64_t>(r, 1);
     const auto target = static_cast<std::int64_t>(block_target_bytes() / sizeof(float)) / r;
@@ -80,6 +81,13 @@ void set_min_macs_per_thread(std::int64_t macs) {
   g_min_macs_per_thread.store(macs, std::memory_order_relaxed);
 }
 
+void set_k_chunk_rows(std::int64_t rows) { g_k_chunk_rows.store(rows, std::memory_order_relaxed); }
+
+std::int64_t k_chunk_rows() {
+  const std::int64_t r = g_k_chunk_rows.load(std::memory_order_relaxed);
+  return r > 0 ? r : kKChunkRows;
+}
+
 std::int64_t min_macs_per_thread() {
   const std::int64_t m = g_min_macs_per_thread.load(std::memory_order_relaxed);
   return m > 0 ? m : kMinMacsPerThread;
@@ -119,7 +127,19 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   switch (pass) {
     case ConvPass::forward: {
       // Items: image run x group x pixel block x filter block, all with disjoint outputs.
-      choose_blocks(p, p.K, p.Fg, p.N);
+      // A long K is lowered in channel chunks, on images of at least kMinGemmPixels (smaller
+      // ones go side by side with the whole K; the test hook lifts that condition).
+      const std::int64_t chunk = k_chunk_rows();
+      const bool chunk_hook = g_k_chunk_rows.load(std::memory_order_relaxed) != 0;
+      p.k_chunks = p.pointwise || (p.P < kMinGemmPixels && !chunk_hook)
+                       ? 1
+                       : std::min(p.Cg, (p.K + chunk / 2) / chunk);
+      if (p.k_chunks > 1) {
+        choose_blocks(p, ceil_div(p.Cg, p.k_chunks) * p.khw, p.Fg, 1, kPixelsPerFilterChunked);
+      } else {
+        p.k_chunks = 1;
+        choose_blocks(p, p.K, p.Fg, p.N);
+      }
       choose_image_groups(p, p.N, G * p.pixel_blocks);
       for (;;) {
         const std::int64_t items = p.image_groups * G * p.pixel_blocks * p.filter_blocks;
@@ -133,7 +153,7 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
         }
       }
       const std::int64_t cols = p.images_per_block * p.block_pixels;
-      p.col_floats = p.skips_im2col() ? 0 : p.K * cols;
+      p.col_floats = p.skips_im2col() ? 0 : ceil_div(p.Cg, p.k_chunks) * p.khw * cols;
       p.tmp_floats = p.images_per_block > 1 ? ceil_div(p.Fg, p.filter_blocks) * cols : 0;
       break;
     }

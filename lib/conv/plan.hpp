@@ -21,6 +21,15 @@ inline constexpr std::size_t kBlockTargetBytes = std::size_t{1} << 20;
 /// pixels (vgg_conv3_2 and resnet_3x3s2 ran 10-15% faster with several hundred more columns
 /// than the L2 target gives; the commits that set 4, then 8, quote the runs) ...
 inline constexpr std::int64_t kPixelsPerFilter = 8;
+/// Forward with a long GEMM inner dimension K splits it by input channels into column chunks
+/// of about this many rows (the K block of OpenBLAS 0.3.21's SkylakeX sgemm, GEMM_Q = 448, so
+/// the chunk sgemm calls, accumulating into y, update it no more often than one sgemm would);
+/// the column block then covers kPixelsPerFilterChunked * (filters per group) pixels, i.e.
+/// weights re-packed half as often, in the same scratch. Measured here (bench_conv, 2 threads,
+/// three alternations): vgg_conv3_2 321-324 -> 340-342 GFLOP/s, vgg_conv3_b1 335-338 ->
+/// 351-355, resnet_3x3s2 293-298 -> 304-306.
+inline constexpr std::int64_t kKChunkRows = 448;
+inline constexpr std::int64_t kPixelsPerFilterChunked = 16;
 /// ... and never larger than this, which keeps the per-thread scratch within the bound below.
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
 /// Images with fewer pixels than this are put side by side into one column block.
@@ -78,6 +87,9 @@ struct ConvPlan {
   std::int64_t pixel_blocks = 1;
   /// Forward: filters of a group split into filter_blocks parts (batch-1 small images).
   std::int64_t filter_blocks = 1;
+  /// Forward, one image per block: the group's input channels split into k_chunks parts, each
+  /// lowered and multiplied in turn into the same output block (1: the whole K at once).
+  std::int64_t k_chunks = 1;
   /// Backward passes: input channels of a group split into channel_blocks parts; a part owns
   /// its dx channels (backward data) or its dW columns (backward weights): no write races.
   std::int64_t channel_blocks = 1;
@@ -100,6 +112,11 @@ struct ConvPlan {
 /// kPixelsPerFilter / kMaxBlockBytes limits (0 restores the constants). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
 void set_block_target_bytes(std::size_t bytes);
 std::size_t block_target_bytes();
+
+/// Test hook: later plans use `rows` instead of kKChunkRows (0 restores it); tests use small
+/// values to split the K of small shapes.
+void set_k_chunk_rows(std::int64_t rows);
+std::int64_t k_chunk_rows();
 
 /// Test hook: later plans use `macs` instead of kMinMacsPerThread (0 restores it); tests set
 /// 1 so that small shapes run on every requested thread.
