@@ -203,14 +203,16 @@ IM2GEMM_AVX512 inline ChunkMasks chunk_masks(i64 c0, i64 OW, i64 lo, i64 hi, i64
     m.src[0] = static_cast<__mmask16>(valid);
     return m;
   }
-  unsigned bits[4] = {0, 0, 0, 0};
-  for (i64 l = 0; l < 16; ++l) {
-    if ((valid >> l) & 1u) {
-      const i64 pos = l * sw;
-      bits[pos >> 4] |= 1u << (pos & 15);
-    }
+  // The valid lanes are one run [a, b); lane l reads position l*sw, i.e. bit l*sw - 16v of
+  // source vector v. Those positions are the multiples of sw (16 is a multiple of sw = 2 or
+  // 4) inside [a*sw, (b-1)*sw], so each vector's mask is a fixed pattern cut to that range
+  // (computed without a per-lane loop: partial output rows build these masks per chunk).
+  if (valid == 0) return m;
+  const i64 a = __builtin_ctz(valid), b = 16 - __builtin_clz(valid << 16);
+  const unsigned pattern = sw == 2 ? 0x5555u : 0x1111u;
+  for (i64 v = 0; v < sw; ++v) {
+    m.src[v] = static_cast<__mmask16>(pattern & lane_range(a * sw - 16 * v, (b - 1) * sw + 1 - 16 * v));
   }
-  for (i64 v = 0; v < sw; ++v) m.src[v] = static_cast<__mmask16>(bits[v]);
   return m;
 }
 
