@@ -252,7 +252,7 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
   MESSAGE(kShapes << " random shapes x 3 passes, " << runs << " runs of each pass");
 }
 
-TEST_CASE("fast conv: the small-plane im2col equals the portable loop bitwise and writes only its block") {
+TEST_CASE("fast conv: the small-plane im2col and col2im equal the portable loops bitwise and write only their block") {
   Settings restore;
   if (!__builtin_cpu_supports("avx512f")) {
     MESSAGE("no AVX-512 on this CPU: the small-plane kernel is never taken");
@@ -260,7 +260,7 @@ TEST_CASE("fast conv: the small-plane im2col equals the portable loop bitwise an
   }
   std::mt19937 rng(64);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  int taken = 0, planes_33_to_64 = 0;
+  int taken = 0, planes_33_to_64 = 0, adjoint_taken = 0;
   for (int i = 0; i < 3000; ++i) {
     Conv2dShape s;
     s.in_height = pick(1, 9);
@@ -297,11 +297,26 @@ TEST_CASE("fast conv: the small-plane im2col equals the portable loop bitwise an
     INFO(testutil::describe(s) << " pixels [" << q0 << ", " << q1 << ") ldcol " << ld);
     // Elements between rows and after the block keep the sentinel in both.
     REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+    // The adjoint adds the block into dx (integers: exact in any order); a sentinel follows
+    // the planes.
+    if (!im2gemm::detail::col2im_small_plane(g, q0, q1)) continue;
+    ++adjoint_taken;
+    const auto colv = testutil::random_ints(want.size(), static_cast<std::uint32_t>(i) + 7777);
+    auto dx_want = testutil::random_ints(x.size() + 16, static_cast<std::uint32_t>(i) + 8888);
+    auto dx_got = dx_want;
+    auto col_a = colv, col_b = colv;  // col2im may use its column block as scratch
+    im2gemm::detail::set_avx512_lowering(false);
+    im2gemm::detail::col2im_add_block(g, col_a.data(), ld, s.in_channels, q0, q1, dx_want.data());
+    im2gemm::detail::set_avx512_lowering(true);
+    im2gemm::detail::col2im_add_block(g, col_b.data(), ld, s.in_channels, q0, q1, dx_got.data());
+    REQUIRE(std::memcmp(dx_got.data(), dx_want.data(), dx_got.size() * sizeof(float)) == 0);
   }
   MESSAGE(taken << " blocks through the small-plane kernel, " << planes_33_to_64
-                << " of them with planes of 33-64 floats");
+                << " of them with planes of 33-64 floats; " << adjoint_taken
+                << " through its adjoint");
   CHECK(taken > 1000);
   CHECK(planes_33_to_64 > 200);
+  CHECK(adjoint_taken > 1000);
   // Planes above 64 floats or tables above 256 entries keep the other kernels.
   Conv2dShape big;
   big.in_height = 8; big.in_width = 9; big.kernel_height = 3; big.kernel_width = 3;

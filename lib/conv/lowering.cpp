@@ -563,12 +563,12 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
 constexpr i64 kMaxSmallPlane = 64;       // floats in one input plane
 constexpr i64 kMaxSmallPlaneTaps = 256;  // KH * KW * ceil((q1 - q0) / 16) table entries
 
-IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const float* x, i64 nch,
-                                                    i64 q0, i64 q1, float* col, i64 ldcol) {
-  const i64 HW = g.H * g.W, KH = g.KH, KW = g.KW, n = q1 - q0;
-  const i64 nck = (n + 15) / 16;
-  __m512i idx[kMaxSmallPlaneTaps];
-  __mmask16 valid[kMaxSmallPlaneTaps];
+// Calls tap(e, idx, valid) for every (kh, kw, 16-pixel chunk k) of pixels [q0, q1), with
+// e = (kh * KW + kw) * nck + k: idx holds the input-plane position h*W + w each lane reads,
+// valid the lanes inside the block whose tap is inside the image (not in the padding).
+template <class Tap>
+IM2GEMM_AVX512 inline void for_each_small_plane_tap(const ConvGeom& g, i64 q0, i64 q1, Tap&& tap) {
+  const i64 KH = g.KH, KW = g.KW, n = q1 - q0, nck = (n + 15) / 16;
   // Output row and column of pixel q, stepped without a division per lane (a 64-bit divide
   // per lane was most of a tiny layer's im2col).
   i64 q_oh = q0 / g.OW, q_ow = q0 % g.OW;
@@ -591,13 +591,23 @@ IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const flo
       const __m512i row_base = _mm512_mullo_epi32(ih, _mm512_set1_epi32(static_cast<int>(g.W)));
       for (i64 kw = 0; kw < KW; ++kw) {
         const __m512i iw = _mm512_add_epi32(ow, _mm512_set1_epi32(static_cast<int>(kw * g.DW)));
-        const i64 e = (kh * KW + kw) * nck + k;
-        valid[e] = _mm512_mask_cmplt_epu32_mask(row_ok, iw,
-                                                _mm512_set1_epi32(static_cast<int>(g.W)));
-        idx[e] = _mm512_add_epi32(row_base, iw);
+        tap((kh * KW + kw) * nck + k, _mm512_add_epi32(row_base, iw),
+            _mm512_mask_cmplt_epu32_mask(row_ok, iw, _mm512_set1_epi32(static_cast<int>(g.W))));
       }
     }
   }
+}
+
+IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const float* x, i64 nch,
+                                                    i64 q0, i64 q1, float* col, i64 ldcol) {
+  const i64 HW = g.H * g.W, KH = g.KH, KW = g.KW, n = q1 - q0;
+  const i64 nck = (n + 15) / 16;
+  __m512i idx[kMaxSmallPlaneTaps];
+  __mmask16 valid[kMaxSmallPlaneTaps];
+  for_each_small_plane_tap(g, q0, q1, [&](i64 e, __m512i i, __mmask16 v) IM2GEMM_AVX512 {
+    idx[e] = i;
+    valid[e] = v;
+  });
   const __mmask16 last = lanes(n - 16 * (nck - 1));
   const __m512i upper = _mm512_set1_epi32(32);
   for (i64 c = 0; c < nch; ++c) {
@@ -623,6 +633,77 @@ IM2GEMM_AVX512 void im2col_block_small_plane_avx512(const ConvGeom& g, const flo
         }
       }
     }
+  }
+}
+
+// The adjoint: the dx plane of a channel is accumulated in (up to four) registers. Lane l of
+// a chunk adds into plane position idx[l]; distinct lanes of one tap reach distinct positions,
+// so the per-register inverse of that map (which chunk lane feeds plane lane j, if any) is a
+// one-source permute plus a masked add. Built once per call, reused by every channel. This
+// avoids the masked read-modify-writes of dx that stall on store forwarding when a strided
+// block has only a few output columns (the tutorial layer: 520 of its 726 ns per call).
+constexpr i64 kMaxSmallPlaneInverse = 256;  // KH * KW * chunks * plane registers
+
+// NV: registers of one plane (ceil(H*W / 16)), a constant so that the accumulators stay in
+// registers.
+template <int NV>
+IM2GEMM_AVX512 void col2im_small_plane_nv(const ConvGeom& g, const float* col, i64 ldcol,
+                                          i64 nch, i64 q0, i64 q1, float* dx) {
+  const i64 HW = g.H * g.W, KH = g.KH, KW = g.KW, n = q1 - q0;
+  const i64 nck = (n + 15) / 16;
+  alignas(64) std::int32_t inv[kMaxSmallPlaneInverse][16];  // [e * NV + r]: source lane
+  __mmask16 hit[kMaxSmallPlaneInverse];                     // plane lanes that receive
+  for (i64 t = 0; t < KH * KW * nck * NV; ++t) {
+    hit[t] = 0;
+    _mm512_store_si512(inv[t], _mm512_setzero_si512());
+  }
+  for_each_small_plane_tap(g, q0, q1, [&](i64 e, __m512i i, __mmask16 v) IM2GEMM_AVX512 {
+    alignas(64) std::uint32_t pos[16];  // valid lanes: positions in [0, H*W)
+    _mm512_store_si512(pos, i);
+    unsigned h[NV] = {};
+    std::int32_t(*row)[16] = inv + e * NV;
+    for (unsigned bits = v; bits != 0; bits &= bits - 1) {
+      const unsigned l = static_cast<unsigned>(__builtin_ctz(bits));
+      const unsigned r = pos[l] >> 4, j = pos[l] & 15u;
+      row[r][j] = static_cast<std::int32_t>(l);
+      h[r] |= 1u << j;
+    }
+    for (int r = 0; r < NV; ++r) hit[e * NV + r] = static_cast<__mmask16>(h[r]);
+  });
+  const __mmask16 last = lanes(n - 16 * (nck - 1));
+  for (i64 c = 0; c < nch; ++c) {
+    float* dc = dx + c * HW;
+    __m512 acc[NV];
+    for (int r = 0; r < NV; ++r) {
+      acc[r] = _mm512_maskz_loadu_ps(lane_range(0, HW - 16 * r), dc + 16 * r);
+    }
+    for (i64 rk = 0; rk < KH * KW; ++rk) {
+      const float* row = col + (c * KH * KW + rk) * ldcol;
+      for (i64 k = 0; k < nck; ++k) {
+        const __m512 v = k + 1 < nck ? _mm512_loadu_ps(row + 16 * k)
+                                     : _mm512_maskz_loadu_ps(last, row + 16 * k);
+        const i64 t0 = (rk * nck + k) * NV;
+        for (int r = 0; r < NV; ++r) {
+          const __mmask16 h = hit[t0 + r];
+          const __m512i src = _mm512_load_si512(inv[t0 + r]);
+          acc[r] = _mm512_mask_add_ps(acc[r], h, acc[r], _mm512_maskz_permutexvar_ps(h, src, v));
+        }
+      }
+    }
+    for (int r = 0; r < NV; ++r) {
+      _mm512_mask_storeu_ps(dc + 16 * r, lane_range(0, HW - 16 * r), acc[r]);
+    }
+  }
+}
+
+IM2GEMM_AVX512 void col2im_add_block_small_plane_avx512(const ConvGeom& g, const float* col,
+                                                        i64 ldcol, i64 nch, i64 q0, i64 q1,
+                                                        float* dx) {
+  switch ((g.H * g.W + 15) / 16) {
+    case 1: return col2im_small_plane_nv<1>(g, col, ldcol, nch, q0, q1, dx);
+    case 2: return col2im_small_plane_nv<2>(g, col, ldcol, nch, q0, q1, dx);
+    case 3: return col2im_small_plane_nv<3>(g, col, ldcol, nch, q0, q1, dx);
+    default: return col2im_small_plane_nv<4>(g, col, ldcol, nch, q0, q1, dx);
   }
 }
 
@@ -683,9 +764,22 @@ void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, fl
   im2col_block_generic(g, x, nch, q0, q1, col, ldcol);
 }
 
+bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  return im2col_small_plane(g, q0, q1) &&
+         g.KH * g.KW * ((q1 - q0 + 15) / 16) * ((g.H * g.W + 15) / 16) <= kMaxSmallPlaneInverse;
+#else
+  (void)g, (void)q0, (void)q1;
+  return false;
+#endif
+}
+
 void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0, i64 q1,
                       float* dx) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
+  if (col2im_small_plane(g, q0, q1)) {
+    return col2im_add_block_small_plane_avx512(g, col, ldcol, nch, q0, q1, dx);
+  }
   if (avx512_col2im(g)) return col2im_add_block_avx512(g, col, ldcol, nch, q0, q1, dx);
 #endif
   col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);

@@ -31,6 +31,10 @@ void im2col_block(const ConvGeom& g, const float* x, std::int64_t nch, std::int6
 /// in registers, each 16-pixel chunk one permute. Exposed for the tests.
 bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
 
+/// True when col2im_add_block takes the small-plane kernel (the im2col condition, and
+/// KH*KW*ceil((q1-q0)/16)*ceil(H*W/16) <= 256): the dx plane accumulated in registers.
+bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
+
 /// The adjoint of im2col_block: ADDS every in-image element of the column block into dx
 /// (nch planes of H*W floats). Padding positions are dropped. col is scratch: it may be left
 /// modified (strided kernels fold kernel columns into one another first).
