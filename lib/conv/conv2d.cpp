@@ -361,17 +361,27 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float*
         }
       }
 #pragma omp barrier
-      const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
       if (p.weights_transposed) {
-        // dw[g][f][k] = sum over threads, in thread order, of partial[g][k][f].
-        for (i64 e = e0; e < e1; ++e) {
-          const i64 g = e / (d.Fg * d.K), f = (e / d.K) % d.Fg, k = e % d.K;
-          const i64 src = (g * d.K + k) * d.Fg + f;
-          float acc = partials[0][src];
-          for (i64 u = 1; u < nthr; ++u) acc += partials[static_cast<std::size_t>(u)][src];
-          dw[e] = acc;
+        // dw[g][f][k] = sum over threads, in thread order, of partial[g][k][f]. Threads take
+        // tiles of 16 filters: a partial is read a whole line per k, and the 16 dw rows being
+        // written stay in L1 (an element-wise loop with three divisions per element was 7% of
+        // resnet_3x3s2's backward weights).
+        constexpr i64 kTile = 16;
+        const i64 tiles = (d.Fg + kTile - 1) / kTile, units = d.G * tiles;
+        for (i64 un = part_begin(t, nthr, units); un < part_begin(t + 1, nthr, units); ++un) {
+          const i64 g = un / tiles, f0 = un % tiles * kTile, f1 = std::min(d.Fg, f0 + kTile);
+          float* dwg = dw + g * d.Fg * d.K;
+          for (i64 k = 0; k < d.K; ++k) {
+            const i64 src = (g * d.K + k) * d.Fg;
+            for (i64 f = f0; f < f1; ++f) {
+              float acc = partials[0][src + f];
+              for (i64 u = 1; u < nthr; ++u) acc += partials[static_cast<std::size_t>(u)][src + f];
+              dwg[f * d.K + k] = acc;
+            }
+          }
         }
       } else {
+        const i64 e0 = part_begin(t, nthr, wsize), e1 = part_begin(t + 1, nthr, wsize);
         for (i64 u = 1; u < nthr; ++u) {
           detail::add_floats(dw + e0, partials[static_cast<std::size_t>(u)] + e0, e1 - e0);
         }
