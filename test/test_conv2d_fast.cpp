@@ -460,6 +460,48 @@ TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every 
   CHECK_THROWS_AS(im2gemm::conv2d_scratch_bytes(bad, 1), std::invalid_argument);
 }
 
+TEST_CASE("fast conv: image runs cover the batch, fit their blocks and give every thread the same images") {
+  Settings restore;
+  int checked = 0, multi = 0;
+  for (int64_t n = 1; n <= 70; ++n) {
+    for (int threads = 1; threads <= 5; ++threads) {
+      Conv2dShape s;  // lenet_conv2-like: 8x8 outputs, images side by side
+      s.batch = n; s.in_channels = 20; s.in_height = 12; s.in_width = 12; s.out_channels = 50;
+      s.kernel_height = 5; s.kernel_width = 5;
+      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data}) {
+        const auto p = im2gemm::detail::plan_conv(s, pass, threads);
+        INFO("N " << n << " threads " << threads << " pass " << static_cast<int>(pass)
+                  << " runs " << p.image_groups << " of <= " << p.images_per_block);
+        REQUIRE(im2gemm::detail::image_run_begin(p, 0) == 0);
+        REQUIRE(im2gemm::detail::image_run_begin(p, p.image_groups) == n);
+        for (int64_t ig = 0; ig < p.image_groups; ++ig) {
+          const int64_t len = im2gemm::detail::image_run_begin(p, ig + 1) -
+                              im2gemm::detail::image_run_begin(p, ig);
+          REQUIRE(len >= 1);
+          REQUIRE(len <= p.images_per_block);
+        }
+        // Runs are the outermost item index here (one group, one pixel, filter and channel
+        // block), so thread t's items are runs [t*r, (t+1)*r): equal image counts +-1.
+        if (p.image_groups % p.threads == 0 && work_items(p) == p.image_groups) {
+          const int64_t r = p.image_groups / p.threads;
+          int64_t lo = n, hi = 0;
+          for (int64_t t = 0; t < p.threads; ++t) {
+            const int64_t imgs = im2gemm::detail::image_run_begin(p, (t + 1) * r) -
+                                 im2gemm::detail::image_run_begin(p, t * r);
+            lo = std::min(lo, imgs);
+            hi = std::max(hi, imgs);
+          }
+          CHECK(hi - lo <= 1);
+          multi += p.images_per_block > 1 && p.threads > 1;
+        }
+        ++checked;
+      }
+    }
+  }
+  MESSAGE(checked << " plans checked, " << multi << " with several threads and runs of several images");
+  CHECK(multi > 100);
+}
+
 TEST_CASE("fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilation 1, and is correct") {
   Settings restore;
   Conv2dShape base;

@@ -113,8 +113,8 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
       const i64 pb = key % p.pixel_blocks;
       const i64 gi = (key / p.pixel_blocks) % d.G;
       const i64 ig = key / p.pixel_blocks / d.G;
-      const i64 n0 = part_begin(ig, p.image_groups, p.N);
-      const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+      const i64 n0 = detail::image_run_begin(p, ig);
+      const i64 n1 = detail::image_run_begin(p, ig + 1);
       const i64 f0 = part_begin(fb, p.filter_blocks, d.Fg);
       const i64 f1 = part_begin(fb + 1, p.filter_blocks, d.Fg);
       const float* wg = w + (gi * d.Fg + f0) * d.K;
@@ -189,8 +189,8 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
       const i64 cbk = it % p.channel_blocks;
       const i64 gi = (it / p.channel_blocks) % d.G;
       const i64 ig = it / p.channel_blocks / d.G;
-      const i64 n0 = part_begin(ig, p.image_groups, p.N);
-      const i64 n1 = part_begin(ig + 1, p.image_groups, p.N);
+      const i64 n0 = detail::image_run_begin(p, ig);
+      const i64 n1 = detail::image_run_begin(p, ig + 1);
       const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
       const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
       const i64 nch = c1 - c0, rows = nch * d.khw;
