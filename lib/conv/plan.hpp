@@ -25,9 +25,9 @@ inline constexpr std::int64_t kPixelsPerFilter = 8;
 /// of about this many rows (the K block of OpenBLAS 0.3.21's SkylakeX sgemm, GEMM_Q = 448, so
 /// the chunk sgemm calls, accumulating into y, update it no more often than one sgemm would);
 /// the column block then covers kPixelsPerFilterChunked * (filters per group) pixels, i.e.
-/// weights re-packed half as often, in the same scratch. Measured here (bench_conv, 2 threads,
-/// three alternations): vgg_conv3_2 321-324 -> 340-342 GFLOP/s, vgg_conv3_b1 335-338 ->
-/// 351-355, resnet_3x3s2 293-298 -> 304-306.
+/// weights re-packed half as often, in the same scratch. Measured here (bench_conv forward, 2
+/// threads, old and new binaries alternated; commit bb7f25b): vgg_conv3_2 317 -> 325-344
+/// GFLOP/s, vgg_conv3_b1 334 -> 357-363, resnet_3x3s2 286-288 -> 300-306.
 inline constexpr std::int64_t kKChunkRows = 448;
 inline constexpr std::int64_t kPixelsPerFilterChunked = 16;
 /// ... and never larger than this, which keeps the per-thread scratch within the bound below.
