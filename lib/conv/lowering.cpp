@@ -712,12 +712,17 @@ IM2GEMM_AVX512 void col2im_add_block_small_plane_avx512(const ConvGeom& g, const
 
 namespace {
 std::atomic<bool> g_allow_avx512{true};
+#ifdef IM2GEMM_HAVE_AVX512_LOWERING
+// The CPU has AVX-512 and the test hook has not turned the hand-written kernels off.
+bool avx512_allowed() {
+  static const bool cpu = __builtin_cpu_supports("avx512f");
+  return cpu && g_allow_avx512.load(std::memory_order_relaxed);
+}
+#endif
 bool avx512_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  static const bool cpu = __builtin_cpu_supports("avx512f");
-  return cpu && (g.SW == 1 || g.SW == 2 || g.SW == 4) && g.KH <= ValidRows::kMaxKernelHeight &&
-         g.KW <= ValidColumns::kMaxKernelWidth &&
-         g_allow_avx512.load(std::memory_order_relaxed);
+  return avx512_allowed() && (g.SW == 1 || g.SW == 2 || g.SW == 4) &&
+         g.KH <= ValidRows::kMaxKernelHeight && g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
   return false;
@@ -737,14 +742,13 @@ void set_avx512_lowering(bool allow) { g_allow_avx512.store(allow, std::memory_o
 
 bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  static const bool cpu = __builtin_cpu_supports("avx512f");
   // Input coordinates are computed in 32-bit lanes: every term stays below 2^30.
   constexpr i64 lim = i64{1} << 30;
   auto span_fits = [](i64 out, i64 stride, i64 k, i64 dil, i64 pad) {
     return out < lim && stride < lim && k < lim && dil < lim && pad < lim &&
            out * stride + k * dil < lim;
   };
-  return cpu && g_allow_avx512.load(std::memory_order_relaxed) && g.H * g.W <= kMaxSmallPlane &&
+  return avx512_allowed() && g.H * g.W <= kMaxSmallPlane &&
          q1 > q0 && g.KH * g.KW * ((q1 - q0 + 15) / 16) <= kMaxSmallPlaneTaps &&
          span_fits(g.OH, g.SH, g.KH, g.DH, g.PH) && span_fits(g.OW, g.SW, g.KW, g.DW, g.PW);
 #else
