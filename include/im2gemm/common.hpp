@@ -42,4 +42,17 @@ struct BlasInfo {
 };
 BlasInfo blas_info();
 
+/// What the library's own kernels run. Read from the environment once:
+/// IM2GEMM_ISA = scalar | avx2 | avx512 caps every kernel (convolution GEMM engine, im2col
+/// packers, pooling; unset: the best the CPU has), IM2GEMM_GEMM = auto | packed | openblas
+/// chooses the convolution GEMM backend (unset: auto, the plan picks per shape and pass).
+/// Throws std::invalid_argument naming the variable and the allowed values if either is set to
+/// anything else; so does every primitive that depends on it.
+struct EngineInfo {
+  std::string isa;        ///< "scalar", "avx2" or "avx512": what the kernels actually run
+  std::string conv_gemm;  ///< "auto", "packed" or "openblas"
+  std::string summary() const;  ///< one line with both
+};
+EngineInfo engine_info();
+
 }  // namespace im2gemm

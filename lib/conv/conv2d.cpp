@@ -13,8 +13,11 @@
 #include <vector>
 
 #include "common/checks.hpp"
+#include "common/parallel.hpp"
 #include "common/threads.hpp"
+#include "conv/engine.hpp"
 #include "conv/lowering.hpp"
+#include "conv/packed_conv.hpp"
 #include "conv/plan.hpp"
 #include "common/scratch.hpp"
 #include "im2gemm/conv2d.hpp"
@@ -29,6 +32,7 @@ using detail::ConvGeom;
 using detail::ConvPass;
 using detail::ConvPlan;
 using detail::part_begin;
+using detail::run_with_scratch;
 
 // Row-major C = op(A) * op(B) + beta*C with int dimensions (checked by fits_blas_int).
 void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const float* a, i64 lda,
@@ -54,39 +58,18 @@ struct Scratch {
 
 i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
 
-// Carves this thread's scratch; false if the allocation failed.
-bool carve_scratch(const ConvPlan& p, Scratch& sc) {
-  float* base = detail::thread_scratch(p.scratch_bytes());
-  if (base == nullptr) return false;
-  sc.col = base;
-  sc.tmp = sc.col + round16(p.col_floats);
-  sc.partial = sc.tmp + round16(p.tmp_floats);
-  return true;
-}
-
-// Runs body(t, nthr, sc) on the plan's threads, each with its own scratch. Every thread
-// allocates its scratch before any thread starts: if one allocation fails, no body runs, the
-// outputs are untouched and std::bad_alloc is thrown. Plans marked run_inline run on the
-// calling thread with no OpenMP region at all (see kMaxMacsInline).
+// Runs body(t, nthr, sc) on the plan's threads, each with its own scratch (see
+// run_with_scratch: allocation failure throws std::bad_alloc before any body runs).
 template <class Body>
 void run_threads(const ConvPlan& p, Body&& body) {
-  if (p.run_inline) {
-    Scratch sc;
-    if (!carve_scratch(p, sc)) throw std::bad_alloc();
-    body(0, 1, sc);
-    return;
-  }
-  std::atomic<bool> failed{false};
-#pragma omp parallel num_threads(p.threads) if (p.threads > 1)
-  {
-    detail::sgemm_single_thread_guard();
-    const i64 t = omp_get_thread_num(), nthr = omp_get_num_threads();
-    Scratch sc;
-    if (!carve_scratch(p, sc)) failed.store(true);
-#pragma omp barrier
-    if (!failed.load()) body(t, nthr, sc);
-  }
-  if (failed.load()) throw std::bad_alloc();
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
+                   [&](i64 t, i64 nthr, float* base) {
+                     Scratch sc;
+                     sc.col = base;
+                     sc.tmp = sc.col + round16(p.col_floats);
+                     sc.partial = sc.tmp + round16(p.tmp_floats);
+                     body(t, nthr, sc);
+                   });
 }
 
 struct Dims {
@@ -443,30 +426,122 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
 void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<const float> w,
                     std::span<const float> bias, std::span<float> y, Activation act) {
   detail::check_conv2d_forward(s, x, w, bias, y, act);
-  const ConvPlan p = detail::plan_conv(s, ConvPass::forward, num_threads());
-  if (!fits_blas_int(p)) return reference::conv2d_forward(s, x, w, bias, y, act);
-  forward_impl(s, p, x.data(), w.data(), bias.empty() ? nullptr : bias.data(), y.data(), act);
+  detail::conv2d_forward_with(detail::default_conv_options(), s, x, w, bias, y, act);
 }
 
 void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
                           std::span<const float> w, std::span<float> dx,
                           Activation input_activation, std::span<const float> x) {
   detail::check_conv2d_backward_data(s, dy, w, dx, input_activation, x);
-  const ConvPlan p = detail::plan_conv(s, ConvPass::backward_data, num_threads());
-  if (!fits_blas_int(p)) {
-    return reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
-  }
-  backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation,
-                     x.empty() ? nullptr : x.data());
+  detail::conv2d_backward_data_with(detail::default_conv_options(), s, dy, w, dx,
+                                    input_activation, x);
 }
 
 void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
                              std::span<const float> dy, std::span<float> dw,
                              std::span<float> db) {
   detail::check_conv2d_backward_weights(s, x, dy, dw, db);
-  const ConvPlan p = detail::plan_conv(s, ConvPass::backward_weights, num_threads());
+  detail::conv2d_backward_weights_with(detail::default_conv_options(), s, x, dy, dw, db);
+}
+
+}  // namespace im2gemm
+
+namespace im2gemm::detail {
+
+ConvOptions default_conv_options() {
+  return ConvOptions{gemm_backend_env(), isa_env_cap(), num_threads()};
+}
+
+GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
+  const bool vector_isa = isa_clamp(o.isa) != Isa::scalar;
+  switch (pass) {
+    case ConvPass::forward:
+      if (o.backend != GemmBackend::automatic) return o.backend;
+      return vector_isa ? GemmBackend::packed : GemmBackend::openblas;
+    case ConvPass::backward_data: {
+      if (s.stride_height != 1 || s.stride_width != 1) return GemmBackend::openblas;
+      if (o.backend != GemmBackend::automatic) return o.backend;
+      // Few input channels per group: the M of the transposed problem would fill too few rows
+      // of a tile; the openblas path with col2im is far ahead there.
+      const bool wide = s.in_channels / s.groups >= kMinPackedBackwardDataChannels;
+      return vector_isa && wide ? GemmBackend::packed : GemmBackend::openblas;
+    }
+    case ConvPass::backward_weights:
+      break;
+  }
+  return GemmBackend::openblas;
+}
+
+void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
+                         std::span<const float> w, std::span<const float> bias,
+                         std::span<float> y, Activation act) {
+  const float* b = bias.empty() ? nullptr : bias.data();
+  if (conv_backend(s, ConvPass::forward, o) == GemmBackend::packed) {
+    PackedConv pc = packed_forward_problem(s);
+    pc.x = x.data();
+    pc.w = w.data();
+    pc.bias = b;
+    pc.y = y.data();
+    pc.act = act;
+    run_packed(pc, plan_packed(pc, o.isa, o.threads));
+    return;
+  }
+  const ConvPlan p = plan_conv(s, ConvPass::forward, o.threads);
+  if (!fits_blas_int(p)) return reference::conv2d_forward(s, x, w, bias, y, act);
+  forward_impl(s, p, x.data(), w.data(), b, y.data(), act);
+}
+
+namespace {
+
+// The transformed weights of a packed backward-data call live in a buffer of the calling
+// thread (the size of w), grown on demand and reused by its later calls.
+thread_local std::vector<float> t_weights_bd;
+
+struct WeightsFillCtx {
+  const Conv2dShape* s;
+  const float* w;
+  float* wt;
+};
+
+void fill_backward_data_weights(const void* ctx, i64 t, i64 nthr) {
+  const auto& c = *static_cast<const WeightsFillCtx*>(ctx);
+  const i64 Cg = c.s->in_channels / c.s->groups;
+  transform_weights_for_backward_data(*c.s, c.w, c.wt, part_begin(t, nthr, Cg),
+                                      part_begin(t + 1, nthr, Cg));
+}
+
+}  // namespace
+
+void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
+                               std::span<const float> dy, std::span<const float> w,
+                               std::span<float> dx, Activation input_activation,
+                               std::span<const float> x) {
+  const float* xp = x.empty() ? nullptr : x.data();
+  if (conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed) {
+    if (t_weights_bd.size() < w.size()) t_weights_bd.resize(w.size());  // may throw: nothing written yet
+    PackedConv pc = packed_backward_data_problem(s);
+    pc.x = dy.data();
+    pc.w = t_weights_bd.data();
+    pc.y = dx.data();
+    pc.deriv = input_activation;
+    pc.xd = xp;
+    const WeightsFillCtx ctx{&s, w.data(), t_weights_bd.data()};
+    run_packed(pc, plan_packed(pc, o.isa, o.threads), &fill_backward_data_weights, &ctx);
+    return;
+  }
+  const ConvPlan p = plan_conv(s, ConvPass::backward_data, o.threads);
+  if (!fits_blas_int(p)) {
+    return reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
+  }
+  backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation, xp);
+}
+
+void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
+                                  std::span<const float> x, std::span<const float> dy,
+                                  std::span<float> dw, std::span<float> db) {
+  const ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
   if (!fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
   backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data());
 }
 
-}  // namespace im2gemm
+}  // namespace im2gemm::detail

@@ -69,6 +69,11 @@ inline constexpr std::int64_t kBalancedItemsPerThread = 4;
 /// order) only while one partial dW is at most this large; otherwise it splits channels of dW.
 inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 
+/// Backward data runs on the packed engine (stride 1) only with at least this many input
+/// channels per group: they are the rows (M) of its GEMM, and the openblas path with col2im
+/// is far ahead on few channels (lenet_conv1: 1 channel, 18x oneDNN there).
+inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
+
 struct ConvPlan {
   ConvPass pass = ConvPass::forward;
   int threads = 1;  ///< threads the pass runs on (<= the requested count)

@@ -1,0 +1,41 @@
+// Internal: the per-call engine choice of the convolution passes. The public functions read
+// the environment (IM2GEMM_GEMM, IM2GEMM_ISA, set_num_threads) once into a ConvOptions; the
+// tests and benchmarks pass their own, one call at a time, with no process-wide switches.
+#pragma once
+
+#include <span>
+#include <string>
+
+#include "common/isa.hpp"
+#include "conv/plan.hpp"
+#include "im2gemm/conv2d.hpp"
+
+namespace im2gemm::detail {
+
+struct ConvOptions {
+  GemmBackend backend = GemmBackend::automatic;
+  Isa isa = Isa::avx512;  ///< cap (clamped to the CPU)
+  int threads = 1;        ///< >= 1
+};
+
+/// The options of a public call: the environment's backend and ISA, num_threads().
+ConvOptions default_conv_options();
+
+/// Which backend a pass of this (valid) shape runs under the options: packed or openblas
+/// (never automatic). The packed engine serves forward, and backward data at stride 1;
+/// backward weights and strided backward data run the openblas path on every backend.
+GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
+
+/// The public passes with explicit options (same checks, same contract).
+void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
+                         std::span<const float> w, std::span<const float> bias,
+                         std::span<float> y, Activation act);
+void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
+                               std::span<const float> dy, std::span<const float> w,
+                               std::span<float> dx, Activation input_activation,
+                               std::span<const float> x);
+void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
+                                  std::span<const float> x, std::span<const float> dy,
+                                  std::span<float> dw, std::span<float> db);
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,66 @@
+// Internal: im2col written straight into the packed B micro-panels of the GEMM engine
+// (lib/gemm/gemm.hpp). Row k = (c*KH + kh)*KW + kw of the lowered matrix, column j = a pixel
+// of the output (j = image*OH*OW + oh*OW + ow, images side by side when a block spans them).
+//
+// A block of columns [j0, j1) is first cut into segments: runs of consecutive columns inside
+// one output row of one image and one micro-panel. For every k row a segment is then one
+// strided copy of an input row (zeros where the padding is), at most NR floats: no division
+// per element, and the lane ranges that fall inside the input are tabulated per (segment, kw).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/isa.hpp"
+
+namespace im2gemm::detail {
+
+/// The input of one group as the packer reads it. Pads may be negative (the backward-data
+/// convolution of a layer whose pad exceeds its dilated kernel extent crops instead).
+struct PackGeom {
+  std::int64_t C, H, W;                 ///< channels of the group, input plane
+  std::int64_t KH, KW, SH, SW, PH, PW, DH, DW;
+  std::int64_t OH, OW;                  ///< output plane; P = OH*OW columns per image
+  std::int64_t image_stride;            ///< floats from one image's group input to the next
+};
+
+struct PackSegment {
+  std::int64_t src;   ///< image offset (image * image_stride)
+  std::int64_t ih0;   ///< input row of kh = 0: oh*SH - PH (kNoRow for a zero tail)
+  std::int64_t iw0;   ///< input column of kw = 0, lane 0: ow*SW - PW
+  std::int64_t dst;   ///< offset in the packed block: panel * panel_stride + first lane
+  std::int64_t len;   ///< lanes, 1..NR
+};
+
+/// Lanes [lo, hi) of a segment read the input row for a given kw; the others are zero.
+struct LaneRange {
+  std::int32_t lo, hi;
+};
+
+/// Most segments a block of `ncols` columns can need (one per column, plus the zero tail).
+inline std::int64_t max_pack_segments(std::int64_t ncols) { return ncols + 1; }
+
+/// Cuts columns [j0, j1) into segments (written to segs, at most max_pack_segments(j1 - j0))
+/// and tabulates their lane ranges (ranges[s*KW + kw]); returns the segment count. Lanes of
+/// the last micro-panel past j1 get a zero segment, so every lane of every panel is written.
+std::int64_t build_pack_segments(const PackGeom& g, std::int64_t j0, std::int64_t j1, int nr,
+                                 std::int64_t panel_stride, PackSegment* segs,
+                                 LaneRange* ranges);
+
+/// Writes rows [k0, k1) of the block: row kk of segment s at dst + s.dst + (kk-k0)*nr.
+/// x points at channel 0 of the group in image 0.
+using PackFn = void (*)(const PackGeom& g, const float* x, const PackSegment* segs,
+                        const LaneRange* ranges, std::int64_t nseg, std::int64_t k0,
+                        std::int64_t k1, int nr, float* dst);
+
+void pack_im2col_scalar(const PackGeom&, const float*, const PackSegment*, const LaneRange*,
+                        std::int64_t, std::int64_t, std::int64_t, int, float*);
+void pack_im2col_avx2(const PackGeom&, const float*, const PackSegment*, const LaneRange*,
+                      std::int64_t, std::int64_t, std::int64_t, int, float*);
+void pack_im2col_avx512(const PackGeom&, const float*, const PackSegment*, const LaneRange*,
+                        std::int64_t, std::int64_t, std::int64_t, int, float*);
+
+/// The packer for `isa` (clamped to the CPU).
+PackFn pack_im2col_fn(Isa isa);
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,258 @@
+#include "conv/packed_conv.hpp"
+
+#include <algorithm>
+
+#include "common/parallel.hpp"
+#include "conv/lowering.hpp"
+#include "conv/plan.hpp"
+
+namespace im2gemm::detail {
+
+namespace {
+
+using i64 = std::int64_t;
+
+i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
+i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
+i64 floats64(i64 floats) { return round_up(floats, 16); }  // 64-byte multiples
+
+/// Columns of the last micro-panel of an image left empty, more than this fraction of the
+/// image's panels: images go side by side (fold). 7x7 = 49 pixels on 48-lane panels would
+/// leave 47 of 96 lanes empty.
+constexpr i64 kFoldWasteDenominator = 8;
+/// Largest per-thread output buffer of a folded block, in bytes: more filters split the
+/// filters into blocks.
+constexpr i64 kMaxCBufBytes = i64{2} << 20;
+/// Work items per thread from which the split counts as balanced whatever the remainder.
+constexpr i64 kBalancedItems = 4;
+
+bool balanced(i64 items, i64 threads) {
+  return items % threads == 0 || items >= kBalancedItems * threads;
+}
+
+}  // namespace
+
+PackedConv packed_forward_problem(const Conv2dShape& s) {
+  PackedConv pc;
+  pc.N = s.batch;
+  pc.C = s.in_channels;
+  pc.H = s.in_height;
+  pc.W = s.in_width;
+  pc.F = s.out_channels;
+  pc.G = s.groups;
+  pc.KH = s.kernel_height;
+  pc.KW = s.kernel_width;
+  pc.SH = s.stride_height;
+  pc.SW = s.stride_width;
+  pc.PH = s.pad_height;
+  pc.PW = s.pad_width;
+  pc.DH = s.dilation_height;
+  pc.DW = s.dilation_width;
+  pc.OH = s.out_height();
+  pc.OW = s.out_width();
+  return pc;
+}
+
+PackedConv packed_backward_data_problem(const Conv2dShape& s) {
+  PackedConv pc;
+  pc.N = s.batch;
+  pc.C = s.out_channels;
+  pc.H = s.out_height();
+  pc.W = s.out_width();
+  pc.F = s.in_channels;
+  pc.G = s.groups;
+  pc.KH = s.kernel_height;
+  pc.KW = s.kernel_width;
+  pc.DH = s.dilation_height;
+  pc.DW = s.dilation_width;
+  pc.PH = (s.kernel_height - 1) * s.dilation_height - s.pad_height;
+  pc.PW = (s.kernel_width - 1) * s.dilation_width - s.pad_width;
+  pc.OH = s.in_height;
+  pc.OW = s.in_width;
+  return pc;
+}
+
+void transform_weights_for_backward_data(const Conv2dShape& s, const float* w, float* wt, i64 c0,
+                                         i64 c1) {
+  const i64 G = s.groups, Cg = s.in_channels / G, Fg = s.out_channels / G;
+  const i64 khw = s.kernel_height * s.kernel_width;
+  for (i64 g = 0; g < G; ++g) {
+    for (i64 c = c0; c < c1; ++c) {
+      float* dst = wt + (g * Cg + c) * Fg * khw;
+      for (i64 f = 0; f < Fg; ++f) {
+        const float* src = w + ((g * Fg + f) * Cg + c) * khw;
+        for (i64 r = 0; r < khw; ++r) dst[f * khw + r] = src[khw - 1 - r];
+      }
+    }
+  }
+}
+
+i64 PackedPlan::items(const PackedConv& pc) const {
+  return pc.G * (fold ? col_blocks : pc.N * col_blocks) * filter_blocks;
+}
+
+std::size_t PackedPlan::scratch_bytes() const {
+  const i64 seg_bytes = round_up(segments * static_cast<i64>(sizeof(PackSegment)), 64);
+  const i64 range_bytes = round_up(range_entries * static_cast<i64>(sizeof(LaneRange)), 64);
+  return static_cast<std::size_t>((floats64(b_floats) + floats64(c_floats)) * 4 + seg_bytes +
+                                  range_bytes);
+}
+
+PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
+  const gemm::Config& cfg = gemm::config(isa);
+  PackedPlan p;
+  p.isa = cfg.isa;
+  const i64 nr = cfg.nr, mr = cfg.mr;
+  const i64 Cg = pc.C / pc.G, Fg = pc.F / pc.G, K = Cg * pc.KH * pc.KW, P = pc.OH * pc.OW;
+  const i64 macs = pc.N * pc.F * P * K;
+  p.threads = static_cast<int>(
+      std::max<i64>(1, std::min<i64>(std::max(threads, 1), macs / min_macs_per_thread())));
+  p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+  const i64 T = p.threads;
+
+  p.k_blocks = ceil_div(K, cfg.kc);
+  p.kc = ceil_div(K, p.k_blocks);
+  const i64 panels = ceil_div(P, nr);
+  p.fold = pc.N > 1 && (panels * nr - P) * kFoldWasteDenominator > panels * nr;
+  p.cols = p.fold ? pc.N * P : P;
+  const i64 nc_target = std::max(nr, cfg.b_bytes / (4 * p.kc) / nr * nr);
+  p.nc = round_up(std::min(p.cols, nc_target), nr);
+  p.col_blocks = ceil_div(p.cols, p.nc);
+  // One more column block: the widest multiple of NR that gives more blocks (false when the
+  // blocks are already one panel wide).
+  auto more_col_blocks = [&]() -> bool {
+    for (i64 nc = p.nc - nr; nc >= nr; nc -= nr) {
+      if (ceil_div(p.cols, nc) > p.col_blocks) {
+        p.nc = nc;
+        p.col_blocks = ceil_div(p.cols, nc);
+        return true;
+      }
+    }
+    return false;
+  };
+  const i64 filter_panels = ceil_div(Fg, mr);
+  auto block_filters = [&] { return ceil_div(filter_panels, p.filter_blocks) * mr; };
+  // Folded output blocks go through a per-thread buffer: bound it by splitting filters.
+  while (p.fold && p.filter_blocks < filter_panels &&
+         block_filters() * p.nc * 4 > kMaxCBufBytes) {
+    ++p.filter_blocks;
+  }
+  // Enough items for the threads: narrower column blocks first (no repacking), then filter
+  // blocks (each packs the same columns again). Every pass of the loop strictly grows
+  // col_blocks (at most cols / NR) or filter_blocks (at most the filter panels), or stops.
+  while (!balanced(p.items(pc), T)) {
+    if (more_col_blocks()) continue;
+    if (p.filter_blocks < filter_panels) {
+      ++p.filter_blocks;
+      continue;
+    }
+    break;
+  }
+  p.b_floats = p.kc * p.nc;
+  p.c_floats = p.fold ? block_filters() * p.nc : 0;
+  p.segments = max_pack_segments(p.nc);
+  p.range_entries = p.segments * pc.KW;
+  return p;
+}
+
+void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, const void* fill_ctx) {
+  const gemm::Config& cfg = gemm::config(p.isa);
+  const PackFn pack = pack_im2col_fn(p.isa);
+  const i64 nr = cfg.nr, mr = cfg.mr;
+  const i64 G = pc.G, Cg = pc.C / G, Fg = pc.F / G, P = pc.OH * pc.OW;
+  const i64 K = Cg * pc.KH * pc.KW, HW = pc.H * pc.W;
+  const PackGeom geo{Cg, pc.H, pc.W, pc.KH, pc.KW, pc.SH, pc.SW, pc.PH, pc.PW,
+                     pc.DH, pc.DW, pc.OH, pc.OW, pc.C * HW};
+  const i64 outer = p.fold ? p.col_blocks : pc.N * p.col_blocks;
+  const i64 items = p.items(pc);
+  const i64 filter_panels = ceil_div(Fg, mr);
+  const i64 panel_stride = p.kc * nr;
+  const bool relu = pc.act == Activation::relu;
+  const bool act_after = pc.act == Activation::sigmoid || pc.act == Activation::tanh;
+
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* base) {
+    if (fill != nullptr) {
+      fill(fill_ctx, t, nthr);
+#pragma omp barrier
+    }
+    float* bpack = base;
+    float* cbuf = bpack + floats64(p.b_floats);
+    auto* segs = reinterpret_cast<PackSegment*>(cbuf + floats64(p.c_floats));
+    auto* ranges = reinterpret_cast<LaneRange*>(
+        reinterpret_cast<char*>(segs) + round_up(p.segments * i64{sizeof(PackSegment)}, 64));
+    i64 seg_key = -1, packed_key = -1, nseg = 0;
+    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
+      const i64 fb = it % p.filter_blocks, key = it / p.filter_blocks;
+      const i64 ob = key % outer, g = key / outer;
+      i64 j0, j1, n = 0;
+      if (p.fold) {
+        j0 = ob * p.nc;
+        j1 = std::min(p.cols, j0 + p.nc);
+      } else {
+        n = ob / p.col_blocks;
+        const i64 cb = ob % p.col_blocks;
+        j0 = n * P + cb * p.nc;
+        j1 = n * P + std::min(P, cb * p.nc + p.nc);
+      }
+      const i64 f0 = part_begin(fb, p.filter_blocks, filter_panels) * mr;
+      const i64 f1 = std::min(Fg, part_begin(fb + 1, p.filter_blocks, filter_panels) * mr);
+      const float* xg = pc.x + g * Cg * HW;
+      if (key != seg_key) {
+        nseg = build_pack_segments(geo, j0, j1, static_cast<int>(nr), panel_stride, segs, ranges);
+        seg_key = key;
+      }
+      float* yb = p.fold ? cbuf : pc.y + (n * pc.F + g * Fg + f0) * P + (j0 - n * P);
+      const i64 ldy = p.fold ? p.nc : P;
+      for (i64 kb = 0; kb < p.k_blocks; ++kb) {
+        const i64 k0 = kb * p.kc, k1 = std::min(K, k0 + p.kc);
+        if (p.k_blocks > 1 || packed_key != key) {
+          pack(geo, xg, segs, ranges, nseg, k0, k1, static_cast<int>(nr), bpack);
+          packed_key = key;
+        }
+        gemm::BlockArgs a;
+        a.a = pc.w + (g * Fg + f0) * K + k0;
+        a.lda = K;
+        a.m = f1 - f0;
+        a.k = k1 - k0;
+        a.bpack = bpack;
+        a.panel_stride = panel_stride;
+        a.ncols = j1 - j0;
+        a.c = yb;
+        a.ldc = ldy;
+        a.bias = kb == 0 && pc.bias ? pc.bias + g * Fg + f0 : nullptr;
+        a.accumulate = kb > 0;
+        a.relu = relu && kb == p.k_blocks - 1;
+        gemm::multiply_block(cfg, a);
+      }
+      if (p.k_blocks > 1) packed_key = -1;
+      // Finish the block: sigmoid / tanh, the input activation's derivative, and (fold) the
+      // copy of the buffered tiles into the output rows of each image.
+      if (p.fold) {
+        for (i64 j = j0; j < j1;) {
+          const i64 img = j / P, pix = j % P, len = std::min(j1 - j, P - pix);
+          for (i64 f = f0; f < f1; ++f) {
+            const i64 off = (img * pc.F + g * Fg + f) * P + pix;
+            const float* src = cbuf + (f - f0) * p.nc + (j - j0);
+            if (act_after) {
+              bias_act_copy(pc.y + off, src, len, 0.0f, pc.act);
+            } else {
+              copy_floats(pc.y + off, src, len);
+            }
+            if (pc.deriv != Activation::identity) act_backward(pc.deriv, pc.xd + off, pc.y + off, len);
+          }
+          j += len;
+        }
+      } else {
+        if (act_after) bias_act_rows(yb, P, f1 - f0, j1 - j0, nullptr, pc.act);
+        if (pc.deriv != Activation::identity) {
+          for (i64 f = f0; f < f1; ++f) {
+            const i64 off = (n * pc.F + g * Fg + f) * P + (j0 - n * P);
+            act_backward(pc.deriv, pc.xd + off, pc.y + off, j1 - j0);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace im2gemm::detail

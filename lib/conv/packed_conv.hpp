@@ -1,0 +1,73 @@
+// Internal: convolution on the packed GEMM engine (lib/gemm/) with im2col fused into the B
+// packing (lib/conv/pack/). One executor serves
+//   forward:             y  = act(W * im2col(x) + bias)
+//   backward data (stride 1): dx = W' * im2col(dy) with W' the filters transposed (F <-> C)
+//                        and flipped 180 degrees, pad' = (K-1)*dilation - pad, then
+//                        dx *= act'(x): the forward machinery, no column buffer, no col2im.
+// Tiles are MR filters x NR output pixels, stored straight into the output rows; bias starts
+// the accumulators and ReLU is applied in registers before the only store.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/isa.hpp"
+#include "conv/pack/im2col_pack.hpp"
+#include "gemm/gemm.hpp"
+#include "im2gemm/conv2d.hpp"
+
+namespace im2gemm::detail {
+
+/// A convolution as the engine computes it (any pads, stride, dilation; groups).
+struct PackedConv {
+  std::int64_t N = 1, C = 1, H = 1, W = 1, F = 1, G = 1;
+  std::int64_t KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PW = 0, DH = 1, DW = 1, OH = 1, OW = 1;
+  const float* x = nullptr;     ///< [N][C][H][W]
+  const float* w = nullptr;     ///< [F][C/G][KH][KW]
+  const float* bias = nullptr;  ///< [F] or null
+  float* y = nullptr;           ///< [N][F][OH][OW], overwritten
+  Activation act = Activation::identity;    ///< applied to y
+  Activation deriv = Activation::identity;  ///< then y *= deriv'(from xd[same index])
+  const float* xd = nullptr;
+};
+
+/// The forward problem of a shape.
+PackedConv packed_forward_problem(const Conv2dShape& s);
+/// The stride-1 backward-data problem of a shape (the caller supplies the transformed
+/// weights: see transform_weights_for_backward_data).
+PackedConv packed_backward_data_problem(const Conv2dShape& s);
+/// wt[(g*Cg + c)*Fg*KHW + f*KHW + r] = w[((g*Fg + f)*Cg + c)*KHW + KHW-1-r], for channels
+/// [c0, c1) of every group (threads transform disjoint channel ranges).
+void transform_weights_for_backward_data(const Conv2dShape& s, const float* w, float* wt,
+                                         std::int64_t c0, std::int64_t c1);
+
+/// How one call is blocked and threaded (filled by plan_packed, read by run_packed).
+struct PackedPlan {
+  Isa isa = Isa::scalar;
+  int threads = 1;
+  bool run_inline = false;
+  /// Columns run over images (j = image*P + pixel): P wastes too many lanes of the last
+  /// micro-panel of an image, so images are side by side and the tiles go through cbuf.
+  bool fold = false;
+  std::int64_t cols = 1;         ///< columns per group (fold) or per image
+  std::int64_t nc = 1;           ///< columns per block (a multiple of NR)
+  std::int64_t col_blocks = 1;   ///< blocks per group (fold) or per image
+  std::int64_t filter_blocks = 1;  ///< filters of a group split into this many MR-aligned parts
+  std::int64_t kc = 1, k_blocks = 1;  ///< K blocking: the B block holds kc rows
+  std::int64_t b_floats = 0, c_floats = 0, segments = 0, range_entries = 0;
+  /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks.
+  std::int64_t items(const PackedConv& pc) const;
+  std::size_t scratch_bytes() const;
+};
+
+/// threads >= 1; min_macs_per_thread as in plan_conv.
+PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads);
+
+/// Runs the plan (throws std::bad_alloc before writing anything if scratch cannot be had).
+/// wt_fill: for backward data, a function the threads call first to fill transformed weights
+/// (channel ranges split over threads, then a barrier); null for forward.
+using WeightFill = void (*)(const void* ctx, std::int64_t t, std::int64_t nthr);
+void run_packed(const PackedConv& pc, const PackedPlan& plan, WeightFill fill = nullptr,
+                const void* fill_ctx = nullptr);
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,111 @@
+// The configuration table, the loop over micro-tiles of one packed block, and the plain
+// matrix driver (tests and benchmarks hold it against OpenBLAS's sgemm).
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <new>
+
+#include "common/scratch.hpp"
+#include "common/threads.hpp"
+#include "gemm/gemm.hpp"
+
+namespace im2gemm::detail::gemm {
+
+namespace {
+
+using i64 = std::int64_t;
+
+// kc: the A micro-panel (mr x kc floats) is 8 KiB on AVX-512, 6 KiB on AVX2: it stays in the
+// 32 KiB L1 while the B block streams past it. b_bytes: a B block plus an A panel fit in half
+// of a 1 MiB L2.
+const Config kConfigs[] = {
+    {Isa::scalar, 4, 16, 256, 256 << 10, &sgemm_ukernel_4x16_scalar, "sgemm_ukernel_4x16_scalar"},
+    {Isa::avx2, 6, 16, 256, 384 << 10, &sgemm_ukernel_6x16_avx2, "sgemm_ukernel_6x16_avx2"},
+    {Isa::avx512, 8, 48, 256, 384 << 10, &sgemm_ukernel_8x48_avx512, "sgemm_ukernel_8x48_avx512"},
+};
+
+}  // namespace
+
+const Config& config(Isa isa) { return kConfigs[static_cast<int>(isa_clamp(isa))]; }
+
+void multiply_block(const Config& cfg, const BlockArgs& g) {
+  Tile t;
+  t.lda = g.lda;
+  t.k = g.k;
+  t.ldc = g.ldc;
+  t.accumulate = g.accumulate;
+  t.relu = g.relu;
+  const i64 nr = cfg.nr;
+  for (i64 i0 = 0; i0 < g.m; i0 += cfg.mr) {
+    t.a = g.a + i0 * g.lda;
+    t.m = static_cast<int>(std::min<i64>(cfg.mr, g.m - i0));
+    t.bias = g.bias ? g.bias + i0 : nullptr;
+    float* crow = g.c + i0 * g.ldc;
+    for (i64 j0 = 0, p = 0; j0 < g.ncols; j0 += nr, ++p) {
+      t.b = g.bpack + p * g.panel_stride;
+      t.c = crow + j0;
+      t.n = static_cast<int>(std::min<i64>(nr, g.ncols - j0));
+      cfg.ukernel(t);
+    }
+  }
+}
+
+void pack_b_rows(const float* b, i64 ldb, i64 k0, i64 k1, i64 j0, i64 j1, int nr, float* dst,
+                 i64 panel_stride) {
+  for (i64 p = 0; j0 + p * nr < j1; ++p) {
+    const i64 c0 = j0 + p * nr, n = std::min<i64>(nr, j1 - c0);
+    float* d = dst + p * panel_stride;
+    for (i64 kk = k0; kk < k1; ++kk, d += nr) {
+      const float* s = b + kk * ldb + c0;
+      i64 j = 0;
+      for (; j < n; ++j) d[j] = s[j];
+      for (; j < nr; ++j) d[j] = 0.0f;
+    }
+  }
+}
+
+void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b, i64 ldb,
+                  float* c, i64 ldc, int threads) {
+  const Config& cfg = config(isa);
+  const i64 kc_max = std::min<i64>(k, cfg.kc);
+  const i64 k_blocks = (k + kc_max - 1) / kc_max;
+  const i64 kc = (k + k_blocks - 1) / k_blocks;
+  i64 nc = std::max<i64>(cfg.nr, cfg.b_bytes / (4 * kc) / cfg.nr * cfg.nr);
+  const i64 blocks = (n + nc - 1) / nc;
+  const i64 panel_stride = kc * cfg.nr;
+  const std::size_t bytes = static_cast<std::size_t>((nc / cfg.nr) * panel_stride) * sizeof(float);
+  std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    sgemm_single_thread_guard();
+    float* bp = thread_scratch(bytes);
+    if (bp == nullptr) failed.store(true);
+#pragma omp barrier
+    if (!failed.load()) {
+#pragma omp for schedule(static)
+      for (i64 blk = 0; blk < blocks; ++blk) {
+        const i64 j0 = blk * nc, j1 = std::min(n, j0 + nc);
+        for (i64 k0 = 0; k0 < k; k0 += kc) {
+          const i64 k1 = std::min(k, k0 + kc);
+          pack_b_rows(b, ldb, k0, k1, j0, j1, cfg.nr, bp, panel_stride);
+          BlockArgs g;
+          g.a = a + k0;
+          g.lda = lda;
+          g.m = m;
+          g.k = k1 - k0;
+          g.bpack = bp;
+          g.panel_stride = panel_stride;
+          g.ncols = j1 - j0;
+          g.c = c + j0;
+          g.ldc = ldc;
+          g.accumulate = k0 > 0;
+          multiply_block(cfg, g);
+        }
+      }
+    }
+  }
+  if (failed.load()) throw std::bad_alloc();
+}
+
+}  // namespace im2gemm::detail::gemm

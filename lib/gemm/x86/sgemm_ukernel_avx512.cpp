@@ -1,0 +1,71 @@
+// AVX-512 micro-kernel: an MR x (16*NV) tile of C in MR*NV zmm accumulators, pixels (columns)
+// on the lanes, rows of A broadcast from memory. Compiled with -mavx512f/bw/vl/dq -mfma
+// (meson: the avx512 kernel library); called only when the CPU has them.
+//
+// Invariant checked by test/meson.build's assembly check: the k loop keeps every accumulator
+// in a register (no stack traffic), which needs MR*NV + NV + 1 <= 32 zmm registers.
+#include <immintrin.h>
+
+#include "gemm/gemm.hpp"
+
+namespace im2gemm::detail::gemm {
+
+namespace {
+
+template <int MR, int NV>
+inline void ukernel(const Tile& t) {
+  static_assert(MR * NV + NV + 1 <= 32, "accumulators and operands must fit in 32 zmm");
+  constexpr int NR = 16 * NV;
+  __mmask16 mask[NV];
+  for (int v = 0; v < NV; ++v) {
+    const int r = t.n - 16 * v;
+    mask[v] = r >= 16 ? __mmask16(0xFFFF) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
+  }
+  // Rows past m read row 0 (their results are never stored): no branch in the k loop.
+  const float* ar[MR];
+  for (int i = 0; i < MR; ++i) ar[i] = t.a + (i < t.m ? i : 0) * t.lda;
+
+  __m512 acc[MR][NV];
+  if (t.accumulate) {
+    for (int i = 0; i < MR; ++i) {
+      for (int v = 0; v < NV; ++v) {
+        acc[i][v] = i < t.m ? _mm512_maskz_loadu_ps(mask[v], t.c + i * t.ldc + 16 * v)
+                            : _mm512_setzero_ps();
+      }
+    }
+  } else {
+    for (int i = 0; i < MR; ++i) {
+      const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i < t.m ? i : 0]) : _mm512_setzero_ps();
+      for (int v = 0; v < NV; ++v) acc[i][v] = b0;
+    }
+  }
+
+  const float* b = t.b;
+  const std::int64_t k = t.k;
+  for (std::int64_t kk = 0; kk < k; ++kk) {
+    __m512 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 av = _mm512_set1_ps(ar[i][kk]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
+    }
+    b += NR;
+  }
+
+  if (t.relu) {
+    const __m512 z = _mm512_setzero_ps();
+    for (int i = 0; i < MR; ++i) {
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_max_ps(acc[i][v], z);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    if (i >= t.m) break;
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(t.c + i * t.ldc + 16 * v, mask[v], acc[i][v]);
+  }
+}
+
+}  // namespace
+
+void sgemm_ukernel_8x48_avx512(const Tile& t) { ukernel<8, 3>(t); }
+
+}  // namespace im2gemm::detail::gemm

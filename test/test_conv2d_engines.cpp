@@ -1,0 +1,124 @@
+// Every convolution backend on every ISA this CPU has, at 1 and 2 threads, against the
+// reference loops: the packed engine (im2col fused into the GEMM's packing) and openblas.
+#include "conv/packed_conv.hpp"
+#include "conv_cases.hpp"
+
+namespace {
+
+using convcases::Activation;
+using convcases::Conv2dShape;
+using im2gemm::detail::ConvOptions;
+using im2gemm::detail::ConvPass;
+using im2gemm::detail::GemmBackend;
+using im2gemm::detail::Isa;
+using std::int64_t;
+
+std::vector<Isa> cpu_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (static_cast<int>(i) <= static_cast<int>(im2gemm::detail::isa_supported())) v.push_back(i);
+  }
+  return v;
+}
+
+// Wider shapes than random_shape: channel counts that leave partial MR tiles, K above the K
+// block (kc = 256), several column blocks, images folded side by side.
+Conv2dShape random_wide_shape(std::mt19937& rng) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Conv2dShape s;
+  s.groups = pick(1, 3) == 1 ? 2 : 1;
+  s.batch = pick(1, 3);
+  s.in_channels = s.groups * pick(14, 40);
+  s.out_channels = s.groups * pick(1, 21);
+  s.kernel_height = pick(1, 3);
+  s.kernel_width = pick(1, 3);
+  s.stride_height = s.stride_width = pick(1, 4) == 1 ? 2 : 1;
+  s.pad_height = pick(0, 2);
+  s.pad_width = pick(0, 2);
+  s.in_height = pick(3, 20);
+  s.in_width = pick(3, 40);
+  s.in_height = std::max<int64_t>(s.in_height, s.kernel_height);
+  s.in_width = std::max<int64_t>(s.in_width, s.kernel_width);
+  s.validate();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exact on integers") {
+  std::mt19937 rng(20261202);
+  constexpr int kShapes = 320, kWide = 40;
+  im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
+  int runs = 0, packed_fwd = 0, packed_bwd = 0;
+  for (int i = 0; i < kShapes + kWide; ++i) {
+    const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
+    const Activation act = convcases::kActs[i % 4];
+    const bool with_bias = i % 3 != 2;
+    INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act));
+    const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i), true);
+    const auto ri = convcases::run_ref(s, di, act, with_bias);
+    const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i) + 50000, false);
+    const auto rf = convcases::run_ref(s, df, act, with_bias);
+    for (GemmBackend be : {GemmBackend::packed, GemmBackend::openblas}) {
+      for (Isa isa : cpu_isas()) {
+        for (int threads : {1, 2}) {
+          const ConvOptions o{be, isa, threads};
+          INFO(im2gemm::detail::gemm_backend_name(be) << " " << im2gemm::detail::isa_name(isa)
+                                                      << " threads " << threads);
+          convcases::compare(s, convcases::run_with(o, s, di, act, with_bias), ri, true);
+          // Float data: tolerance, on one thread count per ISA (rounding differs by ISA).
+          if (threads == 2) convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false);
+          ++runs;
+          packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) == GemmBackend::packed;
+          packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed;
+        }
+      }
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+  MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
+                          << ", packed backward data " << packed_bwd);
+  CHECK(packed_fwd * 2 == runs);  // the packed backend runs every forward it is asked to
+  CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
+}
+
+TEST_CASE("engines: the packed engine is bitwise repeatable and differs across threads only by rounding") {
+  Conv2dShape s{.batch = 3, .in_channels = 37, .in_height = 19, .in_width = 23, .out_channels = 29,
+                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1};
+  const auto d = convcases::make_data(s, 5, false);
+  for (Isa isa : cpu_isas()) {
+    const auto a = convcases::run_with({GemmBackend::packed, isa, 2}, s, d, Activation::tanh, true);
+    const auto b = convcases::run_with({GemmBackend::packed, isa, 2}, s, d, Activation::tanh, true);
+    const auto one = convcases::run_with({GemmBackend::packed, isa, 1}, s, d, Activation::tanh, true);
+    CHECK(testutil::bitwise_equal(a.y, b.y));
+    CHECK(testutil::bitwise_equal(a.dx, b.dx));
+    convcases::compare(s, one, a, false);
+  }
+}
+
+TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB and terminates at 1..256 threads on the suite") {
+  // Suite shapes, inline (the test needs no file).
+  const int64_t L[][11] = {{1, 3, 5, 5, 2, 3, 3, 2, 2, 1, 1},      {64, 1, 28, 28, 20, 5, 5, 1, 1, 0, 0},
+                           {64, 20, 12, 12, 50, 5, 5, 1, 1, 0, 0},  {8, 3, 227, 227, 96, 11, 11, 4, 4, 0, 0},
+                           {1, 64, 224, 224, 64, 3, 3, 1, 1, 1, 1}, {8, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1},
+                           {8, 3, 224, 224, 64, 7, 7, 2, 2, 3, 3},  {8, 64, 56, 56, 256, 1, 1, 1, 1, 0, 0},
+                           {8, 128, 56, 56, 128, 3, 3, 2, 2, 1, 1}, {8, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},
+                           {1, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},   {1, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1}};
+  for (const auto& l : L) {
+    const Conv2dShape s{.batch = l[0], .in_channels = l[1], .in_height = l[2], .in_width = l[3],
+                        .out_channels = l[4], .kernel_height = l[5], .kernel_width = l[6],
+                        .stride_height = l[7], .stride_width = l[8], .pad_height = l[9], .pad_width = l[10]};
+    INFO(testutil::describe(s));
+    for (Isa isa : cpu_isas()) {
+      for (const auto& pc : {im2gemm::detail::packed_forward_problem(s),
+                             im2gemm::detail::packed_backward_data_problem(s)}) {
+        for (int threads = 1; threads <= 256; ++threads) {
+          const auto p = im2gemm::detail::plan_packed(pc, isa, threads);
+          CHECK(p.scratch_bytes() <= (std::size_t{8} << 20));
+          CHECK(p.threads <= threads);
+          CHECK(p.items(pc) >= 1);
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,171 @@
+// The packed GEMM engine: every configured micro-kernel against the reference kernel on every
+// tile shape, the im2col packers against the plain lowering, the driver against OpenBLAS.
+#include <cblas.h>
+
+#include <limits>
+
+#include "conv/pack/im2col_pack.hpp"
+#include "gemm/gemm.hpp"
+#include "test_util.hpp"
+
+namespace {
+
+using im2gemm::detail::Isa;
+namespace gemm = im2gemm::detail::gemm;
+using std::int64_t;
+
+// The ISAs this CPU runs, scalar first.
+std::vector<Isa> cpu_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (static_cast<int>(i) <= static_cast<int>(im2gemm::detail::isa_supported())) v.push_back(i);
+  }
+  return v;
+}
+
+// 64-byte aligned float buffer.
+struct Aligned {
+  std::vector<float> store;
+  float* p;
+  explicit Aligned(std::size_t n, float fill) : store(n + 16, fill) {
+    auto addr = reinterpret_cast<std::uintptr_t>(store.data());
+    p = store.data() + ((64 - addr % 64) % 64) / 4;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("gemm: every micro-kernel equals the reference on every m <= MR, n <= NR, k over blocks") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (Isa isa : cpu_isas()) {
+    const gemm::Config& cfg = gemm::config(isa);
+    CAPTURE(cfg.name);
+    REQUIRE(cfg.isa == isa);
+    const int mr = cfg.mr, nr = cfg.nr;
+    for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{7}, cfg.kc, cfg.kc + 1}) {
+      const int64_t lda = k + 3, ldc = nr + 5;
+      const auto a = testutil::random_ints(static_cast<std::size_t>(mr * lda), 11 + k);
+      const auto bias = testutil::random_ints(static_cast<std::size_t>(mr), 13 + k);
+      Aligned b(static_cast<std::size_t>(k * nr), 0.0f);
+      const auto bv = testutil::random_ints(static_cast<std::size_t>(k * nr), 17 + k);
+      std::copy(bv.begin(), bv.end(), b.p);
+      const auto c0 = testutil::random_ints(static_cast<std::size_t>(mr * ldc), 19 + k);
+      for (int m = 1; m <= mr; ++m) {
+        for (int n = 1; n <= nr; ++n) {
+          for (int mode = 0; mode < 4; ++mode) {  // zero, bias, accumulate, accumulate + relu
+            // C outside the tile is NaN: it must be neither read nor written. Rows of A past
+            // m are NaN too: they must not reach the stored rows.
+            std::vector<float> got(static_cast<std::size_t>(mr * ldc), nan);
+            std::vector<float> want(got.size(), nan);
+            for (int i = 0; i < m; ++i) {
+              for (int j = 0; j < n; ++j) got[i * ldc + j] = want[i * ldc + j] = c0[i * ldc + j];
+            }
+            std::vector<float> am(a);
+            for (int64_t e = m * lda; e < mr * lda; ++e) am[static_cast<std::size_t>(e)] = nan;
+            gemm::Tile t;
+            t.a = am.data();
+            t.lda = lda;
+            t.b = b.p;
+            t.k = k;
+            t.ldc = ldc;
+            t.m = m;
+            t.n = n;
+            t.bias = mode == 1 ? bias.data() : nullptr;
+            t.accumulate = mode >= 2;
+            t.relu = mode == 3;
+            t.c = want.data();
+            gemm::ukernel_ref(t, nr);
+            t.c = got.data();
+            cfg.ukernel(t);
+            INFO("m " << m << " n " << n << " k " << k << " mode " << mode);
+            REQUIRE(testutil::bitwise_equal(got, want));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
+  for (Isa isa : cpu_isas()) {
+    CAPTURE(im2gemm::detail::isa_name(isa));
+    for (auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {7, 50, 3}, {17, 97, 300},
+                           {33, 200, 513}, {9, 1000, 40}}) {
+      CAPTURE(m);
+      CAPTURE(n);
+      CAPTURE(k);
+      const auto a = testutil::random_floats(static_cast<std::size_t>(m * k), 3);
+      const auto b = testutil::random_floats(static_cast<std::size_t>(k * n), 5);
+      std::vector<float> got(static_cast<std::size_t>(m * n), -1.0f), want(got.size(), 0.0f);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                  static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(k),
+                  b.data(), static_cast<int>(n), 0.0f, want.data(), static_cast<int>(n));
+      for (int threads : {1, 2}) {
+        gemm::sgemm_packed(isa, m, n, k, a.data(), k, b.data(), n, got.data(), n, threads);
+        CHECK_CLOSE_SPANS(got, want, 1e-4f, 1e-4f);
+      }
+    }
+  }
+}
+
+TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowered matrix") {
+  // Every packer against the definition of the lowered matrix on odd geometries, blocks that
+  // cross output rows, images and panels, and negative pads (backward data's cropping).
+  std::mt19937 rng(7);
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  int tried = 0;
+  while (tried < 200) {
+    const int64_t N = pick(1, 3), C = pick(1, 3), KH = pick(1, 5), KW = pick(1, 5);
+    const int64_t SH = pick(1, 3), SW = pick(1, 5), DH = pick(1, 2), DW = pick(1, 2);
+    const int64_t PH = pick(-2, 3), PW = pick(-2, 3), H = pick(1, 12), W = pick(1, 50);
+    const int64_t eh = H + 2 * PH - ((KH - 1) * DH + 1), ew = W + 2 * PW - ((KW - 1) * DW + 1);
+    if (eh < 0 || ew < 0) continue;
+    ++tried;
+    const int64_t OH = eh / SH + 1, OW = ew / SW + 1, P = OH * OW, HW = H * W, K = C * KH * KW;
+    const im2gemm::detail::PackGeom pg{C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, C * HW};
+    const auto x = testutil::random_ints(static_cast<std::size_t>(N * C * HW), 100 + tried);
+    auto lowered = [&](int64_t kk, int64_t j) {
+      const int64_t n = j / P, oh = j % P / OW, ow = j % OW;
+      const int64_t c = kk / (KH * KW), kh = kk % (KH * KW) / KW, kw = kk % KW;
+      const int64_t ih = oh * SH - PH + kh * DH, iw = ow * SW - PW + kw * DW;
+      if (ih < 0 || ih >= H || iw < 0 || iw >= W) return 0.0f;
+      return x[static_cast<std::size_t>(((n * C + c) * H + ih) * W + iw)];
+    };
+    const int64_t cols = N * P;
+    for (Isa isa : cpu_isas()) {
+      const int nr = gemm::config(isa).nr;
+      INFO("N" << N << " C" << C << " " << H << "x" << W << " k" << KH << "x" << KW << " s" << SH
+                << "x" << SW << " p" << PH << "x" << PW << " d" << DH << "x" << DW << " "
+                << im2gemm::detail::isa_name(isa));
+      const int64_t j0 = pick(0, cols - 1), j1 = pick(j0 + 1, cols);
+      const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
+      const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
+      std::vector<im2gemm::detail::PackSegment> segs(
+          static_cast<std::size_t>(im2gemm::detail::max_pack_segments(j1 - j0)));
+      std::vector<im2gemm::detail::LaneRange> ranges(segs.size() * static_cast<std::size_t>(KW));
+      const int64_t nseg = im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride,
+                                                                segs.data(), ranges.data());
+      REQUIRE(nseg <= static_cast<int64_t>(segs.size()));
+      Aligned dst(static_cast<std::size_t>(panels * stride), std::numeric_limits<float>::quiet_NaN());
+      im2gemm::detail::pack_im2col_fn(isa)(pg, x.data(), segs.data(), ranges.data(), nseg, k0, k1,
+                                           nr, dst.p);
+      bool ok = true;
+      for (int64_t p = 0; p < panels && ok; ++p) {
+        for (int64_t kk = k0; kk < k1 && ok; ++kk) {
+          for (int64_t l = 0; l < nr && ok; ++l) {
+            const int64_t j = j0 + p * nr + l;
+            const float want = j < j1 ? lowered(kk, j) : 0.0f;
+            const float got = dst.p[p * stride + (kk - k0) * nr + l];
+            if (!(got == want)) {
+              INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want " << want);
+              ok = false;
+            }
+          }
+        }
+        // The gap between panels (stride past the rows) is never written.
+        for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e) ok = std::isnan(dst.p[p * stride + e]);
+      }
+      CHECK(ok);
+    }
+  }
+}
