@@ -26,6 +26,7 @@
 
 #include <im2gemm/im2gemm.hpp>
 
+#include "conv/engine.hpp"
 #include "suite.hpp"
 
 #ifdef IM2GEMM_HAVE_DNNL
@@ -42,8 +43,12 @@ constexpr double kMaxReferenceMacs = 3.0e8;   // the reference runs only below t
 
 enum Pass { kFwd, kBwdData, kBwdWeights, kPasses };
 const char* const kPassNames[kPasses] = {"fwd", "bwd_data", "bwd_weights"};
-enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kImpls };
-const char* const kImplNames[kImpls] = {"im2gemm", "sgemm", "onednn", "ref", "im2gemm_1t"};
+// im2gemm: the public call (IM2GEMM_GEMM, auto by default: the plan picks per shape and pass);
+// packed / openblas: the same call with that backend forced (where the packed engine does not
+// serve a pass, both run the openblas path).
+enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kPacked, kOpenblas, kImpls };
+const char* const kImplNames[kImpls] = {"im2gemm", "sgemm", "onednn", "ref", "im2gemm_1t",
+                                        "packed", "openblas"};
 
 std::vector<float> random_vec(int64_t n, unsigned seed) {
   std::mt19937 rng(seed);
@@ -62,7 +67,7 @@ void set_rate(benchmark::State& st, const Conv2dShape& s) {
 // ---- im2gemm and the reference ---------------------------------------------------------
 
 void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool reference,
-                 int threads) {
+                 int threads, Impl forced = kIm2gemm) {
   im2gemm::set_num_threads(threads);
   // Only the tensors of the pass (the peak memory of a one-layer run is reported).
   const auto x = pass == kBwdData ? std::vector<float>() : random_vec(s.x_size(), 1);
@@ -78,6 +83,19 @@ void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool ref
     db.resize(static_cast<std::size_t>(s.out_channels));
   }
   if (pass != kFwd) in2 = random_vec(s.y_size(), 4);
+  if (forced != kIm2gemm) {
+    namespace d = im2gemm::detail;
+    const d::ConvOptions o{forced == kPacked ? d::GemmBackend::packed : d::GemmBackend::openblas,
+                           d::isa_env_cap(), threads};
+    for (auto _ : st) {
+      if (pass == kFwd) d::conv2d_forward_with(o, s, x, w, b, out, im2gemm::Activation::identity);
+      if (pass == kBwdData) d::conv2d_backward_data_with(o, s, in2, w, out, im2gemm::Activation::identity, {});
+      if (pass == kBwdWeights) d::conv2d_backward_weights_with(o, s, x, in2, out, db);
+      benchmark::ClobberMemory();
+    }
+    set_rate(st, s);
+    return;
+  }
   for (auto _ : st) {
     switch (pass) {
       case kFwd:
@@ -345,13 +363,14 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
   std::printf("\nconv summary: GFLOP/s = 2*N*F*OH*OW*C/groups*KH*KW per pass / median real time, "
               "%d threads (1t: one thread); FMA peak measured here %.1f GFLOP/s.\n",
               threads, peak);
-  std::printf("%s\n", im2gemm::blas_info().summary().c_str());
-  std::printf("targets: x_sgemm >= 0.85 every row; geomean x_oneDNN >= 1.15 per pass; bwd_data "
+  std::printf("%s\n%s\n", im2gemm::blas_info().summary().c_str(),
+              im2gemm::engine_info().summary().c_str());
+  std::printf("targets: x_sgemm >= 1.0 every row; geomean x_oneDNN >= 1.15 per pass; bwd_data "
               "x_oneDNN >= 2 on lenet_conv1, alexnet_conv1, resnet_conv1; lenet_conv2 fwd "
               "x_ref_1t >= 100\n");
-  std::printf("%-14s %-11s %9s %6s %9s %8s %9s %9s %9s %9s %9s\n", "layer", "pass", "im2gemm",
-              "%peak", "sgemm", "x_sgemm", "oneDNN", "x_oneDNN", "im2gemm1t", "ref_1t",
-              "x_ref_1t");
+  std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8s %9s %9s %9s %9s %9s\n", "layer", "pass",
+              "im2gemm", "%peak", "packed", "openblas", "sgemm", "x_sgemm", "oneDNN", "x_oneDNN",
+              "im2gemm1t", "ref_1t", "x_ref_1t");
   for (int p : passes) {
     std::vector<double> x_dnn, x_sg;
     for (const auto& l : layers) {
@@ -361,13 +380,14 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
       const double xs = sg > 0 ? ours / sg : 0.0, xd = dn > 0 ? ours / dn : 0.0;
       if (xs > 0) x_sg.push_back(xs);
       if (xd > 0) x_dnn.push_back(xd);
-      std::printf("%-14s %-11s %9.1f %5.0f%% %9.1f %8.2f %9.1f %9.2f", l.name.c_str(),
-                  kPassNames[p], ours, peak > 0 ? 100.0 * ours / peak : 0.0, sg, xs, dn, xd);
+      std::printf("%-14s %-11s %9.1f %5.0f%% %8.1f %8.1f %9.1f %8.2f %9.1f %9.2f", l.name.c_str(),
+                  kPassNames[p], ours, peak > 0 ? 100.0 * ours / peak : 0.0, g(kPacked),
+                  g(kOpenblas), sg, xs, dn, xd);
       if (ref > 0 && one > 0) std::printf(" %9.2f %9.3f %9.1f", one, ref, one / ref);
       std::printf("\n");
     }
-    std::printf("%-14s %-11s %9s %6s %9s %8.2f %9s %9.2f   (geometric means)\n", "geomean",
-                kPassNames[p], "", "", "", geomean(x_sg), "", geomean(x_dnn));
+    std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8.2f %9s %9.2f   (geometric means)\n",
+                "geomean", kPassNames[p], "", "", "", "", "", geomean(x_sg), "", geomean(x_dnn));
   }
 }
 
@@ -451,6 +471,8 @@ int main(int argc, char** argv) {
                                          case kIm2gemm1t: run_im2gemm(st, s, p, false, 1); break;
                                          case kRef: run_im2gemm(st, s, p, true, 1); break;
                                          case kSgemm: run_sgemm(st, s, p, threads); break;
+                                         case kPacked:
+                                         case kOpenblas: run_im2gemm(st, s, p, false, threads, i); break;
 #ifdef IM2GEMM_HAVE_DNNL
                                          case kDnnl: run_dnnl(st, s, p, threads); break;
 #endif

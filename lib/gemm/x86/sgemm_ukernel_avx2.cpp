@@ -9,30 +9,34 @@ namespace im2gemm::detail::gemm {
 
 namespace {
 
+// Lanes [0, n - 8v) of vector v, as a maskload/maskstore mask.
+inline __m256i lane_mask(int n, int v) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8 * v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 template <int MR, int NV>
 inline void ukernel(const Tile& t) {
   static_assert(MR * NV + NV + 1 <= 16, "accumulators and operands must fit in 16 ymm");
   constexpr int NR = 8 * NV;
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256i mask[NV];
-  for (int v = 0; v < NV; ++v) {
-    mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(t.n - 8 * v), iota);
-  }
+  // Branch-free edges, so that the accumulators stay in registers (rows past m read row 0 of
+  // A and C through clamped pointers; their C loads and stores are masked off entirely).
   const float* ar[MR];
-  for (int i = 0; i < MR; ++i) ar[i] = t.a + (i < t.m ? i : 0) * t.lda;
+  float* cr[MR];
+  for (int i = 0; i < MR; ++i) {
+    const int ii = i < t.m ? i : 0;
+    ar[i] = t.a + ii * t.lda;
+    cr[i] = t.c + ii * t.ldc;
+  }
 
+  // The lane masks are rebuilt after the k loop rather than kept: with them live, the 12
+  // accumulators and 3 operands would not fit in the 16 ymm registers.
   __m256 acc[MR][NV];
-  if (t.accumulate) {
-    for (int i = 0; i < MR; ++i) {
-      for (int v = 0; v < NV; ++v) {
-        acc[i][v] = i < t.m ? _mm256_maskload_ps(t.c + i * t.ldc + 8 * v, mask[v])
-                            : _mm256_setzero_ps();
-      }
-    }
-  } else {
-    for (int i = 0; i < MR; ++i) {
-      const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i < t.m ? i : 0]) : _mm256_setzero_ps();
-      for (int v = 0; v < NV; ++v) acc[i][v] = b0;
+  for (int i = 0; i < MR; ++i) {
+    const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i < t.m ? i : 0]) : _mm256_setzero_ps();
+    const __m256i row = _mm256_set1_epi32(t.accumulate && i < t.m ? -1 : 0);
+    for (int v = 0; v < NV; ++v) {
+      const __m256i lm = _mm256_and_si256(lane_mask(t.n, v), row);
+      acc[i][v] = _mm256_blendv_ps(b0, _mm256_maskload_ps(cr[i] + 8 * v, lm), _mm256_castsi256_ps(lm));
     }
   }
 
@@ -42,21 +46,23 @@ inline void ukernel(const Tile& t) {
     __m256 bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
     for (int i = 0; i < MR; ++i) {
-      const __m256 av = _mm256_broadcast_ss(ar[i] + kk);
+      const __m256 av = _mm256_set1_ps(ar[i][kk]);
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
     }
     b += NR;
   }
 
-  if (t.relu) {
-    const __m256 z = _mm256_setzero_ps();
-    for (int i = 0; i < MR; ++i) {
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_max_ps(acc[i][v], z);
-    }
+  // ReLU without a branch (a conditional update makes gcc keep the accumulators in memory).
+  const __m256 z = _mm256_setzero_ps();
+  const __m256 relu = _mm256_castsi256_ps(_mm256_set1_epi32(t.relu ? -1 : 0));
+  for (int i = 0; i < MR; ++i) {
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_blendv_ps(acc[i][v], _mm256_max_ps(acc[i][v], z), relu);
   }
   for (int i = 0; i < MR; ++i) {
-    if (i >= t.m) break;
-    for (int v = 0; v < NV; ++v) _mm256_maskstore_ps(t.c + i * t.ldc + 8 * v, mask[v], acc[i][v]);
+    const __m256i row = _mm256_set1_epi32(i < t.m ? -1 : 0);
+    for (int v = 0; v < NV; ++v) {
+      _mm256_maskstore_ps(cr[i] + 8 * v, _mm256_and_si256(lane_mask(t.n, v), row), acc[i][v]);
+    }
   }
 }
 

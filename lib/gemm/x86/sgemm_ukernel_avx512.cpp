@@ -21,22 +21,25 @@ inline void ukernel(const Tile& t) {
     const int r = t.n - 16 * v;
     mask[v] = r >= 16 ? __mmask16(0xFFFF) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
   }
-  // Rows past m read row 0 (their results are never stored): no branch in the k loop.
+  // Branch-free edges, so that the accumulators stay in registers from the first load to the
+  // last store: rows past m read row 0 of A (never stored), and their C loads and stores are
+  // masked off entirely (their pointers clamped to row 0).
   const float* ar[MR];
-  for (int i = 0; i < MR; ++i) ar[i] = t.a + (i < t.m ? i : 0) * t.lda;
+  float* cr[MR];
+  __mmask16 row[MR];
+  for (int i = 0; i < MR; ++i) {
+    const int ii = i < t.m ? i : 0;
+    ar[i] = t.a + ii * t.lda;
+    cr[i] = t.c + ii * t.ldc;
+    row[i] = i < t.m ? __mmask16(0xFFFF) : __mmask16(0);
+  }
+  const __mmask16 load_all = t.accumulate ? __mmask16(0xFFFF) : __mmask16(0);
 
   __m512 acc[MR][NV];
-  if (t.accumulate) {
-    for (int i = 0; i < MR; ++i) {
-      for (int v = 0; v < NV; ++v) {
-        acc[i][v] = i < t.m ? _mm512_maskz_loadu_ps(mask[v], t.c + i * t.ldc + 16 * v)
-                            : _mm512_setzero_ps();
-      }
-    }
-  } else {
-    for (int i = 0; i < MR; ++i) {
-      const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i < t.m ? i : 0]) : _mm512_setzero_ps();
-      for (int v = 0; v < NV; ++v) acc[i][v] = b0;
+  for (int i = 0; i < MR; ++i) {
+    const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i < t.m ? i : 0]) : _mm512_setzero_ps();
+    for (int v = 0; v < NV; ++v) {
+      acc[i][v] = _mm512_mask_loadu_ps(b0, mask[v] & row[i] & load_all, cr[i] + 16 * v);
     }
   }
 
@@ -59,8 +62,7 @@ inline void ukernel(const Tile& t) {
     }
   }
   for (int i = 0; i < MR; ++i) {
-    if (i >= t.m) break;
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(t.c + i * t.ldc + 16 * v, mask[v], acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[i] + 16 * v, mask[v] & row[i], acc[i][v]);
   }
 }
 
