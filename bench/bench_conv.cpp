@@ -27,6 +27,7 @@
 #include <im2gemm/im2gemm.hpp>
 
 #include "conv/engine.hpp"
+#include "peak.hpp"
 #include "suite.hpp"
 
 #ifdef IM2GEMM_HAVE_DNNL
@@ -266,57 +267,6 @@ void run_dnnl(benchmark::State& st, const Conv2dShape& s, Pass pass, int threads
 }
 #endif
 
-// ---- FMA peak: independent AVX-512 (or AVX2) FMA chains on every thread ------------------------
-
-__attribute__((target("avx512f"))) double fma_loop_avx512(int64_t iters) {
-  __m512 a[12];
-  for (int i = 0; i < 12; ++i) a[i] = _mm512_set1_ps(1.0f + 1e-7f * static_cast<float>(i));
-  const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
-  for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 12; ++i) a[i] = _mm512_fmadd_ps(a[i], m, c);
-  }
-  __m512 sum = a[0];
-  for (int i = 1; i < 12; ++i) sum = _mm512_add_ps(sum, a[i]);
-  float out[16];
-  _mm512_storeu_ps(out, sum);
-  volatile float sink = out[0];
-  (void)sink;
-  return static_cast<double>(iters) * 12 * 16 * 2;
-}
-
-__attribute__((target("avx2,fma"))) double fma_loop_avx2(int64_t iters) {
-  __m256 a[12];
-  for (int i = 0; i < 12; ++i) a[i] = _mm256_set1_ps(1.0f + 1e-7f * static_cast<float>(i));
-  const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
-  for (int64_t it = 0; it < iters; ++it) {
-    for (int i = 0; i < 12; ++i) a[i] = _mm256_fmadd_ps(a[i], m, c);
-  }
-  __m256 sum = a[0];
-  for (int i = 1; i < 12; ++i) sum = _mm256_add_ps(sum, a[i]);
-  float out[8];
-  _mm256_storeu_ps(out, sum);
-  volatile float sink = out[0];
-  (void)sink;
-  return static_cast<double>(iters) * 12 * 8 * 2;
-}
-
-// GFLOP/s of `threads` threads running FMA chains at once; best of a few tries.
-double measure_fma_peak(int threads) {
-  const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (!avx512 && !__builtin_cpu_supports("fma")) return 0.0;
-  const int64_t iters = 20'000'000;
-  double best = 0.0;
-  for (int rep = 0; rep < 5; ++rep) {
-    double total = 0.0;
-    const auto t0 = std::chrono::steady_clock::now();
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    total += avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
-    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    best = std::max(best, total / sec * 1e-9);
-  }
-  return best;
-}
-
 // ---- summary ---------------------------------------------------------------------------------
 
 class SummaryReporter : public benchmark::ConsoleReporter {
@@ -450,7 +400,7 @@ int main(int argc, char** argv) {
   for (int p = 0; p < kPasses; ++p) {
     if (want_passes.empty() || want_passes.count(kPassNames[p])) passes.insert(p);
   }
-  const double peak = measure_fma_peak(threads);
+  const double peak = im2gemm::bench::measure_fma_peak(threads);
   std::printf("FMA peak, %d threads: %.1f GFLOP/s\n%s\n", threads, peak,
               im2gemm::blas_info().summary().c_str());
   for (const auto& l : layers) {

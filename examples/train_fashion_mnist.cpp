@@ -310,6 +310,7 @@ int main(int argc, char** argv) {
                 accuracies.back(), t_train / opt.epochs);
   }
   std::printf("BLAS: %s\n", blas_info().summary().c_str());
+  std::printf("engine: %s\n", im2gemm::engine_info().summary().c_str());
 
   if (!opt.save.empty()) {
     try {

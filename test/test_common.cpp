@@ -1,3 +1,4 @@
+#include <algorithm>
 // Activations, threads, the BLAS self-report and shape validation.
 #include <cmath>
 #include <cctype>
@@ -105,6 +106,46 @@ TEST_CASE("blas_info reports OpenBLAS and the kernel it runs") {
     // runs the kernel they chose, and that kernel is not a fallback.
     CHECK(lower(info.core) == lower(ct));
     CHECK_FALSE(info.fallback);
+  }
+}
+
+TEST_CASE("engine_info: what the kernels run; a bad IM2GEMM_ISA or IM2GEMM_GEMM is an error") {
+  if (std::getenv("IM2GEMM_EXPECT_BAD_ENV")) {
+    // Run by meson with IM2GEMM_ISA=avx1024 IM2GEMM_GEMM=fastest: every entry point that
+    // depends on them throws std::invalid_argument naming the variable and the allowed values,
+    // and writes nothing.
+    auto message = [](auto&& f) {
+      try {
+        f();
+      } catch (const std::invalid_argument& e) {
+        return std::string(e.what());
+      }
+      return std::string("no exception");
+    };
+    const std::string m = message([] { (void)im2gemm::engine_info(); });
+    CHECK(m.find("IM2GEMM_ISA='avx1024'") != std::string::npos);
+    CHECK(m.find("scalar, avx2, avx512") != std::string::npos);
+    im2gemm::Conv2dShape s{.batch = 1, .in_channels = 2, .in_height = 5, .in_width = 5, .out_channels = 3};
+    std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f), w(static_cast<std::size_t>(s.w_size()), 1.0f);
+    std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
+    const std::string mc = message([&] { im2gemm::conv2d_forward(s, x, w, {}, y); });
+    CHECK((mc.find("IM2GEMM_ISA") != std::string::npos || mc.find("IM2GEMM_GEMM") != std::string::npos));
+    CHECK(std::all_of(y.begin(), y.end(), [](float v) { return v == testutil::kSentinel; }));
+    im2gemm::MaxPool2dShape ps{.batch = 1, .channels = 1, .in_height = 4, .in_width = 4};
+    std::vector<float> px(16, 1.0f), py(4, testutil::kSentinel);
+    std::vector<std::int32_t> arg(4, -7);
+    CHECK(message([&] { im2gemm::maxpool2d_forward(ps, px, py, arg); }).find("IM2GEMM_ISA") != std::string::npos);
+    CHECK(py[0] == testutil::kSentinel);
+    return;
+  }
+  const im2gemm::EngineInfo e = im2gemm::engine_info();
+  CHECK((e.isa == "scalar" || e.isa == "avx2" || e.isa == "avx512"));
+  CHECK((e.conv_gemm == "auto" || e.conv_gemm == "packed" || e.conv_gemm == "openblas"));
+  CHECK(e.summary().find(e.isa) != std::string::npos);
+  if (const char* cap = std::getenv("IM2GEMM_ISA")) {
+    // The cap holds unless the CPU has less.
+    const std::string c = cap;
+    CHECK((e.isa == c || (c == "avx512" && e.isa != "avx512") || (c == "avx2" && e.isa == "scalar")));
   }
 }
 

@@ -16,6 +16,7 @@
 #endif
 
 #include "common/checks.hpp"
+#include "common/isa.hpp"
 #include "common/scratch.hpp"
 #include "im2gemm/common.hpp"
 #include "pool/maxpool2d_impl.hpp"
@@ -24,27 +25,8 @@ namespace im2gemm::detail {
 
 namespace {
 
-PoolIsa detect_isa() {
-#if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
-      __builtin_cpu_supports("fma")) {
-    return PoolIsa::avx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return PoolIsa::avx2;
-#endif
-  return PoolIsa::scalar;
-}
-
-PoolIsa cap_from_env() {
-  const char* env = std::getenv("IM2GEMM_POOL_ISA");
-  if (env == nullptr) return PoolIsa::avx512;
-  const std::string_view v(env);
-  if (v == "scalar") return PoolIsa::scalar;
-  if (v == "avx2") return PoolIsa::avx2;
-  return PoolIsa::avx512;  // "avx512" or anything else: no cap
-}
+// The library-wide cap (IM2GEMM_ISA; std::invalid_argument on a bad value).
+PoolIsa cap_from_env() { return static_cast<PoolIsa>(static_cast<int>(isa_env_cap())); }
 
 std::atomic<int> g_isa_cap{-1};  // -1: not read from the environment yet
 
@@ -69,10 +51,7 @@ const char* pool_kernel_name(PoolKernel k) {
   return "?";
 }
 
-PoolIsa pool_isa_supported() {
-  static const PoolIsa isa = detect_isa();
-  return isa;
-}
+PoolIsa pool_isa_supported() { return static_cast<PoolIsa>(static_cast<int>(isa_supported())); }
 
 void set_pool_isa_cap(PoolIsa cap) { g_isa_cap.store(static_cast<int>(cap)); }
 

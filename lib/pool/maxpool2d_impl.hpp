@@ -10,14 +10,14 @@
 
 namespace im2gemm::detail {
 
-/// Instruction sets of the kernels, in increasing order.
+/// Instruction sets of the kernels, in increasing order (the values of common/isa.hpp's Isa).
 enum class PoolIsa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
 const char* pool_isa_name(PoolIsa isa);
-/// The best ISA this CPU and OS support (cached; __builtin_cpu_supports).
+/// The best ISA this CPU and OS support (common/isa.hpp's probe).
 PoolIsa pool_isa_supported();
-/// The ISA the kernels use now: min(cap, supported). The cap starts from the
-/// environment variable IM2GEMM_POOL_ISA (scalar | avx2 | avx512; unset = no cap).
+/// The ISA the kernels use now: min(cap, supported). The cap starts from the library-wide
+/// IM2GEMM_ISA (scalar | avx2 | avx512; unset = no cap; anything else: std::invalid_argument).
 PoolIsa pool_isa_active();
 /// Caps the ISA (tests force each path with it). Process-wide, not meant for concurrent use.
 void set_pool_isa_cap(PoolIsa cap);
