@@ -454,17 +454,28 @@ ConvOptions default_conv_options() {
 
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
   const bool vector_isa = isa_clamp(o.isa) != Isa::scalar;
+  const i64 khw = s.kernel_height * s.kernel_width;
   switch (pass) {
-    case ConvPass::forward:
+    case ConvPass::forward: {
       if (o.backend != GemmBackend::automatic) return o.backend;
-      return vector_isa ? GemmBackend::packed : GemmBackend::openblas;
+      // The packed engine where its packer and tiles pay: rows of at least a vector of output
+      // pixels, strides of at most 2 (wider ones gather) and a K that amortises a tile's
+      // set-up. 1x1 stride-1 shapes skip im2col on the openblas path.
+      const bool fits = s.out_width() >= kMinPackedRowPixels && s.stride_width <= 2 &&
+                        s.in_channels / s.groups * khw >= kMinPackedK &&
+                        !is_conv1x1_s1_p0_d1(s);
+      return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
+    }
     case ConvPass::backward_data: {
       if (s.stride_height != 1 || s.stride_width != 1) return GemmBackend::openblas;
       if (o.backend != GemmBackend::automatic) return o.backend;
-      // Few input channels per group: the M of the transposed problem would fill too few rows
-      // of a tile; the openblas path with col2im is far ahead there.
-      const bool wide = s.in_channels / s.groups >= kMinPackedBackwardDataChannels;
-      return vector_isa && wide ? GemmBackend::packed : GemmBackend::openblas;
+      // The transposed problem: M = input channels per group (few of them fill too few rows
+      // of a tile; the openblas path with col2im is far ahead there), rows of in_width pixels,
+      // K = filters per group * KH * KW.
+      const bool fits = s.in_channels / s.groups >= kMinPackedBackwardDataChannels &&
+                        s.in_width >= kMinPackedRowPixels &&
+                        s.out_channels / s.groups * khw >= kMinPackedK && !is_conv1x1_s1_p0_d1(s);
+      return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_weights:
       break;

@@ -23,11 +23,29 @@ constexpr i64 kFoldWasteDenominator = 8;
 /// Largest per-thread output buffer of a folded block, in bytes: more filters split the
 /// filters into blocks.
 constexpr i64 kMaxCBufBytes = i64{2} << 20;
-/// Work items per thread from which the split counts as balanced whatever the remainder.
+/// Work items per thread from which the split counts as balanced without weighing item sizes.
 constexpr i64 kBalancedItems = 4;
 
-bool balanced(i64 items, i64 threads) {
-  return items % threads == 0 || items >= kBalancedItems * threads;
+// Work of the busiest thread under a plan, in units of one tile row (NR columns x MR
+// filters x one k): each item costs its column panels times (its filter panels + the packing
+// of its columns, counted as half a filter panel).
+double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64 mr, i64 T) {
+  const i64 Fg = pc.F / pc.G;
+  const i64 outer = q.fold ? q.col_blocks : pc.N * q.col_blocks;
+  const i64 items = q.items(pc), fpanels = ceil_div(Fg, mr);
+  double worst = 0.0;
+  for (i64 t = 0; t < T; ++t) {
+    double load = 0.0;
+    for (i64 it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
+      const i64 fb = it % q.filter_blocks, ob = (it / q.filter_blocks) % outer;
+      const i64 cb = q.fold ? ob : ob % q.col_blocks;
+      const i64 width = std::min(q.cols, (cb + 1) * q.nc) - cb * q.nc;
+      const i64 f = part_begin(fb + 1, q.filter_blocks, fpanels) - part_begin(fb, q.filter_blocks, fpanels);
+      load += static_cast<double>(ceil_div(width, nr)) * (static_cast<double>(f) + 0.5);
+    }
+    worst = std::max(worst, load);
+  }
+  return worst;
 }
 
 }  // namespace
@@ -116,20 +134,10 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
   p.fold = pc.N > 1 && (panels * nr - P) * kFoldWasteDenominator > panels * nr;
   p.cols = p.fold ? pc.N * P : P;
   const i64 nc_target = std::max(nr, cfg.b_bytes / (4 * p.kc) / nr * nr);
-  p.nc = round_up(std::min(p.cols, nc_target), nr);
+  // Blocks of equal width (in whole panels): 392 columns at a 384 target are 2 x 240, not
+  // 384 + 8.
+  p.nc = round_up(ceil_div(p.cols, ceil_div(p.cols, nc_target)), nr);
   p.col_blocks = ceil_div(p.cols, p.nc);
-  // One more column block: the widest multiple of NR that gives more blocks (false when the
-  // blocks are already one panel wide).
-  auto more_col_blocks = [&]() -> bool {
-    for (i64 nc = p.nc - nr; nc >= nr; nc -= nr) {
-      if (ceil_div(p.cols, nc) > p.col_blocks) {
-        p.nc = nc;
-        p.col_blocks = ceil_div(p.cols, nc);
-        return true;
-      }
-    }
-    return false;
-  };
   const i64 filter_panels = ceil_div(Fg, mr);
   auto block_filters = [&] { return ceil_div(filter_panels, p.filter_blocks) * mr; };
   // Folded output blocks go through a per-thread buffer: bound it by splitting filters.
@@ -137,16 +145,36 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
          block_filters() * p.nc * 4 > kMaxCBufBytes) {
     ++p.filter_blocks;
   }
-  // Enough items for the threads: narrower column blocks first (no repacking), then filter
-  // blocks (each packs the same columns again). Every pass of the loop strictly grows
-  // col_blocks (at most cols / NR) or filter_blocks (at most the filter panels), or stops.
-  while (!balanced(p.items(pc), T)) {
-    if (more_col_blocks()) continue;
-    if (p.filter_blocks < filter_panels) {
-      ++p.filter_blocks;
-      continue;
+  // Few work items: their sizes decide the balance (392 columns as 240 + 152 kept one thread
+  // waiting a third of the time). Try narrower column blocks and more filter blocks, a
+  // bounded set of candidates, and keep the split whose busiest thread has the least work.
+  if (T > 1 && p.items(pc) < kBalancedItems * T) {
+    const i64 panels_total = ceil_div(p.cols, nr);
+    const i64 fb_min = p.filter_blocks;
+    double best_load = -1.0;
+    i64 best_nc = p.nc, best_fb = p.filter_blocks;
+    // Candidates: a few more column blocks, then multiples of them; 1..8 times the filter
+    // blocks. At most 12 x 8 splits are weighed, whatever the thread count.
+    for (i64 c = 0; c < 12; ++c) {
+      const i64 cb = std::min(panels_total, c < 4 ? p.col_blocks + c : p.col_blocks * (c - 2));
+      const i64 nc = round_up(ceil_div(p.cols, cb), nr);
+      for (i64 f = 1; f <= 8; ++f) {
+        const i64 fb = std::min(filter_panels, fb_min * f);
+        PackedPlan q = p;
+        q.nc = nc;
+        q.col_blocks = ceil_div(p.cols, nc);
+        q.filter_blocks = fb;
+        const double load = packed_thread_load(pc, q, nr, mr, T);
+        if (best_load < 0 || load < best_load * 0.99) {
+          best_load = load;
+          best_nc = nc;
+          best_fb = fb;
+        }
+      }
     }
-    break;
+    p.nc = best_nc;
+    p.col_blocks = ceil_div(p.cols, best_nc);
+    p.filter_blocks = best_fb;
   }
   p.b_floats = p.kc * p.nc;
   p.c_floats = p.fold ? block_filters() * p.nc : 0;

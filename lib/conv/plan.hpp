@@ -69,9 +69,15 @@ inline constexpr std::int64_t kBalancedItemsPerThread = 4;
 /// order) only while one partial dW is at most this large; otherwise it splits channels of dW.
 inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 
-/// Backward data runs on the packed engine (stride 1) only with at least this many input
-/// channels per group: they are the rows (M) of its GEMM, and the openblas path with col2im
-/// is far ahead on few channels (lenet_conv1: 1 channel, 18x oneDNN there).
+/// The automatic backend choice (conv_backend) gives a pass to the packed engine only where
+/// it measured ahead of the openblas path: output rows of at least kMinPackedRowPixels
+/// pixels (shorter rows cut the im2col packing into short segments: lenet_conv2's 8-pixel
+/// rows and the 7x7 layers ran 0.6-0.8x the openblas path), a GEMM K of at least
+/// kMinPackedK (below it the set-up and store of a tile weigh: lenet_conv1, K = 25), and for
+/// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
+/// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).
+inline constexpr std::int64_t kMinPackedRowPixels = 16;
+inline constexpr std::int64_t kMinPackedK = 64;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
 
 struct ConvPlan {
