@@ -60,7 +60,9 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
     const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i) + 50000, false);
     const auto rf = convcases::run_ref(s, df, act, with_bias);
     for (GemmBackend be : {GemmBackend::packed, GemmBackend::openblas}) {
-      for (Isa isa : cpu_isas()) {
+      // The ISA cap chooses the packed engine's kernels; the openblas path runs once (its
+      // lowering loops are covered ISA by ISA in test_conv2d_fast).
+      for (Isa isa : be == GemmBackend::packed ? cpu_isas() : std::vector<Isa>{Isa::avx512}) {
         for (int threads : {1, 2}) {
           const ConvOptions o{be, isa, threads};
           INFO(im2gemm::detail::gemm_backend_name(be) << " " << im2gemm::detail::isa_name(isa)
@@ -78,7 +80,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
                           << ", packed backward data " << packed_bwd);
-  CHECK(packed_fwd * 2 == runs);  // the packed backend runs every forward it is asked to
+  CHECK(packed_fwd == runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
 }
 

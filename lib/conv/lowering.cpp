@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/activation_impl.hpp"
+#include "common/isa.hpp"
 
 // Runtime dispatch: GCC emits one body per target and an ifunc resolver that picks the best
 // one for the CPU at load time.
@@ -715,7 +716,9 @@ std::atomic<bool> g_allow_avx512{true};
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
 // The CPU has AVX-512 and the test hook has not turned the hand-written kernels off.
 bool avx512_allowed() {
-  static const bool cpu = __builtin_cpu_supports("avx512f");
+  // The library-wide cap (IM2GEMM_ISA) holds the hand-written AVX-512 kernels back too; the
+  // target_clones loops are chosen by the loader from the CPU alone.
+  static const bool cpu = isa_active() == Isa::avx512;
   return cpu && g_allow_avx512.load(std::memory_order_relaxed);
 }
 #endif
