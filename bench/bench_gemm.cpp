@@ -1,7 +1,7 @@
 // The packed GEMM engine on its own:
 //  - every configured micro-kernel hot in cache (one thread, an MR x KC A panel and a KC x NR
 //    B panel in L1, C accumulated), as a fraction of the FMA peak of its ISA measured in the
-//    same run on one thread;
+//    same run on one thread, both on the thread's CPU clock;
 //  - the plain packed driver (B packed from a row-major matrix) against OpenBLAS's sgemm on
 //    each suite layer's per-image lowered forward GEMM (F/groups x OH*OW x C/groups*KH*KW,
 //    called N times), both on the same threads.
@@ -136,12 +136,13 @@ int main(int argc, char** argv) {
     }
   }
   std::map<Isa, double> peak1;
-  for (Isa isa : isas) peak1[isa] = im2gemm::bench::measure_fma_peak(1, isa == Isa::avx512);
+  for (Isa isa : isas) peak1[isa] = im2gemm::bench::measure_fma_peak_cpu_time(isa == Isa::avx512);
   Reporter rep;
   benchmark::RunSpecifiedBenchmarks(&rep);
   std::printf("\ngemm summary (medians); %s\n%s\n", im2gemm::blas_info().summary().c_str(),
               im2gemm::engine_info().summary().c_str());
-  std::printf("target: micro-kernel >= 90%% of the FMA peak of its ISA (one thread, hot in cache)\n");
+  std::printf("target: micro-kernel >= 90%% of the FMA peak of its ISA (one thread, hot in cache;\n"
+              "both timed by the thread's CPU clock, so other load on the machine cancels out)\n");
   for (Isa isa : isas) {
     const std::string name = gemm::config(isa).name;
     const double g = rep.median["ukernel/" + name];
