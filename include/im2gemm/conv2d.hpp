@@ -65,15 +65,16 @@ void conv2d_backward_weights(const Conv2dShape& shape, std::span<const float> x,
                              std::span<const float> dy, std::span<float> dw,
                              std::span<float> db);
 
-/// True when the three passes above run the fast path (im2col / col2im + OpenBLAS sgemm).
-/// False only for a shape whose lowered GEMM has a dimension OpenBLAS's int interface cannot
-/// take: (C/groups)*KH*KW, OH*OW or F/groups above INT_MAX (a single image plane or filter of
-/// over 8 GiB); such shapes run the reference loops instead: correct, but slow. Throws
-/// std::invalid_argument for an invalid shape.
+/// True when no pass of this shape falls back to the reference loops. False only for a shape
+/// whose lowered GEMM has a dimension OpenBLAS's int interface cannot take:
+/// (C/groups)*KH*KW, OH*OW or F/groups above INT_MAX (a single image plane or filter of over
+/// 8 GiB); the passes that run the openblas path on such a shape (backward weights always,
+/// the others where the plan or IM2GEMM_GEMM picks it) run the reference loops instead:
+/// correct, but slow. Throws std::invalid_argument for an invalid shape.
 bool conv2d_fast_path(const Conv2dShape& shape);
 
 /// Bytes of scratch memory one thread needs for a call on this shape with `threads` threads
-/// (0 = num_threads()), the maximum over the three passes. The passes keep one buffer per
+/// (0 = num_threads()), the maximum over the three passes and both GEMM backends. The passes keep one buffer per
 /// thread, allocated on first use, grown to the largest shape seen and reused by later calls
 /// (also from other user threads: each thread has its own). At most 8 MiB per thread on every
 /// layer of the benchmark suite. Throws std::invalid_argument for an invalid shape or

@@ -420,6 +420,11 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
     bytes = std::max(bytes, detail::plan_conv(s, pass, t).scratch_bytes());
   }
+  // The packed engine's plans too, whichever backend a call takes (its ISA: the active one).
+  const detail::Isa isa = detail::isa_active();
+  for (const auto& pc : {detail::packed_forward_problem(s), detail::packed_backward_data_problem(s)}) {
+    bytes = std::max(bytes, detail::plan_packed(pc, isa, t).scratch_bytes());
+  }
   return bytes;
 }
 
