@@ -98,7 +98,7 @@ TEST_CASE("engines: the packed engine is bitwise repeatable and differs across t
   }
 }
 
-TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB and terminates at 1..256 threads on the suite") {
+TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..1024 threads and balances 4..64 threads on the suite") {
   // Suite shapes, inline (the test needs no file).
   const int64_t L[][11] = {{1, 3, 5, 5, 2, 3, 3, 2, 2, 1, 1},      {64, 1, 28, 28, 20, 5, 5, 1, 1, 0, 0},
                            {64, 20, 12, 12, 50, 5, 5, 1, 1, 0, 0},  {8, 3, 227, 227, 96, 11, 11, 4, 4, 0, 0},
@@ -114,11 +114,16 @@ TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB and terminates at 1..
     for (Isa isa : cpu_isas()) {
       for (const auto& pc : {im2gemm::detail::packed_forward_problem(s),
                              im2gemm::detail::packed_backward_data_problem(s)}) {
-        for (int threads = 1; threads <= 256; ++threads) {
+        for (int threads = 1; threads <= 1024; threads += threads < 72 ? 1 : 37) {
           const auto p = im2gemm::detail::plan_packed(pc, isa, threads);
           CHECK(p.scratch_bytes() <= (std::size_t{8} << 20));
           CHECK(p.threads <= threads);
           CHECK(p.items(pc) >= 1);
+          // Every thread within 10% of the mean work (or fewer threads run).
+          if (threads == 4 || threads == 8 || threads == 16 || threads == 32 || threads == 64) {
+            INFO("threads " << threads << " planned " << p.threads << " imbalance " << p.imbalance(pc));
+            CHECK(p.imbalance(pc) <= 1.10);
+          }
         }
       }
     }

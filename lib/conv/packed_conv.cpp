@@ -23,13 +23,15 @@ constexpr i64 kFoldWasteDenominator = 8;
 /// Largest per-thread output buffer of a folded block, in bytes: more filters split the
 /// filters into blocks.
 constexpr i64 kMaxCBufBytes = i64{2} << 20;
-/// Work items per thread from which the split counts as balanced without weighing item sizes.
-constexpr i64 kBalancedItems = 4;
+/// The busiest thread may have at most this much more work than the mean; a split that
+/// cannot meet it runs on fewer threads.
+constexpr double kMaxImbalance = 1.10;
 
-// Work of the busiest thread under a plan, in units of one tile row (NR columns x MR
-// filters x one k): each item costs its column panels times (its filter panels + the packing
-// of its columns, counted as half a filter panel).
-double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64 mr, i64 T) {
+// Work of the busiest thread under a plan (and, in *total, of all threads), in units of one
+// tile row (NR columns x MR filters x one k): each item costs its column panels times (its
+// filter panels + the packing of its columns, counted as half a filter panel).
+double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64 mr, i64 T,
+                          double* total = nullptr) {
   const i64 Fg = pc.F / pc.G;
   const i64 outer = q.fold ? q.col_blocks : pc.N * q.col_blocks;
   const i64 items = q.items(pc), fpanels = ceil_div(Fg, mr);
@@ -44,6 +46,7 @@ double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64
       load += static_cast<double>(ceil_div(width, nr)) * (static_cast<double>(f) + 0.5);
     }
     worst = std::max(worst, load);
+    if (total) *total += load;
   }
   return worst;
 }
@@ -109,6 +112,13 @@ i64 PackedPlan::items(const PackedConv& pc) const {
   return pc.G * (fold ? col_blocks : pc.N * col_blocks) * filter_blocks;
 }
 
+double PackedPlan::imbalance(const PackedConv& pc) const {
+  const gemm::Config& cfg = gemm::config(isa);
+  double total = 0.0;
+  const double worst = packed_thread_load(pc, *this, cfg.nr, cfg.mr, threads, &total);
+  return total > 0.0 ? worst * threads / total : 1.0;
+}
+
 std::size_t PackedPlan::scratch_bytes() const {
   const i64 seg_bytes = round_up(segments * static_cast<i64>(sizeof(PackSegment)), 64);
   const i64 range_bytes = round_up(range_entries * static_cast<i64>(sizeof(LaneRange)), 64);
@@ -145,36 +155,41 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
          block_filters() * p.nc * 4 > kMaxCBufBytes) {
     ++p.filter_blocks;
   }
-  // Few work items: their sizes decide the balance (392 columns as 240 + 152 kept one thread
-  // waiting a third of the time). Try narrower column blocks and more filter blocks, a
-  // bounded set of candidates, and keep the split whose busiest thread has the least work.
-  if (T > 1 && p.items(pc) < kBalancedItems * T) {
+  // Balance: item sizes decide it when items are few (392 columns as 240 + 152 kept one
+  // thread waiting a third of the time). Weigh a bounded set of splits (narrower column
+  // blocks, more filter blocks) by the work of the busiest thread; if none keeps it within
+  // kMaxImbalance of the mean, run on fewer threads.
+  if (T > 1 && p.imbalance(pc) > kMaxImbalance) {
+    const PackedPlan base = p;
     const i64 panels_total = ceil_div(p.cols, nr);
-    const i64 fb_min = p.filter_blocks;
-    double best_load = -1.0;
-    i64 best_nc = p.nc, best_fb = p.filter_blocks;
-    // Candidates: a few more column blocks, then multiples of them; 1..8 times the filter
-    // blocks. At most 12 x 8 splits are weighed, whatever the thread count.
-    for (i64 c = 0; c < 12; ++c) {
-      const i64 cb = std::min(panels_total, c < 4 ? p.col_blocks + c : p.col_blocks * (c - 2));
-      const i64 nc = round_up(ceil_div(p.cols, cb), nr);
-      for (i64 f = 1; f <= 8; ++f) {
-        const i64 fb = std::min(filter_panels, fb_min * f);
-        PackedPlan q = p;
-        q.nc = nc;
-        q.col_blocks = ceil_div(p.cols, nc);
-        q.filter_blocks = fb;
-        const double load = packed_thread_load(pc, q, nr, mr, T);
-        if (best_load < 0 || load < best_load * 0.99) {
-          best_load = load;
-          best_nc = nc;
-          best_fb = fb;
+    auto best_split = [&](i64 threads_now) {
+      PackedPlan best = base;
+      best.threads = static_cast<int>(threads_now);
+      double best_load = -1.0;
+      // Candidates: a few more column blocks, then multiples; 1..8 times the filter blocks.
+      for (i64 c = 0; c < 12; ++c) {
+        const i64 cb = std::min(panels_total, c < 4 ? base.col_blocks + c : base.col_blocks * (c - 2));
+        const i64 nc = round_up(ceil_div(base.cols, cb), nr);
+        for (i64 f = 1; f <= 8; ++f) {
+          PackedPlan q = best;
+          q.nc = nc;
+          q.col_blocks = ceil_div(base.cols, nc);
+          q.filter_blocks = std::min(filter_panels, base.filter_blocks * f);
+          const double load = packed_thread_load(pc, q, nr, mr, threads_now);
+          if (best_load < 0 || load < best_load * 0.99) {
+            best_load = load;
+            best = q;
+          }
         }
       }
+      return best;
+    };
+    // Thread counts tried: T, T-1, ... for 8 steps, then 7/8 of the last: O(log T) tries.
+    for (i64 t = T; t >= 1; t = t > T - 8 ? t - 1 : t * 7 / 8) {
+      p = best_split(t);
+      if (t == 1 || p.imbalance(pc) <= kMaxImbalance) break;
     }
-    p.nc = best_nc;
-    p.col_blocks = ceil_div(p.cols, best_nc);
-    p.filter_blocks = best_fb;
+    p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   }
   p.b_floats = p.kc * p.nc;
   p.c_floats = p.fold ? block_filters() * p.nc : 0;

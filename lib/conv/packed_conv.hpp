@@ -57,6 +57,8 @@ struct PackedPlan {
   std::int64_t b_floats = 0, c_floats = 0, segments = 0, range_entries = 0;
   /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks.
   std::int64_t items(const PackedConv& pc) const;
+  /// Work of the busiest thread over the mean (1: perfectly balanced), items weighed by size.
+  double imbalance(const PackedConv& pc) const;
   std::size_t scratch_bytes() const;
 };
 
