@@ -51,13 +51,7 @@ enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kPacked, kOpenblas, kImpl
 const char* const kImplNames[kImpls] = {"im2gemm", "sgemm", "onednn", "ref", "im2gemm_1t",
                                         "packed", "openblas"};
 
-std::vector<float> random_vec(int64_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using im2gemm::bench::random_vec;
 
 double flops(const Conv2dShape& s) { return 2.0 * static_cast<double>(s.macs()); }
 

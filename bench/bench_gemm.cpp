@@ -31,13 +31,7 @@ using im2gemm::detail::Isa;
 namespace gemm = im2gemm::detail::gemm;
 using std::int64_t;
 
-std::vector<float> random_vec(int64_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(static_cast<std::size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
+using im2gemm::bench::random_vec;
 
 void run_ukernel(benchmark::State& st, Isa isa) {
   const gemm::Config& cfg = gemm::config(isa);

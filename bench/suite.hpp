@@ -1,9 +1,11 @@
-// Reads the layer suite (../shared/suite/layers.txt, pools.txt) shared by every benchmark.
+// Reads the layer suite (../shared/suite/layers.txt, pools.txt) shared by every benchmark,
+// and makes their deterministic inputs.
 #pragma once
 
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -12,6 +14,15 @@
 #include <im2gemm/im2gemm.hpp>
 
 namespace im2gemm::bench {
+
+/// n uniform floats in [-1, 1), the same for the same seed.
+inline std::vector<float> random_vec(std::int64_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<std::size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
 
 inline std::string suite_dir() {
   if (const char* env = std::getenv("IM2GEMM_SUITE_DIR")) return env;

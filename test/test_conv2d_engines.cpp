@@ -13,13 +13,7 @@ using im2gemm::detail::GemmBackend;
 using im2gemm::detail::Isa;
 using std::int64_t;
 
-std::vector<Isa> cpu_isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (static_cast<int>(i) <= static_cast<int>(im2gemm::detail::isa_supported())) v.push_back(i);
-  }
-  return v;
-}
+using testutil::cpu_isas;
 
 // Wider shapes than random_shape: channel counts that leave partial MR tiles, K above the K
 // block (kc = 256), several column blocks, images folded side by side.

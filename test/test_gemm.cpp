@@ -14,14 +14,7 @@ using im2gemm::detail::Isa;
 namespace gemm = im2gemm::detail::gemm;
 using std::int64_t;
 
-// The ISAs this CPU runs, scalar first.
-std::vector<Isa> cpu_isas() {
-  std::vector<Isa> v;
-  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-    if (static_cast<int>(i) <= static_cast<int>(im2gemm::detail::isa_supported())) v.push_back(i);
-  }
-  return v;
-}
+using testutil::cpu_isas;
 
 // 64-byte aligned float buffer.
 struct Aligned {

@@ -16,9 +16,21 @@
 
 #include <im2gemm/im2gemm.hpp>
 
+#include "common/isa.hpp"
+
 namespace testutil {
 
 inline constexpr float kSentinel = 12345.678f;
+
+/// The ISAs this CPU runs, scalar first.
+inline std::vector<im2gemm::detail::Isa> cpu_isas() {
+  using im2gemm::detail::Isa;
+  std::vector<Isa> v;
+  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (static_cast<int>(i) <= static_cast<int>(im2gemm::detail::isa_supported())) v.push_back(i);
+  }
+  return v;
+}
 
 /// Uniform floats in [lo, hi).
 inline std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float lo = -1.0f,

@@ -26,20 +26,11 @@ namespace im2gemm::detail {
 namespace {
 
 // The library-wide cap (IM2GEMM_ISA; std::invalid_argument on a bad value).
-PoolIsa cap_from_env() { return static_cast<PoolIsa>(static_cast<int>(isa_env_cap())); }
+PoolIsa cap_from_env() { return isa_env_cap(); }
 
 std::atomic<int> g_isa_cap{-1};  // -1: not read from the environment yet
 
 }  // namespace
-
-const char* pool_isa_name(PoolIsa isa) {
-  switch (isa) {
-    case PoolIsa::scalar: return "scalar";
-    case PoolIsa::avx2: return "avx2";
-    case PoolIsa::avx512: return "avx512";
-  }
-  return "?";
-}
 
 const char* pool_kernel_name(PoolKernel k) {
   switch (k) {
@@ -51,7 +42,7 @@ const char* pool_kernel_name(PoolKernel k) {
   return "?";
 }
 
-PoolIsa pool_isa_supported() { return static_cast<PoolIsa>(static_cast<int>(isa_supported())); }
+PoolIsa pool_isa_supported() { return isa_supported(); }
 
 void set_pool_isa_cap(PoolIsa cap) { g_isa_cap.store(static_cast<int>(cap)); }
 

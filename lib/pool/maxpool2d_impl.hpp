@@ -6,14 +6,15 @@
 
 #include <cstdint>
 
+#include "common/isa.hpp"
 #include "im2gemm/maxpool2d.hpp"
 
 namespace im2gemm::detail {
 
-/// Instruction sets of the kernels, in increasing order (the values of common/isa.hpp's Isa).
-enum class PoolIsa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+/// Instruction sets of the kernels: the library's one ISA enum (common/isa.hpp).
+using PoolIsa = Isa;
 
-const char* pool_isa_name(PoolIsa isa);
+inline const char* pool_isa_name(PoolIsa isa) { return isa_name(isa); }
 /// The best ISA this CPU and OS support (common/isa.hpp's probe).
 PoolIsa pool_isa_supported();
 /// The ISA the kernels use now: min(cap, supported). The cap starts from the library-wide
