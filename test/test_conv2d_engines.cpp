@@ -43,7 +43,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   std::mt19937 rng(20261202);
   constexpr int kShapes = 320, kWide = 40;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
-  int runs = 0, packed_fwd = 0, packed_bwd = 0;
+  int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0;
   for (int i = 0; i < kShapes + kWide; ++i) {
     const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
     const Activation act = convcases::kActs[i % 4];
@@ -67,15 +67,18 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
           ++runs;
           packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) == GemmBackend::packed;
           packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed;
+          packed_w += im2gemm::detail::conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
         }
       }
     }
   }
   im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
-                          << ", packed backward data " << packed_bwd);
+                          << ", packed backward data " << packed_bwd << ", packed backward weights "
+                          << packed_w);
   CHECK(packed_fwd == runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
+  CHECK(packed_w == packed_fwd);  // and every backward weights
 }
 
 TEST_CASE("engines: the packed engine is bitwise repeatable and differs across threads only by rounding") {

@@ -18,6 +18,7 @@
 #include "conv/engine.hpp"
 #include "conv/lowering.hpp"
 #include "conv/packed_conv.hpp"
+#include "gemm/gemm.hpp"
 #include "conv/plan.hpp"
 #include "common/scratch.hpp"
 #include "im2gemm/conv2d.hpp"
@@ -54,6 +55,7 @@ struct Scratch {
   float* col = nullptr;
   float* tmp = nullptr;
   float* partial = nullptr;
+  float* pack = nullptr;  ///< backward weights on the packed engine: gemm::sgemm_nt's B blocks
 };
 
 i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
@@ -68,6 +70,7 @@ void run_threads(const ConvPlan& p, Body&& body) {
                      sc.col = base;
                      sc.tmp = sc.col + round16(p.col_floats);
                      sc.partial = sc.tmp + round16(p.tmp_floats);
+                     sc.pack = sc.partial + round16(p.partial_floats);
                      body(t, nthr, sc);
                    });
 }
@@ -262,6 +265,7 @@ struct WeightsCtx {
   const ConvPlan& p;
   const float* x;
   const float* dy;
+  const detail::gemm::Config* packed;  ///< the packed engine's kernels, or null: OpenBLAS
 };
 
 // Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
@@ -280,7 +284,15 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
   };
   // dW (Fg x rows) += dy-block (Fg x n) * col-block^T, or dW^T (rows x Fg) += col * dy^T.
   auto gemm = [&](i64 n, const float* dyb, i64 lddy, const float* colb, i64 ldcol, float beta) {
-    if (p.weights_transposed) {
+    if (cx.packed != nullptr) {
+      if (p.weights_transposed) {
+        detail::gemm::sgemm_nt(*cx.packed, rows, d.Fg, n, colb, ldcol, dyb, lddy, c_out, d.Fg,
+                               beta != 0.0f, sc.pack);
+      } else {
+        detail::gemm::sgemm_nt(*cx.packed, d.Fg, rows, n, dyb, lddy, colb, ldcol, c_out, d.K,
+                               beta != 0.0f, sc.pack);
+      }
+    } else if (p.weights_transposed) {
       sgemm(false, true, rows, d.Fg, n, colb, ldcol, dyb, lddy, beta, c_out, d.Fg);
     } else {
       sgemm(false, true, d.Fg, rows, n, dyb, lddy, colb, ldcol, beta, c_out, d.K);
@@ -317,10 +329,11 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
 }
 
 void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x,
-                           const float* dy, float* dw, float* db) {
+                           const float* dy, float* dw, float* db,
+                           const detail::gemm::Config* packed) {
   const ConvGeom geo(s);
   const Dims d(s, p);
-  const WeightsCtx cx{geo, d, p, x, dy};
+  const WeightsCtx cx{geo, d, p, x, dy, packed};
   const i64 wsize = d.F * d.K;
   std::vector<float*> partials(static_cast<std::size_t>(p.threads), nullptr);
   // Bias gradient: per-thread sums over its images (image split) or the sums of the first
@@ -483,7 +496,11 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_weights:
-      break;
+      // The openblas path's im2col blocks, partial sums and reductions; the GEMM of each block
+      // on the chosen backend (gemm::sgemm_nt on the packed engine).
+      if (o.backend != GemmBackend::automatic) return o.backend;
+      return vector_isa && s.in_channels / s.groups * khw >= kMinPackedK ? GemmBackend::packed
+                                                                        : GemmBackend::openblas;
   }
   return GemmBackend::openblas;
 }
@@ -556,8 +573,10 @@ void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
                                   std::span<const float> x, std::span<const float> dy,
                                   std::span<float> dw, std::span<float> db) {
   const ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
-  if (!fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
-  backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data());
+  const bool packed = conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
+  if (!packed && !fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
+  backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data(),
+                        packed ? &gemm::config(o.isa) : nullptr);
 }
 
 }  // namespace im2gemm::detail

@@ -1,5 +1,7 @@
 #include "conv/plan.hpp"
 
+#include "gemm/gemm.hpp"
+
 #include <algorithm>
 #include <atomic>
 
@@ -102,7 +104,8 @@ bool is_conv1x1_s1_p0_d1(const Conv2dShape& s) {
 std::size_t ConvPlan::scratch_bytes() const {
   return round_up_64(static_cast<std::size_t>(col_floats) * sizeof(float)) +
          round_up_64(static_cast<std::size_t>(tmp_floats) * sizeof(float)) +
-         round_up_64(static_cast<std::size_t>(partial_floats) * sizeof(float));
+         round_up_64(static_cast<std::size_t>(partial_floats) * sizeof(float)) +
+         round_up_64(static_cast<std::size_t>(pack_floats) * sizeof(float));
 }
 
 ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
@@ -192,6 +195,9 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       p.col_floats = p.skips_im2col() ? 0 : rows * cols;
       p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
       p.weights_transposed = p.Fg <= kMaxFiltersTransposedWeights;
+      for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+        p.pack_floats = std::max(p.pack_floats, gemm::nt_pack_floats(gemm::config(isa)));
+      }
       if (p.weights_transposed && !p.weight_partials) p.partial_floats = rows * p.Fg;
       break;
     }

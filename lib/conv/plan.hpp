@@ -112,6 +112,8 @@ struct ConvPlan {
   /// Scratch of one thread, in floats: column block, gathered block, partial dW (or the dW^T
   /// slice accumulated by a channel block when weights_transposed).
   std::int64_t col_floats = 0, tmp_floats = 0, partial_floats = 0;
+  /// Backward weights on the packed engine: its transposing B-packing buffer (gemm::sgemm_nt).
+  std::int64_t pack_floats = 0;
 
   /// True when this plan never runs im2col/col2im: pointwise shape, one image per block.
   bool skips_im2col() const { return pointwise && images_per_block == 1; }

@@ -65,6 +65,61 @@ void pack_b_rows(const float* b, i64 ldb, i64 k0, i64 k1, i64 j0, i64 j1, int nr
   }
 }
 
+void pack_b_transposed(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, int nr, float* dst,
+                       i64 panel_stride) {
+  for (i64 p = 0; j0 + p * nr < j1; ++p) {
+    const i64 c0 = j0 + p * nr, n = std::min<i64>(nr, j1 - c0);
+    float* d = dst + p * panel_stride;
+    // 16 k at a time: the 16 x n source block is read row by row, the destination is 16
+    // panel rows (16 * nr floats) that stay in L1.
+    for (i64 kb = k0; kb < k1; kb += 16) {
+      const i64 ke = std::min(k1, kb + 16);
+      for (i64 l = 0; l < n; ++l) {
+        const float* s = x + (c0 + l) * ldx;
+        for (i64 kk = kb; kk < ke; ++kk) d[(kk - k0) * nr + l] = s[kk];
+      }
+      for (i64 l = n; l < nr; ++l) {
+        for (i64 kk = kb; kk < ke; ++kk) d[(kk - k0) * nr + l] = 0.0f;
+      }
+    }
+  }
+}
+
+namespace {
+// Columns of one packed B block of sgemm_nt: a multiple of nr, about b_bytes with kc rows.
+i64 nt_block_cols(const Config& cfg) {
+  return std::max<i64>(cfg.nr, cfg.b_bytes / (4 * cfg.kc) / cfg.nr * cfg.nr);
+}
+}  // namespace
+
+i64 nt_pack_floats(const Config& cfg) { return cfg.kc * nt_block_cols(cfg); }
+
+void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* x,
+              i64 ldx, float* c, i64 ldc, bool accumulate, float* pack) {
+  const i64 nc = nt_block_cols(cfg);
+  const i64 k_blocks = (k + cfg.kc - 1) / cfg.kc;
+  const i64 kc = (k + k_blocks - 1) / k_blocks;  // <= cfg.kc
+  for (i64 j0 = 0; j0 < n; j0 += nc) {
+    const i64 j1 = std::min(n, j0 + nc);
+    for (i64 k0 = 0; k0 < k; k0 += kc) {
+      const i64 k1 = std::min(k, k0 + kc);
+      pack_b_transposed(x, ldx, k0, k1, j0, j1, cfg.nr, pack, kc * cfg.nr);
+      BlockArgs g;
+      g.a = a + k0;
+      g.lda = lda;
+      g.m = m;
+      g.k = k1 - k0;
+      g.bpack = pack;
+      g.panel_stride = kc * cfg.nr;
+      g.ncols = j1 - j0;
+      g.c = c + j0;
+      g.ldc = ldc;
+      g.accumulate = accumulate || k0 > 0;
+      multiply_block(cfg, g);
+    }
+  }
+}
+
 void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b, i64 ldb,
                   float* c, i64 ldc, int threads) {
   const Config& cfg = config(isa);

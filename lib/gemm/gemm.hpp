@@ -77,6 +77,25 @@ void pack_b_rows(const float* b, std::int64_t ldb, std::int64_t k0, std::int64_t
                  std::int64_t j0, std::int64_t j1, int nr, float* dst,
                  std::int64_t panel_stride);
 
+/// Packs rows [k0, k1) and columns [j0, j1) of B = X^T, X row-major n x k (row stride ldx):
+/// panel p, row kk holds X[j0 + p*nr + l][kk] in lane l (zero past j1). A transposing copy:
+/// X's rows (the summed index contiguous, e.g. dy or a column block over pixels) become the
+/// packed B's columns.
+void pack_b_transposed(const float* x, std::int64_t ldx, std::int64_t k0, std::int64_t k1,
+                       std::int64_t j0, std::int64_t j1, int nr, float* dst,
+                       std::int64_t panel_stride);
+
+/// Floats of packing buffer sgemm_nt needs (kc x nc of the configuration).
+std::int64_t nt_pack_floats(const Config& cfg);
+
+/// C (m x n, row stride ldc) = (accumulate ? C : 0) + A (m x k, row stride lda) * X^T, X row-major
+/// n x k (row stride ldx), on the calling thread, B packed block by block (kc rows x nc
+/// columns) into `pack` (nt_pack_floats(cfg) floats, 64-byte aligned). The GEMM of backward
+/// weights: dW^T += col * dy^T, or dW += dy * col^T.
+void sgemm_nt(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
+              std::int64_t lda, const float* x, std::int64_t ldx, float* c, std::int64_t ldc,
+              bool accumulate, float* pack);
+
 /// Plain row-major C (m x n) = A (m x k) * B (k x n) on the packed engine with `threads`
 /// OpenMP threads (columns split over threads): the yardstick against OpenBLAS's sgemm in the
 /// tests and benchmarks. Throws std::bad_alloc (C untouched) if scratch cannot be had.
