@@ -101,6 +101,37 @@ TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
   }
 }
 
+TEST_CASE("gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
+  for (Isa isa : cpu_isas()) {
+    const gemm::Config& cfg = gemm::config(isa);
+    CAPTURE(cfg.name);
+    Aligned pack(static_cast<std::size_t>(gemm::nt_pack_floats(cfg)), 0.0f);
+    for (auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {9, 50, 3}, {17, 97, 300},
+                           {8, 500, 257}, {33, 20, 1000}}) {
+      CAPTURE(m);
+      CAPTURE(n);
+      CAPTURE(k);
+      const int64_t lda = k + 1, ldx = k + 3, ldc = n + 2;
+      const auto a = testutil::random_ints(static_cast<std::size_t>(m * lda), 3);
+      const auto x = testutil::random_ints(static_cast<std::size_t>(n * ldx), 5);
+      for (bool accumulate : {false, true}) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> got(static_cast<std::size_t>(m * ldc), nan);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) got[static_cast<std::size_t>(i * ldc + j)] = accumulate ? 2.0f : nan;
+        }
+        std::vector<float> want(got);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+                    static_cast<int>(k), 1.0f, a.data(), static_cast<int>(lda), x.data(),
+                    static_cast<int>(ldx), accumulate ? 1.0f : 0.0f, want.data(), static_cast<int>(ldc));
+        gemm::sgemm_nt(cfg, m, n, k, a.data(), lda, x.data(), ldx, got.data(), ldc, accumulate, pack.p);
+        // Integer data: exact; the padding columns of C (NaN) untouched.
+        CHECK(testutil::bitwise_equal(got, want));
+      }
+    }
+  }
+}
+
 TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowered matrix") {
   // Every packer against the definition of the lowered matrix on odd geometries, blocks that
   // cross output rows, images and panels, and negative pads (backward data's cropping).
