@@ -394,6 +394,127 @@ TEST_CASE("Sequential's fused conv -> pool backward gives the layers' own gradie
   }
 }
 
+namespace {
+/// A layer with parameters that does not implement place_parameters.
+class UnplaceableLayer : public Layer {
+ public:
+  explicit UnplaceableLayer(Shape3 s) : s_(s), w_(1, 0.5f), g_(1, 0.0f) {}
+  std::string name() const override { return "unplaceable"; }
+  Shape3 input_shape() const override { return s_; }
+  Shape3 output_shape() const override { return s_; }
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override {
+    batch_ = batch;
+    y_.assign(x.begin(), x.end());
+    return y_;
+  }
+  std::span<const float> backward(std::span<const float> dy, bool) override {
+    y_.assign(dy.begin(), dy.end());
+    return y_;
+  }
+  std::vector<Parameter> parameters() override { return {Parameter{"scale", {1}, w_, g_, true}}; }
+
+ private:
+  Shape3 s_;
+  std::vector<float> w_, g_, y_;
+};
+}  // namespace
+
+TEST_CASE("Sequential's contiguous views hold every parameter and gradient in parameters() order") {
+  Sequential net = small_net();
+  net.init(4);
+  const auto before = snapshot(net);
+  const auto values = net.parameter_values();
+  const auto grads = net.parameter_gradients();
+  REQUIRE(static_cast<std::int64_t>(values.size()) == net.parameter_count());
+  REQUIRE(grads.size() == values.size());
+  CHECK(same(snapshot(net), before));  // moving them kept every value
+  // parameters() now views the buffers, one tensor after another.
+  std::size_t at = 0;
+  for (auto& p : net.parameters()) {
+    CHECK(p.value.data() == values.data() + at);
+    CHECK(p.grad.data() == grads.data() + at);
+    at += p.value.size();
+  }
+  CHECK(at == values.size());
+  CHECK(net.parameter_offset(0) == 0);
+  CHECK(net.parameter_offset(1) == 4 * 9 + 4);  // conv 3x3x4 with bias
+  CHECK(net.parameter_offset(2) == 40);         // pooling has none
+  CHECK(net.parameter_offset(3) == net.parameter_count());
+  CHECK_THROWS_AS(net.parameter_offset(4), std::invalid_argument);
+
+  // backward writes the gradients into the view: the same numbers as a network never viewed.
+  Sequential plain = small_net();
+  plain.init(4);
+  const auto x = testutil::random_floats(5 * 36, 11);
+  std::fill(grads.begin(), grads.end(), std::numeric_limits<float>::quiet_NaN());
+  const auto dy = testutil::random_floats(5 * 3, 12);
+  net.forward(x, 5);
+  net.backward(dy);
+  plain.forward(x, 5);
+  plain.backward(dy);
+  std::vector<float> expect;
+  for (auto& p : plain.parameters()) expect.insert(expect.end(), p.grad.begin(), p.grad.end());
+  CHECK(testutil::bitwise_equal(std::vector<float>(grads.begin(), grads.end()), expect));
+
+  // Writing the view sets the parameters; set_parameters copies a whole buffer.
+  values[0] = 7.0f;
+  CHECK(net.parameters()[0].value[0] == 7.0f);
+  std::vector<float> other(values.size());
+  for (std::size_t i = 0; i < other.size(); ++i) other[i] = static_cast<float>(i) * 0.001f;
+  net.set_parameters(other);
+  CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
+  std::vector<float> short_buf(other.size() - 1, 1.0f);
+  const std::string msg = error_of([&] { net.set_parameters(short_buf); });
+  CHECK(msg.find(std::to_string(short_buf.size()) + " values for " + std::to_string(other.size())) !=
+        std::string::npos);
+  CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
+}
+
+TEST_CASE("Sequential's views: training through them, adding a layer after, a layer that cannot move") {
+  // Training a network whose parameters live in the views gives bitwise the same weights.
+  auto train = [](bool viewed) {
+    Sequential net = small_net();
+    net.init(9);
+    if (viewed) net.parameter_values();
+    SoftmaxCrossEntropy loss;
+    const auto x = testutil::random_floats(8 * 36, 2);
+    const std::vector<std::int32_t> y{0, 1, 2, 0, 1, 2, 0, 1};
+    for (int i = 0; i < 5; ++i) net.train_step(x, y, 8, loss, Sgd{});
+    return snapshot(net);
+  };
+  CHECK(same(train(true), train(false)));
+
+  // add() after the views were made: the next call moves everything again, values kept.
+  Sequential net(Shape3{1, 6, 6});
+  net.add_conv2d(2, 3, Activation::relu);
+  net.init(1);
+  const std::int64_t first = net.parameter_count();
+  const std::vector<float> conv(net.parameter_values().begin(), net.parameter_values().end());
+  net.add_dense(3, Activation::identity);
+  net.layer(1).parameters()[0].value[0] = 2.5f;
+  const auto values = net.parameter_values();
+  REQUIRE(static_cast<std::int64_t>(values.size()) == net.parameter_count());
+  CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.begin() + first), conv));
+  CHECK(values[static_cast<std::size_t>(first)] == 2.5f);
+  CHECK(net.layer(1).parameters()[0].value.data() == values.data() + first);
+
+  // A layer type without place_parameters: a clear error, and the network keeps working.
+  Sequential mixed(Shape3{1, 6, 6});
+  mixed.add_conv2d(2, 3, Activation::relu);
+  mixed.add(std::make_unique<UnplaceableLayer>(mixed.output_shape()));
+  mixed.add_dense(3, Activation::identity);
+  mixed.init(2);
+  const auto kept = snapshot(mixed);
+  const std::string msg = error_of([&] { mixed.parameter_values(); });
+  CHECK(msg.find("'unplaceable' has parameters but does not implement place_parameters") !=
+        std::string::npos);
+  CHECK(same(snapshot(mixed), kept));
+  CHECK_THROWS_AS(mixed.parameter_gradients(), std::invalid_argument);
+  CHECK(same(snapshot(mixed), kept));
+  const auto x = testutil::random_floats(2 * 36, 3);
+  CHECK(mixed.forward(x, 2).size() == 6);
+}
+
 TEST_CASE("Sequential rejects a layer whose input shape does not match") {
   Sequential net(Shape3{1, 28, 28});
   net.add_conv2d(20, 5, Activation::relu);  // -> 20x24x24

@@ -84,6 +84,49 @@ struct Sgd {
   void validate() const;  ///< learning_rate > 0, 0 <= momentum < 1, weight_decay >= 0, finite
 };
 
+/// The storage of one parameter tensor or its gradient: the layer's own memory until a
+/// Sequential moves it into its contiguous buffers (place_in), then a view of that memory.
+/// A contiguous range of floats (data, size, begin, end, operator[]), so it converts to a span.
+/// Copying a buffer copies the values into the copy's own memory.
+class ParameterBuffer {
+ public:
+  ParameterBuffer() = default;
+  ParameterBuffer(const ParameterBuffer& other) : own_(other.begin(), other.end()), p_(own_.data()), n_(own_.size()) {}
+  ParameterBuffer& operator=(const ParameterBuffer& other) {
+    if (this != &other) assign(other.begin(), other.end());
+    return *this;
+  }
+  /// n copies of value, in the buffer's own memory (leaves any placed memory).
+  void assign(std::size_t n, float value) {
+    own_.assign(n, value);
+    p_ = own_.data();
+    n_ = n;
+  }
+  /// Copies the values into dst (exactly size() floats, not overlapping this buffer) and uses
+  /// dst from then on; the buffer's own memory is released. dst must outlive every later use.
+  void place_in(std::span<float> dst);
+
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+  std::size_t size() const { return n_; }
+  float* begin() { return p_; }
+  float* end() { return p_ + n_; }
+  const float* begin() const { return p_; }
+  const float* end() const { return p_ + n_; }
+  float& operator[](std::size_t i) { return p_[i]; }
+  const float& operator[](std::size_t i) const { return p_[i]; }
+
+ private:
+  void assign(const float* first, const float* last) {
+    own_.assign(first, last);
+    p_ = own_.data();
+    n_ = own_.size();
+  }
+  std::vector<float> own_;
+  float* p_ = nullptr;
+  std::size_t n_ = 0;
+};
+
 /// A view of one parameter tensor of a layer and its gradient.
 struct Parameter {
   std::string name;                  ///< "weights" or "bias"
@@ -111,6 +154,13 @@ class Layer {
 
   /// The layer's parameters and their gradients (none for pooling).
   virtual std::vector<Parameter> parameters() { return {}; }
+  /// Moves the parameters into values and their gradients into grads, parameters() order,
+  /// one tensor after another (each span holds exactly the parameters' total size), keeping
+  /// their current contents; from then on parameters() views that memory, which must outlive
+  /// every later use of the layer. Sequential calls it to make its contiguous views.
+  /// The base implementation accepts a layer without parameters (empty spans) and throws
+  /// std::invalid_argument for any other: a layer with parameters overrides it.
+  virtual void place_parameters(std::span<float> values, std::span<float> grads);
   /// Seeded initialisation of the parameters (none for pooling), drawn from rng.
   /// Throws std::invalid_argument for a scheme outside the enum (parameters untouched).
   void init(Rng& rng, Init scheme = Init::he_xavier);
@@ -155,6 +205,7 @@ class Conv2dLayer : public Layer {
   std::span<const float> backward_preactivation(std::span<const float> delta,
                                                 bool want_input_grad = true);
   std::vector<Parameter> parameters() override;
+  void place_parameters(std::span<float> values, std::span<float> grads) override;
 
  protected:
   void do_init(Rng& rng, Init scheme) override;
@@ -171,7 +222,7 @@ class Conv2dLayer : public Layer {
  private:
   Conv2dShape shape_;
   Activation act_;
-  std::vector<float> w_, b_, dw_, db_;
+  ParameterBuffer w_, b_, dw_, db_;
   std::vector<float> x_, y_, delta_, dx_;
 };
 
@@ -215,6 +266,7 @@ class DenseLayer : public Layer {
   std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
   std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
   std::vector<Parameter> parameters() override;
+  void place_parameters(std::span<float> values, std::span<float> grads) override;
 
  protected:
   void do_init(Rng& rng, Init scheme) override;
@@ -229,7 +281,7 @@ class DenseLayer : public Layer {
   Shape3 in_;
   std::int64_t out_;
   Activation act_;
-  std::vector<float> w_, b_, dw_, db_;
+  ParameterBuffer w_, b_, dw_, db_;
   std::vector<float> x_, y_, delta_, dx_;
 };
 
@@ -305,6 +357,25 @@ class Sequential {
   std::vector<Parameter> parameters();
   std::int64_t parameter_count();
 
+  /// Contiguous views, what a data-parallel trainer needs (one allreduce, or a few buckets,
+  /// moves every gradient of a step): every parameter of the network in one buffer, in
+  /// parameters() order (layer 0 first, one tensor after another), and every gradient in a
+  /// second buffer of the same layout. The first call after an add() moves the layers'
+  /// parameters and gradients there (values kept; parameters() then views the same memory);
+  /// the spans stay valid until the next add(). Writing into parameter_values() sets the
+  /// parameters; backward() overwrites parameter_gradients(). Throws std::invalid_argument if
+  /// a layer with parameters does not implement Layer::place_parameters (network unchanged).
+  std::span<float> parameter_values();
+  std::span<float> parameter_gradients();
+  /// Where layer i's parameters start in the contiguous views; parameter_offset(size()) is
+  /// parameter_count(). Layer i's gradients are final, and no later backward step writes them,
+  /// once backward has passed layer i (see backward's gradients_ready).
+  std::int64_t parameter_offset(std::size_t i);
+  /// Copies values (parameter_count() floats, the layout of parameter_values()) into every
+  /// parameter. The momentum buffers are kept. Throws std::invalid_argument naming both sizes
+  /// on a size mismatch (network unchanged).
+  void set_parameters(std::span<const float> values);
+
   std::vector<LayerTiming> timings() const;
   void reset_timings();
 
@@ -332,6 +403,11 @@ class Sequential {
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerTiming> timings_;
   std::vector<bool> pool_after_conv_;  ///< [i]: layer i is a MaxPool2dLayer after a Conv2dLayer
+  /// The contiguous views' memory; views_current_ is false until the layers are placed in it
+  /// after the last add().
+  std::vector<float> flat_values_, flat_grads_;
+  bool views_current_ = false;
+  void place_views();
 };
 
 /// Options and result of gradient_check.

@@ -98,6 +98,10 @@ std::vector<Parameter> Conv2dLayer::parameters() {
           Parameter{"bias", {s.out_channels}, b_, db_, false}};
 }
 
+void Conv2dLayer::place_parameters(std::span<float> values, std::span<float> grads) {
+  detail::place_weights_bias("Conv2dLayer '" + name() + "'", values, grads, w_, b_, dw_, db_);
+}
+
 void Conv2dLayer::do_init(Rng& rng, Init scheme) {
   const auto& s = shape_;
   const std::int64_t k = s.kernel_height * s.kernel_width;

@@ -83,6 +83,10 @@ std::vector<Parameter> DenseLayer::parameters() {
           Parameter{"bias", {out_}, b_, db_, false}};
 }
 
+void DenseLayer::place_parameters(std::span<float> values, std::span<float> grads) {
+  detail::place_weights_bias("DenseLayer '" + name() + "'", values, grads, w_, b_, dw_, db_);
+}
+
 void DenseLayer::do_init(Rng& rng, Init scheme) {
   detail::init_parameters(rng, scheme, act_, in_.size(), out_, w_, b_);
 }

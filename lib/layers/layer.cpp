@@ -116,6 +116,23 @@ void Layer::update(const Sgd& sgd) {
   }
 }
 
+void ParameterBuffer::place_in(std::span<float> dst) {
+  if (dst.size() != n_) {
+    detail::fail("ParameterBuffer::place_in: destination holds " + std::to_string(dst.size()) +
+                 " floats, the buffer " + std::to_string(n_));
+  }
+  std::copy(begin(), end(), dst.begin());
+  std::vector<float>().swap(own_);
+  p_ = dst.data();
+}
+
+void Layer::place_parameters(std::span<float> values, std::span<float> grads) {
+  if (!parameters().empty() || !values.empty() || !grads.empty()) {
+    detail::fail("Layer::place_parameters: layer '" + name() +
+                 "' has parameters but does not implement place_parameters");
+  }
+}
+
 void Layer::init(Rng& rng, Init scheme) {
   detail::check_init_scheme("Layer::init", scheme);
   do_init(rng, scheme);

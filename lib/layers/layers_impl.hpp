@@ -73,6 +73,23 @@ inline void init_parameters(Rng& rng, Init scheme, Activation act, std::int64_t 
   for (auto& v : b) v = 0.0f;
 }
 
+/// Layer::place_parameters of a layer whose parameters() are weights then bias: w then b in
+/// values, dw then db in grads. Throws (nothing moved) unless both spans have w.size() + b.size().
+inline void place_weights_bias(const std::string& who, std::span<float> values,
+                               std::span<float> grads, ParameterBuffer& w, ParameterBuffer& b,
+                               ParameterBuffer& dw, ParameterBuffer& db) {
+  const std::size_t n = w.size() + b.size();
+  if (values.size() != n || grads.size() != n) {
+    fail(who + "::place_parameters: values hold " + std::to_string(values.size()) +
+         " floats and grads " + std::to_string(grads.size()) + ", the layer has " +
+         std::to_string(n) + " parameters");
+  }
+  w.place_in(values.first(w.size()));
+  b.place_in(values.subspan(w.size()));
+  dw.place_in(grads.first(w.size()));
+  db.place_in(grads.subspan(w.size()));
+}
+
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

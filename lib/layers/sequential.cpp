@@ -1,6 +1,7 @@
 // Sequential: chains layers, checks shapes, times each layer, saves and loads parameters.
 #include <zlib.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +49,7 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
   layers_.push_back(std::move(layer));  // the only step that can throw (bad_alloc): first
   timings_.push_back(t);
   pool_after_conv_.push_back(fuse);
+  views_current_ = false;  // the new layer's parameters are not in the contiguous views yet
   return *layers_.back();
 }
 
@@ -156,6 +158,68 @@ std::int64_t Sequential::parameter_count() {
   std::int64_t n = 0;
   for (auto& p : parameters()) n += static_cast<std::int64_t>(p.value.size());
   return n;
+}
+
+void Sequential::place_views() {
+  if (views_current_) return;
+  std::vector<std::int64_t> sizes(layers_.size());
+  std::int64_t total = 0;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    for (const auto& p : layers_[i]->parameters()) sizes[i] += static_cast<std::int64_t>(p.value.size());
+    total += sizes[i];
+  }
+  // New memory first; the layers may still view the old buffers, which live until all moved.
+  std::vector<float> values(static_cast<std::size_t>(total)), grads(static_cast<std::size_t>(total));
+  std::int64_t at = 0;
+  try {
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      const auto off = static_cast<std::size_t>(at), n = static_cast<std::size_t>(sizes[i]);
+      layers_[i]->place_parameters(std::span<float>(values).subspan(off, n),
+                                   std::span<float>(grads).subspan(off, n));
+      at += sizes[i];
+    }
+  } catch (...) {
+    // Layers before the failing one now live in the new memory, which must stay. The failing
+    // layer (a placement that throws moves nothing) and every later one were added after the
+    // last complete placement, so none of them lives in the old memory being dropped.
+    flat_values_.swap(values);
+    flat_grads_.swap(grads);
+    throw;
+  }
+  flat_values_.swap(values);
+  flat_grads_.swap(grads);
+  views_current_ = true;
+}
+
+std::span<float> Sequential::parameter_values() {
+  place_views();
+  return flat_values_;
+}
+
+std::span<float> Sequential::parameter_gradients() {
+  place_views();
+  return flat_grads_;
+}
+
+std::int64_t Sequential::parameter_offset(std::size_t i) {
+  if (i > layers_.size()) {
+    detail::fail("Sequential::parameter_offset: index " + std::to_string(i) + " of " +
+                 std::to_string(layers_.size()) + " layers");
+  }
+  std::int64_t at = 0;
+  for (std::size_t j = 0; j < i; ++j) {
+    for (const auto& p : layers_[j]->parameters()) at += static_cast<std::int64_t>(p.value.size());
+  }
+  return at;
+}
+
+void Sequential::set_parameters(std::span<const float> values) {
+  const auto dst = parameter_values();
+  if (values.size() != dst.size()) {
+    detail::fail("Sequential::set_parameters: " + std::to_string(values.size()) +
+                 " values for " + std::to_string(dst.size()) + " parameters");
+  }
+  std::copy(values.begin(), values.end(), dst.begin());
 }
 
 std::vector<LayerTiming> Sequential::timings() const { return timings_; }
