@@ -515,6 +515,32 @@ TEST_CASE("Sequential's views: training through them, adding a layer after, a la
   CHECK(mixed.forward(x, 2).size() == 6);
 }
 
+TEST_CASE("Sequential::backward's gradients_ready: every layer, last first, gradients final") {
+  Sequential net(Shape3{1, 10, 10});
+  net.add_conv2d(3, 3, Activation::relu);  // fused with the pool after it
+  net.add_maxpool2d(2);
+  net.add_dense(6, Activation::tanh);
+  net.add_dense(3, Activation::identity);
+  net.init(6);
+  const auto grads = net.parameter_gradients();
+  const auto x = testutil::random_floats(4 * 100, 21);
+  const auto dy = testutil::random_floats(4 * 3, 22);
+  net.forward(x, 4);
+  std::vector<std::size_t> order;
+  std::vector<std::vector<float>> seen(net.size());  // layer i's gradient slice when reported
+  net.backward(dy, false, [&](std::size_t i) {
+    order.push_back(i);
+    seen[i].assign(grads.begin() + net.parameter_offset(i), grads.begin() + net.parameter_offset(i + 1));
+  });
+  CHECK(order == std::vector<std::size_t>{3, 2, 1, 0});
+  for (std::size_t i = 0; i < net.size(); ++i) {
+    CAPTURE(i);
+    CHECK(testutil::bitwise_equal(seen[i], std::vector<float>(grads.begin() + net.parameter_offset(i),
+                                                              grads.begin() + net.parameter_offset(i + 1))));
+  }
+  CHECK(!seen[0].empty());
+}
+
 TEST_CASE("Sequential rejects a layer whose input shape does not match") {
   Sequential net(Shape3{1, 28, 28});
   net.add_conv2d(20, 5, Activation::relu);  // -> 20x24x24

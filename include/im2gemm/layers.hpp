@@ -24,6 +24,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -348,6 +349,11 @@ class Sequential {
   /// dy = dE/d(network output). Runs every layer's backward; the first layer skips its input
   /// gradient unless want_input_grad, in which case dE/d(network input) is returned.
   std::span<const float> backward(std::span<const float> dy, bool want_input_grad = false);
+  /// The same, calling gradients_ready(i) as soon as layer i's parameter gradients are final,
+  /// for i = size()-1 down to 0 (every layer, with or without parameters): a data-parallel
+  /// trainer starts moving the gradients of the last layers while the first ones still run.
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad,
+                                  const std::function<void(std::size_t)>& gradients_ready);
   void update(const Sgd& sgd);
   /// forward, loss, backward, update on one minibatch; returns the loss.
   float train_step(std::span<const float> x, std::span<const std::int32_t> labels,

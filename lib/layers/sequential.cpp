@@ -97,6 +97,11 @@ std::span<const float> Sequential::forward(std::span<const float> x, std::int64_
 }
 
 std::span<const float> Sequential::backward(std::span<const float> dy, bool want_input_grad) {
+  return backward(dy, want_input_grad, nullptr);
+}
+
+std::span<const float> Sequential::backward(std::span<const float> dy, bool want_input_grad,
+                                            const std::function<void(std::size_t)>& gradients_ready) {
   if (layers_.empty()) detail::fail("Sequential::backward: the network has no layers");
   std::span<const float> d = dy;
   for (std::size_t i = layers_.size(); i-- > 0;) {
@@ -108,6 +113,7 @@ std::span<const float> Sequential::backward(std::span<const float> dy, bool want
       d = static_cast<MaxPool2dLayer&>(*layers_[i]).backward_through_activation(d, conv.activation());
       timings_[i].backward_seconds += detail::seconds_since(t0);
       ++timings_[i].backward_calls;
+      if (gradients_ready) gradients_ready(i);
       --i;
       t0 = Clock::now();
       d = conv.backward_preactivation(d, i > 0 || want_input_grad);
@@ -116,6 +122,7 @@ std::span<const float> Sequential::backward(std::span<const float> dy, bool want
     }
     timings_[i].backward_seconds += detail::seconds_since(t0);
     ++timings_[i].backward_calls;
+    if (gradients_ready) gradients_ready(i);
   }
   return d;
 }
