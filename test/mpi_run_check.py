@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Runs a command under mpirun and checks its exit status, its output and its duration.
+
+  mpi_run_check.py --mpirun MPIRUN --np N [--expect-fail] [--within SECONDS]
+                   [--expect TEXT]... [--skip-if-env VAR] -- PROGRAM ARGS...
+
+Exit 0 when every check holds, 1 otherwise, 77 (meson's "skipped") with a message when
+--skip-if-env names a variable that is set (the sanitizer build: see test/meson.build).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+
+def mpirun_command(mpirun, np):
+    # Open MPI refuses root without --allow-run-as-root; --oversubscribe lets 2 ranks run on a
+    # 1-core CI machine; --bind-to none keeps each rank free to use any core.
+    return [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", str(np)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mpirun", required=True)
+    ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("--expect-fail", action="store_true")
+    ap.add_argument("--within", type=float, default=120.0)
+    ap.add_argument("--expect", action="append", default=[])
+    ap.add_argument("--skip-if-env", default="")
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+    if a.skip_if_env and os.environ.get(a.skip_if_env):
+        print(f"SKIP: {a.skip_if_env} is set ({os.environ[a.skip_if_env]}): this mpirun test does not run here")
+        return 77
+    full = mpirun_command(a.mpirun, a.np) + ["-x", "OMP_NUM_THREADS=1"] + cmd
+    print("running:", " ".join(full), flush=True)
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=a.within + 30, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        out, code = p.stdout, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        print(out)
+        print(f"FAIL: still running after {a.within + 30:.0f} s (a hang)")
+        return 1
+    took = time.monotonic() - t0
+    print(out)
+    ok = True
+    if a.expect_fail and code == 0:
+        print("FAIL: exit status 0, expected a failure")
+        ok = False
+    if not a.expect_fail and code != 0:
+        print(f"FAIL: exit status {code}")
+        ok = False
+    for text in a.expect:
+        if text not in out:
+            print(f"FAIL: the output lacks {text!r}")
+            ok = False
+    if took > a.within:
+        print(f"FAIL: took {took:.1f} s, more than {a.within:.0f} s")
+        ok = False
+    print(f"exit status {code} after {took:.1f} s: {'ok' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
