@@ -2,16 +2,38 @@
 """Runs a command under mpirun and checks its exit status, its output and its duration.
 
   mpi_run_check.py --mpirun MPIRUN --np N [--expect-fail] [--within SECONDS]
-                   [--expect TEXT]... [--skip-if-env VAR] -- PROGRAM ARGS...
+                   [--expect TEXT]... [--skip-if-env VAR]
+                   [--fake-mnist TRAIN,TEST[,BAD]] -- PROGRAM ARGS...
+
+--fake-mnist writes a small Fashion-MNIST look-alike (gzipped IDX, 28x28 random images, labels
+i % 10) with TRAIN training and TEST test images into a temporary directory, which replaces
+@DATA@ in the arguments; BAD makes the label of training example BAD 200 (a corrupt shard).
 
 Exit 0 when every check holds, 1 otherwise, 77 (meson's "skipped") with a message when
 --skip-if-env names a variable that is set (the sanitizer build: see test/meson.build).
 """
 import argparse
+import gzip
 import os
+import random
+import struct
 import subprocess
 import sys
+import tempfile
 import time
+
+
+def write_fake_mnist(directory, n_train, n_test, bad):
+    rng = random.Random(1)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = struct.pack(">IIII", 0x803, n, 28, 28) + bytes(rng.randrange(256) for _ in range(n * 784))
+        labels = bytearray(i % 10 for i in range(n))
+        if split == "train" and bad is not None:
+            labels[bad] = 200
+        with gzip.open(os.path.join(directory, f"{split}-images-idx3-ubyte.gz"), "wb") as f:
+            f.write(images)
+        with gzip.open(os.path.join(directory, f"{split}-labels-idx1-ubyte.gz"), "wb") as f:
+            f.write(struct.pack(">II", 0x801, n) + bytes(labels))
 
 
 def mpirun_command(mpirun, np):
@@ -28,12 +50,19 @@ def main():
     ap.add_argument("--within", type=float, default=120.0)
     ap.add_argument("--expect", action="append", default=[])
     ap.add_argument("--skip-if-env", default="")
+    ap.add_argument("--fake-mnist", default="")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
     if a.skip_if_env and os.environ.get(a.skip_if_env):
         print(f"SKIP: {a.skip_if_env} is set ({os.environ[a.skip_if_env]}): this mpirun test does not run here")
         return 77
+    tmp = None
+    if a.fake_mnist:
+        tmp = tempfile.TemporaryDirectory(prefix="im2gemm_fake_mnist_")
+        parts = [int(v) for v in a.fake_mnist.split(",")]
+        write_fake_mnist(tmp.name, parts[0], parts[1], parts[2] if len(parts) > 2 else None)
+        cmd = [c.replace("@DATA@", tmp.name) for c in cmd]
     full = mpirun_command(a.mpirun, a.np) + ["-x", "OMP_NUM_THREADS=1"] + cmd
     print("running:", " ".join(full), flush=True)
     t0 = time.monotonic()
