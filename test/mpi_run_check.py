@@ -63,7 +63,7 @@ def main():
         parts = [int(v) for v in a.fake_mnist.split(",")]
         write_fake_mnist(tmp.name, parts[0], parts[1], parts[2] if len(parts) > 2 else None)
         cmd = [c.replace("@DATA@", tmp.name) for c in cmd]
-    full = mpirun_command(a.mpirun, a.np) + ["-x", "OMP_NUM_THREADS=1"] + cmd
+    full = mpirun_command(a.mpirun, a.np) + ["-x", "OMP_NUM_THREADS=1", "-x", "IM2GEMM_STDOUT_TTY=0"] + cmd
     print("running:", " ".join(full), flush=True)
     t0 = time.monotonic()
     try:
