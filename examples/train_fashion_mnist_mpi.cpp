@@ -324,6 +324,7 @@ int run(int argc, char** argv, int rank, int ranks) {
   }
   if (root) {
     std::printf("BLAS: %s\n", blas_info().summary().c_str());
+    std::printf("engine: %s\n", engine_info().summary().c_str());
     if (!opt.save.empty()) {
       net.save(opt.save);
       std::printf("parameters saved to %s\n", opt.save.c_str());
