@@ -38,8 +38,8 @@ struct Options {
 
 /// distributed: the options of train_fashion_mnist_mpi (also --overlap).
 inline void usage(FILE* out, bool distributed = false) {
+  std::fprintf(out, "usage: %s [options]\n", distributed ? "mpirun -np N train_fashion_mnist_mpi" : "train_fashion_mnist");
   std::fprintf(out,
-               "usage: train_fashion_mnist [options]\n"
                "  --data DIR     directory of the 4 gzipped IDX files\n"
                "                 (default /usr/share/datasets/fashion-mnist, from\n"
                "                 `apt-get install dataset-fashion-mnist`)\n"
