@@ -11,14 +11,20 @@ struct MaxPool2dShape {
   std::int64_t batch = 1, channels = 1, in_height = 1, in_width = 1;
   std::int64_t kernel_height = 2, kernel_width = 2, stride_height = 2, stride_width = 2;
   std::int64_t pad_height = 0, pad_width = 0;  ///< padded cells never win; pad < kernel
+  /// PyTorch's ceil mode: out = ceil((in + 2*pad - kernel) / stride) + 1, minus one if that
+  /// last window would start at or past in + pad (it must start inside the input or its
+  /// top/left padding, so every window holds a real cell). A window running past the bottom
+  /// or right edge takes the max of its real cells.
+  bool ceil_mode = false;
 
-  /// Floor mode: (in_height + 2*pad_height - kernel_height) / stride_height + 1.
-  /// Meaningful only for a shape that validate() accepts.
+  /// Floor mode: (in_height + 2*pad_height - kernel_height) / stride_height + 1; ceil mode:
+  /// see ceil_mode. Meaningful only for a shape that validate() accepts.
   std::int64_t out_height() const;
   std::int64_t out_width() const;
 
   /// Throws std::invalid_argument naming the field and its value: counts, kernel and stride
-  /// >= 1; 0 <= pad < kernel; kernel fits in the padded input; a plane of H*W cells indexable
+  /// >= 1; 0 <= pad < kernel; at least one output row and column (floor mode: the kernel fits
+  /// in the padded input); a plane of H*W cells indexable
   /// by int32_t; every tensor's element count fits in 64 bits.
   void validate() const;
 

@@ -3,6 +3,7 @@
 // They are slow on purpose: direct loops, no lowering, no threads.
 #pragma once
 
+#include "im2gemm/avgpool2d.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/maxpool2d.hpp"
 
@@ -26,5 +27,11 @@ void maxpool2d_forward(const MaxPool2dShape& shape, std::span<const float> x,
 
 void maxpool2d_backward(const MaxPool2dShape& shape, std::span<const float> dy,
                         std::span<const std::int32_t> argmax, std::span<float> dx);
+
+void avgpool2d_forward(const AvgPool2dShape& shape, std::span<const float> x,
+                       std::span<float> y);
+
+void avgpool2d_backward(const AvgPool2dShape& shape, std::span<const float> dy,
+                        std::span<float> dx);
 
 }  // namespace im2gemm::reference

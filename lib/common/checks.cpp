@@ -162,10 +162,10 @@ std::int64_t Conv2dShape::macs() const {
 // ------------------------------------------------------------- MaxPool2dShape
 
 std::int64_t MaxPool2dShape::out_height() const {
-  return (in_height + 2 * pad_height - kernel_height) / stride_height + 1;
+  return detail::pool_out_length(in_height, pad_height, kernel_height, stride_height, ceil_mode);
 }
 std::int64_t MaxPool2dShape::out_width() const {
-  return (in_width + 2 * pad_width - kernel_width) / stride_width + 1;
+  return detail::pool_out_length(in_width, pad_width, kernel_width, stride_width, ceil_mode);
 }
 
 void MaxPool2dShape::validate() const {
@@ -188,10 +188,14 @@ void MaxPool2dShape::validate() const {
     fail("MaxPool2dShape.pad_width " + std::to_string(pad_width) +
          " must be smaller than kernel_width " + std::to_string(kernel_width));
   }
-  const auto oh = detail::window_out(S, "height", in_height, pad_height, kernel_height, 1,
-                                     stride_height);
-  const auto ow =
-      detail::window_out(S, "width", in_width, pad_width, kernel_width, 1, stride_width);
+  const auto oh = ceil_mode ? detail::pool_out_length_checked(S, "height", in_height, pad_height,
+                                                              kernel_height, stride_height, true)
+                            : detail::window_out(S, "height", in_height, pad_height,
+                                                 kernel_height, 1, stride_height);
+  const auto ow = ceil_mode ? detail::pool_out_length_checked(S, "width", in_width, pad_width,
+                                                              kernel_width, stride_width, true)
+                            : detail::window_out(S, "width", in_width, pad_width, kernel_width,
+                                                 1, stride_width);
   const auto plane = checked_mul(in_height, in_width, "MaxPool2dShape input plane");
   if (plane > std::numeric_limits<std::int32_t>::max()) {
     fail("MaxPool2dShape: an input plane of " + std::to_string(in_height) + "x" +
@@ -313,6 +317,117 @@ void check_maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy
            " is outside its input plane [0, " + std::to_string(plane) + ")");
     }
   }
+}
+
+}  // namespace im2gemm::detail
+
+// ------------------------------------------------------------- pooling windows, AvgPool2dShape
+
+namespace im2gemm::detail {
+
+namespace {
+// floor(a / b) for b > 0.
+inline std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+  const std::int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+}  // namespace
+
+std::int64_t pool_out_length(std::int64_t in, std::int64_t pad, std::int64_t kernel,
+                             std::int64_t stride, bool ceil_mode) {
+  const std::int64_t span = in + 2 * pad - kernel;  // negative if the kernel overhangs
+  std::int64_t out = floor_div(span + (ceil_mode ? stride - 1 : 0), stride) + 1;
+  if (ceil_mode && out >= 1 && (out - 1) * stride >= in + pad) --out;
+  return out;
+}
+
+std::int64_t pool_out_length_checked(const char* shape, const char* dim, std::int64_t in,
+                                     std::int64_t pad, std::int64_t kernel, std::int64_t stride,
+                                     bool ceil_mode) {
+  const std::int64_t padded = checked_add(in, checked_mul(2, pad, dim), dim);
+  const std::int64_t span = padded - kernel;  // padded >= 1 and kernel >= 1: no overflow
+  const std::int64_t out =
+      floor_div(ceil_mode ? checked_add(span, stride - 1, dim) : span, stride) + 1;
+  // (out - 1) * stride <= span + stride - 1 < 2^63: the correction below cannot overflow.
+  if (out < 1) {
+    fail(std::string(shape) + ": no " + dim + " window fits: kernel " + std::to_string(kernel) +
+         ", stride " + std::to_string(stride) + (ceil_mode ? " (ceil mode)" : "") +
+         ", padded input " + std::to_string(padded) + " (" + std::to_string(in) + " + 2*" +
+         std::to_string(pad) + ")");
+  }
+  return pool_out_length(in, pad, kernel, stride, ceil_mode);
+}
+
+}  // namespace im2gemm::detail
+
+namespace im2gemm {
+
+std::int64_t AvgPool2dShape::out_height() const {
+  return detail::pool_out_length(in_height, pad_height, kernel_height, stride_height, ceil_mode);
+}
+std::int64_t AvgPool2dShape::out_width() const {
+  return detail::pool_out_length(in_width, pad_width, kernel_width, stride_width, ceil_mode);
+}
+
+void AvgPool2dShape::validate() const {
+  const char* S = "AvgPool2dShape";
+  detail::require_at_least(S, "batch", batch, 1);
+  detail::require_at_least(S, "channels", channels, 1);
+  detail::require_at_least(S, "in_height", in_height, 1);
+  detail::require_at_least(S, "in_width", in_width, 1);
+  detail::require_at_least(S, "kernel_height", kernel_height, 1);
+  detail::require_at_least(S, "kernel_width", kernel_width, 1);
+  detail::require_at_least(S, "stride_height", stride_height, 1);
+  detail::require_at_least(S, "stride_width", stride_width, 1);
+  detail::require_at_least(S, "pad_height", pad_height, 0);
+  detail::require_at_least(S, "pad_width", pad_width, 0);
+  if (pad_height > kernel_height / 2) {
+    fail("AvgPool2dShape.pad_height " + std::to_string(pad_height) +
+         " must be at most half of kernel_height " + std::to_string(kernel_height) + " (" +
+         std::to_string(kernel_height / 2) + ")");
+  }
+  if (pad_width > kernel_width / 2) {
+    fail("AvgPool2dShape.pad_width " + std::to_string(pad_width) +
+         " must be at most half of kernel_width " + std::to_string(kernel_width) + " (" +
+         std::to_string(kernel_width / 2) + ")");
+  }
+  const auto oh = detail::pool_out_length_checked(S, "height", in_height, pad_height,
+                                                  kernel_height, stride_height, ceil_mode);
+  const auto ow = detail::pool_out_length_checked(S, "width", in_width, pad_width, kernel_width,
+                                                  stride_width, ceil_mode);
+  // A divisor is at most kernel_height * kernel_width.
+  checked_mul(kernel_height, kernel_width, "AvgPool2dShape kernel area");
+  detail::tensor_elements({batch, channels, in_height, in_width}, "AvgPool2dShape input x");
+  detail::tensor_elements({batch, channels, oh, ow}, "AvgPool2dShape output y");
+}
+
+std::int64_t AvgPool2dShape::x_size() const {
+  return batch * channels * in_height * in_width;
+}
+std::int64_t AvgPool2dShape::y_size() const {
+  return batch * channels * out_height() * out_width();
+}
+
+}  // namespace im2gemm
+
+namespace im2gemm::detail {
+
+void check_avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x,
+                             std::span<float> y) {
+  const char* F = "avgpool2d_forward";
+  s.validate();
+  check_size(F, "x", x.size(), s.x_size());
+  check_size(F, "y", y.size(), s.y_size());
+  check_no_overlap(F, "y", y, "x", x);
+}
+
+void check_avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy,
+                              std::span<float> dx) {
+  const char* F = "avgpool2d_backward";
+  s.validate();
+  check_size(F, "dy", dy.size(), s.y_size());
+  check_size(F, "dx", dx.size(), s.x_size());
+  check_no_overlap(F, "dx", dx, "dy", dy);
 }
 
 }  // namespace im2gemm::detail

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "im2gemm/avgpool2d.hpp"
 #include "im2gemm/common.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/maxpool2d.hpp"
@@ -64,5 +65,22 @@ void check_maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x,
 /// Also checks that every argmax entry lies in [0, H*W).
 void check_maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
                               std::span<const std::int32_t> argmax, std::span<float> dx);
+
+/// Output length of a pooling window along one axis, PyTorch's rule (dilation 1): floor or
+/// ceil of (in + 2*pad - kernel) / stride, plus one; in ceil mode minus one more if the last
+/// window would start at or past in + pad. Below 1: no window fits. Unchecked arithmetic: for
+/// operands a validate() has accepted (or checked by pool_out_length_checked).
+std::int64_t pool_out_length(std::int64_t in, std::int64_t pad, std::int64_t kernel,
+                             std::int64_t stride, bool ceil_mode);
+/// The same, throwing std::invalid_argument naming `shape` and `dim` if an intermediate
+/// overflows 64 bits or no window fits (operands already checked positive, pad >= 0).
+std::int64_t pool_out_length_checked(const char* shape, const char* dim, std::int64_t in,
+                                     std::int64_t pad, std::int64_t kernel, std::int64_t stride,
+                                     bool ceil_mode);
+
+void check_avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x,
+                             std::span<float> y);
+void check_avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy,
+                              std::span<float> dx);
 
 }  // namespace im2gemm::detail

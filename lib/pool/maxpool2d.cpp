@@ -215,7 +215,9 @@ PoolBackwardPlan plan_maxpool2d_backward(const MaxPool2dShape& s, int threads) {
   const std::int64_t HW = p.g.h * p.g.w;
   p.threads = threads_for(4 * s.x_size(), threads);
   p.planes_per_chunk = chunk_units(4 * HW);
-  p.one_pass = choose_pool_kernel(p.g) == PoolKernel::k2x2_s2_p0
+  // The one-pass kernel writes whole 2x2 windows: not for ceil mode's partial last windows.
+  const bool whole_windows = 2 * p.g.oh <= p.g.h && 2 * p.g.ow <= p.g.w;
+  p.one_pass = choose_pool_kernel(p.g) == PoolKernel::k2x2_s2_p0 && whole_windows
                    ? pool_backward_2x2_kernel(pool_isa_active())
                    : nullptr;
   p.scratch_floats = p.one_pass != nullptr ? 2 * p.g.w + 16 : 2 * HW;
