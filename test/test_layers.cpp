@@ -583,10 +583,12 @@ TEST_CASE("parameter files: round trip bit for bit") {
   const std::vector<float> yav(ya.begin(), ya.end());
   const auto yb = b.forward(x, 2);
   CHECK(testutil::bitwise_equal(yav, yb));
-  // Size: header 16 + shapes + values + crc.
+  // Size: header 16 + shapes + layer list ("conv 3x3 4 relu", "maxpool 2x2", "dense 16->3")
+  // + values + crc.
   const auto bytes = a.save_bytes();
   const std::int64_t values = a.parameter_count();
-  CHECK(bytes.size() == 16 + (4 + 4 * 8) + (4 + 8) + (4 + 2 * 8) + (4 + 8) + 4 * values + 4);
+  CHECK(bytes.size() == 16 + (4 + 4 * 8) + (4 + 8) + (4 + 2 * 8) + (4 + 8) +
+                            (4 + (4 + 15) + (4 + 11) + (4 + 11)) + 4 * values + 4);
   CHECK(std::string(bytes.begin(), bytes.begin() + 8) == "I2GPARAM");
 }
 
@@ -614,8 +616,10 @@ TEST_CASE("parameter files: wrong, truncated or corrupted files are rejected, ne
   rejected({}, "truncated");
   {
     auto bad = good;
-    bad[8] = 2;  // version 2
-    rejected(bad, "version 2 is not supported");
+    bad[8] = 3;  // version 3
+    rejected(bad, "version 3 is not supported");
+    bad[8] = 0;
+    rejected(bad, "version 0 is not supported");
   }
   {
     Sequential other = small_net(4);  // dense 3 -> dense 4: same tensor count, other shapes
@@ -709,4 +713,120 @@ TEST_CASE("read_mnist on the installed Fashion-MNIST test split, if present") {
   std::vector<int> per_class(10, 0);
   for (auto l : t.labels) ++per_class[static_cast<std::size_t>(l)];
   for (int c : per_class) CHECK(c == 1000);  // Fashion-MNIST's test split is balanced
+}
+
+namespace {
+
+std::uint32_t crc_of(const std::vector<std::uint8_t>& b, std::size_t n) {
+  return static_cast<std::uint32_t>(crc32(crc32(0L, Z_NULL, 0), b.data(), static_cast<uInt>(n)));
+}
+
+// A version-1 file of the same parameters: the version-2 bytes without the layer list, with
+// version 1 and the checksum recomputed (the layout parameter files had before version 2).
+std::vector<std::uint8_t> as_version1(Sequential& net) {
+  auto v2 = net.save_bytes();
+  std::size_t pos = 16;
+  for (auto& p : net.parameters()) pos += 4 + 8 * p.shape.size();
+  std::size_t list = 4;
+  for (std::size_t i = 0; i < net.size(); ++i) list += 4 + net.layer(i).name().size();
+  std::vector<std::uint8_t> v1(v2.begin(), v2.begin() + static_cast<std::ptrdiff_t>(pos));
+  v1.insert(v1.end(), v2.begin() + static_cast<std::ptrdiff_t>(pos + list), v2.end() - 4);
+  v1[8] = 1;
+  const std::uint32_t c = crc_of(v1, v1.size());
+  for (int i = 0; i < 4; ++i) v1.push_back(static_cast<std::uint8_t>(c >> (8 * i)));
+  return v1;
+}
+
+Sequential pool_net(bool ceil, bool avg, bool include_pad = true) {
+  Sequential net(Shape3{1, 8, 8});
+  net.add_conv2d(2, 3, Activation::relu, 1, 1);  // 2x8x8
+  if (avg) {
+    net.add_avgpool2d(2, 2, 0, ceil, include_pad);
+  } else {
+    net.add_maxpool2d(2, 2, 0, ceil);  // 8 is even: ceil and floor give the same 4x4
+  }
+  net.add_dense(3, Activation::identity);
+  return net;
+}
+
+}  // namespace
+
+TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool fields") {
+  Sequential src = small_net();
+  src.init(1);
+  Sequential dst = small_net();
+  dst.init(2);
+  const auto v1 = as_version1(src);
+  CHECK(v1[8] == 1);
+  dst.load_bytes(v1);
+  CHECK(same(snapshot(dst), snapshot(src)));
+  // The layer names record ceil mode and count_include_pad: a file of a network whose pools
+  // differ only there (same parameter shapes) is rejected, naming the layer.
+  for (int avg = 0; avg < 2; ++avg) {
+    CAPTURE(avg);
+    Sequential ceil = pool_net(true, avg != 0), floor = pool_net(false, avg != 0);
+    ceil.init(1);
+    floor.init(2);
+    const auto before = snapshot(floor);
+    REQUIRE(ceil.parameter_count() == floor.parameter_count());
+    const std::string msg = error_of([&] { floor.load_bytes(ceil.save_bytes()); });
+    CHECK(msg.find(avg ? "layer 1 is 'avgpool 2x2 ceil' in the file, the network has 'avgpool 2x2'"
+                       : "layer 1 is 'maxpool 2x2 ceil' in the file, the network has 'maxpool 2x2'") !=
+          std::string::npos);
+    CHECK(same(snapshot(floor), before));
+    floor.load_bytes(as_version1(ceil));  // version 1 has no names to compare: loads
+    CHECK(same(snapshot(floor), snapshot(ceil)));
+    Sequential again = pool_net(true, avg != 0);
+    again.load_bytes(ceil.save_bytes());
+    CHECK(same(snapshot(again), snapshot(ceil)));
+  }
+  Sequential incl = pool_net(false, true, true), excl = pool_net(false, true, false);
+  incl.init(3);
+  CHECK(error_of([&] { excl.load_bytes(incl.save_bytes()); })
+            .find("the network has 'avgpool 2x2 excl-pad'") != std::string::npos);
+  // A layer list cut short is reported as such, not read past.
+  auto cut = small_net();
+  cut.init(1);
+  auto bytes = cut.save_bytes();
+  std::size_t list = 16;
+  for (auto& p : cut.parameters()) list += 4 + 8 * p.shape.size();
+  bytes[list] = 9;  // claims 9 layers
+  bytes.resize(bytes.size() - 4);
+  const std::uint32_t c = crc_of(bytes, bytes.size());
+  for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<std::uint8_t>(c >> (8 * i)));
+  CHECK(error_of([&] { cut.load_bytes(bytes); }).find("holds 9 layers, the network has 3") !=
+        std::string::npos);
+}
+
+TEST_CASE("AvgPool2dLayer: shapes, names, finite differences, global pooling") {
+  AvgPool2dLayer plain(Shape3{3, 6, 7}, 2);
+  CHECK(plain.name() == "avgpool 2x2");
+  CHECK(plain.output_shape() == Shape3{3, 3, 3});
+  AvgPool2dLayer ceil(Shape3{3, 6, 7}, 3, 2, 1, true, false);
+  CHECK(ceil.name() == "avgpool 3x3 s2x2 p1x1 ceil excl-pad");
+  CHECK(ceil.output_shape() == Shape3{3, 4, 4});  // torch: ceil((6 + 2 - 3) / 2) + 1 = 4
+  MaxPool2dLayer mceil(Shape3{3, 5, 5}, 2, 0, 0, true);
+  CHECK(mceil.name() == "maxpool 2x2 ceil");
+  CHECK(mceil.output_shape() == Shape3{3, 3, 3});
+  const auto x = testutil::random_floats(2 * 3 * 6 * 7, 3);
+  check_gradients(plain, x, 2);
+  check_gradients(ceil, x, 2);  // overlapping windows, divisors past the padding
+  GradientCheckOptions all;
+  all.max_per_tensor = 1000;
+  const auto r = gradient_check(ceil, x, 2, all);
+  CHECK(r.checked == 252);
+  CHECK(r.max_error < kGradTol);
+  CHECK(r.kinks == 0);  // linear: no kinks
+  Sequential net(Shape3{1, 6, 6});
+  net.add_conv2d(4, 3, Activation::relu);  // 4x4x4
+  auto& gap = net.add_global_avgpool2d();
+  CHECK(gap.name() == "avgpool 4x4 s1x1");
+  CHECK(net.output_shape() == Shape3{4, 1, 1});
+  net.add_dense(2, Activation::identity);
+  net.init(5);
+  const auto xi = testutil::random_floats(3 * 36, 4);
+  const auto out = net.forward(xi, 3);
+  CHECK(out.size() == 6);
+  CHECK_THROWS_AS(AvgPool2dLayer(Shape3{1, 4, 4}, 3, 1, 2), std::invalid_argument);  // pad > 3/2
+  CHECK_THROWS_AS(AvgPool2dLayer(Shape3{1, 4, 4}, 2, -1), std::invalid_argument);
 }

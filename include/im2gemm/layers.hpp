@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "im2gemm/avgpool2d.hpp"
 #include "im2gemm/common.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/maxpool2d.hpp"
@@ -234,7 +235,7 @@ class MaxPool2dLayer : public Layer {
   explicit MaxPool2dLayer(const MaxPool2dShape& geometry);
   /// A square window; stride 0 means stride = kernel.
   MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0,
-                 std::int64_t pad = 0);
+                 std::int64_t pad = 0, bool ceil_mode = false);
 
   std::string name() const override;
   Shape3 input_shape() const override;
@@ -247,11 +248,34 @@ class MaxPool2dLayer : public Layer {
   /// every other input cell gets zero either way. Saves the previous layer a pass over its
   /// (4x larger) output; see Conv2dLayer::backward_preactivation.
   std::span<const float> backward_through_activation(std::span<const float> dy, Activation act);
+  const MaxPool2dShape& geometry() const { return shape_; }
 
  private:
   MaxPool2dShape shape_;
   std::vector<float> y_, dx_, scaled_;
   std::vector<std::int32_t> argmax_;
+};
+
+/// An average pooling layer (no parameters), PyTorch's AvgPool2d: count_include_pad and
+/// ceil_mode as in AvgPool2dShape. A window as large as the input is global average pooling.
+class AvgPool2dLayer : public Layer {
+ public:
+  /// geometry.batch is ignored.
+  explicit AvgPool2dLayer(const AvgPool2dShape& geometry);
+  /// A square window; stride 0 means stride = kernel.
+  AvgPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0,
+                 std::int64_t pad = 0, bool ceil_mode = false, bool count_include_pad = true);
+
+  std::string name() const override;
+  Shape3 input_shape() const override;
+  Shape3 output_shape() const override;
+  std::span<const float> forward(std::span<const float> x, std::int64_t batch) override;
+  std::span<const float> backward(std::span<const float> dy, bool want_input_grad = true) override;
+  const AvgPool2dShape& geometry() const { return shape_; }
+
+ private:
+  AvgPool2dShape shape_;
+  std::vector<float> y_, dx_;
 };
 
 /// A fully connected layer: y[n] = act(W x[n] + b), W [out][in] (in = input.size(): the input
@@ -332,7 +356,13 @@ class Sequential {
   /// Convenience: layers whose input shape is the network's current output shape.
   Conv2dLayer& add_conv2d(std::int64_t filters, std::int64_t kernel, Activation act,
                           std::int64_t stride = 1, std::int64_t pad = 0);
-  MaxPool2dLayer& add_maxpool2d(std::int64_t kernel, std::int64_t stride = 0);
+  MaxPool2dLayer& add_maxpool2d(std::int64_t kernel, std::int64_t stride = 0,
+                                std::int64_t pad = 0, bool ceil_mode = false);
+  AvgPool2dLayer& add_avgpool2d(std::int64_t kernel, std::int64_t stride = 0,
+                                std::int64_t pad = 0, bool ceil_mode = false,
+                                bool count_include_pad = true);
+  /// Average pooling over the whole plane: output {channels, 1, 1}.
+  AvgPool2dLayer& add_global_avgpool2d();
   DenseLayer& add_dense(std::int64_t outputs, Activation act);
 
   Shape3 input_shape() const { return input_; }
@@ -385,21 +415,26 @@ class Sequential {
   std::vector<LayerTiming> timings() const;
   void reset_timings();
 
-  /// Parameter file, version 1, all integers and floats little-endian:
+  /// Parameter file, version 2, all integers and floats little-endian:
   ///   offset 0   8 bytes  magic "I2GPARAM"
-  ///          8   u32      version (1)
+  ///          8   u32      version (2)
   ///         12   u32      T, the number of parameter tensors (parameters() order)
   ///         16   T times: u32 rank R (1..8), then R x u64 dims
+  ///              u32 L, the number of layers, then L times: u32 n, then n bytes: the
+  ///                layer's name() (it spells every geometry field that is not a parameter
+  ///                shape: stride, padding, ceil mode, count_include_pad, activation)
   ///              then T times: the tensor's values, f32, row-major
   ///        end-4 u32      CRC-32 (zlib's crc32, ISO-HDLC) of every byte before it
-  /// The file holds parameters only (no momentum, no layer kinds); load checks every shape
-  /// against the network.
+  /// Version 1 is the same without the layer list; load still reads it (checking only the
+  /// tensor shapes). The file holds parameters and the layer names, no momentum; load checks
+  /// every shape and (version 2) every layer name against the network.
   std::vector<std::uint8_t> save_bytes();
   /// Writes save_bytes() to path.tmp then renames it to path. Throws std::runtime_error if the
   /// file cannot be written.
   void save(const std::string& path);
   /// Throws std::invalid_argument saying what is wrong (wrong magic or version, truncated,
-  /// checksum mismatch, tensor count or shape different from the network, trailing bytes)
+  /// checksum mismatch, tensor count or shape different from the network, a layer name
+  /// different from the network's, trailing bytes)
   /// and leaves the network as it was. On success sets every parameter and resets momentum.
   void load_bytes(std::span<const std::uint8_t> bytes);
   void load(const std::string& path);  ///< also throws std::invalid_argument if unreadable

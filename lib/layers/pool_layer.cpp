@@ -1,4 +1,4 @@
-// MaxPool2dLayer: keeps the argmax of its forward for backward.
+// MaxPool2dLayer (keeps the argmax of its forward for backward) and AvgPool2dLayer.
 #include <string>
 
 #include "common/checks.hpp"
@@ -13,9 +13,11 @@ MaxPool2dLayer::MaxPool2dLayer(const MaxPool2dShape& geometry) : shape_(geometry
 }
 
 namespace {
-MaxPool2dShape square(Shape3 in, std::int64_t kernel, std::int64_t stride, std::int64_t pad) {
-  if (stride < 0) detail::fail("MaxPool2dLayer: stride must be >= 0 (0 = kernel), got " + std::to_string(stride));
-  MaxPool2dShape s;
+template <class Shape>
+Shape square(const char* who, Shape3 in, std::int64_t kernel, std::int64_t stride,
+             std::int64_t pad, bool ceil_mode) {
+  if (stride < 0) detail::fail(std::string(who) + ": stride must be >= 0 (0 = kernel), got " + std::to_string(stride));
+  Shape s;
   s.batch = 1;
   s.channels = in.channels;
   s.in_height = in.height;
@@ -23,23 +25,29 @@ MaxPool2dShape square(Shape3 in, std::int64_t kernel, std::int64_t stride, std::
   s.kernel_height = s.kernel_width = kernel;
   s.stride_height = s.stride_width = stride == 0 ? kernel : stride;
   s.pad_height = s.pad_width = pad;
+  s.ceil_mode = ceil_mode;
   return s;
+}
+
+// "2x2", then " sAxB" and " pAxB" where they differ from the defaults, then " ceil".
+template <class Shape>
+std::string window_name(const Shape& s) {
+  std::string n = std::to_string(s.kernel_height) + "x" + std::to_string(s.kernel_width);
+  if (s.stride_height != s.kernel_height || s.stride_width != s.kernel_width)
+    n += " s" + std::to_string(s.stride_height) + "x" + std::to_string(s.stride_width);
+  if (s.pad_height != 0 || s.pad_width != 0)
+    n += " p" + std::to_string(s.pad_height) + "x" + std::to_string(s.pad_width);
+  if (s.ceil_mode) n += " ceil";
+  return n;
 }
 }  // namespace
 
 MaxPool2dLayer::MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride,
-                               std::int64_t pad)
-    : MaxPool2dLayer(square(input, kernel, stride, pad)) {}
+                               std::int64_t pad, bool ceil_mode)
+    : MaxPool2dLayer(square<MaxPool2dShape>("MaxPool2dLayer", input, kernel, stride, pad,
+                                            ceil_mode)) {}
 
-std::string MaxPool2dLayer::name() const {
-  std::string n = "maxpool " + std::to_string(shape_.kernel_height) + "x" +
-                  std::to_string(shape_.kernel_width);
-  if (shape_.stride_height != shape_.kernel_height || shape_.stride_width != shape_.kernel_width)
-    n += " s" + std::to_string(shape_.stride_height) + "x" + std::to_string(shape_.stride_width);
-  if (shape_.pad_height != 0 || shape_.pad_width != 0)
-    n += " p" + std::to_string(shape_.pad_height) + "x" + std::to_string(shape_.pad_width);
-  return n;
-}
+std::string MaxPool2dLayer::name() const { return "maxpool " + window_name(shape_); }
 
 Shape3 MaxPool2dLayer::input_shape() const {
   return Shape3{shape_.channels, shape_.in_height, shape_.in_width};
@@ -81,6 +89,55 @@ std::span<const float> MaxPool2dLayer::backward_through_activation(std::span<con
                            static_cast<std::int64_t>(dy.size()));
   dx_.resize(static_cast<std::size_t>(s.x_size()));
   maxpool2d_backward(s, scaled_, argmax_, dx_);
+  return dx_;
+}
+
+// ------------------------------------------------------------------------ AvgPool2dLayer
+
+AvgPool2dLayer::AvgPool2dLayer(const AvgPool2dShape& geometry) : shape_(geometry) {
+  shape_.batch = 1;
+  shape_.validate();
+}
+
+AvgPool2dLayer::AvgPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride,
+                               std::int64_t pad, bool ceil_mode, bool count_include_pad)
+    : AvgPool2dLayer([&] {
+        auto s = square<AvgPool2dShape>("AvgPool2dLayer", input, kernel, stride, pad, ceil_mode);
+        s.count_include_pad = count_include_pad;
+        return s;
+      }()) {}
+
+std::string AvgPool2dLayer::name() const {
+  std::string n = "avgpool " + window_name(shape_);
+  if (!shape_.count_include_pad) n += " excl-pad";
+  return n;
+}
+
+Shape3 AvgPool2dLayer::input_shape() const {
+  return Shape3{shape_.channels, shape_.in_height, shape_.in_width};
+}
+Shape3 AvgPool2dLayer::output_shape() const {
+  return Shape3{shape_.channels, shape_.out_height(), shape_.out_width()};
+}
+
+std::span<const float> AvgPool2dLayer::forward(std::span<const float> x, std::int64_t batch) {
+  check_forward("AvgPool2dLayer", x, batch);
+  AvgPool2dShape s = shape_;
+  s.batch = batch;
+  s.validate();
+  y_.resize(static_cast<std::size_t>(s.y_size()));
+  avgpool2d_forward(s, x, y_);
+  batch_ = batch;
+  return y_;
+}
+
+std::span<const float> AvgPool2dLayer::backward(std::span<const float> dy, bool want_input_grad) {
+  check_backward("AvgPool2dLayer", dy);
+  if (!want_input_grad) return {};
+  AvgPool2dShape s = shape_;
+  s.batch = batch_;
+  dx_.resize(static_cast<std::size_t>(s.x_size()));
+  avgpool2d_backward(s, dy, dx_);
   return dx_;
 }
 

@@ -58,9 +58,25 @@ Conv2dLayer& Sequential::add_conv2d(std::int64_t filters, std::int64_t kernel, A
   return static_cast<Conv2dLayer&>(
       add(std::make_unique<Conv2dLayer>(output_shape(), filters, kernel, act, stride, pad)));
 }
-MaxPool2dLayer& Sequential::add_maxpool2d(std::int64_t kernel, std::int64_t stride) {
+MaxPool2dLayer& Sequential::add_maxpool2d(std::int64_t kernel, std::int64_t stride,
+                                          std::int64_t pad, bool ceil_mode) {
   return static_cast<MaxPool2dLayer&>(
-      add(std::make_unique<MaxPool2dLayer>(output_shape(), kernel, stride)));
+      add(std::make_unique<MaxPool2dLayer>(output_shape(), kernel, stride, pad, ceil_mode)));
+}
+AvgPool2dLayer& Sequential::add_avgpool2d(std::int64_t kernel, std::int64_t stride,
+                                          std::int64_t pad, bool ceil_mode,
+                                          bool count_include_pad) {
+  return static_cast<AvgPool2dLayer&>(add(std::make_unique<AvgPool2dLayer>(
+      output_shape(), kernel, stride, pad, ceil_mode, count_include_pad)));
+}
+AvgPool2dLayer& Sequential::add_global_avgpool2d() {
+  const Shape3 in = output_shape();
+  AvgPool2dShape s;
+  s.channels = in.channels;
+  s.in_height = s.kernel_height = in.height;
+  s.in_width = s.kernel_width = in.width;
+  s.stride_height = s.stride_width = 1;
+  return static_cast<AvgPool2dLayer&>(add(std::make_unique<AvgPool2dLayer>(s)));
 }
 DenseLayer& Sequential::add_dense(std::int64_t outputs, Activation act) {
   return static_cast<DenseLayer&>(add(std::make_unique<DenseLayer>(output_shape(), outputs, act)));
@@ -245,7 +261,9 @@ void Sequential::reset_timings() {
 namespace {
 
 constexpr char kMagic[8] = {'I', '2', 'G', 'P', 'A', 'R', 'A', 'M'};
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;        // written
+constexpr std::uint32_t kOldestVersion = 1;  // read: 1 has no layer list
+constexpr std::uint32_t kMaxNameBytes = 4096;
 constexpr std::uint32_t kMaxRank = 8;
 
 void put_u32(std::vector<std::uint8_t>& out, std::uint32_t v) {
@@ -297,6 +315,12 @@ std::vector<std::uint8_t> Sequential::save_bytes() {
     put_u32(out, static_cast<std::uint32_t>(p.shape.size()));
     for (auto d : p.shape) put_u64(out, static_cast<std::uint64_t>(d));
   }
+  put_u32(out, static_cast<std::uint32_t>(layers_.size()));
+  for (const auto& l : layers_) {
+    const std::string n = l->name();
+    put_u32(out, static_cast<std::uint32_t>(n.size()));
+    out.insert(out.end(), n.begin(), n.end());
+  }
   for (const auto& p : params) {
     for (float v : p.value) put_u32(out, std::bit_cast<std::uint32_t>(v));
   }
@@ -327,9 +351,9 @@ void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
   if (n < 16) bad_file("truncated: " + std::to_string(n) + " bytes, the header alone needs 16");
   if (std::memcmp(b, kMagic, 8) != 0) bad_file("wrong magic: not an im2gemm parameter file (expected \"I2GPARAM\")");
   const std::uint32_t version = get_u32(b + 8);
-  if (version != kVersion) {
+  if (version < kOldestVersion || version > kVersion) {
     bad_file("version " + std::to_string(version) + " is not supported (this build reads " +
-             std::to_string(kVersion) + ")");
+             std::to_string(kOldestVersion) + " to " + std::to_string(kVersion) + ")");
   }
   if (n < 20) bad_file("truncated: " + std::to_string(n) + " bytes, no room for the checksum");
   const std::uint32_t stored = get_u32(b + n - 4), computed = crc_of(b, n - 4);
@@ -363,6 +387,29 @@ void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
     if (shape != params[t].shape) {
       bad_file("tensor " + std::to_string(t) + " (" + params[t].name + ") has shape " +
                shape_str(shape) + " in the file, the network has " + shape_str(params[t].shape));
+    }
+  }
+  if (version >= 2) {  // the layer list: every layer's name, so its geometry, must match
+    if (pos + 4 > body_end) bad_file("truncated in the layer list");
+    const std::uint32_t layers = get_u32(b + pos);
+    pos += 4;
+    if (layers != layers_.size()) {
+      bad_file("holds " + std::to_string(layers) + " layers, the network has " +
+               std::to_string(layers_.size()));
+    }
+    for (std::uint32_t i = 0; i < layers; ++i) {
+      if (pos + 4 > body_end) bad_file("truncated in the layer list");
+      const std::uint32_t len = get_u32(b + pos);
+      pos += 4;
+      if (len > kMaxNameBytes || pos + len > body_end) {
+        bad_file("truncated in the name of layer " + std::to_string(i));
+      }
+      const std::string name(reinterpret_cast<const char*>(b + pos), len);
+      pos += len;
+      if (name != layers_[i]->name()) {
+        bad_file("layer " + std::to_string(i) + " is '" + name + "' in the file, the network has '" +
+                 layers_[i]->name() + "'");
+      }
     }
   }
   std::size_t values = 0;
