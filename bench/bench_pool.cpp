@@ -1,9 +1,11 @@
-// Max pooling over ../shared/suite/pools.txt: im2gemm forward and backward, oneDNN on NCHW user
-// memory (training forward with its workspace, and backward), the reference loops, and a
-// memcpy of the same bytes as the bandwidth ceiling, all in one run. Every variant is charged
-// the same bytes per call, input + output + argmax = 4 * (N*C*H*W + 2 * N*C*OH*OW), so GB/s
-// ratios are time ratios. At the end the binary prints its own summary: medians over the
-// repetitions, per pool, against the targets of issue 4.
+// Max and average pooling over ../shared/suite/pools.txt: im2gemm forward and backward, oneDNN
+// on NCHW user memory (training forward with its workspace, and backward), the reference
+// loops, and a memcpy of the same bytes as the bandwidth ceiling, all in one run. Every max
+// pooling variant is charged the same bytes per call, input + output + argmax =
+// 4 * (N*C*H*W + 2 * N*C*OH*OW), every average pooling one input + output =
+// 4 * (N*C*H*W + N*C*OH*OW) (count_include_pad, floor mode: PyTorch's defaults), so GB/s ratios
+// are time ratios. At the end the binary prints its own summaries: medians over the
+// repetitions, per pool, against the targets of issues 4 and 11.
 #include <benchmark/benchmark.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -21,6 +23,7 @@
 
 #include <im2gemm/im2gemm.hpp>
 
+#include "pool/avgpool2d_impl.hpp"
 #include "pool/maxpool2d_impl.hpp"
 #include "suite.hpp"
 
@@ -38,14 +41,25 @@ constexpr double kMinTime = 0.1;  // seconds per repetition: a short run is like
 std::int64_t pool_bytes(const MaxPool2dShape& s) {
   return 4 * (s.x_size() + 2 * s.y_size());
 }
+std::int64_t avg_bytes(const MaxPool2dShape& s) { return 4 * (s.x_size() + s.y_size()); }
+
+im2gemm::AvgPool2dShape avg_shape(const MaxPool2dShape& s) {
+  im2gemm::AvgPool2dShape a;
+  a.batch = s.batch; a.channels = s.channels; a.in_height = s.in_height; a.in_width = s.in_width;
+  a.kernel_height = s.kernel_height; a.kernel_width = s.kernel_width;
+  a.stride_height = s.stride_height; a.stride_width = s.stride_width;
+  a.pad_height = s.pad_height; a.pad_width = s.pad_width;
+  return a;
+}
 
 // Buffers of one pool, allocated (and first touched) once and kept for the whole run: the
 // repetitions of all benchmarks are interleaved (see main), about 1.2 GB for the suite.
 struct PoolData {
   MaxPool2dShape s;
+  im2gemm::AvgPool2dShape avg;  // the same window, count_include_pad, floor mode
   std::vector<float> x, y, dy, dx;
   std::vector<std::int32_t> argmax;
-  std::vector<char> copy_src, copy_dst;  // memcpy ceiling, pool_bytes each
+  std::vector<char> copy_src, copy_dst;  // memcpy ceiling, pool_bytes each (avg: a prefix)
 #ifdef IM2GEMM_HAVE_DNNL
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
@@ -55,6 +69,10 @@ struct PoolData {
   dnnl::memory src_m, dst_m, ws_m, ddst_m, dsrc_m;
   dnnl::pooling_forward fwd;
   dnnl::pooling_backward bwd;
+  dnnl::pooling_forward::primitive_desc avg_fwd_pd;
+  dnnl::pooling_backward::primitive_desc avg_bwd_pd;
+  dnnl::pooling_forward avg_fwd;
+  dnnl::pooling_backward avg_bwd;
 #endif
 };
 
@@ -65,6 +83,7 @@ PoolData& data_for(const im2gemm::bench::NamedPool& p) {
   auto d = std::make_unique<PoolData>();
   const auto& s = p.shape;
   d->s = s;
+  d->avg = avg_shape(s);
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   d->x.resize(static_cast<std::size_t>(s.x_size()));
@@ -106,22 +125,33 @@ PoolData& data_for(const im2gemm::bench::NamedPool& p) {
   d->dsrc_m = memory(src_md, d->eng, d->dnnl_dx.data());
   d->fwd = pooling_forward(d->fwd_pd);
   d->bwd = pooling_backward(d->bwd_pd);
+  // Average pooling, padded cells counted (PyTorch's default count_include_pad = true).
+  const pooling_forward::desc afd(prop_kind::forward_training,
+                                  algorithm::pooling_avg_include_padding, src_md, dst_md, strides,
+                                  kernel, pad_l, pad_r);
+  d->avg_fwd_pd = pooling_forward::primitive_desc(afd, d->eng);
+  const pooling_backward::desc abd(algorithm::pooling_avg_include_padding, src_md, dst_md,
+                                   strides, kernel, pad_l, pad_r);
+  d->avg_bwd_pd = pooling_backward::primitive_desc(abd, d->eng, d->avg_fwd_pd);
+  d->avg_fwd = pooling_forward(d->avg_fwd_pd);
+  d->avg_bwd = pooling_backward(d->avg_bwd_pd);
   d->fwd.execute(d->strm, {{DNNL_ARG_SRC, d->src_m}, {DNNL_ARG_DST, d->dst_m},
                            {DNNL_ARG_WORKSPACE, d->ws_m}});
   d->strm.wait();
   static bool printed = false;
   if (!printed) {
-    std::printf("oneDNN %d.%d.%d, implementations: fwd %s, bwd %s\n", dnnl_version()->major,
-                dnnl_version()->minor, dnnl_version()->patch, d->fwd_pd.impl_info_str(),
-                d->bwd_pd.impl_info_str());
+    std::printf("oneDNN %d.%d.%d, implementations: max fwd %s, bwd %s; avg fwd %s, bwd %s\n",
+                dnnl_version()->major, dnnl_version()->minor, dnnl_version()->patch,
+                d->fwd_pd.impl_info_str(), d->bwd_pd.impl_info_str(),
+                d->avg_fwd_pd.impl_info_str(), d->avg_bwd_pd.impl_info_str());
     printed = true;
   }
 #endif
   return *(g_data[p.name] = std::move(d));
 }
 
-void set_gbs(benchmark::State& st, const MaxPool2dShape& s) {
-  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(pool_bytes(s)) * 1e-9,
+void set_gbs(benchmark::State& st, std::int64_t bytes) {
+  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(bytes) * 1e-9,
                                            benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -156,12 +186,16 @@ void write_all(std::vector<float>& v) {
 
 // Variants, in the order of the summary table.
 // The *_avx2 and *_scalar variants force the forward kernels of that ISA (1 thread).
+// The avg_* variants are average pooling, charged avg_bytes.
 enum Variant { kFwd, kBwd, kFwd1t, kBwd1t, kDnnlFwd, kDnnlBwd, kRefFwd, kRefBwd, kMemcpy,
-               kFwd1tAvx2, kFwd1tScalar, kTrafficFwd1t, kTrafficBwd1t, kVariants };
+               kFwd1tAvx2, kFwd1tScalar, kTrafficFwd1t, kTrafficBwd1t, kAvgFwd, kAvgBwd,
+               kAvgDnnlFwd, kAvgDnnlBwd, kAvgMemcpy, kVariants };
 const char* const kVariantNames[kVariants] = {
     "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t",        "onednn_fwd",
     "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy", "im2gemm_fwd_1t_avx2",
-    "im2gemm_fwd_1t_scalar", "traffic_fwd_1t", "traffic_bwd_1t"};
+    "im2gemm_fwd_1t_scalar", "traffic_fwd_1t", "traffic_bwd_1t", "avg_im2gemm_fwd",
+    "avg_im2gemm_bwd", "avg_onednn_fwd", "avg_onednn_bwd", "avg_memcpy"};
+bool is_avg(int v) { return v >= kAvgFwd && v <= kAvgMemcpy; }
 
 void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Variant v) {
   PoolData& d = data_for(p);
@@ -205,6 +239,23 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
         d.strm.wait();
 #endif
         break;
+      case kAvgFwd:
+        im2gemm::avgpool2d_forward(d.avg, d.x, d.y);
+        break;
+      case kAvgBwd:
+        im2gemm::avgpool2d_backward(d.avg, d.dy, d.dx);
+        break;
+      case kAvgDnnlFwd:
+      case kAvgDnnlBwd:
+#ifdef IM2GEMM_HAVE_DNNL
+        if (v == kAvgDnnlFwd) {
+          d.avg_fwd.execute(d.strm, {{DNNL_ARG_SRC, d.src_m}, {DNNL_ARG_DST, d.dst_m}});
+        } else {
+          d.avg_bwd.execute(d.strm, {{DNNL_ARG_DIFF_DST, d.ddst_m}, {DNNL_ARG_DIFF_SRC, d.dsrc_m}});
+        }
+        d.strm.wait();
+#endif
+        break;
       case kTrafficFwd1t:
         // A forward pass reads all of x at least once: this much alone.
         d.y[0] = read_all(d.x);
@@ -213,8 +264,10 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
         // A backward pass writes all of dx at least once: this much alone.
         write_all(d.dx);
         break;
-      case kMemcpy: {
-        const std::size_t n = d.copy_src.size();
+      case kMemcpy:
+      case kAvgMemcpy: {
+        const std::size_t n = v == kMemcpy ? d.copy_src.size()
+                                           : static_cast<std::size_t>(avg_bytes(s));
         const int nt = im2gemm::num_threads();
         char* dst = d.copy_dst.data();
         const char* src = d.copy_src.data();
@@ -233,7 +286,7 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
   }
   im2gemm::set_num_threads(0);
   im2gemm::detail::set_pool_isa_cap(PoolIsa::avx512);
-  set_gbs(st, s);
+  set_gbs(st, is_avg(v) ? avg_bytes(s) : pool_bytes(s));
 }
 
 // Collects the real time per iteration of every repetition for the summary.
@@ -314,6 +367,36 @@ void print_summary(const SummaryReporter& rep,
                   one, ref, x_ref, mc1, x_ceil, t.c_str());
     }
   }
+  std::printf("\nAverage pooling (count_include_pad, floor mode): GB/s of input + output bytes, "
+              "medians of %d; targets (issue 11): >= 2x oneDNN, >= 60%% of memcpy.\n",
+              kRepetitions);
+  std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s  %s\n", "pool", "dir", "kernel", "im2gemm",
+              "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "targets");
+  for (const auto& p : pools) {
+    const double bytes = static_cast<double>(avg_bytes(p.shape));
+    auto gbs = [&](Variant v) {
+      const auto it = rep.seconds.find(p.name + "/" + kVariantNames[v]);
+      const double t = it == rep.seconds.end() ? 0.0 : median(it->second);
+      return t > 0 ? bytes / t * 1e-9 : 0.0;
+    };
+    const double mc = gbs(kAvgMemcpy);
+    if (mc == 0.0 && gbs(kAvgFwd) == 0.0 && gbs(kAvgBwd) == 0.0) continue;
+    const auto a = avg_shape(p.shape);
+    const im2gemm::detail::AvgGeom ag{a.in_height, a.in_width, a.out_height(), a.out_width(),
+                                      a.kernel_height, a.kernel_width, a.stride_height,
+                                      a.stride_width, a.pad_height, a.pad_width, true, nullptr};
+    const char* kname =
+        im2gemm::detail::avg_kernel_name(im2gemm::detail::choose_avg_kernel(ag));
+    for (int dir = 0; dir < 2; ++dir) {
+      const double ours = gbs(dir ? kAvgBwd : kAvgFwd), dn = gbs(dir ? kAvgDnnlBwd : kAvgDnnlFwd);
+      const double x_dn = dn > 0 ? ours / dn : 0.0, frac = mc > 0 ? ours / mc : 0.0;
+      std::string t;
+      t += dn > 0 ? (x_dn >= 2.0 ? "dnn:ok " : "dnn:MISS ") : "dnn:n/a ";
+      t += frac >= 0.6 ? "mem:ok" : "mem:MISS";
+      std::printf("%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%%  %s\n", p.name.c_str(),
+                  dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac, t.c_str());
+    }
+  }
   std::printf("\nForward at 1 thread by forced ISA (GB/s; the CPU supports %s):\n",
               im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_supported()));
   std::printf("%-14s %8s %8s %8s %8s\n", "pool", "avx512", "avx2", "scalar", "ref");
@@ -345,7 +428,7 @@ int main(int argc, char** argv) {
   for (const auto& p : pools) {
     for (int v = 0; v < kVariants; ++v) {
 #ifndef IM2GEMM_HAVE_DNNL
-      if (v == kDnnlFwd || v == kDnnlBwd) continue;
+      if (v == kDnnlFwd || v == kDnnlBwd || v == kAvgDnnlFwd || v == kAvgDnnlBwd) continue;
 #endif
       benchmark::RegisterBenchmark((p.name + "/" + kVariantNames[v]).c_str(),
                                    [p, v](benchmark::State& st) {
