@@ -799,3 +799,52 @@ TEST_CASE("streaming paths: no scratch for a thread means std::bad_alloc and not
   CHECK(testutil::bitwise_equal(fast_dx(one_pass, dy, a), reference_dx(one_pass, dy, a)));
   CHECK(failures >= 3);
 }
+
+TEST_CASE("backward through an activation: bitwise maxpool2d_backward of dy * act'(y)") {
+  // The layer's fused path (dy scaled per plane in scratch) on the one-pass 2x2 shape, the
+  // scatter shape, a streamed shape, and a plane above the fused size (scaled first).
+  const std::vector<MaxPool2dShape> shapes{
+      pool2x2(3, 5, 24, 24),                    // one-pass (vector ISAs)
+      pool(2, 3, 13, 17, 3, 3, 2, 2, 1, 1),     // zero + scatter, overlapping
+      pool(2, 64, 200, 330, 2, 2, 2, 2, 0, 0),  // dx 33.8 MB: streamed one-pass
+      pool(1, 1, 300, 260, 2, 2, 2, 2, 0, 0),   // 19500 outputs a plane: not fused
+  };
+  const Activation acts[] = {Activation::identity, Activation::relu, Activation::sigmoid,
+                             Activation::tanh};
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (const auto& s : shapes) {
+        const auto x = make_input(static_cast<std::size_t>(s.x_size()), 21u, Fill::floats);
+        std::vector<float> y(static_cast<std::size_t>(s.y_size()));
+        std::vector<std::int32_t> a(y.size());
+        maxpool2d_forward(s, x, y, a);
+        const auto dy = testutil::random_floats(y.size(), 22u);
+        for (Activation act : acts) {
+          CAPTURE(detail::pool_isa_name(isa));
+          CAPTURE(threads);
+          CAPTURE(testutil::describe(s));
+          CAPTURE(static_cast<int>(act));
+          auto scaled = dy;
+          activation_backward(act, y, scaled);
+          std::vector<float> want(x.size(), kNaN), got(x.size(), kNaN);
+          maxpool2d_backward(s, scaled, a, want);
+          detail::maxpool2d_backward_through_activation(s, dy, y, act, a, got);
+          CHECK(testutil::bitwise_equal(got, want));
+        }
+      }
+    }
+  }
+  // Bad sizes: nothing written.
+  const auto s = pool2x2(1, 2, 8, 8);
+  std::vector<float> y(static_cast<std::size_t>(s.y_size()), 1.0f), dx(128, kNaN);
+  std::vector<std::int32_t> a(y.size(), 0);
+  CHECK_THROWS_AS(detail::maxpool2d_backward_through_activation(
+                      s, std::span<const float>(y).first(y.size() - 1), y, Activation::relu, a, dx),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(detail::maxpool2d_backward_through_activation(s, y, y, static_cast<Activation>(9),
+                                                                a, dx),
+                  std::invalid_argument);
+  CHECK(std::all_of(dx.begin(), dx.end(), [](float v) { return std::isnan(v); }));
+}

@@ -252,7 +252,7 @@ class MaxPool2dLayer : public Layer {
 
  private:
   MaxPool2dShape shape_;
-  std::vector<float> y_, dx_, scaled_;
+  std::vector<float> y_, dx_;
   std::vector<std::int32_t> argmax_;
 };
 

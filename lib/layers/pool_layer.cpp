@@ -4,6 +4,7 @@
 #include "common/checks.hpp"
 #include "im2gemm/layers.hpp"
 #include "layers/layers_impl.hpp"
+#include "pool/maxpool2d_impl.hpp"
 
 namespace im2gemm {
 
@@ -84,11 +85,9 @@ std::span<const float> MaxPool2dLayer::backward_through_activation(std::span<con
   detail::check_activation(act, "MaxPool2dLayer::backward_through_activation: act");
   MaxPool2dShape s = shape_;
   s.batch = batch_;
-  scaled_.resize(dy.size());
-  detail::derivative_times(act, y_.data(), dy.data(), scaled_.data(),
-                           static_cast<std::int64_t>(dy.size()));
   dx_.resize(static_cast<std::size_t>(s.x_size()));
-  maxpool2d_backward(s, scaled_, argmax_, dx_);
+  // argmax_ is what this layer's forward wrote: the fused pass does not scan it again.
+  detail::maxpool2d_backward_through_activation(s, dy, y_, act, argmax_, dx_);
   return dx_;
 }
 

@@ -10,11 +10,13 @@
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
+#include "common/activation_impl.hpp"
 #include "common/checks.hpp"
 #include "common/isa.hpp"
 #include "common/scratch.hpp"
@@ -276,19 +278,38 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
   if (failed.load()) throw std::bad_alloc();
 }
 
-void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
-                        std::span<const std::int32_t> argmax, std::span<float> dx) {
-  // Every argmax entry is checked before dx is written.
-  detail::check_maxpool2d_backward(s, dy, argmax, dx);
-  const detail::PoolBackwardPlan p = detail::plan_maxpool2d_backward(s, num_threads());
+}  // namespace im2gemm
+
+namespace im2gemm::detail {
+
+namespace {
+
+// Planes of at most this many outputs have dy * act'(y) computed per plane in scratch (fused);
+// larger ones in one pass over the whole tensor first.
+constexpr std::int64_t kFusedScaleMaxFloats = std::int64_t{16} << 10;
+
+// maxpool2d_backward after the checks, of dy * act'(y) if y != nullptr (y: the forward's
+// output, act: the activation whose output the pooling's input is).
+void backward_checked(const MaxPool2dShape& s, const float* g, const std::int32_t* a,
+                      float* d, const float* y, Activation act) {
+  PoolBackwardPlan p = plan_maxpool2d_backward(s, num_threads());
   const std::int64_t HW = p.g.h * p.g.w, OH = p.g.oh, OHW = p.g.oh * p.g.ow;
-  const float* g = dy.data();
-  const std::int32_t* a = argmax.data();
-  float* d = dx.data();
+  // dy of one plane, scaled into this thread's scratch (after the streaming buffer) if fused.
+  const bool scale = y != nullptr;
+  const std::int64_t scale_at = (p.scratch_floats + 15) & ~std::int64_t{15};
+  const bool use_scratch = p.stream || scale;
+  const std::int64_t scratch_bytes = 4 * (scale ? scale_at + OHW : p.scratch_floats);
+  auto dy_of = [&](float* buf, std::int64_t plane) -> const float* {
+    if (!scale) return g + plane * OHW;
+    float* sc = buf + scale_at;
+    std::memcpy(sc, g + plane * OHW, static_cast<std::size_t>(OHW) * sizeof(float));
+    activation_backward_unchecked(act, y + plane * OHW, sc, OHW);
+    return sc;
+  };
   // Zero + scatter: dy added in output order (the reference's order, so overlapping windows
   // round the same way) into a zeroed plane.
-  auto scatter = [&](float* dp, std::int64_t plane, std::int64_t o0, std::int64_t o1) {
-    const float* gp = g + plane * OHW;
+  auto scatter = [&](float* dp, const float* gp, std::int64_t plane, std::int64_t o0,
+                     std::int64_t o1) {
     const std::int32_t* ap = a + plane * OHW;
     for (std::int64_t o = o0; o < o1; ++o) dp[ap[o]] += gp[o];
   };
@@ -299,57 +320,95 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
   if (p.one_pass != nullptr) {
 #pragma omp parallel num_threads(p.threads)
     {
-      float* buf = detail::scratch_for_all(p.stream, 4 * p.scratch_floats, failed);
+      float* buf = scratch_for_all(use_scratch, scratch_bytes, failed);
       const std::int64_t todo = failed.load() ? 0 : p.planes;  // the same for every thread
 #pragma omp for schedule(dynamic, p.planes_per_chunk) nowait
       for (std::int64_t plane = 0; plane < todo; ++plane) {
         float* dp = d + plane * HW;
-        if (!p.one_pass(p.g, g + plane * OHW, a + plane * OHW, dp, 0, OH, buf)) {
+        const float* gp = dy_of(buf, plane);
+        if (!p.one_pass(p.g, gp, a + plane * OHW, dp, 0, OH, p.stream ? buf : nullptr)) {
           zero(dp);  // an argmax outside its window
-          scatter(dp, plane, 0, OHW);
+          scatter(dp, gp, plane, 0, OHW);
         }
       }
-      if (p.stream) detail::stream_fence();
+      if (p.stream) stream_fence();
     }
     if (failed.load()) throw std::bad_alloc();
     return;
   }
 #pragma omp parallel num_threads(p.threads)
   {
-    float* buf = detail::scratch_for_all(p.stream, 4 * p.scratch_floats, failed);
+    float* buf = scratch_for_all(use_scratch, scratch_bytes, failed);
     const std::int64_t todo = failed.load() ? 0 : p.planes;  // the same for every thread
     constexpr std::int64_t kSlices = 16;  // interleaving grain of scatter and stream-out
     std::int64_t pending = -1;            // plane of this thread waiting in buf[side ^ 1]
     int side = 0;
 #pragma omp for schedule(dynamic, p.planes_per_chunk) nowait
     for (std::int64_t plane = 0; plane < todo; ++plane) {
+      const float* gp = dy_of(buf, plane);
       if (!p.stream) {
         zero(d + plane * HW);
-        scatter(d + plane * HW, plane, 0, OHW);
+        scatter(d + plane * HW, gp, plane, 0, OHW);
         continue;
       }
       float* cur = buf + side * HW;
       const float* prev = buf + (side ^ 1) * HW;
       zero(cur);
       for (std::int64_t k = 0; k < kSlices; ++k) {
-        scatter(cur, plane, OHW * k / kSlices, OHW * (k + 1) / kSlices);
+        scatter(cur, gp, plane, OHW * k / kSlices, OHW * (k + 1) / kSlices);
         if (pending >= 0) {
           float* out = d + pending * HW;
-          const std::int64_t c0 = detail::line_cut(out, HW * k / kSlices, HW);
-          const std::int64_t c1 =
-              k + 1 == kSlices ? HW : detail::line_cut(out, HW * (k + 1) / kSlices, HW);
-          detail::stream_copy(out + c0, prev + c0, c1 - c0);
+          const std::int64_t c0 = line_cut(out, HW * k / kSlices, HW);
+          const std::int64_t c1 = k + 1 == kSlices ? HW : line_cut(out, HW * (k + 1) / kSlices, HW);
+          stream_copy(out + c0, prev + c0, c1 - c0);
         }
       }
       pending = plane;
       side ^= 1;
     }
     if (p.stream) {
-      if (pending >= 0) detail::stream_copy(d + pending * HW, buf + (side ^ 1) * HW, HW);
-      detail::stream_fence();
+      if (pending >= 0) stream_copy(d + pending * HW, buf + (side ^ 1) * HW, HW);
+      stream_fence();
     }
   }
   if (failed.load()) throw std::bad_alloc();
+}
+
+}  // namespace
+
+void maxpool2d_backward_through_activation(const MaxPool2dShape& s, std::span<const float> dy,
+                                           std::span<const float> y, Activation act,
+                                           std::span<const std::int32_t> argmax,
+                                           std::span<float> dx) {
+  const char* F = "maxpool2d_backward_through_activation";
+  s.validate();
+  check_activation(act, "maxpool2d_backward_through_activation: act");
+  check_size(F, "dy", dy.size(), s.y_size());
+  check_size(F, "y", y.size(), s.y_size());
+  check_size(F, "argmax", argmax.size(), s.y_size());
+  check_size(F, "dx", dx.size(), s.x_size());
+  check_no_overlap(F, "dx", dx, "dy", dy);
+  check_no_overlap(F, "dx", dx, "y", y);
+  check_no_overlap(F, "dx", dx, "argmax", argmax);
+  if (s.out_height() * s.out_width() > kFusedScaleMaxFloats) {
+    std::vector<float> scaled(dy.begin(), dy.end());
+    activation_backward_unchecked(act, y.data(), scaled.data(), s.y_size());
+    return backward_checked(s, scaled.data(), argmax.data(), dx.data(), nullptr,
+                            Activation::identity);
+  }
+  backward_checked(s, dy.data(), argmax.data(), dx.data(), y.data(), act);
+}
+
+}  // namespace im2gemm::detail
+
+namespace im2gemm {
+
+void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
+                        std::span<const std::int32_t> argmax, std::span<float> dx) {
+  // Every argmax entry is checked before dx is written.
+  detail::check_maxpool2d_backward(s, dy, argmax, dx);
+  detail::backward_checked(s, dy.data(), argmax.data(), dx.data(), nullptr,
+                           Activation::identity);
 }
 
 }  // namespace im2gemm

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 
 #include "common/isa.hpp"
+#include "im2gemm/common.hpp"
 #include "im2gemm/maxpool2d.hpp"
 
 namespace im2gemm::detail {
@@ -97,5 +99,18 @@ struct PoolBackwardPlan {
   std::int64_t scratch_floats;  ///< per thread, when streaming
 };
 PoolBackwardPlan plan_maxpool2d_backward(const MaxPool2dShape& s, int threads);
+
+/// maxpool2d_backward of dy * act'(y), where y is the forward's output and act the activation
+/// whose output the pooling's input is (the exact dE/d(pre-activation) of the layer before:
+/// each window's max is its argmax cell's input). argmax MUST be what maxpool2d_forward wrote
+/// for this shape: it is not scanned (the caller owns it; see MaxPool2dLayer). For planes of
+/// up to 16 Ki outputs, dy * act'(y) is formed per plane in the thread's scratch, inside the
+/// parallel pass, instead of in a whole-tensor pass before it. Shapes, sizes, overlaps and
+/// act are checked (std::invalid_argument, dx untouched); std::bad_alloc as in
+/// maxpool2d_backward. dx is bitwise what maxpool2d_backward gives for the scaled dy.
+void maxpool2d_backward_through_activation(const MaxPool2dShape& s, std::span<const float> dy,
+                                           std::span<const float> y, Activation act,
+                                           std::span<const std::int32_t> argmax,
+                                           std::span<float> dx);
 
 }  // namespace im2gemm::detail
