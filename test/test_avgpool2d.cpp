@@ -23,12 +23,8 @@ namespace {
 
 const float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-std::vector<PoolIsa> isas() {
-  std::vector<PoolIsa> v{PoolIsa::scalar};
-  if (detail::pool_isa_supported() >= PoolIsa::avx2) v.push_back(PoolIsa::avx2);
-  if (detail::pool_isa_supported() >= PoolIsa::avx512) v.push_back(PoolIsa::avx512);
-  return v;
-}
+// The ISAs this CPU runs (the pool kernels' cap takes the library's Isa values).
+std::vector<PoolIsa> isas() { return testutil::cpu_isas(); }
 
 struct IsaScope {
   explicit IsaScope(PoolIsa isa) { detail::set_pool_isa_cap(isa); }
