@@ -384,7 +384,8 @@ void print_summary(const SummaryReporter& rep,
     const auto a = avg_shape(p.shape);
     const im2gemm::detail::AvgGeom ag{a.in_height, a.in_width, a.out_height(), a.out_width(),
                                       a.kernel_height, a.kernel_width, a.stride_height,
-                                      a.stride_width, a.pad_height, a.pad_width, true, nullptr};
+                                      a.stride_width, a.pad_height, a.pad_width, true, nullptr,
+                                      nullptr, nullptr};
     const char* kname =
         im2gemm::detail::avg_kernel_name(im2gemm::detail::choose_avg_kernel(ag));
     for (int dir = 0; dir < 2; ++dir) {

@@ -78,7 +78,7 @@ detail::AvgKernel kernel_of(const AvgPool2dShape& s) {
   return detail::choose_avg_kernel(detail::AvgGeom{
       s.in_height, s.in_width, s.out_height(), s.out_width(), s.kernel_height, s.kernel_width,
       s.stride_height, s.stride_width, s.pad_height, s.pad_width, s.count_include_pad,
-      nullptr});
+      nullptr, nullptr, nullptr});
 }
 
 // The divisor of every output of one plane: PyTorch's rule, written out again here

@@ -94,6 +94,7 @@ int threads_for(std::int64_t bytes, int threads) {
 struct AvgPlan {
   AvgGeom g;
   std::vector<float> col_count;
+  std::vector<std::int64_t> row_lo, row_hi;
   AvgKernel kernel;
   std::int64_t planes;
   int threads;
@@ -112,9 +113,21 @@ AvgPlan plan_common(const AvgPool2dShape& s, int threads) {
                                : std::min(c1, s.in_width) - std::max<std::int64_t>(c0, 0);
     p.col_count[static_cast<std::size_t>(ow)] = static_cast<float>(n);
   }
-  p.g = AvgGeom{s.in_height,     s.in_width,     s.out_height(),   OW,
-                s.kernel_height, s.kernel_width, s.stride_height,  s.stride_width,
-                s.pad_height,    s.pad_width,    s.count_include_pad, p.col_count.data()};
+  const std::int64_t H = s.in_height, OH = s.out_height();
+  p.row_lo.resize(static_cast<std::size_t>(H));
+  p.row_hi.resize(static_cast<std::size_t>(H));
+  for (std::int64_t ih = 0; ih < H; ++ih) {
+    // oh*SH - PH <= ih < oh*SH - PH + KH, 0 <= oh < OH
+    const std::int64_t lo = ih + s.pad_height - s.kernel_height + 1;
+    p.row_lo[static_cast<std::size_t>(ih)] = lo <= 0 ? 0 : (lo + s.stride_height - 1) / s.stride_height;
+    p.row_hi[static_cast<std::size_t>(ih)] =
+        std::min(OH - 1, (ih + s.pad_height) / s.stride_height);
+  }
+  p.g = AvgGeom{s.in_height,     s.in_width,     OH,
+                OW,              s.kernel_height, s.kernel_width,
+                s.stride_height, s.stride_width,  s.pad_height,
+                s.pad_width,     s.count_include_pad, p.col_count.data(),
+                p.row_lo.data(), p.row_hi.data()};
   p.kernel = choose_avg_kernel(p.g);
   p.planes = s.batch * s.channels;
   p.threads = threads_for(4 * s.x_size(), threads);

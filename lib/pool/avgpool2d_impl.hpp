@@ -31,6 +31,10 @@ struct AvgGeom {
   /// float; the row count of output row oh comes from row_count(). A divisor is the product
   /// of the two, exact in float because kh*kw < 2^24 on the vector paths.
   const float* col_count;
+  /// Backward only: dx row ih lies in the windows of output rows [row_lo[ih], row_hi[ih]]
+  /// (row_lo > row_hi: none), computed once per call (no divisions in the plane loops).
+  const std::int64_t* row_lo;
+  const std::int64_t* row_hi;
   std::int64_t row_count(std::int64_t oh_) const {
     const std::int64_t r0 = oh_ * sh - ph;
     const std::int64_t r1 = r0 + kh < h + ph ? r0 + kh : h + ph;
