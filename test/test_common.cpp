@@ -204,9 +204,14 @@ TEST_CASE("Conv2dShape::validate names the field and value") {
   s.dilation_width = 9; check_rejects(s, "width kernel extent 10"); s = good_conv();
   s.in_height = std::int64_t{1} << 40; s.in_width = std::int64_t{1} << 40;
   check_rejects(s, "overflows"); s = good_conv();
-  s.pad_height = std::numeric_limits<std::int64_t>::max() / 2 + 1; check_rejects(s, "overflows");
+  // Strides, pads and dilations above 2^31 - 1 are rejected by name before any arithmetic.
+  s.pad_height = std::numeric_limits<std::int64_t>::max() / 2 + 1;
+  check_rejects(s, "pad_height must be <= 2147483647 (2^31 - 1), got 4611686018427387904");
   s = good_conv();
   s.kernel_height = std::int64_t{1} << 40; s.dilation_height = std::int64_t{1} << 40;
+  check_rejects(s, "dilation_height must be <= 2147483647");
+  s = good_conv();
+  s.kernel_height = std::int64_t{1} << 40; s.dilation_height = im2gemm::kMaxStridePadDilation;
   check_rejects(s, "overflows");
 }
 

@@ -7,6 +7,11 @@
 
 namespace im2gemm {
 
+/// Largest stride, pad and dilation validate() accepts (2^31 - 1), for convolution and pooling
+/// alike. No layer comes near it, and with it every index the passes compute, such as
+/// (output column) * stride + (kernel column) * dilation - pad, stays far inside 64 bits.
+inline constexpr std::int64_t kMaxStridePadDilation = (std::int64_t{1} << 31) - 1;
+
 /// Element-wise activation fused into the layers.
 enum class Activation { identity, relu, sigmoid, tanh };
 

@@ -24,7 +24,8 @@ struct Conv2dShape {
   std::int64_t out_width() const;
 
   /// Throws std::invalid_argument naming the field and its value if the shape is not valid:
-  /// counts, kernel, stride, dilation, groups >= 1; pads >= 0; groups divides in_channels and
+  /// counts, kernel, stride, dilation, groups >= 1; pads >= 0; strides, pads and dilations
+  /// <= kMaxStridePadDilation (2^31 - 1); groups divides in_channels and
   /// out_channels; the dilated kernel fits in the padded input; every tensor's element count
   /// fits in 64 bits (and in memory: at most 2^62 bytes).
   void validate() const;

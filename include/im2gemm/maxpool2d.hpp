@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <span>
 
+#include "im2gemm/common.hpp"
+
 namespace im2gemm {
 
 /// Shape of a 2-D max pooling. Plain aggregate.
@@ -23,9 +25,9 @@ struct MaxPool2dShape {
   std::int64_t out_width() const;
 
   /// Throws std::invalid_argument naming the field and its value: counts, kernel and stride
-  /// >= 1; 0 <= pad < kernel; at least one output row and column (floor mode: the kernel fits
-  /// in the padded input); a plane of H*W cells indexable
-  /// by int32_t; every tensor's element count fits in 64 bits.
+  /// >= 1; 0 <= pad < kernel; strides and pads <= kMaxStridePadDilation (2^31 - 1); at least
+  /// one output row and column (floor mode: the kernel fits in the padded input); a plane of
+  /// H*W cells indexable by int32_t; every tensor's element count fits in 64 bits.
   void validate() const;
 
   std::int64_t x_size() const;  ///< N*C*H*W   (valid shapes only)

@@ -59,6 +59,16 @@ inline void require_at_least(const char* shape, const char* field, std::int64_t 
   if (v < lo) [[unlikely]] fail_below(shape, field, v, lo);
 }
 
+[[noreturn]] void fail_above(const char* shape, const char* field, std::int64_t v) {
+  fail(std::string(shape) + "." + field + " must be <= " +
+       std::to_string(kMaxStridePadDilation) + " (2^31 - 1), got " + std::to_string(v));
+}
+// Strides, pads and dilations: at most kMaxStridePadDilation, which keeps every window index
+// the passes compute (and every intermediate of it) far inside 64 bits.
+inline void require_window_param(const char* shape, const char* field, std::int64_t v) {
+  if (v > kMaxStridePadDilation) [[unlikely]] fail_above(shape, field, v);
+}
+
 // Largest element count of one tensor: its bytes must stay below 2^62.
 constexpr std::int64_t kMaxElements = std::int64_t{1} << 60;
 
@@ -122,6 +132,12 @@ void Conv2dShape::validate() const {
   detail::require_at_least(S, "dilation_height", dilation_height, 1);
   detail::require_at_least(S, "dilation_width", dilation_width, 1);
   detail::require_at_least(S, "groups", groups, 1);
+  detail::require_window_param(S, "stride_height", stride_height);
+  detail::require_window_param(S, "stride_width", stride_width);
+  detail::require_window_param(S, "pad_height", pad_height);
+  detail::require_window_param(S, "pad_width", pad_width);
+  detail::require_window_param(S, "dilation_height", dilation_height);
+  detail::require_window_param(S, "dilation_width", dilation_width);
   if (in_channels % groups != 0) {
     fail("Conv2dShape.in_channels " + std::to_string(in_channels) +
          " is not divisible by groups " + std::to_string(groups));
@@ -180,6 +196,10 @@ void MaxPool2dShape::validate() const {
   detail::require_at_least(S, "stride_width", stride_width, 1);
   detail::require_at_least(S, "pad_height", pad_height, 0);
   detail::require_at_least(S, "pad_width", pad_width, 0);
+  detail::require_window_param(S, "stride_height", stride_height);
+  detail::require_window_param(S, "stride_width", stride_width);
+  detail::require_window_param(S, "pad_height", pad_height);
+  detail::require_window_param(S, "pad_width", pad_width);
   if (pad_height >= kernel_height) {
     fail("MaxPool2dShape.pad_height " + std::to_string(pad_height) +
          " must be smaller than kernel_height " + std::to_string(kernel_height));

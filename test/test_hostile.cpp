@@ -1,0 +1,274 @@
+// Hostile input and many-core machines (issue 14): extreme shapes, every thread count the
+// planner can be asked for, non-finite values facing the padding, unreadable parameter files.
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include <unistd.h>
+
+#include <im2gemm/layers.hpp>
+
+#include "conv/plan.hpp"
+#include "test_util.hpp"
+
+using namespace im2gemm;
+using detail::ConvPass;
+using std::int64_t;
+
+namespace {
+
+constexpr int64_t kI64Max = std::numeric_limits<int64_t>::max();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr std::size_t kGuard = 64;  // floats of sentinel on each side of every output
+
+// An output buffer with a sentinel-filled guard zone on each side: span() is what the call
+// sees, guards_intact() says whether anything was written outside it.
+struct Guarded {
+  std::vector<float> all;
+  std::size_t n;
+  explicit Guarded(std::size_t size) : all(size + 2 * kGuard, testutil::kSentinel), n(size) {}
+  std::span<float> span() { return {all.data() + kGuard, n}; }
+  std::vector<float> inside() const {
+    return {all.begin() + kGuard, all.begin() + static_cast<std::ptrdiff_t>(kGuard + n)};
+  }
+  bool guards_intact() const {
+    for (std::size_t i = 0; i < kGuard; ++i) {
+      if (!(all[i] == testutil::kSentinel) || !(all[kGuard + n + i] == testutil::kSentinel)) {
+        return false;
+      }
+    }
+    return true;
+  }
+  bool untouched() const {
+    for (float v : all)
+      if (!(v == testutil::kSentinel)) return false;
+    return true;
+  }
+};
+
+template <class F>
+std::string invalid_message(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// All three passes, fast and reference, on guarded outputs: equal results (NaN matches NaN),
+// no write outside the spans. Small-integer data: exact.
+void check_conv_like_reference(const Conv2dShape& s) {
+  INFO(testutil::describe(s));
+  const auto x = testutil::random_ints(s.x_size(), 1);
+  const auto w = testutil::random_ints(s.w_size(), 2);
+  const auto b = testutil::random_ints(s.out_channels, 3);
+  const auto dy = testutil::random_ints(s.y_size(), 4);
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    Guarded y(s.y_size()), y_ref(s.y_size());
+    conv2d_forward(s, x, w, b, y.span());
+    reference::conv2d_forward(s, x, w, b, y_ref.span());
+    CHECK(y.guards_intact());
+    CHECK_CLOSE_SPANS(y.inside(), y_ref.inside(), 0.0f, 0.0f);
+    Guarded dx(s.x_size()), dx_ref(s.x_size());
+    conv2d_backward_data(s, dy, w, dx.span());
+    reference::conv2d_backward_data(s, dy, w, dx_ref.span());
+    CHECK(dx.guards_intact());
+    CHECK_CLOSE_SPANS(dx.inside(), dx_ref.inside(), 0.0f, 0.0f);
+    Guarded dw(s.w_size()), dw_ref(s.w_size()), db(s.out_channels), db_ref(s.out_channels);
+    conv2d_backward_weights(s, x, dy, dw.span(), db.span());
+    reference::conv2d_backward_weights(s, x, dy, dw_ref.span(), db_ref.span());
+    CHECK(dw.guards_intact());
+    CHECK(db.guards_intact());
+    CHECK_CLOSE_SPANS(dw.inside(), dw_ref.inside(), 0.0f, 0.0f);
+    CHECK_CLOSE_SPANS(db.inside(), db_ref.inside(), 0.0f, 0.0f);
+  }
+  set_num_threads(0);
+}
+
+// Every pass of both implementations throws std::invalid_argument naming `needle` and writes
+// nothing.
+void check_conv_rejected(const Conv2dShape& s, const std::string& needle) {
+  INFO(testutil::describe(s));
+  CHECK(invalid_message([&] { s.validate(); }).find(needle) != std::string::npos);
+  // Spans of the sizes the shape's formulas give (when small), so that a call that misses the
+  // shape check runs into the arithmetic; and of one output too.
+  const std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f);
+  const std::vector<float> w(static_cast<std::size_t>(s.w_size()), 1.0f);
+  const std::vector<float> dy(4096, 1.0f);
+  const int64_t formula_ny = s.y_size();
+  for (std::size_t ny : {std::size_t{1}, formula_ny >= 1 && formula_ny <= 4096
+                                             ? static_cast<std::size_t>(formula_ny)
+                                             : std::size_t{2}}) {
+    Guarded y(ny), dx(x.size()), dw(w.size());
+    const std::span<const float> dys(dy.data(), ny);
+    for (bool ref : {false, true}) {
+      CAPTURE(ref);
+      auto fwd = ref ? &reference::conv2d_forward : &im2gemm::conv2d_forward;
+      auto bd = ref ? &reference::conv2d_backward_data : &im2gemm::conv2d_backward_data;
+      auto bw = ref ? &reference::conv2d_backward_weights : &im2gemm::conv2d_backward_weights;
+      CHECK(invalid_message([&] { fwd(s, x, w, {}, y.span(), Activation::identity); })
+                .find(needle) != std::string::npos);
+      CHECK(invalid_message([&] { bd(s, dys, w, dx.span(), Activation::identity, {}); })
+                .find(needle) != std::string::npos);
+      CHECK(invalid_message([&] { bw(s, x, dys, dw.span(), {}); }).find(needle) !=
+            std::string::npos);
+      CHECK(y.untouched());
+      CHECK(dx.untouched());
+      CHECK(dw.untouched());
+    }
+  }
+}
+
+}  // namespace
+
+// Finding 1: a stride of INT64_MAX made the lowering's valid-column arithmetic overflow; the
+// fast passes read before x and wrote before dx (heap corruption).
+TEST_CASE("hostile conv: strides, pads and dilations too large to describe a layer are rejected") {
+  Conv2dShape s;
+  s.in_height = 5; s.in_width = 5; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 3;
+  for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 40, kMaxStridePadDilation + 1}) {
+    CAPTURE(stride);
+    Conv2dShape a = s;
+    a.stride_width = stride;
+    check_conv_rejected(a, "stride_width");
+    Conv2dShape b = s;
+    b.stride_height = stride;
+    b.pad_height = 3;
+    check_conv_rejected(b, "stride_height");
+  }
+  for (int64_t big : {kI64Max / 4, int64_t{1} << 59, kMaxStridePadDilation + 1}) {
+    CAPTURE(big);
+    Conv2dShape a = s;
+    a.pad_width = big;
+    a.stride_width = kMaxStridePadDilation;
+    a.pad_height = 0;
+    check_conv_rejected(a, "pad_width");
+    Conv2dShape b = s;
+    b.pad_height = big;
+    b.stride_height = kMaxStridePadDilation;
+    check_conv_rejected(b, "pad_height");
+    Conv2dShape c = s;
+    c.kernel_width = 1;
+    c.dilation_width = big;
+    check_conv_rejected(c, "dilation_width");
+    Conv2dShape d = s;
+    d.kernel_height = 1;
+    d.dilation_height = big;
+    check_conv_rejected(d, "dilation_height");
+  }
+  // The message names the field and both values.
+  s.stride_width = kI64Max;
+  const std::string msg = invalid_message([&] { s.validate(); });
+  CHECK(msg.find("Conv2dShape.stride_width") != std::string::npos);
+  CHECK(msg.find(std::to_string(kI64Max)) != std::string::npos);
+  CHECK(msg.find(std::to_string(kMaxStridePadDilation)) != std::string::npos);
+}
+
+// Extreme shapes that validate() accepts compute the reference's result and write nothing
+// outside their spans (the sanitizer builds run this too: no overflow anywhere).
+TEST_CASE("hostile conv: extreme valid strides, pads and dilations give the reference's result") {
+  std::vector<Conv2dShape> shapes;
+  auto add = [&](auto&& edit) {
+    Conv2dShape s;
+    s.batch = 2; s.in_channels = 2; s.in_height = 5; s.in_width = 6; s.out_channels = 3;
+    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    edit(s);
+    shapes.push_back(s);
+  };
+  const int64_t M = kMaxStridePadDilation;
+  add([&](Conv2dShape& s) { s.stride_width = M; s.pad_width = 3; });    // the issue's shape, at the bound
+  add([&](Conv2dShape& s) { s.stride_height = M; s.pad_height = 2; });
+  add([&](Conv2dShape& s) { s.stride_height = M; s.stride_width = M; });
+  add([&](Conv2dShape& s) { s.stride_width = M - 1; s.pad_width = 2; s.batch = 1; s.in_channels = 1; s.out_channels = 1; });
+  // Pads at the bound: three output columns, all but the middle one pure padding.
+  add([&](Conv2dShape& s) { s.pad_width = M; s.stride_width = M; });
+  add([&](Conv2dShape& s) { s.pad_height = M; s.stride_height = M; s.pad_width = M; s.stride_width = M; });
+  // Dilation at the bound: the two taps of a kernel are a whole padded input apart.
+  add([&](Conv2dShape& s) {
+    s.kernel_width = 2; s.dilation_width = M; s.pad_width = M / 2 + 1; s.stride_width = M;
+  });
+  add([&](Conv2dShape& s) { s.kernel_height = 1; s.dilation_height = M; s.stride_height = M; });
+  for (const auto& s : shapes) {
+    REQUIRE_NOTHROW(s.validate());
+    check_conv_like_reference(s);
+  }
+}
+
+// Finding 2: pooling's first valid output column (PW + SW - 1) / SW overflowed to -1 and every
+// ISA wrote y[-1] and argmax[-1].
+TEST_CASE("hostile pool: strides too large to describe a layer are rejected, extreme valid ones are right") {
+  MaxPool2dShape s;
+  s.in_height = 3; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 2;
+  s.stride_height = 1;
+  for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 62, kMaxStridePadDilation + 1}) {
+    for (bool height : {false, true}) {
+      MaxPool2dShape a = s;
+      (height ? a.stride_height : a.stride_width) = stride;
+      if (height) a.pad_height = 2;
+      INFO(testutil::describe(a));
+      const char* field = height ? "stride_height" : "stride_width";
+      CHECK(invalid_message([&] { a.validate(); }).find(field) != std::string::npos);
+      // Spans of the sizes the shape's formulas give: a call that misses the shape check runs.
+      const std::vector<float> x(12, 1.0f);
+      const auto ny = static_cast<std::size_t>(a.out_height() * a.out_width());
+      REQUIRE(ny >= 1);
+      REQUIRE(ny <= 3);
+      for (bool ref : {false, true}) {
+        Guarded y(ny);
+        std::vector<std::int32_t> argmax(ny + 2, 77);
+        auto fwd = ref ? &reference::maxpool2d_forward : &im2gemm::maxpool2d_forward;
+        CHECK(invalid_message([&] {
+                fwd(a, x, y.span(), std::span<std::int32_t>(argmax.data() + 1, ny));
+              }).find(field) != std::string::npos);
+        CHECK(y.guards_intact());  // y[-1] was written
+        CHECK(y.untouched());
+        CHECK(argmax == std::vector<std::int32_t>(ny + 2, 77));
+        Guarded dx(12);
+        const std::vector<float> dy(ny, 1.0f);
+        const std::vector<std::int32_t> am(ny, 0);
+        auto bwd = ref ? &reference::maxpool2d_backward : &im2gemm::maxpool2d_backward;
+        CHECK(invalid_message([&] { bwd(a, dy, am, dx.span()); }).find(field) !=
+              std::string::npos);
+        CHECK(dx.untouched());
+      }
+    }
+  }
+  // At the bound: the reference's result, nothing written outside y, argmax and dx.
+  for (int64_t stride : {kMaxStridePadDilation, kMaxStridePadDilation - 1}) {
+    for (int64_t pad : {0, 1, 2}) {
+      MaxPool2dShape a = s;
+      a.batch = 2; a.channels = 3; a.stride_width = stride; a.pad_width = pad;
+      a.stride_height = stride; a.pad_height = pad;
+      INFO(testutil::describe(a));
+      REQUIRE_NOTHROW(a.validate());
+      const auto x = testutil::random_floats(a.x_size(), 5);
+      const auto n = static_cast<std::size_t>(a.y_size());
+      Guarded y(n), y_ref(n);
+      std::vector<std::int32_t> am(n + 2, -7), am_ref(n + 2, -7);
+      maxpool2d_forward(a, x, y.span(), std::span<std::int32_t>(am.data() + 1, n));
+      reference::maxpool2d_forward(a, x, y_ref.span(), std::span<std::int32_t>(am_ref.data() + 1, n));
+      CHECK(y.guards_intact());
+      CHECK(testutil::bitwise_equal(y.inside(), y_ref.inside()));
+      CHECK(am == am_ref);
+      CHECK(am.front() == -7);
+      CHECK(am.back() == -7);
+      const auto dy = testutil::random_floats(n, 6);
+      Guarded dx(a.x_size()), dx_ref(a.x_size());
+      maxpool2d_backward(a, dy, std::span<const std::int32_t>(am.data() + 1, n), dx.span());
+      reference::maxpool2d_backward(a, dy, std::span<const std::int32_t>(am.data() + 1, n),
+                                    dx_ref.span());
+      CHECK(dx.guards_intact());
+      CHECK(testutil::bitwise_equal(dx.inside(), dx_ref.inside()));
+    }
+  }
+}
