@@ -272,3 +272,191 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
     }
   }
 }
+
+// ------------------------------------------------------------------------ the planner
+
+namespace {
+
+// Ends the process with a message if plan_conv does not return within the time limit: a
+// planner that loops forever is a failure, not a hung test run.
+class Watchdog {
+ public:
+  explicit Watchdog(std::chrono::seconds limit)
+      : thread_([this, limit] {
+          std::unique_lock lock(mutex_);
+          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
+            std::fprintf(stderr, "planner property test: no return within %lld s; last plan: %s\n",
+                         static_cast<long long>(limit.count()), current_.c_str());
+            std::fflush(stderr);
+            std::_Exit(3);
+          }
+        }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard lock(mutex_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  void note(const std::string& what) {
+    std::lock_guard lock(mutex_);
+    current_ = what;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::string current_;
+  std::thread thread_;
+};
+
+struct NamedShape {
+  std::string name;
+  Conv2dShape shape;
+};
+
+// ../shared/suite/layers.txt, embedded so that the test needs no file.
+std::vector<NamedShape> suite_layers() {
+  const char* table =
+      "tutorial      1   3    5    5    2   3  3  2  2  1  1\n"
+      "lenet_conv1   64  1    28   28   20  5  5  1  1  0  0\n"
+      "lenet_conv2   64  20   12   12   50  5  5  1  1  0  0\n"
+      "alexnet_conv1 8   3    227  227  96  11 11 4  4  0  0\n"
+      "vgg_conv1_2   1   64   224  224  64  3  3  1  1  1  1\n"
+      "vgg_conv3_2   8   256  56   56   256 3  3  1  1  1  1\n"
+      "resnet_conv1  8   3    224  224  64  7  7  2  2  3  3\n"
+      "resnet_1x1    8   64   56   56   256 1  1  1  1  0  0\n"
+      "resnet_3x3s2  8   128  56   56   128 3  3  2  2  1  1\n"
+      "resnet_l4_b8  8   512  7    7    512 3  3  1  1  1  1\n"
+      "resnet_l4_b1  1   512  7    7    512 3  3  1  1  1  1\n"
+      "vgg_conv3_b1  1   256  56   56   256 3  3  1  1  1  1\n";
+  std::vector<NamedShape> out;
+  std::istringstream in(table);
+  NamedShape l;
+  Conv2dShape& s = l.shape;
+  while (in >> l.name >> s.batch >> s.in_channels >> s.in_height >> s.in_width >>
+         s.out_channels >> s.kernel_height >> s.kernel_width >> s.stride_height >>
+         s.stride_width >> s.pad_height >> s.pad_width) {
+    out.push_back(l);
+  }
+  return out;
+}
+
+// What every plan must satisfy, whatever the shape and thread count.
+void check_plan(const detail::ConvPlan& p, const Conv2dShape& s, ConvPass pass, int threads) {
+  const int64_t Cg = s.in_channels / s.groups, Fg = s.out_channels / s.groups;
+  const int64_t P = s.out_height() * s.out_width();
+  REQUIRE(p.pass == pass);
+  REQUIRE(p.threads >= 1);
+  REQUIRE(p.threads <= threads);
+  REQUIRE(p.P == P);
+  REQUIRE(p.K == Cg * s.kernel_height * s.kernel_width);
+  // Pixel blocks tile an image: none empty, together at least P.
+  REQUIRE(p.block_pixels >= 1);
+  REQUIRE(p.pixel_blocks >= 1);
+  REQUIRE(p.block_pixels <= P);
+  REQUIRE(p.pixel_blocks * p.block_pixels >= P);
+  REQUIRE((p.pixel_blocks - 1) * p.block_pixels < P);
+  REQUIRE(p.images_per_block >= 1);
+  REQUIRE(p.images_per_block <= s.batch);
+  if (p.images_per_block > 1) REQUIRE(p.pixel_blocks == 1);
+  REQUIRE(p.image_groups >= 1);
+  REQUIRE(p.filter_blocks >= 1);
+  REQUIRE(p.filter_blocks <= Fg);
+  REQUIRE(p.channel_blocks >= 1);
+  REQUIRE(p.channel_blocks <= Cg);
+  REQUIRE(p.k_chunks >= 1);
+  REQUIRE(p.k_chunks <= Cg);
+  if (pass != ConvPass::backward_weights || !p.weight_partials) {
+    REQUIRE(p.image_groups * p.images_per_block >= s.batch);
+    REQUIRE(detail::image_run_begin(p, 0) == 0);
+    REQUIRE(detail::image_run_begin(p, p.image_groups) == s.batch);
+  }
+  // The scratch holds one column block: rows x (images x pixels).
+  const int64_t cols = p.images_per_block * p.block_pixels;
+  if (!p.skips_im2col()) REQUIRE(p.col_floats >= cols);
+  REQUIRE(p.col_floats >= 0);
+  REQUIRE(p.tmp_floats >= 0);
+  REQUIRE(p.partial_floats >= 0);
+}
+
+// Valid shapes of every kind the planner distinguishes: batch 1 and large batches, tiny and
+// large planes, 1x1 and long K, groups.
+Conv2dShape random_plan_shape(std::mt19937& rng) {
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (;;) {
+    Conv2dShape s;
+    s.groups = pick(1, 5) == 1 ? pick(2, 8) : 1;
+    s.batch = pick(1, 3) == 1 ? pick(1, 300) : pick(1, 4);
+    s.in_channels = s.groups * (pick(1, 2) == 1 ? pick(1, 8) : pick(1, 600));
+    s.out_channels = s.groups * (pick(1, 2) == 1 ? pick(1, 8) : pick(1, 600));
+    s.in_height = pick(1, 3) == 1 ? pick(1, 16) : pick(1, 300);
+    s.in_width = pick(1, 3) == 1 ? pick(1, 16) : pick(1, 300);
+    s.kernel_height = pick(1, 7);
+    s.kernel_width = pick(1, 7);
+    s.stride_height = pick(1, 4);
+    s.stride_width = pick(1, 4);
+    s.pad_height = pick(0, 3);
+    s.pad_width = pick(0, 3);
+    s.dilation_height = pick(1, 4) == 1 ? 2 : 1;
+    s.dilation_width = pick(1, 4) == 1 ? 2 : 1;
+    if (pick(1, 6) == 1) {
+      s.kernel_height = s.kernel_width = 1;
+      s.stride_height = s.stride_width = 1;
+      s.pad_height = s.pad_width = 0;
+      s.dilation_height = s.dilation_width = 1;
+    }
+    try {
+      s.validate();
+      return s;
+    } catch (const std::invalid_argument&) {
+    }
+  }
+}
+
+}  // namespace
+
+// Finding 3: the forward planner looped forever from 66 threads on (asking for one more pixel
+// block gave the same count after rounding). Planning only: no arithmetic is run.
+TEST_CASE("hostile planner: every pass terminates with a sane plan at every thread count 1..1024") {
+  Watchdog dog(std::chrono::seconds(240));
+  std::vector<NamedShape> layers = suite_layers();
+  // The issue's shape, then random ones.
+  {
+    Conv2dShape s;
+    s.in_channels = 3; s.in_height = 65; s.in_width = 65; s.out_channels = 64;
+    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    layers.push_back({"issue14_65x65", s});
+  }
+  std::mt19937 rng(1414);
+  for (int i = 0; i < 60; ++i) layers.push_back({"random " + std::to_string(i), random_plan_shape(rng)});
+  int64_t plans = 0;
+  for (const auto& [name, s] : layers) {
+    for (int threads = 1; threads <= 1024; ++threads) {
+      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+        // Only the watchdog's message needs the description; building it for every plan would
+        // cost more than the plan.
+        if (threads % 64 == 1 || name.rfind("random", 0) != 0) {
+          dog.note(name + " " + testutil::describe(s) + " threads " + std::to_string(threads) +
+                   " pass " + std::to_string(static_cast<int>(pass)));
+        }
+        const auto p = detail::plan_conv(s, pass, threads);
+        INFO(name << " " << testutil::describe(s) << " threads " << threads << " pass "
+                  << static_cast<int>(pass));
+        check_plan(p, s, pass, threads);
+        ++plans;
+      }
+    }
+  }
+  // The public entry that plans all three passes, at the issue's thread counts.
+  for (int threads : {66, 71, 72, 225, 256}) {
+    dog.note("conv2d_scratch_bytes threads " + std::to_string(threads));
+    CHECK(conv2d_scratch_bytes(layers[12].shape, threads) > 0);
+    CHECK(conv2d_scratch_bytes(layers[4].shape, threads) <= detail::kMaxScratchBytesPerThread);
+  }
+  MESSAGE(plans << " plans checked");
+}

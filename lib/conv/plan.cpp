@@ -144,11 +144,16 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
         choose_blocks(p, p.K, p.Fg, p.N);
       }
       choose_image_groups(p, p.N, G * p.pixel_blocks);
+      // Every step raises `wanted` or filter_blocks, both bounded (by P / kMinSplitPixels and
+      // Fg / kMinFiltersPerBlock), so the loop ends. The rounding of set_pixel_blocks can give
+      // the same pixel_blocks for several wanted counts (P = 65*65 at 72 threads: asking for
+      // one more block gave the same count forever).
+      std::int64_t wanted = p.pixel_blocks;
       for (;;) {
         const std::int64_t items = p.image_groups * G * p.pixel_blocks * p.filter_blocks;
         if (balanced(items, T)) break;
-        if (p.images_per_block == 1 && p.P / (p.pixel_blocks + 1) >= kMinSplitPixels) {
-          set_pixel_blocks(p, p.pixel_blocks + 1);
+        if (p.images_per_block == 1 && p.P / (wanted + 1) >= kMinSplitPixels) {
+          set_pixel_blocks(p, ++wanted);
         } else if (p.Fg / (p.filter_blocks + 1) >= kMinFiltersPerBlock) {
           ++p.filter_blocks;
         } else {
