@@ -273,6 +273,97 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
   }
 }
 
+// Finding 5: the padding is zeros that multiply (PyTorch's semantics): an infinite weight
+// facing the padding gives 0 * inf = NaN, in the reference as in the fast path.
+TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN, fast and reference alike") {
+  Conv2dShape s;
+  s.in_height = 4; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3;
+  s.pad_height = 1; s.pad_width = 1;  // 4x4 output; the border outputs see the padding
+  const std::vector<float> x(16, 1.0f);
+  std::vector<float> w(9, 1.0f);
+  w[0] = kInf;  // top-left tap: in the padding for output row 0 and output column 0
+  for (bool ref : {false, true}) {
+    CAPTURE(ref);
+    std::vector<float> y(16, 0.0f);
+    (ref ? reference::conv2d_forward : im2gemm::conv2d_forward)(s, x, w, {}, y,
+                                                                 Activation::identity);
+    for (int oh = 0; oh < 4; ++oh) {
+      for (int ow = 0; ow < 4; ++ow) {
+        CAPTURE(oh);
+        CAPTURE(ow);
+        const float v = y[oh * 4 + ow];
+        if (oh == 0 || ow == 0) {
+          CHECK(std::isnan(v));  // inf * padding zero
+        } else {
+          CHECK(v == kInf);  // inf * 1 + finite
+        }
+      }
+    }
+  }
+  // Backward weights: dw[kh][kw] = sum of x_padded * dy; an infinite dy at a border output
+  // meets the padding through the taps that look outside the input.
+  std::vector<float> dy(16, 0.0f);
+  dy[0] = kInf;  // output (0, 0): taps of row 0 and column 0 lie in the padding
+  for (bool ref : {false, true}) {
+    CAPTURE(ref);
+    std::vector<float> dw(9, 0.0f), db(1, 0.0f);
+    (ref ? reference::conv2d_backward_weights : im2gemm::conv2d_backward_weights)(s, x, dy, dw,
+                                                                                 db);
+    for (int kh = 0; kh < 3; ++kh) {
+      for (int kw = 0; kw < 3; ++kw) {
+        CAPTURE(kh);
+        CAPTURE(kw);
+        if (kh == 0 || kw == 0) {
+          CHECK(std::isnan(dw[kh * 3 + kw]));
+        } else {
+          CHECK(dw[kh * 3 + kw] == kInf);
+        }
+      }
+    }
+    CHECK(db[0] == kInf);
+  }
+  // Backward data scatters into dx only: the padding receives nothing, so an infinite weight
+  // facing it gives no NaN (x-cells it reaches get inf * dy).
+  const std::vector<float> ones(16, 1.0f);
+  std::vector<float> dx(16), dx_ref(16);
+  conv2d_backward_data(s, ones, w, dx);
+  reference::conv2d_backward_data(s, ones, w, dx_ref);
+  CHECK_CLOSE_SPANS(dx, dx_ref, 0.0f, 0.0f);
+  // Random shapes with non-finite values sprinkled in: the fast path equals the reference.
+  std::mt19937 rng(14);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int i = 0; i < 40; ++i) {
+    Conv2dShape r;
+    r.batch = pick(1, 2); r.in_channels = pick(1, 3); r.out_channels = pick(1, 3);
+    r.in_height = pick(1, 7); r.in_width = pick(1, 7);
+    r.kernel_height = pick(1, 3); r.kernel_width = pick(1, 3);
+    r.pad_height = pick(0, 2); r.pad_width = pick(0, 2);
+    r.stride_height = pick(1, 2); r.stride_width = pick(1, 2);
+    if (r.in_height + 2 * r.pad_height < r.kernel_height ||
+        r.in_width + 2 * r.pad_width < r.kernel_width) {
+      continue;
+    }
+    INFO(testutil::describe(r));
+    auto xs = testutil::random_ints(r.x_size(), 10 + i);
+    auto ws = testutil::random_ints(r.w_size(), 20 + i);
+    auto dys = testutil::random_ints(r.y_size(), 30 + i);
+    ws[pick(0, static_cast<int>(ws.size()) - 1)] = pick(0, 1) ? kInf : -kInf;
+    dys[pick(0, static_cast<int>(dys.size()) - 1)] = kInf;
+    std::vector<float> y(r.y_size()), y_ref(r.y_size());
+    conv2d_forward(r, xs, ws, {}, y);
+    reference::conv2d_forward(r, xs, ws, {}, y_ref);
+    CHECK_CLOSE_SPANS(y, y_ref, 0.0f, 0.0f);
+    std::vector<float> g(r.w_size()), g_ref(r.w_size());
+    conv2d_backward_weights(r, xs, dys, g, {});
+    reference::conv2d_backward_weights(r, xs, dys, g_ref, {});
+    CHECK_CLOSE_SPANS(g, g_ref, 0.0f, 0.0f);
+    std::vector<float> d(r.x_size()), d_ref(r.x_size());
+    conv2d_backward_data(r, dys, ws, d);
+    reference::conv2d_backward_data(r, dys, ws, d_ref);
+    CHECK_CLOSE_SPANS(d, d_ref, 0.0f, 0.0f);
+  }
+}
+
 // ------------------------------------------------------------------------ the planner
 
 namespace {

@@ -41,7 +41,9 @@ struct Conv2dShape {
 /// x [N][C][H][W], w [F][C/groups][KH][KW], bias [F] or empty (no bias).
 /// y [N][F][OH][OW] is OVERWRITTEN (never read).
 /// Convolution is cross-correlation with zero padding; filter f sees the input channels of its
-/// group only. Throws std::invalid_argument (y untouched) on a bad shape, a span of the wrong
+/// group only. The padding is zeros that multiply, as in PyTorch: an infinite or NaN weight
+/// facing the padding makes that output NaN (0 * inf), here and in reference::conv2d_forward;
+/// likewise an infinite dy in backward weights (backward data writes no padding cell). Throws std::invalid_argument (y untouched) on a bad shape, a span of the wrong
 /// size, an Activation outside the enum, or y overlapping an input.
 void conv2d_forward(const Conv2dShape& shape, std::span<const float> x,
                     std::span<const float> w, std::span<const float> bias,

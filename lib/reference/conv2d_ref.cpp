@@ -1,5 +1,9 @@
 // The seed's convolution loops, generalised to batch, groups, dilation and non-square
 // stride/padding. Direct loops, double accumulation: the oracle, not a fast path.
+// The padding is zeros that multiply (PyTorch's semantics, and what a lowered GEMM computes):
+// a tap in the padding adds 0 * w (forward) or 0 * dy (backward weights), so a non-finite
+// value facing the padding gives NaN. Backward data writes dx cells only: the padding
+// receives nothing there.
 #include <vector>
 
 #include "common/activation_impl.hpp"
@@ -22,12 +26,16 @@ void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<co
           for (std::int64_t c = 0; c < Cg; ++c) {
             for (std::int64_t kh = 0; kh < s.kernel_height; ++kh) {
               const std::int64_t ih = oh * s.stride_height - s.pad_height + kh * s.dilation_height;
-              if (ih < 0 || ih >= s.in_height) continue;  // zero padding
+              const bool row_in = ih >= 0 && ih < s.in_height;
               for (std::int64_t kw = 0; kw < s.kernel_width; ++kw) {
                 const std::int64_t iw = ow * s.stride_width - s.pad_width + kw * s.dilation_width;
-                if (iw < 0 || iw >= s.in_width) continue;
+                const double wv = w[((f * Cg + c) * s.kernel_height + kh) * s.kernel_width + kw];
+                if (!row_in || iw < 0 || iw >= s.in_width) {
+                  acc += 0.0 * wv;  // zero padding
+                  continue;
+                }
                 acc += double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) *
-                       double(w[((f * Cg + c) * s.kernel_height + kh) * s.kernel_width + kw]);
+                       wv;
               }
             }
           }
@@ -99,12 +107,15 @@ void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
           for (std::int64_t n = 0; n < s.batch; ++n) {
             for (std::int64_t oh = 0; oh < OH; ++oh) {
               const std::int64_t ih = oh * s.stride_height - s.pad_height + kh * s.dilation_height;
-              if (ih < 0 || ih >= s.in_height) continue;
+              const bool row_in = ih >= 0 && ih < s.in_height;
               for (std::int64_t ow = 0; ow < OW; ++ow) {
                 const std::int64_t iw = ow * s.stride_width - s.pad_width + kw * s.dilation_width;
-                if (iw < 0 || iw >= s.in_width) continue;
-                acc += double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) *
-                       double(dy[((n * s.out_channels + f) * OH + oh) * OW + ow]);
+                const double d = dy[((n * s.out_channels + f) * OH + oh) * OW + ow];
+                if (!row_in || iw < 0 || iw >= s.in_width) {
+                  acc += 0.0 * d;  // zero padding
+                  continue;
+                }
+                acc += double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) * d;
               }
             }
           }
