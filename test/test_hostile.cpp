@@ -551,3 +551,59 @@ TEST_CASE("hostile planner: every pass terminates with a sane plan at every thre
   }
   MESSAGE(plans << " plans checked");
 }
+
+// ------------------------------------------------------------------ parameter files
+
+namespace {
+
+Sequential tiny_net() {
+  Sequential net(Shape3{1, 6, 6});
+  net.add_conv2d(2, 3, Activation::relu);
+  net.add_dense(3, Activation::identity);
+  net.init(7);
+  return net;
+}
+
+std::vector<float> values_of(Sequential& net) {
+  std::vector<float> v;
+  for (const auto& p : net.parameters()) v.insert(v.end(), p.value.begin(), p.value.end());
+  return v;
+}
+
+}  // namespace
+
+// Finding 5: a directory gave std::ios_base::failure, and /dev/zero was read until memory ran
+// out: now std::invalid_argument, and never more than the network's file size is read.
+TEST_CASE("hostile files: a directory, a device or an oversized file is rejected with std::invalid_argument") {
+  Sequential net = tiny_net();
+  const auto before = values_of(net);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("im2gemm_hostile_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string d = invalid_message([&] { net.load(dir.string()); });
+  CHECK(d.find("is a directory") != std::string::npos);
+  if (std::filesystem::exists("/dev/zero")) {
+    const std::string z = invalid_message([&] { net.load("/dev/zero"); });
+    INFO(z);
+    CHECK(z.find("wrong magic") != std::string::npos);
+  }
+  // A good file with a large tail: rejected as too long, without reading the tail.
+  const auto good = net.save_bytes();
+  const auto big = dir / "big.bin";
+  {
+    std::ofstream f(big, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(good.data()), static_cast<std::streamsize>(good.size()));
+    const std::vector<char> tail(1 << 16, 0);
+    f.write(tail.data(), static_cast<std::streamsize>(tail.size()));
+  }
+  const std::string b = invalid_message([&] { net.load(big.string()); });
+  INFO(b);
+  CHECK(b.find("larger than") != std::string::npos);
+  CHECK(values_of(net) == before);
+  // And the same bytes without the tail load.
+  const auto ok = dir / "ok.bin";
+  net.save(ok.string());
+  CHECK_NOTHROW(net.load(ok.string()));
+  CHECK(values_of(net) == before);
+  std::filesystem::remove_all(dir);
+}

@@ -437,7 +437,11 @@ class Sequential {
   /// different from the network's, trailing bytes)
   /// and leaves the network as it was. On success sets every parameter and resets momentum.
   void load_bytes(std::span<const std::uint8_t> bytes);
-  void load(const std::string& path);  ///< also throws std::invalid_argument if unreadable
+  /// Reads path and loads it as load_bytes does. Also throws std::invalid_argument if the path
+  /// cannot be read (missing, a directory, a read error) or holds more bytes than this
+  /// network's parameter file takes: the header is checked after 16 bytes, and never more than
+  /// that size plus one byte is read (a device such as /dev/zero is rejected at once).
+  void load(const std::string& path);
 
  private:
   Shape3 input_;

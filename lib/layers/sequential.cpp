@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <bit>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
@@ -304,6 +306,17 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
   throw std::invalid_argument("im2gemm: parameter file: " + what);
 }
 
+// The first 16 bytes: magic and version.
+void check_header(const std::uint8_t* b, std::size_t n) {
+  if (n < 16) bad_file("truncated: " + std::to_string(n) + " bytes, the header alone needs 16");
+  if (std::memcmp(b, kMagic, 8) != 0) bad_file("wrong magic: not an im2gemm parameter file (expected \"I2GPARAM\")");
+  const std::uint32_t version = get_u32(b + 8);
+  if (version < kOldestVersion || version > kVersion) {
+    bad_file("version " + std::to_string(version) + " is not supported (this build reads " +
+             std::to_string(kOldestVersion) + " to " + std::to_string(kVersion) + ")");
+  }
+}
+
 }  // namespace
 
 std::vector<std::uint8_t> Sequential::save_bytes() {
@@ -348,13 +361,8 @@ void Sequential::save(const std::string& path) {
 void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
   const std::size_t n = bytes.size();
   const std::uint8_t* b = bytes.data();
-  if (n < 16) bad_file("truncated: " + std::to_string(n) + " bytes, the header alone needs 16");
-  if (std::memcmp(b, kMagic, 8) != 0) bad_file("wrong magic: not an im2gemm parameter file (expected \"I2GPARAM\")");
+  check_header(b, n);
   const std::uint32_t version = get_u32(b + 8);
-  if (version < kOldestVersion || version > kVersion) {
-    bad_file("version " + std::to_string(version) + " is not supported (this build reads " +
-             std::to_string(kOldestVersion) + " to " + std::to_string(kVersion) + ")");
-  }
   if (n < 20) bad_file("truncated: " + std::to_string(n) + " bytes, no room for the checksum");
   const std::uint32_t stored = get_u32(b + n - 4), computed = crc_of(b, n - 4);
   if (stored != computed) {
@@ -429,11 +437,39 @@ void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
 }
 
 void Sequential::load(const std::string& path) {
+  auto unreadable = [&path](const std::string& why) {
+    throw std::invalid_argument("im2gemm: cannot read parameter file " + path + ": " + why);
+  };
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) unreadable("it is a directory");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::invalid_argument("im2gemm: cannot open parameter file " + path + ": " + std::strerror(errno));
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (f.bad()) throw std::invalid_argument("im2gemm: cannot read parameter file " + path);
+  // The network fixes the file's size. The header is checked first, then at most one byte
+  // more than that size is read: a device (/dev/zero) or a huge file is never read whole.
+  // The largest file this network loads: the current version (shapes, layer names, values).
+  std::size_t want = 16 + 4 + 4;  // header, checksum, layer count
+  for (const auto& p : parameters()) want += 4 + 8 * p.shape.size() + 4 * p.value.size();
+  for (const auto& l : layers_) want += 4 + l->name().size();
+  std::vector<std::uint8_t> bytes(want + 1);
+  std::size_t got = 0;
+  auto read_to = [&](std::size_t end) {
+    try {
+      f.read(reinterpret_cast<char*>(bytes.data() + got), static_cast<std::streamsize>(end - got));
+    } catch (const std::ios_base::failure& e) {
+      unreadable(e.what());
+    }
+    got += static_cast<std::size_t>(f.gcount());
+    if (f.bad()) unreadable(std::strerror(errno));
+  };
   try {
+    read_to(16);
+    check_header(bytes.data(), got);
+    read_to(want + 1);
+    if (got > want) {
+      bad_file("larger than the " + std::to_string(want) +
+               " bytes this network's parameters take");
+    }
+    bytes.resize(got);
     load_bytes(bytes);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(std::string(e.what()) + " (" + path + ")");
