@@ -329,7 +329,9 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
 
 TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every thread on the suite") {
   Settings restore;
-  for (const auto& [name, s] : suite_shapes()) {
+  for (const auto& layer : suite_shapes()) {
+    const auto& name = layer.first;  // no structured binding: clang 14 cannot capture one
+    const auto& s = layer.second;
     for (int threads : {1, 2, 4, 8}) {
       INFO(name << " threads " << threads);
       const std::size_t bytes = im2gemm::conv2d_scratch_bytes(s, threads);
@@ -565,9 +567,9 @@ TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
 }
 
 TEST_CASE("fast conv: conv2d_fast_path is false exactly where a GEMM dimension exceeds int") {
-  for (const auto& [name, s] : suite_shapes()) {
-    INFO(name);
-    CHECK(im2gemm::conv2d_fast_path(s));
+  for (const auto& layer : suite_shapes()) {
+    INFO(layer.first);
+    CHECK(im2gemm::conv2d_fast_path(layer.second));
   }
   Conv2dShape s;  // (C/groups)*KH*KW = 2^20 * 2^11 = 2^31 > INT_MAX (only the query is called)
   s.in_channels = int64_t{1} << 20;

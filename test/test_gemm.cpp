@@ -82,8 +82,9 @@ TEST_CASE("gemm: every micro-kernel equals the reference on every m <= MR, n <= 
 TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
   for (Isa isa : cpu_isas()) {
     CAPTURE(im2gemm::detail::isa_name(isa));
-    for (auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {7, 50, 3}, {17, 97, 300},
-                           {33, 200, 513}, {9, 1000, 40}}) {
+    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1}, {7, 50, 3}, {17, 97, 300},
+                            {33, 200, 513}, {9, 1000, 40}}) {
+      const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
       CAPTURE(m);
       CAPTURE(n);
       CAPTURE(k);

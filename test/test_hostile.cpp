@@ -526,7 +526,9 @@ TEST_CASE("hostile planner: every pass terminates with a sane plan at every thre
   std::mt19937 rng(1414);
   for (int i = 0; i < 60; ++i) layers.push_back({"random " + std::to_string(i), random_plan_shape(rng)});
   int64_t plans = 0;
-  for (const auto& [name, s] : layers) {
+  for (const auto& layer : layers) {
+    const std::string& name = layer.name;  // no structured binding: clang 14 cannot capture one
+    const Conv2dShape& s = layer.shape;
     for (int threads = 1; threads <= 1024; ++threads) {
       for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
         // Only the watchdog's message needs the description; building it for every plan would

@@ -8,8 +8,14 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+// Every function below is compiled for this ISA: gcc by its target pragma, clang (which
+// ignores that pragma) by attaching the same target attribute to each function.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
+#endif
 
 namespace im2gemm::detail {
 namespace {
@@ -136,7 +142,11 @@ bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom& g, const float* dy,
 
 }  // namespace im2gemm::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #else  // not x86-64 GCC/Clang: never selected (pool_isa_supported() is scalar)
 
