@@ -16,6 +16,8 @@
 
 #include <im2gemm/layers.hpp>
 
+#include "common/isa.hpp"
+#include "conv/engine.hpp"
 #include "conv/plan.hpp"
 #include "test_util.hpp"
 
@@ -361,6 +363,78 @@ TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN,
     conv2d_backward_data(r, dys, ws, d);
     reference::conv2d_backward_data(r, dys, ws, d_ref);
     CHECK_CLOSE_SPANS(d, d_ref, 0.0f, 0.0f);
+  }
+}
+
+// Every backend on every ISA this CPU has: the packed engine computes backward data as a
+// 'full' correlation of dy, whose zero border meets every weight; an infinite weight made
+// cells NaN there that the reference (and the col2im path) leave finite.
+TEST_CASE("hostile conv: non-finite values give the reference's result on every backend and ISA") {
+  using detail::ConvOptions;
+  using detail::GemmBackend;
+  using detail::Isa;
+  std::vector<Isa> isas;
+  for (Isa i : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+    if (static_cast<int>(i) <= static_cast<int>(detail::isa_supported())) isas.push_back(i);
+  }
+  std::mt19937 rng(1401);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  std::vector<Conv2dShape> shapes;
+  {
+    // dx[c][0] = sum_f dy[f] * w[f][c][0][0] is finite; w[.][.][0][1] is infinite.
+    Conv2dShape s;
+    s.in_channels = 16; s.in_height = 1; s.in_width = 2; s.kernel_width = 2;
+    shapes.push_back(s);
+  }
+  while (shapes.size() < 30) {
+    Conv2dShape r;
+    r.batch = pick(1, 2); r.in_channels = pick(1, 2) == 1 ? pick(1, 3) : pick(14, 20);
+    r.out_channels = pick(1, 5);
+    r.in_height = pick(1, 7); r.in_width = pick(1, 7);
+    r.kernel_height = pick(1, 3); r.kernel_width = pick(1, 3);
+    r.pad_height = pick(0, 2); r.pad_width = pick(0, 2);
+    r.stride_height = r.stride_width = pick(1, 3) == 1 ? 2 : 1;
+    if (r.in_height + 2 * r.pad_height >= r.kernel_height &&
+        r.in_width + 2 * r.pad_width >= r.kernel_width) {
+      shapes.push_back(r);
+    }
+  }
+  for (std::size_t i = 0; i < shapes.size(); ++i) {
+    const Conv2dShape& r = shapes[i];
+    INFO(testutil::describe(r));
+    auto xs = testutil::random_ints(r.x_size(), 40 + i);
+    auto ws = testutil::random_ints(r.w_size(), 50 + i);
+    auto dys = testutil::random_ints(r.y_size(), 60 + i);
+    if (i == 0) {
+      for (int64_t c = 0; c < r.in_channels; ++c) ws[c * 2 + 1] = kInf;
+    } else {
+      ws[pick(0, static_cast<int>(ws.size()) - 1)] = pick(0, 1) ? kInf : -kInf;
+      dys[pick(0, static_cast<int>(dys.size()) - 1)] = kInf;
+    }
+    std::vector<float> y_ref(r.y_size()), d_ref(r.x_size()), g_ref(r.w_size());
+    reference::conv2d_forward(r, xs, ws, {}, y_ref);
+    reference::conv2d_backward_data(r, dys, ws, d_ref);
+    reference::conv2d_backward_weights(r, xs, dys, g_ref, {});
+    if (i == 0) {
+      for (int64_t c = 0; c < r.in_channels; ++c) CHECK(std::isfinite(d_ref[c * 2]));
+    }
+    for (GemmBackend b : {GemmBackend::automatic, GemmBackend::packed, GemmBackend::openblas}) {
+      for (Isa isa : isas) {
+        for (int threads : {1, 2}) {
+          INFO("backend " << std::string(detail::gemm_backend_name(b)) << " isa "
+                          << std::string(detail::isa_name(isa))
+                          << " threads " << threads);
+          const ConvOptions o{b, isa, threads};
+          std::vector<float> y(r.y_size()), d(r.x_size()), g(r.w_size());
+          detail::conv2d_forward_with(o, r, xs, ws, {}, y, Activation::identity);
+          CHECK_CLOSE_SPANS(y, y_ref, 0.0f, 0.0f);
+          detail::conv2d_backward_data_with(o, r, dys, ws, d, Activation::identity, {});
+          CHECK_CLOSE_SPANS(d, d_ref, 0.0f, 0.0f);
+          detail::conv2d_backward_weights_with(o, r, xs, dys, g, {});
+          CHECK_CLOSE_SPANS(g, g_ref, 0.0f, 0.0f);
+        }
+      }
+    }
   }
 }
 

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <climits>
 #include <cstring>
 #include <new>
@@ -545,12 +546,29 @@ void fill_backward_data_weights(const void* ctx, i64 t, i64 nthr) {
 
 }  // namespace
 
+namespace {
+
+// True when no weight is infinite or NaN (one pass of integer compares: vectorises).
+bool all_finite(std::span<const float> v) {
+  std::uint32_t bad = 0;
+  for (const float f : v) {
+    const auto bits = std::bit_cast<std::uint32_t>(f);
+    bad |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+}  // namespace
+
 void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
                                std::span<const float> dy, std::span<const float> w,
                                std::span<float> dx, Activation input_activation,
                                std::span<const float> x) {
   const float* xp = x.empty() ? nullptr : x.data();
-  if (conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed) {
+  // The packed engine computes dx as a 'full' correlation of dy, whose zero border meets every
+  // weight: a non-finite weight would make cells NaN that W^T dy leaves finite (0 * inf). Such
+  // weights take the col2im path, which writes no padding cell (the reference's result).
+  if (conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed && all_finite(w)) {
     if (t_weights_bd.size() < w.size()) t_weights_bd.resize(w.size());  // may throw: nothing written yet
     PackedConv pc = packed_backward_data_problem(s);
     pc.x = dy.data();
