@@ -6,7 +6,9 @@
 // Any other outcome aborts (a crash for libFuzzer). Shapes decode small so that each run is
 // fast, except for the strides, pads and dilations, which may take extreme values.
 //
-// Input layout: byte 0 picks the call, byte 1 the thread count and the block-size hook, then
+// Input layout: byte 0 picks the call, byte 1 the thread count and the block-size hook, byte 2
+// the convolution engine (the public functions, or the packed or openblas backend on a given
+// ISA cap), then
 // the shape fields (one byte each, a few values reserved for extremes), then one byte per span
 // (exact size, one more, one less, empty), then the data (one byte per float, a few values
 // reserved for inf, -inf and NaN); missing bytes read as zero.
@@ -22,6 +24,8 @@
 
 #include <im2gemm/im2gemm.hpp>
 
+#include "common/checks.hpp"
+#include "conv/engine.hpp"
 #include "conv/plan.hpp"
 
 namespace {
@@ -199,8 +203,55 @@ bool small_conv(const im2gemm::Conv2dShape& s) {
          s.y_size() <= kMaxElements && s.macs() <= kMaxMacs;
 }
 
+// 0: the public functions (the environment's engine); else one backend on one ISA.
+std::uint8_t g_engine = 0;
+
+im2gemm::detail::ConvOptions conv_options() {
+  im2gemm::detail::ConvOptions o;
+  o.backend = g_engine % 3 == 1 ? im2gemm::detail::GemmBackend::packed
+                                : im2gemm::detail::GemmBackend::openblas;
+  o.isa = static_cast<im2gemm::detail::Isa>((g_engine / 3) % 3);
+  o.threads = im2gemm::num_threads();
+  return o;
+}
+
+void conv_forward(const im2gemm::Conv2dShape& s, std::span<const float> x,
+                  std::span<const float> w, std::span<const float> b, std::span<float> y,
+                  im2gemm::Activation act) {
+  if (g_engine % 3 == 0) return im2gemm::conv2d_forward(s, x, w, b, y, act);
+  im2gemm::detail::check_conv2d_forward(s, x, w, b, y, act);  // the _with entries check nothing
+  im2gemm::detail::conv2d_forward_with(conv_options(), s, x, w, b, y, act);
+}
+void conv_backward_data(const im2gemm::Conv2dShape& s, std::span<const float> dy,
+                        std::span<const float> w, std::span<float> dx, im2gemm::Activation act,
+                        std::span<const float> x) {
+  if (g_engine % 3 == 0) return im2gemm::conv2d_backward_data(s, dy, w, dx, act, x);
+  im2gemm::detail::check_conv2d_backward_data(s, dy, w, dx, act, x);
+  im2gemm::detail::conv2d_backward_data_with(conv_options(), s, dy, w, dx, act, x);
+}
+void conv_backward_weights(const im2gemm::Conv2dShape& s, std::span<const float> x,
+                           std::span<const float> dy, std::span<float> dw, std::span<float> db) {
+  if (g_engine % 3 == 0) return im2gemm::conv2d_backward_weights(s, x, dy, dw, db);
+  im2gemm::detail::check_conv2d_backward_weights(s, x, dy, dw, db);
+  im2gemm::detail::conv2d_backward_weights_with(conv_options(), s, x, dy, dw, db);
+}
+
+// FUZZ_VERBOSE=1 prints each call (to replay a crash input: fuzz_im2gemm CRASH_FILE).
+const bool g_verbose = std::getenv("FUZZ_VERBOSE") != nullptr;
+
 void fuzz_conv(Bytes& in, int pass) {
   const im2gemm::Conv2dShape s = conv_shape(in);
+  if (g_verbose) {
+    std::fprintf(stderr,
+                 "conv pass %d engine %d threads %d: N%lld C%lld %lldx%lld F%lld k%lldx%lld "
+                 "s%lldx%lld p%lldx%lld d%lldx%lld g%lld\n",
+                 pass, g_engine, im2gemm::num_threads(), (long long)s.batch,
+                 (long long)s.in_channels, (long long)s.in_height, (long long)s.in_width,
+                 (long long)s.out_channels, (long long)s.kernel_height,
+                 (long long)s.kernel_width, (long long)s.stride_height,
+                 (long long)s.stride_width, (long long)s.pad_height, (long long)s.pad_width,
+                 (long long)s.dilation_height, (long long)s.dilation_width, (long long)s.groups);
+  }
   const bool ok = valid(s);
   if (ok && !small_conv(s)) return;
   // An invalid shape gets spans of a few elements: the call must throw before using them.
@@ -213,7 +264,7 @@ void fuzz_conv(Bytes& in, int pass) {
   if (pass == 0) {
     const std::vector<float> bias = in.values(lb);
     Out<float> y(ly, kSentinel), y_ref(ly, kSentinel);
-    const bool t = throws_invalid([&] { im2gemm::conv2d_forward(s, x, w, bias, y.span(), act); });
+    const bool t = throws_invalid([&] { conv_forward(s, x, w, bias, y.span(), act); });
     const bool t_ref =
         throws_invalid([&] { im2gemm::reference::conv2d_forward(s, x, w, bias, y_ref.span(), act); });
     if (t != t_ref) fail("conv2d_forward: fast and reference disagree on throwing");
@@ -229,20 +280,25 @@ void fuzz_conv(Bytes& in, int pass) {
                                       ? std::vector<float>{} : x;
     Out<float> dx(lx, kSentinel), dx_ref(lx, kSentinel);
     const bool t = throws_invalid(
-        [&] { im2gemm::conv2d_backward_data(s, dy, w, dx.span(), act, xa); });
+        [&] { conv_backward_data(s, dy, w, dx.span(), act, xa); });
     const bool t_ref = throws_invalid(
         [&] { im2gemm::reference::conv2d_backward_data(s, dy, w, dx_ref.span(), act, xa); });
     if (t != t_ref) fail("conv2d_backward_data: fast and reference disagree on throwing");
     if (t && !dx.untouched()) fail("conv2d_backward_data threw but wrote dx");
     if (!dx.guards_intact()) fail("conv2d_backward_data wrote outside dx");
     if (!t && !equal_results(dx.inside(), dx_ref.inside(), 1e-5f)) {
+      if (g_verbose) {
+        for (std::size_t i = 0; i < lx; ++i) {
+          std::fprintf(stderr, "dx[%zu] = %g, reference %g\n", i, dx.inside()[i], dx_ref.inside()[i]);
+        }
+      }
       fail("conv2d_backward_data != reference");
     }
   } else {
     const std::vector<float> dy = in.values(ly);
     Out<float> dw(lw, kSentinel), dw_ref(lw, kSentinel), db(lb, kSentinel), db_ref(lb, kSentinel);
     const bool t = throws_invalid(
-        [&] { im2gemm::conv2d_backward_weights(s, x, dy, dw.span(), db.span()); });
+        [&] { conv_backward_weights(s, x, dy, dw.span(), db.span()); });
     const bool t_ref = throws_invalid(
         [&] { im2gemm::reference::conv2d_backward_weights(s, x, dy, dw_ref.span(), db_ref.span()); });
     if (t != t_ref) fail("conv2d_backward_weights: fast and reference disagree on throwing");
@@ -359,6 +415,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   Bytes in(data, size);
   const std::uint8_t call = in.u8() % 7;
   const std::uint8_t setup = in.u8();
+  g_engine = in.u8();
   im2gemm::set_num_threads(1 + setup % 3);
   // Small column blocks (many pixel blocks, image runs) and every thread on small shapes.
   im2gemm::detail::set_block_target_bytes((setup >> 2) % 4 == 0 ? 0 : std::size_t{64} << ((setup >> 4) % 8));
