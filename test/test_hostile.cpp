@@ -18,6 +18,7 @@
 
 #include "common/isa.hpp"
 #include "conv/engine.hpp"
+#include "conv/packed_conv.hpp"
 #include "conv/plan.hpp"
 #include "test_util.hpp"
 
@@ -619,6 +620,42 @@ TEST_CASE("hostile planner: every pass terminates with a sane plan at every thre
       }
     }
   }
+  // The packed engine's planner, forward and (stride 1) backward data, on the CPU's best ISA
+  // (test_conv2d_engines plans the suite at 1..256 threads on every ISA): thread counts 1..64
+  // and every 13th above for the suite and the issue's shape, 1..32 and every 61st for the
+  // random shapes. One such plan can take 20 ms (it weighs many blockings): not every count.
+  const std::vector<detail::Isa> isas{detail::isa_supported()};
+  int64_t packed_plans = 0;
+  for (const auto& layer : layers) {
+    const Conv2dShape& s = layer.shape;
+    std::vector<detail::PackedConv> problems{detail::packed_forward_problem(s)};
+    if (s.stride_height == 1 && s.stride_width == 1) {
+      problems.push_back(detail::packed_backward_data_problem(s));
+    }
+    for (std::size_t k = 0; k < problems.size(); ++k) {
+      for (detail::Isa isa : isas) {
+        dog.note("packed " + layer.name + " " + testutil::describe(s) + " problem " +
+                 std::to_string(k) + " isa " + detail::isa_name(isa));
+        const bool random = layer.name.rfind("random", 0) == 0;
+        const int dense = random ? 32 : 64, step = random ? 61 : 13;
+        for (int threads = 1; threads <= 1024; threads += threads < dense ? 1 : step) {
+          const auto p = detail::plan_packed(problems[k], isa, threads);
+          INFO("packed " << layer.name << " " << testutil::describe(s) << " problem " << k
+                         << " threads " << threads);
+          REQUIRE(p.threads >= 1);
+          REQUIRE(p.threads <= threads);
+          REQUIRE(p.items(problems[k]) >= 1);
+          REQUIRE(p.nc >= 1);
+          REQUIRE(p.col_blocks >= 1);
+          REQUIRE(p.filter_blocks >= 1);
+          REQUIRE(p.kc >= 1);
+          REQUIRE(p.k_blocks >= 1);
+          ++packed_plans;
+        }
+      }
+    }
+  }
+  MESSAGE(packed_plans << " packed plans checked");
   // The public entry that plans all three passes, at the issue's thread counts.
   for (int threads : {66, 71, 72, 225, 256}) {
     dog.note("conv2d_scratch_bytes threads " + std::to_string(threads));
