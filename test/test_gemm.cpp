@@ -107,8 +107,9 @@ TEST_CASE("gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, ov
     const gemm::Config& cfg = gemm::config(isa);
     CAPTURE(cfg.name);
     Aligned pack(static_cast<std::size_t>(gemm::nt_pack_floats(cfg)), 0.0f);
-    for (auto [m, n, k] : {std::array<int64_t, 3>{1, 1, 1}, {9, 50, 3}, {17, 97, 300},
-                           {8, 500, 257}, {33, 20, 1000}}) {
+    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1}, {9, 50, 3}, {17, 97, 300},
+                            {8, 500, 257}, {33, 20, 1000}}) {
+      const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
       CAPTURE(m);
       CAPTURE(n);
       CAPTURE(k);
