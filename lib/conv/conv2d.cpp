@@ -499,9 +499,10 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
     case ConvPass::backward_weights:
       // The openblas path's im2col blocks, partial sums and reductions; the GEMM of each block
       // on the chosen backend (gemm::sgemm_nt on the packed engine).
-      if (o.backend != GemmBackend::automatic) return o.backend;
-      return vector_isa && s.in_channels / s.groups * khw >= kMinPackedK ? GemmBackend::packed
-                                                                        : GemmBackend::openblas;
+      // automatic: openblas. In bench_conv the engine's transposing pack (a scalar copy) made
+      // this pass slower than OpenBLAS's own packing on most suite layers (vgg_conv1_2 48 vs
+      // 141 GFLOP/s, vgg_conv3_2 113 vs 151): IM2GEMM_GEMM=packed only.
+      return o.backend == GemmBackend::packed ? GemmBackend::packed : GemmBackend::openblas;
   }
   return GemmBackend::openblas;
 }

@@ -29,7 +29,8 @@ ConvOptions default_conv_options();
 /// AVX2 or AVX-512 CPU, openblas elsewhere.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
 
-/// The public passes with explicit options (same checks, same contract).
+/// The public passes with explicit options and the same contract, for a call that has
+/// already passed the public checks (detail::check_conv2d_*): these check nothing.
 void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
                          std::span<const float> w, std::span<const float> bias,
                          std::span<float> y, Activation act);

@@ -126,7 +126,45 @@ std::size_t PackedPlan::scratch_bytes() const {
                                   range_bytes);
 }
 
+namespace {
+
+PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads);
+
+// The last plans made on this thread: the balance search can take milliseconds at many
+// threads on a large shape, and a training loop asks for the same few plans every step.
+struct PlanCache {
+  struct Entry {
+    std::int64_t key[19] = {};
+    PackedPlan plan;
+  };
+  static constexpr int kEntries = 8;
+  Entry entries[kEntries];
+  int used = 0, next = 0;
+};
+thread_local PlanCache t_plans;
+
+}  // namespace
+
 PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
+  const std::int64_t key[19] = {pc.N,  pc.C,  pc.H,  pc.W,  pc.F,  pc.G,  pc.KH,
+                                pc.KW, pc.SH, pc.SW, pc.PH, pc.PW, pc.DH, pc.DW,
+                                pc.OH, pc.OW, static_cast<std::int64_t>(isa_clamp(isa)), threads,
+                                min_macs_per_thread()};
+  PlanCache& c = t_plans;
+  for (int e = 0; e < c.used; ++e) {
+    if (std::equal(key, key + 19, c.entries[e].key)) return c.entries[e].plan;
+  }
+  PlanCache::Entry& slot = c.entries[c.next];
+  slot.plan = make_packed_plan(pc, isa, threads);
+  std::copy(key, key + 19, slot.key);
+  c.next = (c.next + 1) % PlanCache::kEntries;
+  c.used = std::min(c.used + 1, PlanCache::kEntries);
+  return slot.plan;
+}
+
+namespace {
+
+PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
   const gemm::Config& cfg = gemm::config(isa);
   PackedPlan p;
   p.isa = cfg.isa;
@@ -197,6 +235,8 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
   p.range_entries = p.segments * pc.KW;
   return p;
 }
+
+}  // namespace
 
 void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, const void* fill_ctx) {
   const gemm::Config& cfg = gemm::config(p.isa);

@@ -62,7 +62,8 @@ struct PackedPlan {
   std::size_t scratch_bytes() const;
 };
 
-/// threads >= 1; min_macs_per_thread as in plan_conv.
+/// threads >= 1; min_macs_per_thread as in plan_conv. The last 8 plans of each thread are
+/// kept and returned again for the same problem, ISA and thread count.
 PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads);
 
 /// Runs the plan (throws std::bad_alloc before writing anything if scratch cannot be had).
