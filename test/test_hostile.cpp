@@ -209,6 +209,29 @@ TEST_CASE("hostile conv: extreme valid strides, pads and dilations give the refe
 
 // Finding 2: pooling's first valid output column (PW + SW - 1) / SW overflowed to -1 and every
 // ISA wrote y[-1] and argmax[-1].
+TEST_CASE("hostile avg pool: strides and pads too large to describe a layer are rejected, nothing written") {
+  im2gemm::AvgPool2dShape s;
+  s.in_height = 3; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 1;
+  for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 62, kMaxStridePadDilation + 1}) {
+    for (bool height : {false, true}) {
+      im2gemm::AvgPool2dShape a = s;
+      (height ? a.stride_height : a.stride_width) = stride;
+      const char* field = height ? "stride_height" : "stride_width";
+      CHECK(invalid_message([&] { a.validate(); }).find(field) != std::string::npos);
+      const std::vector<float> x(12, 1.0f);
+      Guarded y(2);
+      CHECK(invalid_message([&] { im2gemm::avgpool2d_forward(a, x, y.span()); }).find(field) !=
+            std::string::npos);
+      CHECK(y.guards_intact());
+      CHECK(y.untouched());
+    }
+  }
+  im2gemm::AvgPool2dShape p = s;
+  p.kernel_width = int64_t{1} << 40;  // pad <= kernel / 2 alone would allow a huge pad
+  p.pad_width = kMaxStridePadDilation + 1;
+  CHECK(invalid_message([&] { p.validate(); }).find("pad_width") != std::string::npos);
+}
+
 TEST_CASE("hostile pool: strides too large to describe a layer are rejected, extreme valid ones are right") {
   MaxPool2dShape s;
   s.in_height = 3; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 2;

@@ -401,6 +401,10 @@ void AvgPool2dShape::validate() const {
   detail::require_at_least(S, "stride_width", stride_width, 1);
   detail::require_at_least(S, "pad_height", pad_height, 0);
   detail::require_at_least(S, "pad_width", pad_width, 0);
+  detail::require_window_param(S, "stride_height", stride_height);
+  detail::require_window_param(S, "stride_width", stride_width);
+  detail::require_window_param(S, "pad_height", pad_height);
+  detail::require_window_param(S, "pad_width", pad_width);
   if (pad_height > kernel_height / 2) {
     fail("AvgPool2dShape.pad_height " + std::to_string(pad_height) +
          " must be at most half of kernel_height " + std::to_string(kernel_height) + " (" +
