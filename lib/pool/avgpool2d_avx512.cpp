@@ -8,8 +8,14 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+// Every function below is compiled for this ISA: gcc by its target pragma, clang (which
+// ignores that pragma) by attaching the same target attribute to each function.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
+#endif
 
 namespace im2gemm::detail {
 namespace {
@@ -97,7 +103,11 @@ void avgpool2d_backward_plane_avx512(AvgKernel k, const AvgGeom& g, const float*
 
 }  // namespace im2gemm::detail
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 #else  // not x86-64 GCC/Clang: never selected (pool_isa_supported() is scalar)
 
