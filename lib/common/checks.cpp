@@ -69,6 +69,26 @@ inline void require_window_param(const char* shape, const char* field, std::int6
   if (v > kMaxStridePadDilation) [[unlikely]] fail_above(shape, field, v);
 }
 
+// The fields every pooling shape has, in the order their errors are reported: counts and
+// kernel >= 1, strides >= 1, pads >= 0, strides and pads <= kMaxStridePadDilation.
+template <class PoolShape>
+void require_pool_fields(const char* S, const PoolShape& p) {
+  require_at_least(S, "batch", p.batch, 1);
+  require_at_least(S, "channels", p.channels, 1);
+  require_at_least(S, "in_height", p.in_height, 1);
+  require_at_least(S, "in_width", p.in_width, 1);
+  require_at_least(S, "kernel_height", p.kernel_height, 1);
+  require_at_least(S, "kernel_width", p.kernel_width, 1);
+  require_at_least(S, "stride_height", p.stride_height, 1);
+  require_at_least(S, "stride_width", p.stride_width, 1);
+  require_at_least(S, "pad_height", p.pad_height, 0);
+  require_at_least(S, "pad_width", p.pad_width, 0);
+  require_window_param(S, "stride_height", p.stride_height);
+  require_window_param(S, "stride_width", p.stride_width);
+  require_window_param(S, "pad_height", p.pad_height);
+  require_window_param(S, "pad_width", p.pad_width);
+}
+
 // Largest element count of one tensor: its bytes must stay below 2^62.
 constexpr std::int64_t kMaxElements = std::int64_t{1} << 60;
 
@@ -186,20 +206,7 @@ std::int64_t MaxPool2dShape::out_width() const {
 
 void MaxPool2dShape::validate() const {
   const char* S = "MaxPool2dShape";
-  detail::require_at_least(S, "batch", batch, 1);
-  detail::require_at_least(S, "channels", channels, 1);
-  detail::require_at_least(S, "in_height", in_height, 1);
-  detail::require_at_least(S, "in_width", in_width, 1);
-  detail::require_at_least(S, "kernel_height", kernel_height, 1);
-  detail::require_at_least(S, "kernel_width", kernel_width, 1);
-  detail::require_at_least(S, "stride_height", stride_height, 1);
-  detail::require_at_least(S, "stride_width", stride_width, 1);
-  detail::require_at_least(S, "pad_height", pad_height, 0);
-  detail::require_at_least(S, "pad_width", pad_width, 0);
-  detail::require_window_param(S, "stride_height", stride_height);
-  detail::require_window_param(S, "stride_width", stride_width);
-  detail::require_window_param(S, "pad_height", pad_height);
-  detail::require_window_param(S, "pad_width", pad_width);
+  detail::require_pool_fields(S, *this);
   if (pad_height >= kernel_height) {
     fail("MaxPool2dShape.pad_height " + std::to_string(pad_height) +
          " must be smaller than kernel_height " + std::to_string(kernel_height));
@@ -391,20 +398,7 @@ std::int64_t AvgPool2dShape::out_width() const {
 
 void AvgPool2dShape::validate() const {
   const char* S = "AvgPool2dShape";
-  detail::require_at_least(S, "batch", batch, 1);
-  detail::require_at_least(S, "channels", channels, 1);
-  detail::require_at_least(S, "in_height", in_height, 1);
-  detail::require_at_least(S, "in_width", in_width, 1);
-  detail::require_at_least(S, "kernel_height", kernel_height, 1);
-  detail::require_at_least(S, "kernel_width", kernel_width, 1);
-  detail::require_at_least(S, "stride_height", stride_height, 1);
-  detail::require_at_least(S, "stride_width", stride_width, 1);
-  detail::require_at_least(S, "pad_height", pad_height, 0);
-  detail::require_at_least(S, "pad_width", pad_width, 0);
-  detail::require_window_param(S, "stride_height", stride_height);
-  detail::require_window_param(S, "stride_width", stride_width);
-  detail::require_window_param(S, "pad_height", pad_height);
-  detail::require_window_param(S, "pad_width", pad_width);
+  detail::require_pool_fields(S, *this);
   if (pad_height > kernel_height / 2) {
     fail("AvgPool2dShape.pad_height " + std::to_string(pad_height) +
          " must be at most half of kernel_height " + std::to_string(kernel_height) + " (" +
