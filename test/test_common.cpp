@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <limits>
 
+#include "common/crc32.hpp"
 #include "test_util.hpp"
 
 using namespace im2gemm;
@@ -245,4 +246,18 @@ TEST_CASE("MaxPool2dShape::validate") {
   bad([](auto& q) { q.pad_width = -1; }, "pad_width must be >= 0");
   bad([](auto& q) { q.kernel_height = 10; q.pad_height = 1; }, "kernel extent 10");
   bad([](auto& q) { q.in_height = 50000; q.in_width = 50000; }, "int32_t");
+}
+
+TEST_CASE("crc32: the standard check values") {
+  using im2gemm::detail::crc32;
+  const std::string check = "123456789";
+  CHECK(crc32(0, check.data(), check.size()) == 0xCBF43926u);
+  CHECK(crc32(0, check.data(), 0) == 0u);
+  CHECK(crc32(0, "a", 1) == 0xE8B7BE43u);
+  const std::string fox = "The quick brown fox jumps over the lazy dog";
+  CHECK(crc32(0, fox.data(), fox.size()) == 0x414FA339u);
+  CHECK(crc32(crc32(0, check.data(), 4), check.data() + 4, 5) == 0xCBF43926u);  // continued
+  const std::vector<unsigned char> zeros(32, 0), ones(32, 0xFF);
+  CHECK(crc32(0, zeros.data(), zeros.size()) == 0x190A55ADu);
+  CHECK(crc32(0, ones.data(), ones.size()) == 0xFF6CAB0Bu);
 }

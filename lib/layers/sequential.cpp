@@ -1,6 +1,4 @@
 // Sequential: chains layers, checks shapes, times each layer, saves and loads parameters.
-#include <zlib.h>
-
 #include <algorithm>
 #include <bit>
 #include <cerrno>
@@ -14,6 +12,7 @@
 #include <string>
 
 #include "common/checks.hpp"
+#include "common/crc32.hpp"
 #include "im2gemm/layers.hpp"
 #include "layers/layers_impl.hpp"
 
@@ -285,16 +284,7 @@ std::uint64_t get_u64(const std::uint8_t* p) {
   return v;
 }
 
-std::uint32_t crc_of(const std::uint8_t* p, std::size_t n) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  while (n > 0) {  // zlib takes uInt lengths
-    const uInt chunk = static_cast<uInt>(std::min<std::size_t>(n, 1u << 30));
-    crc = crc32(crc, p, chunk);
-    p += chunk;
-    n -= chunk;
-  }
-  return static_cast<std::uint32_t>(crc);
-}
+std::uint32_t crc_of(const std::uint8_t* p, std::size_t n) { return detail::crc32(0, p, n); }
 
 std::string shape_str(const std::vector<std::int64_t>& s) {
   std::string r = "[";
