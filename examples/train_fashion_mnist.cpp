@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <im2gemm/idx.hpp>
 #include <im2gemm/im2gemm.hpp>
 
 #include "fashion_mnist_demo.hpp"

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include <im2gemm/distributed.hpp>
+#include <im2gemm/idx.hpp>
 #include <im2gemm/im2gemm.hpp>
 
 #include "fashion_mnist_demo.hpp"

@@ -1,6 +1,7 @@
 // im2gemm: the seed's object model on top of the primitives: layers that own their parameters,
 // a softmax cross-entropy loss, a sequential network, SGD, seeded initialisation, a gradient
-// check, parameter files, and a reader for (gzipped) IDX data files such as Fashion-MNIST.
+// check and parameter files. The reader of (gzipped) IDX data files such as Fashion-MNIST is a
+// separate library, im2gemm_idx (<im2gemm/idx.hpp>): only it needs zlib.
 //
 // Conventions of every layer:
 //  - Tensors are fp32, NCHW, one sample after another: [batch][channels][height][width].
@@ -485,28 +486,5 @@ GradientCheckResult gradient_check(Layer& layer, std::span<const float> x, std::
 GradientCheckResult gradient_check(SoftmaxCrossEntropy& loss, std::span<const float> logits,
                                    std::span<const std::int32_t> labels, std::int64_t classes,
                                    const GradientCheckOptions& options = {});
-
-/// An IDX file of unsigned bytes (type 0x08), as MNIST and Fashion-MNIST ship them.
-struct IdxArray {
-  std::vector<std::int64_t> dims;
-  std::vector<std::uint8_t> values;  ///< row-major, product of dims
-};
-/// Reads an IDX file, gzipped or not (zlib reads both). Checks the magic (0 0 0x08 rank, rank
-/// 1..4), that every dim is >= 1, and that the payload has exactly the size the dims give.
-/// Throws std::invalid_argument naming the file and what is wrong (missing, not IDX, wrong
-/// type, truncated, trailing data, broken gzip stream).
-IdxArray read_idx(const std::string& path);
-
-/// Images and their labels, e.g. one split of Fashion-MNIST.
-struct LabeledImages {
-  std::int64_t count = 0, rows = 0, cols = 0;
-  std::vector<std::uint8_t> pixels;   ///< [count][rows][cols]
-  std::vector<std::int32_t> labels;   ///< [count], each in [0, 9]
-};
-/// Reads <dir>/<split>-images-idx3-ubyte.gz and <dir>/<split>-labels-idx1-ubyte.gz (split
-/// "train" or "t10k"), checks that counts agree and labels are 0..9. Every error message also
-/// says how to get the data: `apt-get install dataset-fashion-mnist`, which installs it under
-/// /usr/share/datasets/fashion-mnist/.
-LabeledImages read_mnist(const std::string& dir, const std::string& split);
 
 }  // namespace im2gemm

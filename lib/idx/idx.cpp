@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "im2gemm/layers.hpp"
+#include "im2gemm/idx.hpp"
 
 namespace im2gemm {
 
