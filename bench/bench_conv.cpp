@@ -398,6 +398,14 @@ int main(int argc, char** argv) {
   const double peak = im2gemm::bench::measure_fma_peak(threads);
   std::printf("FMA peak, %d threads: %.1f GFLOP/s\n%s\n", threads, peak,
               im2gemm::blas_info().summary().c_str());
+  // In the JSON output too (--benchmark_out): scripts/plot-bench draws the peak as a line.
+  benchmark::AddCustomContext("im2gemm_threads", std::to_string(threads));
+  benchmark::AddCustomContext("fma_peak_gflops", std::to_string(peak));
+  benchmark::AddCustomContext("im2gemm_engine", im2gemm::engine_info().summary());
+  benchmark::AddCustomContext("im2gemm_blas", im2gemm::blas_info().summary());
+  std::string order;  // the suite's order, for the charts (the runs are interleaved)
+  for (const auto& l : layers) order += (order.empty() ? "" : ",") + l.name;
+  benchmark::AddCustomContext("suite_layers", order);
   for (const auto& l : layers) {
     const Conv2dShape s = l.shape;
     for (int pi : passes) {

@@ -426,6 +426,11 @@ int main(int argc, char** argv) {
   int nargs = static_cast<int>(args.size());
   benchmark::Initialize(&nargs, args.data());
   const auto pools = im2gemm::bench::pool_layers();
+  // For the charts (scripts/plot-bench): the thread count and the suite's order of the pools.
+  benchmark::AddCustomContext("im2gemm_threads", std::to_string(im2gemm::num_threads()));
+  std::string order;
+  for (const auto& p : pools) order += (order.empty() ? "" : ",") + p.name;
+  benchmark::AddCustomContext("suite_pools", order);
   for (const auto& p : pools) {
     for (int v = 0; v < kVariants; ++v) {
 #ifndef IM2GEMM_HAVE_DNNL
