@@ -126,3 +126,30 @@ TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..102
     }
   }
 }
+
+TEST_CASE("engines: auto gives forward to the packed engine by row length against the panel width") {
+  // lenet_conv2 (8-pixel output rows) and a 1x1 stride-1 layer: packed on 16-lane panels
+  // (AVX2), openblas on 48-lane ones (AVX-512); vgg_conv3_2: packed on both; scalar never.
+  Conv2dShape lenet2{.batch = 64, .in_channels = 20, .in_height = 12, .in_width = 12,
+                     .out_channels = 50, .kernel_height = 5, .kernel_width = 5};
+  Conv2dShape one{.batch = 8, .in_channels = 64, .in_height = 56, .in_width = 56,
+                  .out_channels = 256, .kernel_height = 1, .kernel_width = 1};
+  Conv2dShape vgg{.batch = 8, .in_channels = 256, .in_height = 56, .in_width = 56,
+                  .out_channels = 256, .kernel_height = 3, .kernel_width = 3,
+                  .pad_height = 1, .pad_width = 1};
+  for (Isa isa : cpu_isas()) {
+    CAPTURE(static_cast<int>(isa));
+    const ConvOptions o{GemmBackend::automatic, isa, 2};
+    const auto fwd = [&](const Conv2dShape& s) {
+      return im2gemm::detail::conv_backend(s, ConvPass::forward, o);
+    };
+    if (isa == Isa::scalar) {
+      CHECK(fwd(vgg) == GemmBackend::openblas);
+      continue;
+    }
+    const GemmBackend narrow = isa == Isa::avx2 ? GemmBackend::packed : GemmBackend::openblas;
+    CHECK(fwd(lenet2) == narrow);
+    CHECK(fwd(one) == narrow);
+    CHECK(fwd(vgg) == GemmBackend::packed);
+  }
+}

@@ -477,12 +477,17 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
   switch (pass) {
     case ConvPass::forward: {
       if (o.backend != GemmBackend::automatic) return o.backend;
-      // The packed engine where its packer and tiles pay: rows of at least a vector of output
-      // pixels, strides of at most 2 (wider ones gather) and a K that amortises a tile's
-      // set-up. 1x1 stride-1 shapes skip im2col on the openblas path.
-      const bool fits = s.out_width() >= kMinPackedRowPixels && s.stride_width <= 2 &&
-                        s.in_channels / s.groups * khw >= kMinPackedK &&
-                        !is_conv1x1_s1_p0_d1(s);
+      // The packed engine where its packer and tiles pay: output rows of at least a third
+      // of a micro-panel (AVX-512's 48 lanes: 16 pixels; AVX2's 16 lanes: 6, so lenet_conv2's
+      // 8-pixel and the 7x7 layers' rows qualify), strides of at most 2 (wider ones gather)
+      // and a K that amortises a tile's set-up. With 48-lane panels, 1x1 stride-1 shapes run
+      // on the openblas path, which skips im2col for them; with 16-lane panels the packed
+      // engine measured ahead there too (plan.hpp).
+      const gemm::Config& cfg = gemm::config(o.isa);
+      const bool wide_panels = cfg.nr > kMaxNarrowPanelLanes;
+      const bool fits = s.out_width() * kMinPackedRowPanelFraction >= cfg.nr &&
+                        s.stride_width <= 2 && s.in_channels / s.groups * khw >= kMinPackedK &&
+                        !(wide_panels && is_conv1x1_s1_p0_d1(s));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_data: {

@@ -24,9 +24,9 @@ ConvOptions default_conv_options();
 /// Which backend a pass of this (valid) shape runs under the options: packed or openblas
 /// (never automatic). The packed engine serves forward, and backward data at stride 1;
 /// backward weights and strided backward data run the openblas path on every backend.
-/// Automatic: packed where it measured ahead (plan.hpp: kMinPackedRowPixels, kMinPackedK,
-/// kMinPackedBackwardDataChannels; strides of at most 2; not 1x1 stride 1 unpadded) on an
-/// AVX2 or AVX-512 CPU, openblas elsewhere.
+/// Automatic: packed where it measured ahead (plan.hpp: row length against the micro-panel
+/// width, kMinPackedK, kMinPackedBackwardDataChannels; strides of at most 2) on an AVX2 or
+/// AVX-512 CPU, openblas elsewhere.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
 
 /// The public passes with explicit options and the same contract, for a call that has

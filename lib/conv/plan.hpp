@@ -70,12 +70,19 @@ inline constexpr std::int64_t kBalancedItemsPerThread = 4;
 inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 
 /// The automatic backend choice (conv_backend) gives a pass to the packed engine only where
-/// it measured ahead of the openblas path: output rows of at least kMinPackedRowPixels
-/// pixels (shorter rows cut the im2col packing into short segments: lenet_conv2's 8-pixel
-/// rows and the 7x7 layers ran 0.6-0.8x the openblas path), a GEMM K of at least
+/// it measured ahead of the openblas path. Forward: output rows of at least
+/// 1/kMinPackedRowPanelFraction of a micro-panel (shorter rows cut the im2col packing into
+/// short segments: on AVX-512's 48-lane panels lenet_conv2's 8-pixel rows and the 7x7 layers
+/// ran 0.6-0.8x the openblas path; on AVX2's 16-lane panels, measured on AMD Zen 3, the same
+/// layers ran 1.2-1.3x it: lenet_conv2 92 vs 77 GFLOP/s, resnet_l4_b8 150 vs 114), and
+/// 1x1 stride-1 layers only on panels of at most kMaxNarrowPanelLanes lanes (resnet_1x1 on
+/// AVX2: 129 vs 104). Backward data: rows of at least kMinPackedRowPixels input pixels
+/// (resnet_l4_b1 ran 0.5x the openblas path on AVX2). Both: a GEMM K of at least
 /// kMinPackedK (below it the set-up and store of a tile weigh: lenet_conv1, K = 25), and for
 /// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
 /// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).
+inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
+inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
