@@ -85,6 +85,12 @@ void pack_b_transposed(const float* x, std::int64_t ldx, std::int64_t k0, std::i
                        std::int64_t j0, std::int64_t j1, int nr, float* dst,
                        std::int64_t panel_stride);
 
+/// The same with AVX2 8x8 transposes (nr a multiple of 8; others take the portable copy).
+/// Only on a CPU with AVX2.
+void pack_b_transposed_avx2(const float* x, std::int64_t ldx, std::int64_t k0, std::int64_t k1,
+                            std::int64_t j0, std::int64_t j1, int nr, float* dst,
+                            std::int64_t panel_stride);
+
 /// Floats of packing buffer sgemm_nt needs (kc x nc of the configuration).
 std::int64_t nt_pack_floats(const Config& cfg);
 

@@ -1,0 +1,73 @@
+// The transposing B pack of sgemm_nt with AVX2: 8 rows of X by 8 k at a time, one 8x8
+// register transpose, 8 stores of 8 lanes into the panel rows. Edge lanes (past j1) and the
+// k tail take the portable loop's per-element copy. Compiled with -mavx2 -mfma (meson: the
+// avx2 kernel library); also used by the AVX-512 configuration (48 lanes = 6 x 8).
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "gemm/gemm.hpp"
+
+namespace im2gemm::detail::gemm {
+
+namespace {
+
+using i64 = std::int64_t;
+
+// r[i] = row i of an 8x8 block in, column i out.
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+}  // namespace
+
+void pack_b_transposed_avx2(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, int nr,
+                            float* dst, i64 panel_stride) {
+  if (nr % 8 != 0) {
+    pack_b_transposed(x, ldx, k0, k1, j0, j1, nr, dst, panel_stride);
+    return;
+  }
+  for (i64 p = 0; j0 + p * nr < j1; ++p) {
+    const i64 c0 = j0 + p * nr, n = std::min<i64>(nr, j1 - c0);
+    float* d = dst + p * panel_stride;
+    for (i64 l0 = 0; l0 < nr; l0 += 8) {
+      const i64 nl = std::clamp<i64>(n - l0, 0, 8);
+      i64 kk = k0;
+      if (nl == 8) {
+        const float* s = x + (c0 + l0) * ldx;
+        for (; kk + 8 <= k1; kk += 8) {
+          __m256 r[8];
+          for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ldx + kk);
+          transpose8(r);
+          for (int t = 0; t < 8; ++t) _mm256_storeu_ps(d + (kk - k0 + t) * nr + l0, r[t]);
+        }
+      }
+      // The k tail, and lane groups that reach past j1 (zero there).
+      for (; kk < k1; ++kk) {
+        float* row = d + (kk - k0) * nr + l0;
+        for (i64 l = 0; l < 8; ++l) row[l] = l < nl ? x[(c0 + l0 + l) * ldx + kk] : 0.0f;
+      }
+    }
+  }
+}
+
+}  // namespace im2gemm::detail::gemm
