@@ -16,6 +16,7 @@
 #include "common/checks.hpp"
 #include "common/parallel.hpp"
 #include "common/threads.hpp"
+#include "conv/depthwise.hpp"
 #include "conv/engine.hpp"
 #include "conv/lowering.hpp"
 #include "conv/packed_conv.hpp"
@@ -434,6 +435,11 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
     bytes = std::max(bytes, detail::plan_conv(s, pass, t).scratch_bytes());
   }
+  if (detail::is_depthwise(s)) {
+    for (int pass = 0; pass < 3; ++pass) {
+      bytes = std::max(bytes, detail::plan_depthwise(s, pass, t).scratch_bytes());
+    }
+  }
   // The packed engine's plans too, whichever backend a call takes (its ISA: the active one).
   const detail::Isa isa = detail::isa_active();
   for (const auto& pc : {detail::packed_forward_problem(s), detail::packed_backward_data_problem(s)}) {
@@ -466,6 +472,20 @@ void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
 }  // namespace im2gemm
 
 namespace im2gemm::detail {
+
+namespace {
+
+// True when no weight is infinite or NaN (one pass of integer compares: vectorises).
+bool all_finite(std::span<const float> v) {
+  std::uint32_t bad = 0;
+  for (const float f : v) {
+    const auto bits = std::bit_cast<std::uint32_t>(f);
+    bad |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
+}  // namespace
 
 ConvOptions default_conv_options() {
   return ConvOptions{gemm_backend_env(), isa_env_cap(), num_threads()};
@@ -512,10 +532,26 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
   return GemmBackend::openblas;
 }
 
+ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
+                   std::span<const float> w) {
+  if (!is_depthwise(s) || s.in_channels < 2 || o.backend != GemmBackend::automatic) {
+    return ConvPath::gemm;
+  }
+  const int p = pass == ConvPass::forward ? 0 : pass == ConvPass::backward_data ? 1 : 2;
+  if (plan_depthwise(s, p, o.threads).scratch_bytes() > kMaxScratchBytesPerThread) {
+    return ConvPath::gemm;
+  }
+  if (pass == ConvPass::backward_data && !all_finite(w)) return ConvPath::gemm;
+  return ConvPath::depthwise;
+}
+
 void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
                          std::span<const float> w, std::span<const float> bias,
                          std::span<float> y, Activation act) {
   const float* b = bias.empty() ? nullptr : bias.data();
+  if (conv_path(s, ConvPass::forward, o) == ConvPath::depthwise) {
+    return depthwise_forward(o.isa, o.threads, s, x.data(), w.data(), b, y.data(), act);
+  }
   if (conv_backend(s, ConvPass::forward, o) == GemmBackend::packed) {
     PackedConv pc = packed_forward_problem(s);
     pc.x = x.data();
@@ -552,25 +588,15 @@ void fill_backward_data_weights(const void* ctx, i64 t, i64 nthr) {
 
 }  // namespace
 
-namespace {
-
-// True when no weight is infinite or NaN (one pass of integer compares: vectorises).
-bool all_finite(std::span<const float> v) {
-  std::uint32_t bad = 0;
-  for (const float f : v) {
-    const auto bits = std::bit_cast<std::uint32_t>(f);
-    bad |= static_cast<std::uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
-
-}  // namespace
-
 void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
                                std::span<const float> dy, std::span<const float> w,
                                std::span<float> dx, Activation input_activation,
                                std::span<const float> x) {
   const float* xp = x.empty() ? nullptr : x.data();
+  if (conv_path(s, ConvPass::backward_data, o, w) == ConvPath::depthwise) {
+    return depthwise_backward_data(o.isa, o.threads, s, dy.data(), w.data(), dx.data(),
+                                   input_activation, xp);
+  }
   // The packed engine computes dx as a 'full' correlation of dy, whose zero border meets every
   // weight: a non-finite weight would make cells NaN that W^T dy leaves finite (0 * inf). Such
   // weights take the col2im path, which writes no padding cell (the reference's result).
@@ -596,6 +622,10 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
 void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
                                   std::span<const float> x, std::span<const float> dy,
                                   std::span<float> dw, std::span<float> db) {
+  if (conv_path(s, ConvPass::backward_weights, o) == ConvPath::depthwise) {
+    return depthwise_backward_weights(o.isa, o.threads, s, x.data(), dy.data(), dw.data(),
+                                      db.empty() ? nullptr : db.data());
+  }
   const ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
   const bool packed = conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
   if (!packed && !fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);

@@ -29,6 +29,17 @@ ConvOptions default_conv_options();
 /// AVX-512 CPU, openblas elsewhere.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
 
+/// Which kind of code runs a pass: the GEMM lowering (im2col / col2im + a GEMM backend) or a
+/// direct kernel named by the shapes it serves.
+enum class ConvPath { gemm, depthwise };
+
+/// The path of a pass of this (valid) shape under the options (`w`: the weights, needed by
+/// backward data only; empty: assume finite). depthwise: groups == in_channels > 1, the
+/// automatic backend (a forced backend runs its GEMMs), a prepared plane within
+/// kMaxScratchBytesPerThread, and for backward data finite weights (depthwise.hpp).
+ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
+                   std::span<const float> w = {});
+
 /// The public passes with explicit options and the same contract, for a call that has
 /// already passed the public checks (detail::check_conv2d_*): these check nothing.
 void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,

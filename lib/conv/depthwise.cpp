@@ -1,0 +1,207 @@
+// The depthwise passes (depthwise.hpp): plane preparation, tap tables and the split over
+// threads; the arithmetic is in the per-ISA kernels (depthwise_kernels.inc).
+#include "conv/depthwise.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "common/activation_impl.hpp"
+#include "common/parallel.hpp"
+#include "conv/lowering.hpp"
+#include "conv/plan.hpp"
+
+namespace im2gemm::detail {
+
+namespace {
+
+i64 round_up(i64 v, i64 m) { return (v + m - 1) / m * m; }
+
+/// Widest vector of any ISA, in floats: every prepared row has this much readable margin past
+/// the last output (kernels compute whole vectors and store only the row's part).
+constexpr i64 kVec = 16;
+
+/// Floats a table of `n` pointers (or i64) takes in scratch.
+i64 table_floats(i64 n) { return round_up(2 * n, 16); }
+
+struct Geo {
+  i64 N, C, H, W, F, k, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+  explicit Geo(const Conv2dShape& s)
+      : N(s.batch), C(s.in_channels), H(s.in_height), W(s.in_width), F(s.out_channels),
+        k(s.out_channels / s.in_channels), KH(s.kernel_height), KW(s.kernel_width),
+        SH(s.stride_height), SW(s.stride_width), PH(s.pad_height), PW(s.pad_width),
+        DH(s.dilation_height), DW(s.dilation_width), OH(s.out_height()), OW(s.out_width()) {}
+};
+
+// Lays the (H x W) plane xp out as p.rows prepared rows: row r is input row r - PH (zeros
+// outside the input), phase ph of it holds padded columns ph, ph + SW, ph + 2 SW, ...
+void prepare_plane(const DwPlan& p, const Geo& g, DwGatherFn gather, const float* xp, float* out) {
+  for (i64 r = 0; r < p.rows; ++r) {
+    float* dst = out + r * p.ld;
+    const i64 ih = r - g.PH;
+    if (ih < 0 || ih >= g.H) {
+      std::fill(dst, dst + p.ld, 0.0f);
+      continue;
+    }
+    for (i64 ph = 0; ph < g.SW; ++ph) gather(dst + ph * p.row_q, p.row_q, xp + ih * g.W, g.W, ph - g.PW, g.SW);
+    std::fill(dst + g.SW * p.row_q, dst + p.ld, 0.0f);
+  }
+}
+
+// Backward data: lays the (OH x OW) dy plane out as p.rows rows of ld floats, zero-stuffed by
+// the strides and padded so that dx is a stride-1 correlation of it with the filter rotated by
+// 180 degrees: row r, column j hold dy[oh][ow] where oh * SH = r + PH - (KH - 1) * DH and
+// ow * SW = j + PW - (KW - 1) * DW, zeros elsewhere.
+void prepare_dy_plane(const DwPlan& p, const Geo& g, DwGatherFn gather, const float* dyp, float* out) {
+  const i64 base_h = g.PH - (g.KH - 1) * g.DH, base_w = g.PW - (g.KW - 1) * g.DW;
+  for (i64 r = 0; r < p.rows; ++r) {
+    float* dst = out + r * p.ld;
+    const i64 t = r + base_h;
+    if (t < 0 || t % g.SH != 0 || t / g.SH >= g.OH) {
+      std::fill(dst, dst + p.ld, 0.0f);
+      continue;
+    }
+    const float* src = dyp + (t / g.SH) * g.OW;
+    if (g.SW == 1) {
+      gather(dst, p.ld, src, g.OW, base_w, 1);
+      continue;
+    }
+    std::fill(dst, dst + p.ld, 0.0f);
+    for (i64 ow = 0; ow < g.OW; ++ow) {
+      const i64 j = ow * g.SW - base_w;
+      if (j >= 0 && j < p.ld) dst[j] = src[ow];
+    }
+  }
+}
+
+template <class Body>
+void run_items(const DwPlan& p, Body&& body) {
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
+                   [&](i64 t, i64 nthr, float* scratch) {
+                     const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+                     for (i64 it = a; it < b; ++it) body(it, scratch);
+                   });
+}
+
+}  // namespace
+
+bool is_depthwise(const Conv2dShape& s) { return s.groups == s.in_channels; }
+
+const DwKernels& dw_kernels(Isa isa) {
+  switch (isa_clamp(isa)) {
+    case Isa::avx512: return dw_kernels_avx512();
+    case Isa::avx2: return dw_kernels_avx2();
+    case Isa::scalar: break;
+  }
+  return dw_kernels_scalar();
+}
+
+DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
+  const Geo g(s);
+  DwPlan p;
+  p.k = g.k;
+  p.vec_margin = kVec;
+  p.items = pass == 2 ? g.C : g.N * g.C;
+  const i64 macs = g.N * g.F * g.OH * g.OW * g.KH * g.KW;
+  p.threads = static_cast<int>(std::max<i64>(
+      1, std::min<i64>({i64{std::max(threads, 1)}, p.items, macs / min_macs_per_thread()})));
+  p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+  const i64 taps = g.KH * g.KW;
+  if (pass == 1) {
+    // One zero-stuffed dy plane at a time (the k planes of a channel add into dx in turn).
+    p.rows = g.H + (g.KH - 1) * g.DH;
+    p.phases = 1;
+    p.row_q = round_up(g.W, kVec) + (g.KW - 1) * g.DW;
+    p.ld = round_up(p.row_q, 16);
+    p.scratch_floats = p.rows * p.ld + round_up(g.k * taps, 16) + table_floats(g.KW);
+  } else {
+    p.rows = (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1;
+    p.phases = g.SW;
+    p.row_q = round_up(g.OW, kVec) + (g.KW - 1) * g.DW / g.SW;
+    p.ld = round_up(p.phases * p.row_q, 16);
+    p.scratch_floats = p.rows * p.ld + table_floats(g.KW);
+    if (pass == 2) p.scratch_floats += g.k * (taps + 1) * 16;  // per-lane sums
+  }
+  return p;
+}
+
+void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x,
+                       const float* w, const float* bias, float* y, Activation act) {
+  const Geo g(s);
+  const DwPlan p = plan_depthwise(s, 0, threads);
+  const DwKernels& kern = dw_kernels(isa);
+  const i64 taps = g.KH * g.KW, P = g.OH * g.OW;
+  run_items(p, [&](i64 it, float* scratch) {
+    const i64 n = it / g.C, c = it % g.C;
+    float* plane = scratch;
+    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld);
+    prepare_plane(p, g, kern.gather, x + (n * g.C + c) * g.H * g.W, plane);
+    for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
+    for (i64 j = 0; j < g.k; ++j) {
+      const i64 f = c * g.k + j;
+      float* yf = y + (n * g.F + f) * P;
+      kern.plane(DwPlane{yf, g.OW, g.OH, g.OW, plane, p.ld, g.SH, g.DH, w + f * taps,
+                         static_cast<int>(g.KH), static_cast<int>(g.KW), off,
+                         bias != nullptr ? bias[f] : 0.0f, false});
+      activation_forward_unchecked(act, yf, P);  // the plane is still in cache
+    }
+  });
+}
+
+void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
+                             const float* w, float* dx, Activation act, const float* x) {
+  const Geo g(s);
+  const DwPlan p = plan_depthwise(s, 1, threads);
+  const DwKernels& kern = dw_kernels(isa);
+  const i64 taps = g.KH * g.KW, HW = g.H * g.W;
+  run_items(p, [&](i64 it, float* scratch) {
+    const i64 n = it / g.C, c = it % g.C;
+    float* plane = scratch;
+    float* wflip = plane + p.rows * p.ld;  // the k filters rotated by 180 degrees
+    auto* off = reinterpret_cast<i64*>(wflip + round_up(g.k * taps, 16));
+    for (i64 t = 0; t < g.k * taps; ++t) wflip[t] = w[c * g.k * taps + (t / taps) * taps + taps - 1 - t % taps];
+    for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = kw * g.DW;
+    float* dxp = dx + (n * g.C + c) * HW;
+    for (i64 j = 0; j < g.k; ++j) {
+      prepare_dy_plane(p, g, kern.gather, dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane);
+      kern.plane(DwPlane{dxp, g.W, g.H, g.W, plane, p.ld, 1, g.DH, wflip + j * taps,
+                         static_cast<int>(g.KH), static_cast<int>(g.KW), off, 0.0f, j > 0});
+    }
+    if (act != Activation::identity) act_backward(act, x + (n * g.C + c) * HW, dxp, HW);
+  });
+}
+
+void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,
+                                const float* dy, float* dw, float* db) {
+  const Geo g(s);
+  const DwPlan p = plan_depthwise(s, 2, threads);
+  const DwKernels& kern = dw_kernels(isa);
+  const i64 taps = g.KH * g.KW, slots = taps + 1;
+  run_items(p, [&](i64 c, float* scratch) {
+    float* plane = scratch;
+    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld);
+    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);
+    for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
+    std::fill(vacc, vacc + g.k * slots * 16, 0.0f);
+    for (i64 n = 0; n < g.N; ++n) {  // images in order: the sums do not depend on threads
+      prepare_plane(p, g, kern.gather, x + (n * g.C + c) * g.H * g.W, plane);
+      for (i64 j = 0; j < g.k; ++j) {
+        kern.dots(DwDots{dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane, g.OH, g.OW, p.ld,
+                         g.SH, g.DH, static_cast<int>(g.KH), static_cast<int>(g.KW), off,
+                         vacc + j * slots * 16});
+      }
+    }
+    auto lanes = [](const float* v) {
+      float sum = 0.0f;
+      for (int l = 0; l < 16; ++l) sum += v[l];
+      return sum;
+    };
+    for (i64 j = 0; j < g.k; ++j) {
+      const i64 f = c * g.k + j;
+      const float* vj = vacc + j * slots * 16;
+      for (i64 t = 0; t < taps; ++t) dw[f * taps + t] = lanes(vj + 16 * t);
+      if (db != nullptr) db[f] = lanes(vj + 16 * taps);
+    }
+  });
+}
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,118 @@
+// Internal: the depthwise convolution path (groups == in_channels, out_channels = k *
+// in_channels for any channel multiplier k), all three passes, as direct NCHW kernels over
+// each plane instead of im2col + GEMM (whose GEMMs would have M = k and K = KH*KW).
+//
+// Every pass first lays one source plane out in the thread's scratch ("prepared plane": zero
+// padding included, columns split into stride phases, a vector of margin on the right), so
+// that the kernels read every tap of an output row as one contiguous run of any stride:
+//   prepared[r][p][q] = padded_source[r][q * stride + p]
+// and the tap at column offset o = kw * dilation reads phase o % stride from q = ow + o / stride.
+//   forward          y[n][c*k+j]  = act(bias + sum taps w * x-plane)         rows of y
+//   backward data    dx[n][c]     = sum_j full correlation of dy[n][c*k+j] with the flipped
+//                                   filter (dy zero-stuffed along the row by the stride,
+//                                   rows chosen by the stride), times act'(x)   rows of dx
+//   backward weights dw[c*k+j][kh][kw] = sum over n, in order, of the plane dot products
+//                                   dy[n][c*k+j] . (x-plane shifted by the tap); db the sums of dy
+// Work items are (image, channel) planes (backward weights: channels, images summed in order
+// inside an item), dealt in contiguous ranges to the threads: every output has one writer, no
+// atomics, and the result does not depend on the thread count at all.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "common/isa.hpp"
+#include "im2gemm/common.hpp"
+#include "im2gemm/conv2d.hpp"
+
+namespace im2gemm::detail {
+
+using i64 = std::int64_t;
+
+/// One output plane of the direct kernels (forward, and backward data on the prepared dy):
+///   out[oh * ld_out + i] = (accumulate ? out[oh * ld_out + i] : init)
+///     + sum over kh < KH, kw < KW of w[kh * KW + kw] * src[(oh * SH + kh * DH) * ld + off[kw] + i]
+/// for oh < OH, i < OW. The source rows must be readable up to off[kw] + round_up(OW, 16)
+/// (the prepared planes' margin); out is written at i < OW only.
+struct DwPlane {
+  float* out;
+  i64 ld_out, OH, OW;
+  const float* src;
+  i64 ld, SH, DH;
+  const float* w;
+  int KH, KW;
+  const i64* off;
+  float init;
+  bool accumulate;
+};
+
+/// Backward weights of one plane: vacc[16 * (kh * KW + kw) + lane] += the lane's share of the
+/// sum over oh < OH, ow < OW of dy[oh * OW + ow] * src[(oh * SH + kh * DH) * ld + off[kw] + ow]
+/// (src: the prepared x plane, padding rows included), and vacc[16 * KH * KW + lane] the
+/// lane's share of the sum of dy. Lanes are summed (in lane order) once all images are in:
+/// per-lane float sums in a fixed order, independent of the thread count.
+struct DwDots {
+  const float* dy;
+  const float* src;
+  i64 OH, OW, ld, SH, DH;
+  int KH, KW;
+  const i64* off;
+  float* vacc;  ///< (KH * KW + 1) slots of 16 floats
+};
+
+using DwPlaneFn = void (*)(const DwPlane&);
+using DwDotsFn = void (*)(const DwDots&);
+/// d[q] = src[start + q * stride] where that index is in [0, n_src), else 0, for q < n: one
+/// prepared row (or stride phase of a row) from a source row.
+using DwGatherFn = void (*)(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride);
+
+struct DwKernels {
+  DwPlaneFn plane;
+  DwDotsFn dots;
+  DwGatherFn gather;
+  const char* isa;
+};
+
+/// The kernels of one ISA (scalar: portable C++), clamped to the CPU.
+const DwKernels& dw_kernels(Isa isa);
+const DwKernels& dw_kernels_scalar();
+const DwKernels& dw_kernels_avx2();
+const DwKernels& dw_kernels_avx512();
+
+/// The reference twins of the kernels: the same contract, one scalar multiply-add at a time
+/// in the obvious order (the tests compare every ISA's kernels against them; dots: in double,
+/// everything into lane 0).
+void dw_plane_twin(const DwPlane& a);
+void dw_dots_twin(const DwDots& a);
+void dw_gather_twin(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride);
+
+/// The exact condition of the depthwise path: groups == in_channels (one input channel per
+/// group, any number k of filters per group).
+bool is_depthwise(const Conv2dShape& s);
+
+/// How a depthwise pass runs: a pure function of the (valid) shape and the thread count.
+struct DwPlan {
+  int threads = 1;
+  bool run_inline = false;  ///< one thread, tiny: no OpenMP region
+  i64 k = 1;                ///< channel multiplier: out_channels / in_channels
+  i64 items = 1;            ///< forward / backward data: N * C planes; backward weights: C
+  i64 vec_margin = 16;      ///< floats of margin on the right of every prepared row
+  /// Prepared source plane: rows x (phases * row_q) floats, row stride ld.
+  i64 rows = 0, phases = 1, row_q = 0, ld = 0;
+  i64 scratch_floats = 0;  ///< per thread: prepared plane + flipped taps / sums + offsets
+  std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
+};
+DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd weights*/,
+                      int threads);
+
+/// The passes (shape valid, spans checked; nothing else is checked here). Same contract as
+/// the public functions. Backward data requires finite weights (the zero-stuffed dy would turn
+/// an infinite weight into NaN where the reference adds nothing): the caller checks.
+void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x,
+                       const float* w, const float* bias, float* y, Activation act);
+void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
+                             const float* w, float* dx, Activation act, const float* x);
+void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,
+                                const float* dy, float* dw, float* db);
+
+}  // namespace im2gemm::detail

@@ -1,0 +1,77 @@
+// The depthwise kernels, AVX2 + FMA: 8 outputs per vector, masked loads and stores for row
+// tails. Compiled with -mavx2 -mfma (meson.build: isa_kernels); called only when the CPU has
+// AVX2 and IM2GEMM_ISA allows it.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "conv/depthwise.hpp"
+
+namespace im2gemm::detail {
+namespace {
+
+struct Avx2 {
+  static constexpr int N = 8;
+  static constexpr int kRows = 3, kVecs = 2;  // 6 sums + 9 taps + a load: 16 registers
+  using F = __m256;
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F loadu(const float* p) { return _mm256_loadu_ps(p); }
+  static F load_n(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static F load_range(const float* p, int lo, int hi) {
+    const __m256i l = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(hi), l),
+                                       _mm256_cmpgt_epi32(l, _mm256_set1_epi32(lo - 1)));
+    return _mm256_maskload_ps(p, m);
+  }
+  static F even(const float* p) {  // p[0], p[2], ..., p[14]
+    const F s = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // Not vmaskmovps: its store form is microcoded on AMD Zen (the row tails of small planes
+  // took a third of mbv1_dw_7's forward); at most three plain stores instead.
+  static void store_n(float* p, F v, int n) {
+    __m128 h = _mm256_castps256_ps128(v);
+    if (n >= 4) {
+      _mm_storeu_ps(p, h);
+      h = _mm256_extractf128_ps(v, 1);
+      p += 4;
+      n -= 4;
+    }
+    if (n >= 2) {
+      _mm_storel_pi(reinterpret_cast<__m64*>(p), h);
+      h = _mm_movehl_ps(h, h);
+      p += 2;
+      n -= 2;
+    }
+    if (n >= 1) _mm_store_ss(p, h);
+  }
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static float hsum(F v) {
+    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+  }
+};
+
+#include "conv/depthwise_kernels.inc"
+
+void plane_avx2(const DwPlane& a) { plane<Avx2>(a); }
+void dots_avx2(const DwDots& a) { dots<Avx2>(a); }
+void gather_avx2(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
+  gather_row<Avx2>(d, n, src, n_src, start, stride);
+}
+
+}  // namespace
+
+const DwKernels& dw_kernels_avx2() {
+  static const DwKernels k{&plane_avx2, &dots_avx2, &gather_avx2, "avx2"};
+  return k;
+}
+
+}  // namespace im2gemm::detail

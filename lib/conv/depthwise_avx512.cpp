@@ -1,0 +1,58 @@
+// The depthwise kernels, AVX-512 F: 16 outputs per vector, mask registers for row tails.
+// Compiled with the AVX-512 flags (meson.build: isa_kernels); called only when the CPU has
+// AVX-512 and IM2GEMM_ISA allows it.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "conv/depthwise.hpp"
+
+namespace im2gemm::detail {
+namespace {
+
+struct Avx512 {
+  static constexpr int N = 16;
+  static constexpr int kRows = 4, kVecs = 2;
+  using F = __m512;
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static F loadu(const float* p) { return _mm512_loadu_ps(p); }
+  static F load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static F load_range(const float* p, int lo, int hi) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask(hi) & ~mask(lo)), p);
+  }
+  static F even(const float* p) {  // p[0], p[2], ..., p[30]
+    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 16));
+  }
+  static void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void store_n(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static float hsum(F v) {  // once per plane: through memory (the reduce intrinsics trip
+                            // -Wmaybe-uninitialized in GCC 12)
+    alignas(64) float t[16];
+    _mm512_store_ps(t, v);
+    float s = 0.0f;
+    for (int i = 0; i < 16; ++i) s += t[i];
+    return s;
+  }
+};
+
+#include "conv/depthwise_kernels.inc"
+
+void plane_avx512(const DwPlane& a) { plane<Avx512>(a); }
+void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
+void gather_avx512(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
+  gather_row<Avx512>(d, n, src, n_src, start, stride);
+}
+
+}  // namespace
+
+const DwKernels& dw_kernels_avx512() {
+  static const DwKernels k{&plane_avx512, &dots_avx512, &gather_avx512, "avx512"};
+  return k;
+}
+
+}  // namespace im2gemm::detail

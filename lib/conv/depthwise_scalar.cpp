@@ -1,0 +1,79 @@
+// The depthwise kernels in portable C++ (one lane): the fallback on any CPU, and what
+// IM2GEMM_ISA=scalar runs. Also the kernels' reference twins.
+#include <algorithm>
+
+#include "conv/depthwise.hpp"
+
+namespace im2gemm::detail {
+namespace {
+
+struct Scalar {
+  static constexpr int N = 1;
+  static constexpr int kRows = 2, kVecs = 4;
+  using F = float;
+  static F zero() { return 0.0f; }
+  static F set1(float v) { return v; }
+  static F loadu(const float* p) { return *p; }
+  static F load_n(const float* p, int) { return *p; }
+  static F load_range(const float* p, int lo, int hi) { return lo <= 0 && hi >= 1 ? *p : 0.0f; }
+  static F even(const float* p) { return *p; }
+  static void storeu(float* p, F v) { *p = v; }
+  static void store_n(float* p, F v, int) { *p = v; }
+  static F add(F a, F b) { return a + b; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static float hsum(F v) { return v; }
+};
+
+#include "conv/depthwise_kernels.inc"
+
+void plane_scalar(const DwPlane& a) { plane<Scalar>(a); }
+void dots_scalar(const DwDots& a) { dots<Scalar>(a); }
+void gather_scalar(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
+  gather_row<Scalar>(d, n, src, n_src, start, stride);
+}
+
+}  // namespace
+
+const DwKernels& dw_kernels_scalar() {
+  static const DwKernels k{&plane_scalar, &dots_scalar, &gather_scalar, "scalar"};
+  return k;
+}
+
+void dw_plane_twin(const DwPlane& a) {
+  for (i64 oh = 0; oh < a.OH; ++oh) {
+    for (i64 i = 0; i < a.OW; ++i) {
+      float acc = a.accumulate ? a.out[oh * a.ld_out + i] : a.init;
+      for (int kh = 0; kh < a.KH; ++kh) {
+        for (int kw = 0; kw < a.KW; ++kw) {
+          acc += a.w[kh * a.KW + kw] * a.src[(oh * a.SH + kh * a.DH) * a.ld + a.off[kw] + i];
+        }
+      }
+      a.out[oh * a.ld_out + i] = acc;
+    }
+  }
+}
+
+void dw_dots_twin(const DwDots& a) {
+  for (int kh = 0; kh < a.KH; ++kh) {
+    for (int kw = 0; kw < a.KW; ++kw) {
+      double acc = 0.0;
+      for (i64 oh = 0; oh < a.OH; ++oh) {
+        const float* r = a.src + (oh * a.SH + kh * a.DH) * a.ld + a.off[kw];
+        for (i64 ow = 0; ow < a.OW; ++ow) acc += double(a.dy[oh * a.OW + ow]) * double(r[ow]);
+      }
+      a.vacc[16 * (kh * a.KW + kw)] += static_cast<float>(acc);
+    }
+  }
+  double b = 0.0;
+  for (i64 i = 0; i < a.OH * a.OW; ++i) b += a.dy[i];
+  a.vacc[16 * a.KH * a.KW] += static_cast<float>(b);
+}
+
+void dw_gather_twin(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
+  for (i64 q = 0; q < n; ++q) {
+    const i64 j = start + q * stride;
+    d[q] = j >= 0 && j < n_src ? src[j] : 0.0f;
+  }
+}
+
+}  // namespace im2gemm::detail

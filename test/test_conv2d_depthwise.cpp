@@ -1,0 +1,250 @@
+// The depthwise path (groups == in_channels, any channel multiplier): every pass on every ISA
+// this CPU has, at 1 and 2 threads, against the reference loops; its kernels against their
+// reference twins; the plan's choice; repeatability; scratch failure; non-finite values.
+#include <limits>
+
+#include "common/scratch.hpp"
+#include "conv/depthwise.hpp"
+#include "conv_cases.hpp"
+
+namespace {
+
+using convcases::Activation;
+using convcases::Conv2dShape;
+using im2gemm::detail::ConvOptions;
+using im2gemm::detail::ConvPass;
+using im2gemm::detail::ConvPath;
+using im2gemm::detail::GemmBackend;
+using im2gemm::detail::Isa;
+using std::int64_t;
+using testutil::cpu_isas;
+
+constexpr ConvPass kPasses[] = {ConvPass::forward, ConvPass::backward_data,
+                                ConvPass::backward_weights};
+
+// Odd on purpose: widths around and past the vector widths (8, 16, 64 = 4 x 16), channel
+// multipliers 1-3, kernels 1-5 (non-square), strides 1-3, dilations 1-3, pads up to the kernel.
+Conv2dShape random_dw_shape(std::mt19937& rng) {
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  Conv2dShape s;
+  s.batch = pick(1, 3);
+  s.in_channels = s.groups = pick(2, 7);
+  s.out_channels = s.in_channels * pick(1, 3);
+  s.kernel_height = pick(1, 5);
+  s.kernel_width = pick(1, 5);
+  if (pick(0, 1) == 0) s.kernel_height = s.kernel_width = 3;
+  s.stride_height = pick(1, 3);
+  s.stride_width = pick(1, 3);
+  s.dilation_height = pick(1, 4) == 1 ? pick(2, 3) : 1;
+  s.dilation_width = pick(1, 4) == 1 ? pick(2, 3) : 1;
+  s.pad_height = pick(0, static_cast<int>(s.kernel_height));
+  s.pad_width = pick(0, static_cast<int>(s.kernel_width));
+  const int64_t need_h = (s.kernel_height - 1) * s.dilation_height + 1 - 2 * s.pad_height;
+  const int64_t need_w = (s.kernel_width - 1) * s.dilation_width + 1 - 2 * s.pad_width;
+  s.in_height = std::max<int64_t>(1, need_h) + pick(0, 11);
+  s.in_width = std::max<int64_t>(1, need_w) + (pick(0, 2) == 0 ? pick(60, 75) : pick(0, 21));
+  s.validate();
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("depthwise: random shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
+  std::mt19937 rng(20261203);
+  constexpr int kShapes = 240;
+  im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
+  int runs = 0;
+  for (int i = 0; i < kShapes; ++i) {
+    const Conv2dShape s = random_dw_shape(rng);
+    const Activation act = convcases::kActs[i % 4];
+    const bool with_bias = i % 3 != 2;
+    INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act));
+    const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i), true);
+    const auto ri = convcases::run_ref(s, di, act, with_bias);
+    const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i) + 70000, false);
+    const auto rf = convcases::run_ref(s, df, act, with_bias);
+    for (Isa isa : cpu_isas()) {
+      for (int threads : {1, 2}) {
+        const ConvOptions o{GemmBackend::automatic, isa, threads};
+        INFO(im2gemm::detail::isa_name(isa) << " threads " << threads);
+        for (ConvPass pass : kPasses) {
+          REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
+        }
+        CHECK(convcases::compare(s, convcases::run_with(o, s, di, act, with_bias), ri, true) == 3);
+        CHECK(convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false) == 3);
+        ++runs;
+      }
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+  MESSAGE(kShapes << " depthwise shapes, " << runs << " runs");
+}
+
+TEST_CASE("depthwise: the kernels of every ISA agree with their reference twins") {
+  using im2gemm::detail::DwDots;
+  using im2gemm::detail::DwPlane;
+  std::mt19937 rng(7);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 400; ++trial) {
+    const bool ints = trial % 2 == 0;
+    auto fill = [&](std::size_t n, std::uint32_t seed) {
+      return ints ? testutil::random_ints(n, seed) : testutil::random_floats(n, seed);
+    };
+    const auto seed = static_cast<std::uint32_t>(trial * 50);
+    // Every third trial a 3x3 filter (the register-blocked kernels), every fifth 5x5.
+    const int kh = trial % 3 == 0 ? 3 : trial % 5 == 0 ? 5 : pick(1, 6);
+    const int kw = trial % 3 == 0 ? 3 : trial % 5 == 0 ? 5 : pick(1, 6);
+    const int sh = pick(1, 3), dh = pick(1, 2);
+    const int64_t OH = pick(1, 9), OW = pick(1, 75);
+    std::vector<int64_t> off(static_cast<std::size_t>(kw));
+    for (int k = 0; k < kw; ++k) off[static_cast<std::size_t>(k)] = k * pick(1, 2);
+    const int64_t ld = off.back() + OW + 16, rows = (OH - 1) * sh + (kh - 1) * dh + 1;
+    const auto src = fill(static_cast<std::size_t>(rows * ld), seed + 1);
+    const auto w = fill(static_cast<std::size_t>(kh * kw), seed + 2);
+    const auto dy = fill(static_cast<std::size_t>(OH * OW), seed + 3);
+    const auto start_out = fill(static_cast<std::size_t>(OH * (OW + 5)), seed + 4);
+    const bool accumulate = trial % 4 == 1;
+    const float init = ints ? static_cast<float>(pick(-3, 3)) : 0.25f;
+    // Plane: out rows of OW with stride OW + 5 (the 5 must stay untouched).
+    std::vector<float> want = start_out;
+    im2gemm::detail::dw_plane_twin(DwPlane{want.data(), OW + 5, OH, OW, src.data(), ld, sh, dh,
+                                           w.data(), kh, kw, off.data(), init, accumulate});
+    std::vector<float> dwant(static_cast<std::size_t>(16 * (kh * kw + 1)), 0.0f);
+    im2gemm::detail::dw_dots_twin(DwDots{dy.data(), src.data(), OH, OW, ld, sh, dh, kh, kw,
+                                         off.data(), dwant.data()});
+    // Gather: a row of n from a source of n_src at start, stride.
+    const int64_t n = pick(1, 80), n_src = pick(1, 90), start = pick(-20, 20), stride = pick(1, 3);
+    const auto gsrc = fill(static_cast<std::size_t>(n_src), seed + 5);
+    std::vector<float> gwant(static_cast<std::size_t>(n) + 16, -7.0f);
+    im2gemm::detail::dw_gather_twin(gwant.data(), n, gsrc.data(), n_src, start, stride);
+    for (Isa isa : cpu_isas()) {
+      INFO("trial " << trial << " " << im2gemm::detail::isa_name(isa) << " kh " << kh << " kw " << kw
+                    << " OH " << OH << " OW " << OW << " ints " << ints);
+      const auto& k = im2gemm::detail::dw_kernels(isa);
+      std::vector<float> got = start_out;
+      k.plane(DwPlane{got.data(), OW + 5, OH, OW, src.data(), ld, sh, dh, w.data(), kh, kw,
+                      off.data(), init, accumulate});
+      CHECK(testutil::first_mismatch(got, want, ints ? 0.0f : 1e-5f, ints ? 0.0f : 1e-5f) == -1);
+      std::vector<float> dgot(dwant.size(), 0.0f);
+      k.dots(DwDots{dy.data(), src.data(), OH, OW, ld, sh, dh, kh, kw, off.data(), dgot.data()});
+      for (int t = 0; t <= kh * kw; ++t) {  // the lanes of a slot add up to the twin's lane 0
+        float sum = 0.0f;
+        for (int l = 0; l < 16; ++l) sum += dgot[static_cast<std::size_t>(16 * t + l)];
+        const float ref = dwant[static_cast<std::size_t>(16 * t)];
+        CHECK(std::fabs(sum - ref) <= (ints ? 0.0f : 1e-4f * (1.0f + std::fabs(ref))));
+      }
+      std::vector<float> ggot(static_cast<std::size_t>(n) + 16, -7.0f);
+      k.gather(ggot.data(), n, gsrc.data(), n_src, start, stride);
+      CHECK(testutil::bitwise_equal(ggot, gwant));  // a copy: exact, nothing written past n
+    }
+  }
+}
+
+TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 threads") {
+  Conv2dShape s{.batch = 3, .in_channels = 13, .in_height = 19, .in_width = 37, .out_channels = 26,
+                .kernel_height = 3, .kernel_width = 3, .stride_height = 2, .stride_width = 2,
+                .pad_height = 1, .pad_width = 1, .groups = 13};
+  const auto d = convcases::make_data(s, 5, false);
+  im2gemm::detail::set_min_macs_per_thread(1);
+  for (Isa isa : cpu_isas()) {
+    const auto a = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
+    const auto b = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
+    const auto one = convcases::run_with({GemmBackend::automatic, isa, 1}, s, d, Activation::tanh, true);
+    for (const auto* o : {&b, &one}) {
+      CHECK(testutil::bitwise_equal(a.y, o->y));
+      CHECK(testutil::bitwise_equal(a.dx, o->dx));
+      CHECK(testutil::bitwise_equal(a.dw, o->dw));
+      CHECK(testutil::bitwise_equal(a.db, o->db));
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+}
+
+TEST_CASE("depthwise: the plan takes the depthwise path on the grouped suite's depthwise layers, within the scratch bound") {
+  // name N C H W F KH KW SH SW PH PW G (../shared/suite/grouped.txt, inline)
+  const int64_t L[][12] = {{8, 32, 112, 112, 32, 3, 3, 1, 1, 1, 1, 32},
+                           {8, 64, 112, 112, 64, 3, 3, 2, 2, 1, 1, 64},
+                           {8, 256, 28, 28, 256, 3, 3, 1, 1, 1, 1, 256},
+                           {8, 1024, 7, 7, 1024, 3, 3, 1, 1, 1, 1, 1024},
+                           {1, 144, 56, 56, 144, 3, 3, 1, 1, 1, 1, 144},
+                           {4, 32, 112, 112, 64, 5, 5, 1, 1, 2, 2, 32},  // channel multiplier 2
+                           {8, 128, 56, 56, 128, 3, 3, 1, 1, 1, 1, 32}};  // ResNeXt: 4 a group
+  for (const auto& r : L) {
+    Conv2dShape s{.batch = r[0], .in_channels = r[1], .in_height = r[2], .in_width = r[3],
+                  .out_channels = r[4], .kernel_height = r[5], .kernel_width = r[6],
+                  .stride_height = r[7], .stride_width = r[8], .pad_height = r[9], .pad_width = r[10],
+                  .groups = r[11]};
+    INFO(testutil::describe(s));
+    const bool dw = s.groups == s.in_channels;
+    for (int threads : {1, 2, 64}) {
+      const ConvOptions o{GemmBackend::automatic, Isa::avx512, threads};
+      for (ConvPass pass : kPasses) {
+        CHECK((im2gemm::detail::conv_path(s, pass, o) == ConvPath::depthwise) == dw);
+        // A forced GEMM backend runs the GEMM lowering (the benchmarks compare them).
+        CHECK(im2gemm::detail::conv_path(s, pass, {GemmBackend::openblas, Isa::avx512, threads}) ==
+              ConvPath::gemm);
+      }
+      if (dw) {
+        for (int pass = 0; pass < 3; ++pass) {
+          CHECK(im2gemm::detail::plan_depthwise(s, pass, threads).scratch_bytes() <=
+                im2gemm::detail::kMaxScratchBytesPerThread);
+        }
+      }
+    }
+  }
+  // groups == in_channels == 1 is an ordinary convolution: GEMM.
+  Conv2dShape one{.batch = 2, .in_channels = 1, .in_height = 28, .in_width = 28, .out_channels = 20,
+                  .kernel_height = 5, .kernel_width = 5};
+  CHECK(im2gemm::detail::conv_path(one, ConvPass::forward, {GemmBackend::automatic, Isa::avx512, 2}) ==
+        ConvPath::gemm);
+}
+
+TEST_CASE("depthwise: a scratch allocation that fails writes nothing and throws std::bad_alloc") {
+  Conv2dShape s{.batch = 2, .in_channels = 16, .in_height = 41, .in_width = 53, .out_channels = 32,
+                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1, .groups = 16};
+  const auto d = convcases::make_data(s, 9, true);
+  im2gemm::detail::set_min_macs_per_thread(1);
+  const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2};
+  for (ConvPass pass : kPasses) REQUIRE(im2gemm::detail::conv_path(s, pass, o) == ConvPath::depthwise);
+  for (int bad : {0, 1}) {
+    im2gemm::detail::set_fail_scratch_thread(bad);
+    std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
+    std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+    std::vector<float> dw(static_cast<std::size_t>(s.w_size()), testutil::kSentinel);
+    std::vector<float> db(static_cast<std::size_t>(s.out_channels), testutil::kSentinel);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_forward_with(o, s, d.x, d.w, d.bias, y, Activation::relu),
+                    std::bad_alloc);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_data_with(o, s, d.dy, d.w, dx, Activation::relu, d.xact),
+                    std::bad_alloc);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_weights_with(o, s, d.x, d.dy, dw, db),
+                    std::bad_alloc);
+    im2gemm::detail::set_fail_scratch_thread(-1);
+    for (const auto* v : {&y, &dx, &dw, &db}) {
+      CHECK(std::all_of(v->begin(), v->end(), [](float f) { return f == testutil::kSentinel; }));
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+}
+
+TEST_CASE("depthwise: non-finite values give the reference's NaNs (padding multiplies, stuffed zeros do not)") {
+  Conv2dShape s{.batch = 2, .in_channels = 3, .in_height = 9, .in_width = 21, .out_channels = 6,
+                .kernel_height = 3, .kernel_width = 3, .stride_height = 2, .stride_width = 2,
+                .pad_height = 1, .pad_width = 1, .groups = 3};
+  const float inf = std::numeric_limits<float>::infinity();
+  auto d = convcases::make_data(s, 11, true);
+  d.w[4] = inf;        // a weight of filter 0: faces the padding in forward
+  d.x[30] = -inf;      // an input cell
+  d.dy[7] = inf;       // a dy cell: faces the padding in backward weights
+  const auto want = convcases::run_ref(s, d, Activation::identity, true);
+  for (Isa isa : cpu_isas()) {
+    for (int threads : {1, 2}) {
+      INFO(im2gemm::detail::isa_name(isa) << " threads " << threads);
+      const ConvOptions o{GemmBackend::automatic, isa, threads};
+      // Backward data with an infinite weight leaves the depthwise path (zero-stuffed dy).
+      CHECK(im2gemm::detail::conv_path(s, ConvPass::backward_data, o, d.w) == ConvPath::gemm);
+      CHECK(im2gemm::detail::conv_path(s, ConvPass::forward, o, d.w) == ConvPath::depthwise);
+      const auto got = convcases::run_with(o, s, d, Activation::identity, true);
+      CHECK(convcases::compare(s, got, want, true) == 3);
+    }
+  }
+}
