@@ -6,8 +6,12 @@
 //
 //   flock /tmp/im2gemm-bench.lock ./build/bench/bench_conv --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true [--layers=vgg_conv3_2,lenet_conv2]
-//       [--impls=im2gemm,sgemm,onednn,ref] [--passes=fwd,bwd_data,bwd_weights]
-// The same selections from the environment: IM2GEMM_BENCH_LAYERS, _IMPLS, _PASSES.
+//       [--impls=im2gemm,sgemm,onednn,ref,memcpy] [--passes=fwd,bwd_data,bwd_weights]
+//       [--suite=layers|grouped]
+// The same selections from the environment: IM2GEMM_BENCH_LAYERS, _IMPLS, _PASSES, _SUITE.
+// --suite=grouped runs ../shared/suite/grouped.txt (grouped and depthwise layers); its summary
+// adds x_memcpy: the time of a memcpy of the pass's bytes (input + output + weights, all
+// threads copying their share) over the pass's time.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 #include <immintrin.h>
@@ -18,6 +22,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <random>
 #include <set>
@@ -47,9 +52,11 @@ const char* const kPassNames[kPasses] = {"fwd", "bwd_data", "bwd_weights"};
 // im2gemm: the public call (IM2GEMM_GEMM, auto by default: the plan picks per shape and pass);
 // packed / openblas: the same call with that backend forced (where the packed engine does not
 // serve a pass, both run the openblas path).
-enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kPacked, kOpenblas, kImpls };
+// memcpy: a copy of the pass's bytes, rated with the pass's FLOP count (so that its rate over
+// the pass's rate is the pass's time over the copy's).
+enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kPacked, kOpenblas, kMemcpy, kImpls };
 const char* const kImplNames[kImpls] = {"im2gemm", "sgemm", "onednn", "ref", "im2gemm_1t",
-                                        "packed", "openblas"};
+                                        "packed", "openblas", "memcpy"};
 
 using im2gemm::bench::random_vec;
 
@@ -109,6 +116,31 @@ void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool ref
     benchmark::ClobberMemory();
   }
   im2gemm::set_num_threads(0);
+  set_rate(st, s);
+}
+
+// ---- memcpy of the pass's bytes (input + output + weights), each thread its share ----------
+
+int64_t pass_bytes(const Conv2dShape& s, Pass pass) {
+  const int64_t in = pass == kBwdData ? s.y_size() : s.x_size();
+  const int64_t out = pass == kFwd ? s.y_size() : pass == kBwdData ? s.x_size() : s.w_size();
+  const int64_t w = pass == kBwdWeights ? s.y_size() : s.w_size();  // bwd weights: dy is read
+  return 4 * (in + out + w);
+}
+
+void run_memcpy(benchmark::State& st, const Conv2dShape& s, Pass pass, int threads) {
+  const int64_t n = pass_bytes(s, pass) / 4;
+  const auto src = random_vec(n, 6);
+  std::vector<float> dst(static_cast<std::size_t>(n));
+  for (auto _ : st) {
+#pragma omp parallel num_threads(threads)
+    {
+      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      const int64_t a = n * t / T, b = n * (t + 1) / T;
+      std::memcpy(dst.data() + a, src.data() + a, static_cast<std::size_t>(b - a) * sizeof(float));
+    }
+    benchmark::ClobberMemory();
+  }
   set_rate(st, s);
 }
 
@@ -303,7 +335,7 @@ double geomean(const std::vector<double>& v) {
 }
 
 void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench::NamedConv>& layers,
-                   const std::set<int>& passes, int threads, double peak) {
+                   const std::set<int>& passes, int threads, double peak, bool grouped) {
   std::printf("\nconv summary: GFLOP/s = 2*N*F*OH*OW*C/groups*KH*KW per pass / median real time, "
               "%d threads (1t: one thread); FMA peak measured here %.1f GFLOP/s.\n",
               threads, peak);
@@ -312,9 +344,14 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
   std::printf("targets: x_sgemm >= 1.0 every row; geomean x_oneDNN >= 1.15 per pass; bwd_data "
               "x_oneDNN >= 2 on lenet_conv1, alexnet_conv1, resnet_conv1; lenet_conv2 fwd "
               "x_ref_1t >= 100\n");
-  std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8s %9s %9s %9s %9s %9s\n", "layer", "pass",
+  if (grouped) {
+    std::printf("grouped suite: targets geomean x_oneDNN >= 2 per pass; x_memcpy >= 0.5 on every "
+                "depthwise layer and pass (x_memcpy = memcpy time of input+output+weights bytes / "
+                "pass time)\n");
+  }
+  std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8s %9s %9s %9s %9s %9s%s\n", "layer", "pass",
               "im2gemm", "%peak", "packed", "openblas", "sgemm", "x_sgemm", "oneDNN", "x_oneDNN",
-              "im2gemm1t", "ref_1t", "x_ref_1t");
+              "im2gemm1t", "ref_1t", "x_ref_1t", grouped ? "  x_memcpy" : "");
   for (int p : passes) {
     std::vector<double> x_dnn, x_sg;
     for (const auto& l : layers) {
@@ -328,7 +365,12 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
       std::printf("%-14s %-11s %9.1f %5.0f%% %8.1f %8.1f %9.1f %8.2f %9.1f %9.2f", l.name.c_str(),
                   kPassNames[p], ours, peak > 0 ? 100.0 * ours / peak : 0.0, g(kPacked),
                   g(kOpenblas), sg, xs, dn, xd);
-      if (ref > 0 && one > 0) std::printf(" %9.2f %9.3f %9.1f", one, ref, one / ref);
+      if (ref > 0 && one > 0) {
+        std::printf(" %9.2f %9.3f %9.1f", one, ref, one / ref);
+      } else if (grouped) {
+        std::printf(" %9s %9s %9s", "", "", "");
+      }
+      if (const double mc = g(kMemcpy); grouped && mc > 0) std::printf(" %9.2f", ours / mc);
       std::printf("\n");
     }
     std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8.2f %9s %9.2f   (geometric means)\n",
@@ -367,6 +409,8 @@ int main(int argc, char** argv) {
   const auto want_layers = csv_option(argc, argv, "--layers", "IM2GEMM_BENCH_LAYERS");
   const auto want_impls = csv_option(argc, argv, "--impls", "IM2GEMM_BENCH_IMPLS");
   const auto want_passes = csv_option(argc, argv, "--passes", "IM2GEMM_BENCH_PASSES");
+  const auto want_suite = csv_option(argc, argv, "--suite", "IM2GEMM_BENCH_SUITE");
+  const bool grouped = want_suite.count("grouped") > 0;
   // Repetitions of all benchmarks are interleaved in random order by default, so that the load
   // of a shared machine spreads over every implementation instead of hitting one of them.
   std::vector<char*> args(argv, argv + argc);
@@ -381,12 +425,13 @@ int main(int argc, char** argv) {
   argv = args.data();
   benchmark::Initialize(&argc, argv);
   const int threads = im2gemm::num_threads();
-  const auto all = im2gemm::bench::conv_layers();
+  const auto all = im2gemm::bench::conv_layers(grouped ? "grouped.txt" : "layers.txt");
   std::vector<im2gemm::bench::NamedConv> layers;
   for (const auto& l : all) {
     if (want_layers.empty() || want_layers.count(l.name)) layers.push_back(l);
   }
   auto impl_on = [&](Impl i) {
+    if (i == kMemcpy && want_impls.empty()) return grouped;  // by default in the grouped suite
     if (want_impls.empty()) return true;
     if (i == kIm2gemm1t) return want_impls.count("ref") > 0 || want_impls.count("im2gemm_1t") > 0;
     return want_impls.count(kImplNames[i]) > 0;
@@ -424,6 +469,7 @@ int main(int argc, char** argv) {
                                          case kIm2gemm1t: run_im2gemm(st, s, p, false, 1); break;
                                          case kRef: run_im2gemm(st, s, p, true, 1); break;
                                          case kSgemm: run_sgemm(st, s, p, threads); break;
+                                         case kMemcpy: run_memcpy(st, s, p, threads); break;
                                          case kPacked:
                                          case kOpenblas: run_im2gemm(st, s, p, false, threads, i); break;
 #ifdef IM2GEMM_HAVE_DNNL
@@ -441,7 +487,7 @@ int main(int argc, char** argv) {
   SummaryReporter rep;
   benchmark::RunSpecifiedBenchmarks(&rep);
   omp_set_num_threads(threads);
-  print_summary(rep, layers, passes, threads, peak);
+  print_summary(rep, layers, passes, threads, peak, grouped);
   benchmark::Shutdown();
   return 0;
 }

@@ -59,16 +59,19 @@ inline std::vector<std::vector<std::string>> read_rows(const std::string& file) 
   return rows;
 }
 
-// name N C H W F KH KW SH SW PH PW
-inline std::vector<NamedConv> conv_layers() {
+// name N C H W F KH KW SH SW PH PW [G]: layers.txt has 12 columns, grouped.txt (grouped and
+// depthwise layers) a 13th, the groups.
+inline std::vector<NamedConv> conv_layers(const std::string& file = "layers.txt") {
   std::vector<NamedConv> out;
-  for (const auto& r : read_rows("layers.txt")) {
-    if (r.size() != 12) throw std::runtime_error("layers.txt: bad row for " + r[0]);
+  const bool grouped = file != "layers.txt";
+  for (const auto& r : read_rows(file)) {
+    if (r.size() != (grouped ? 13u : 12u)) throw std::runtime_error(file + ": bad row for " + r[0]);
     auto v = [&](int i) { return std::stoll(r[i]); };
     Conv2dShape s;
     s.batch = v(1); s.in_channels = v(2); s.in_height = v(3); s.in_width = v(4);
     s.out_channels = v(5); s.kernel_height = v(6); s.kernel_width = v(7);
     s.stride_height = v(8); s.stride_width = v(9); s.pad_height = v(10); s.pad_width = v(11);
+    if (grouped) s.groups = v(12);
     s.validate();
     out.push_back({r[0], s});
   }
