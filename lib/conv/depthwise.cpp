@@ -34,43 +34,50 @@ struct Geo {
 
 // Lays the (H x W) plane xp out as p.rows prepared rows: row r is input row r - PH (zeros
 // outside the input), phase ph of it holds padded columns ph, ph + SW, ph + 2 SW, ...
-void prepare_plane(const DwPlan& p, const Geo& g, DwGatherFn gather, const float* xp, float* out) {
-  for (i64 r = 0; r < p.rows; ++r) {
-    float* dst = out + r * p.ld;
-    const i64 ih = r - g.PH;
-    if (ih < 0 || ih >= g.H) {
-      std::fill(dst, dst + p.ld, 0.0f);
-      continue;
+// Writes the data positions only: the rest of `out` must be zero (plane_zero).
+void prepare_plane(const DwPlan& p, const Geo& g, DwCopyFn copy, const float* xp, float* out) {
+  // Phase ph holds input columns q * SW + ph - PW for q in [q_lo, q_hi).
+  i64 q_lo[kDwMaxStrideWidth], q_hi[kDwMaxStrideWidth];
+  for (i64 ph = 0; ph < g.SW; ++ph) {
+    q_lo[ph] = std::max<i64>(0, (g.PW - ph + g.SW - 1) / g.SW);
+    q_hi[ph] = g.W - 1 + g.PW - ph < 0 ? 0 : std::min(p.row_q, (g.W - 1 + g.PW - ph) / g.SW + 1);
+  }
+  // Rows, then phases, in address order: a copy's zero spill lands on what is written later.
+  for (i64 ih = 0; ih < g.H && ih + g.PH < p.rows; ++ih) {
+    for (i64 ph = 0; ph < g.SW; ++ph) {
+      if (q_hi[ph] <= q_lo[ph]) continue;
+      copy(out + (ih + g.PH) * p.ld + ph * p.row_q + q_lo[ph],
+           xp + ih * g.W + q_lo[ph] * g.SW + ph - g.PW, q_hi[ph] - q_lo[ph], g.SW);
     }
-    for (i64 ph = 0; ph < g.SW; ++ph) gather(dst + ph * p.row_q, p.row_q, xp + ih * g.W, g.W, ph - g.PW, g.SW);
-    std::fill(dst + g.SW * p.row_q, dst + p.ld, 0.0f);
   }
 }
 
 // Backward data: lays the (OH x OW) dy plane out as p.rows rows of ld floats, zero-stuffed by
 // the strides and padded so that dx is a stride-1 correlation of it with the filter rotated by
 // 180 degrees: row r, column j hold dy[oh][ow] where oh * SH = r + PH - (KH - 1) * DH and
-// ow * SW = j + PW - (KW - 1) * DW, zeros elsewhere.
-void prepare_dy_plane(const DwPlan& p, const Geo& g, DwGatherFn gather, const float* dyp, float* out) {
+// ow * SW = j + PW - (KW - 1) * DW, zeros elsewhere. Writes the data positions only.
+void prepare_dy_plane(const DwPlan& p, const Geo& g, DwCopyFn copy, const float* dyp, float* out) {
   const i64 base_h = g.PH - (g.KH - 1) * g.DH, base_w = g.PW - (g.KW - 1) * g.DW;
-  for (i64 r = 0; r < p.rows; ++r) {
+  // columns: j = ow * SW - base_w in [0, ld)
+  const i64 ow_lo = std::max<i64>(0, (base_w + g.SW - 1) / g.SW * (base_w > 0));
+  const i64 ow_hi = std::min(g.OW, (p.ld - 1 + base_w) / g.SW + 1);
+  if (ow_hi <= ow_lo) return;
+  for (i64 oh = 0; oh < g.OH; ++oh) {
+    const i64 r = oh * g.SH - base_h;
+    if (r < 0 || r >= p.rows) continue;
     float* dst = out + r * p.ld;
-    const i64 t = r + base_h;
-    if (t < 0 || t % g.SH != 0 || t / g.SH >= g.OH) {
-      std::fill(dst, dst + p.ld, 0.0f);
-      continue;
-    }
-    const float* src = dyp + (t / g.SH) * g.OW;
+    const float* src = dyp + oh * g.OW;
     if (g.SW == 1) {
-      gather(dst, p.ld, src, g.OW, base_w, 1);
+      copy(dst + ow_lo - base_w, src + ow_lo, ow_hi - ow_lo, 1);
       continue;
     }
-    std::fill(dst, dst + p.ld, 0.0f);
-    for (i64 ow = 0; ow < g.OW; ++ow) {
-      const i64 j = ow * g.SW - base_w;
-      if (j >= 0 && j < p.ld) dst[j] = src[ow];
-    }
+    for (i64 ow = ow_lo; ow < ow_hi; ++ow) dst[ow * g.SW - base_w] = src[ow];
   }
+}
+
+// A prepared plane of the plan, and its margin, all zeros.
+void plane_zero(const DwPlan& p, float* out) {
+  std::fill(out, out + p.rows * p.ld + kVec, 0.0f);
 }
 
 template <class Body>
@@ -78,7 +85,7 @@ void run_items(const DwPlan& p, Body&& body) {
   run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
                    [&](i64 t, i64 nthr, float* scratch) {
                      const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
-                     for (i64 it = a; it < b; ++it) body(it, scratch);
+                     for (i64 it = a; it < b; ++it) body(it, scratch, it == a);
                    });
 }
 
@@ -112,13 +119,13 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
     p.phases = 1;
     p.row_q = round_up(g.W, kVec) + (g.KW - 1) * g.DW;
     p.ld = round_up(p.row_q, 16);
-    p.scratch_floats = p.rows * p.ld + round_up(g.k * taps, 16) + table_floats(g.KW);
+    p.scratch_floats = p.rows * p.ld + kVec + round_up(g.k * taps, 16) + table_floats(g.KW);
   } else {
     p.rows = (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1;
     p.phases = g.SW;
     p.row_q = round_up(g.OW, kVec) + (g.KW - 1) * g.DW / g.SW;
     p.ld = round_up(p.phases * p.row_q, 16);
-    p.scratch_floats = p.rows * p.ld + table_floats(g.KW);
+    p.scratch_floats = p.rows * p.ld + kVec + table_floats(g.KW);
     if (pass == 2) p.scratch_floats += g.k * (taps + 1) * 16;  // per-lane sums
   }
   return p;
@@ -130,11 +137,12 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, P = g.OH * g.OW;
-  run_items(p, [&](i64 it, float* scratch) {
+  run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.C, c = it % g.C;
     float* plane = scratch;
-    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld);
-    prepare_plane(p, g, kern.gather, x + (n * g.C + c) * g.H * g.W, plane);
+    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld + kVec);
+    if (first) plane_zero(p, plane);
+    prepare_plane(p, g, kern.copy, x + (n * g.C + c) * g.H * g.W, plane);
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
     for (i64 j = 0; j < g.k; ++j) {
       const i64 f = c * g.k + j;
@@ -153,16 +161,17 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const DwPlan p = plan_depthwise(s, 1, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, HW = g.H * g.W;
-  run_items(p, [&](i64 it, float* scratch) {
+  run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.C, c = it % g.C;
     float* plane = scratch;
-    float* wflip = plane + p.rows * p.ld;  // the k filters rotated by 180 degrees
+    float* wflip = plane + p.rows * p.ld + kVec;  // the k filters rotated by 180 degrees
     auto* off = reinterpret_cast<i64*>(wflip + round_up(g.k * taps, 16));
     for (i64 t = 0; t < g.k * taps; ++t) wflip[t] = w[c * g.k * taps + (t / taps) * taps + taps - 1 - t % taps];
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = kw * g.DW;
     float* dxp = dx + (n * g.C + c) * HW;
+    if (first) plane_zero(p, plane);
     for (i64 j = 0; j < g.k; ++j) {
-      prepare_dy_plane(p, g, kern.gather, dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane);
+      prepare_dy_plane(p, g, kern.copy, dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane);
       kern.plane(DwPlane{dxp, g.W, g.H, g.W, plane, p.ld, 1, g.DH, wflip + j * taps,
                          static_cast<int>(g.KH), static_cast<int>(g.KW), off, 0.0f, j > 0});
     }
@@ -176,14 +185,15 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwPlan p = plan_depthwise(s, 2, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1;
-  run_items(p, [&](i64 c, float* scratch) {
+  run_items(p, [&](i64 c, float* scratch, bool first) {
     float* plane = scratch;
-    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld);
+    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld + kVec);
     float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
     std::fill(vacc, vacc + g.k * slots * 16, 0.0f);
+    if (first) plane_zero(p, plane);
     for (i64 n = 0; n < g.N; ++n) {  // images in order: the sums do not depend on threads
-      prepare_plane(p, g, kern.gather, x + (n * g.C + c) * g.H * g.W, plane);
+      prepare_plane(p, g, kern.copy, x + (n * g.C + c) * g.H * g.W, plane);
       for (i64 j = 0; j < g.k; ++j) {
         kern.dots(DwDots{dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane, g.OH, g.OW, p.ld,
                          g.SH, g.DH, static_cast<int>(g.KH), static_cast<int>(g.KW), off,

@@ -4,7 +4,9 @@
 //
 // Every pass first lays one source plane out in the thread's scratch ("prepared plane": zero
 // padding included, columns split into stride phases, a vector of margin on the right), so
-// that the kernels read every tap of an output row as one contiguous run of any stride:
+// that the kernels read every tap of an output row as one contiguous run of any stride (the
+// zeros sit at the same places for every plane of a call: a thread zeroes its plane once and
+// then copies only the data of each source plane):
 //   prepared[r][p][q] = padded_source[r][q * stride + p]
 // and the tap at column offset o = kw * dilation reads phase o % stride from q = ow + o / stride.
 //   forward          y[n][c*k+j]  = act(bias + sum taps w * x-plane)         rows of y
@@ -62,14 +64,15 @@ struct DwDots {
 
 using DwPlaneFn = void (*)(const DwPlane&);
 using DwDotsFn = void (*)(const DwDots&);
-/// d[q] = src[start + q * stride] where that index is in [0, n_src), else 0, for q < n: one
-/// prepared row (or stride phase of a row) from a source row.
-using DwGatherFn = void (*)(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride);
+/// d[q] = src[q * stride] for q < n, the data of one prepared row (or stride phase of a row);
+/// may also write zeros to d[n, round_up(n, 16)) (the prepared planes' padding is zero, and
+/// later rows and phases are written after: the spill is harmless there).
+using DwCopyFn = void (*)(float* d, const float* src, i64 n, i64 stride);
 
 struct DwKernels {
   DwPlaneFn plane;
   DwDotsFn dots;
-  DwGatherFn gather;
+  DwCopyFn copy;
   const char* isa;
 };
 
@@ -84,7 +87,10 @@ const DwKernels& dw_kernels_avx512();
 /// everything into lane 0).
 void dw_plane_twin(const DwPlane& a);
 void dw_dots_twin(const DwDots& a);
-void dw_gather_twin(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride);
+void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
+
+/// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
+inline constexpr i64 kDwMaxStrideWidth = 16;
 
 /// The exact condition of the depthwise path: groups == in_channels (one input channel per
 /// group, any number k of filters per group).

@@ -63,14 +63,12 @@ struct Avx2 {
 
 void plane_avx2(const DwPlane& a) { plane<Avx2>(a); }
 void dots_avx2(const DwDots& a) { dots<Avx2>(a); }
-void gather_avx2(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
-  gather_row<Avx2>(d, n, src, n_src, start, stride);
-}
+void copy_avx2(float* d, const float* src, i64 n, i64 stride) { copy_row<Avx2>(d, src, n, stride); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_avx2() {
-  static const DwKernels k{&plane_avx2, &dots_avx2, &gather_avx2, "avx2"};
+  static const DwKernels k{&plane_avx2, &dots_avx2, &copy_avx2, "avx2"};
   return k;
 }
 

@@ -44,14 +44,12 @@ struct Avx512 {
 
 void plane_avx512(const DwPlane& a) { plane<Avx512>(a); }
 void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
-void gather_avx512(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
-  gather_row<Avx512>(d, n, src, n_src, start, stride);
-}
+void copy_avx512(float* d, const float* src, i64 n, i64 stride) { copy_row<Avx512>(d, src, n, stride); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_avx512() {
-  static const DwKernels k{&plane_avx512, &dots_avx512, &gather_avx512, "avx512"};
+  static const DwKernels k{&plane_avx512, &dots_avx512, &copy_avx512, "avx512"};
   return k;
 }
 

@@ -28,14 +28,12 @@ struct Scalar {
 
 void plane_scalar(const DwPlane& a) { plane<Scalar>(a); }
 void dots_scalar(const DwDots& a) { dots<Scalar>(a); }
-void gather_scalar(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
-  gather_row<Scalar>(d, n, src, n_src, start, stride);
-}
+void copy_scalar(float* d, const float* src, i64 n, i64 stride) { copy_row<Scalar>(d, src, n, stride); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_scalar() {
-  static const DwKernels k{&plane_scalar, &dots_scalar, &gather_scalar, "scalar"};
+  static const DwKernels k{&plane_scalar, &dots_scalar, &copy_scalar, "scalar"};
   return k;
 }
 
@@ -69,11 +67,8 @@ void dw_dots_twin(const DwDots& a) {
   a.vacc[16 * a.KH * a.KW] += static_cast<float>(b);
 }
 
-void dw_gather_twin(float* d, i64 n, const float* src, i64 n_src, i64 start, i64 stride) {
-  for (i64 q = 0; q < n; ++q) {
-    const i64 j = start + q * stride;
-    d[q] = j >= 0 && j < n_src ? src[j] : 0.0f;
-  }
+void dw_copy_twin(float* d, const float* src, i64 n, i64 stride) {
+  for (i64 q = 0; q < n; ++q) d[q] = src[q * stride];
 }
 
 }  // namespace im2gemm::detail
