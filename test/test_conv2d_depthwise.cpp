@@ -22,7 +22,7 @@ using testutil::cpu_isas;
 constexpr ConvPass kPasses[] = {ConvPass::forward, ConvPass::backward_data,
                                 ConvPass::backward_weights};
 
-// Odd on purpose: widths around and past the vector widths (8, 16, 64 = 4 x 16), channel
+// Depthwise (2/3 of the shapes) or narrow groups. Odd on purpose: widths around and past the vector widths (8, 16, 64 = 4 x 16), channel
 // multipliers 1-3, kernels 1-5 (non-square), strides 1-3, dilations 1-3, pads up to the kernel.
 Conv2dShape random_dw_shape(std::mt19937& rng) {
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
@@ -30,6 +30,11 @@ Conv2dShape random_dw_shape(std::mt19937& rng) {
   s.batch = pick(1, 3);
   s.in_channels = s.groups = pick(2, 7);
   s.out_channels = s.in_channels * pick(1, 3);
+  if (pick(0, 2) == 0) {  // narrow groups: 2-4 channels, 1-4 filters a group
+    s.groups = pick(2, 4);
+    s.in_channels = s.groups * pick(2, 4);
+    s.out_channels = s.groups * pick(1, 4);
+  }
   s.kernel_height = pick(1, 5);
   s.kernel_width = pick(1, 5);
   if (pick(0, 1) == 0) s.kernel_height = s.kernel_width = 3;
@@ -49,7 +54,7 @@ Conv2dShape random_dw_shape(std::mt19937& rng) {
 
 }  // namespace
 
-TEST_CASE("depthwise: random shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
+TEST_CASE("depthwise: random depthwise and narrow-group shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
   std::mt19937 rng(20261203);
   constexpr int kShapes = 240;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
@@ -160,7 +165,7 @@ TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 thread
   im2gemm::detail::set_min_macs_per_thread(0);
 }
 
-TEST_CASE("depthwise: the plan takes the depthwise path on the grouped suite's depthwise layers, within the scratch bound") {
+TEST_CASE("depthwise: the plan takes the direct path on the grouped suite's depthwise and narrow-group layers (not AlexNet's 2 groups), within the scratch bound") {
   // name N C H W F KH KW SH SW PH PW G (../shared/suite/grouped.txt, inline)
   const int64_t L[][12] = {{8, 32, 112, 112, 32, 3, 3, 1, 1, 1, 1, 32},
                            {8, 64, 112, 112, 64, 3, 3, 2, 2, 1, 1, 64},
@@ -168,14 +173,15 @@ TEST_CASE("depthwise: the plan takes the depthwise path on the grouped suite's d
                            {8, 1024, 7, 7, 1024, 3, 3, 1, 1, 1, 1, 1024},
                            {1, 144, 56, 56, 144, 3, 3, 1, 1, 1, 1, 144},
                            {4, 32, 112, 112, 64, 5, 5, 1, 1, 2, 2, 32},  // channel multiplier 2
-                           {8, 128, 56, 56, 128, 3, 3, 1, 1, 1, 1, 32}};  // ResNeXt: 4 a group
+                           {8, 128, 56, 56, 128, 3, 3, 1, 1, 1, 1, 32},   // ResNeXt: 4 a group
+                           {8, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2}};    // AlexNet conv2: GEMM
   for (const auto& r : L) {
     Conv2dShape s{.batch = r[0], .in_channels = r[1], .in_height = r[2], .in_width = r[3],
                   .out_channels = r[4], .kernel_height = r[5], .kernel_width = r[6],
                   .stride_height = r[7], .stride_width = r[8], .pad_height = r[9], .pad_width = r[10],
                   .groups = r[11]};
     INFO(testutil::describe(s));
-    const bool dw = s.groups == s.in_channels;
+    const bool dw = s.groups == s.in_channels || s.in_channels / s.groups <= 8;
     for (int threads : {1, 2, 64}) {
       const ConvOptions o{GemmBackend::automatic, Isa::avx512, threads};
       for (ConvPass pass : kPasses) {

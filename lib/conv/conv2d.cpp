@@ -534,8 +534,8 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
 
 ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
                    std::span<const float> w) {
-  if (!is_depthwise(s) || s.in_channels < 2 || o.backend != GemmBackend::automatic ||
-      s.stride_width > kDwMaxStrideWidth) {
+  const bool direct = (is_depthwise(s) && s.in_channels > 1) || is_narrow_grouped(s);
+  if (!direct || o.backend != GemmBackend::automatic || s.stride_width > kDwMaxStrideWidth) {
     return ConvPath::gemm;
   }
   const int p = pass == ConvPass::forward ? 0 : pass == ConvPass::backward_data ? 1 : 2;

@@ -24,10 +24,11 @@ constexpr i64 kVec = 16;
 i64 table_floats(i64 n) { return round_up(2 * n, 16); }
 
 struct Geo {
-  i64 N, C, H, W, F, k, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+  i64 N, C, H, W, F, G, Cg, Fg, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
   explicit Geo(const Conv2dShape& s)
       : N(s.batch), C(s.in_channels), H(s.in_height), W(s.in_width), F(s.out_channels),
-        k(s.out_channels / s.in_channels), KH(s.kernel_height), KW(s.kernel_width),
+        G(s.groups), Cg(s.in_channels / s.groups), Fg(s.out_channels / s.groups),
+        KH(s.kernel_height), KW(s.kernel_width),
         SH(s.stride_height), SW(s.stride_width), PH(s.pad_height), PW(s.pad_width),
         DH(s.dilation_height), DW(s.dilation_width), OH(s.out_height()), OW(s.out_width()) {}
 };
@@ -77,7 +78,7 @@ void prepare_dy_plane(const DwPlan& p, const Geo& g, DwCopyFn copy, const float*
 
 // A prepared plane of the plan, and its margin, all zeros.
 void plane_zero(const DwPlan& p, float* out) {
-  std::fill(out, out + p.rows * p.ld + kVec, 0.0f);
+  std::fill(out, out + p.planes * p.rows * p.ld + kVec, 0.0f);
 }
 
 template <class Body>
@@ -93,6 +94,11 @@ void run_items(const DwPlan& p, Body&& body) {
 
 bool is_depthwise(const Conv2dShape& s) { return s.groups == s.in_channels; }
 
+bool is_narrow_grouped(const Conv2dShape& s) {
+  return s.groups > 1 && s.in_channels / s.groups <= kDirectMaxGroupChannels &&
+         s.out_channels / s.groups <= kDirectMaxGroupFilters;
+}
+
 const DwKernels& dw_kernels(Isa isa) {
   switch (isa_clamp(isa)) {
     case Isa::avx512: return dw_kernels_avx512();
@@ -105,28 +111,32 @@ const DwKernels& dw_kernels(Isa isa) {
 DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   const Geo g(s);
   DwPlan p;
-  p.k = g.k;
+  p.k = g.Fg;
   p.vec_margin = kVec;
-  p.items = pass == 2 ? g.C : g.N * g.C;
-  const i64 macs = g.N * g.F * g.OH * g.OW * g.KH * g.KW;
+  p.items = pass == 2 ? g.G : g.N * g.G;
+  const i64 macs = g.N * g.F * g.Cg * g.OH * g.OW * g.KH * g.KW;
   p.threads = static_cast<int>(std::max<i64>(
       1, std::min<i64>({i64{std::max(threads, 1)}, p.items, macs / min_macs_per_thread()})));
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const i64 taps = g.KH * g.KW;
   if (pass == 1) {
-    // One zero-stuffed dy plane at a time (the k planes of a channel add into dx in turn).
+    // The group's Fg zero-stuffed dy planes; each dx plane sums over them.
     p.rows = g.H + (g.KH - 1) * g.DH;
     p.phases = 1;
     p.row_q = round_up(g.W, kVec) + (g.KW - 1) * g.DW;
     p.ld = round_up(p.row_q, 16);
-    p.scratch_floats = p.rows * p.ld + kVec + round_up(g.k * taps, 16) + table_floats(g.KW);
+    p.planes = g.Fg;
+    p.scratch_floats = p.planes * p.rows * p.ld + kVec + round_up(g.Fg * g.Cg * taps, 16) +
+                       table_floats(g.KW);
   } else {
+    // The group's Cg prepared x planes.
     p.rows = (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1;
     p.phases = g.SW;
     p.row_q = round_up(g.OW, kVec) + (g.KW - 1) * g.DW / g.SW;
     p.ld = round_up(p.phases * p.row_q, 16);
-    p.scratch_floats = p.rows * p.ld + kVec + table_floats(g.KW);
-    if (pass == 2) p.scratch_floats += g.k * (taps + 1) * 16;  // per-lane sums
+    p.planes = g.Cg;
+    p.scratch_floats = p.planes * p.rows * p.ld + kVec + table_floats(g.KW);
+    if (pass == 2) p.scratch_floats += g.Fg * g.Cg * (taps + 1) * 16;  // per-lane sums
   }
   return p;
 }
@@ -136,21 +146,25 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, P = g.OH * g.OW;
+  const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.rows * p.ld;
   run_items(p, [&](i64 it, float* scratch, bool first) {
-    const i64 n = it / g.C, c = it % g.C;
-    float* plane = scratch;
-    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld + kVec);
-    if (first) plane_zero(p, plane);
-    prepare_plane(p, g, kern.copy, x + (n * g.C + c) * g.H * g.W, plane);
+    const i64 n = it / g.G, gi = it % g.G;
+    float* planes = scratch;  // the group's Cg prepared planes
+    auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
+    if (first) plane_zero(p, planes);
+    for (i64 c = 0; c < g.Cg; ++c) {
+      prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W, planes + c * psize);
+    }
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
-    for (i64 j = 0; j < g.k; ++j) {
-      const i64 f = c * g.k + j;
+    for (i64 j = 0; j < g.Fg; ++j) {
+      const i64 f = gi * g.Fg + j;
       float* yf = y + (n * g.F + f) * P;
-      kern.plane(DwPlane{yf, g.OW, g.OH, g.OW, plane, p.ld, g.SH, g.DH, w + f * taps,
-                         static_cast<int>(g.KH), static_cast<int>(g.KW), off,
-                         bias != nullptr ? bias[f] : 0.0f, false});
-      activation_forward_unchecked(act, yf, P);  // the plane is still in cache
+      for (i64 c = 0; c < g.Cg; ++c) {  // the plane stays in cache over the channels
+        kern.plane(DwPlane{yf, g.OW, g.OH, g.OW, planes + c * psize, p.ld, g.SH, g.DH,
+                           w + (f * g.Cg + c) * taps, static_cast<int>(g.KH),
+                           static_cast<int>(g.KW), off, bias != nullptr ? bias[f] : 0.0f, c > 0});
+      }
+      activation_forward_unchecked(act, yf, P);
     }
   });
 }
@@ -160,22 +174,29 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 1, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, HW = g.H * g.W;
+  const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.rows * p.ld;
   run_items(p, [&](i64 it, float* scratch, bool first) {
-    const i64 n = it / g.C, c = it % g.C;
-    float* plane = scratch;
-    float* wflip = plane + p.rows * p.ld + kVec;  // the k filters rotated by 180 degrees
-    auto* off = reinterpret_cast<i64*>(wflip + round_up(g.k * taps, 16));
-    for (i64 t = 0; t < g.k * taps; ++t) wflip[t] = w[c * g.k * taps + (t / taps) * taps + taps - 1 - t % taps];
+    const i64 n = it / g.G, gi = it % g.G;
+    float* planes = scratch;  // the group's Fg prepared dy planes
+    float* wflip = planes + p.planes * psize + kVec;  // [j][c] filters rotated by 180 degrees
+    auto* off = reinterpret_cast<i64*>(wflip + round_up(g.Fg * g.Cg * taps, 16));
+    const float* wg = w + gi * g.Fg * g.Cg * taps;
+    for (i64 t = 0; t < g.Fg * g.Cg * taps; ++t) wflip[t] = wg[t - t % taps + taps - 1 - t % taps];
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = kw * g.DW;
-    float* dxp = dx + (n * g.C + c) * HW;
-    if (first) plane_zero(p, plane);
-    for (i64 j = 0; j < g.k; ++j) {
-      prepare_dy_plane(p, g, kern.copy, dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane);
-      kern.plane(DwPlane{dxp, g.W, g.H, g.W, plane, p.ld, 1, g.DH, wflip + j * taps,
-                         static_cast<int>(g.KH), static_cast<int>(g.KW), off, 0.0f, j > 0});
+    if (first) plane_zero(p, planes);
+    for (i64 j = 0; j < g.Fg; ++j) {
+      prepare_dy_plane(p, g, kern.copy, dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW,
+                       planes + j * psize);
     }
-    if (act != Activation::identity) act_backward(act, x + (n * g.C + c) * HW, dxp, HW);
+    for (i64 c = 0; c < g.Cg; ++c) {
+      const i64 plane0 = (n * g.C + gi * g.Cg + c) * HW;
+      for (i64 j = 0; j < g.Fg; ++j) {
+        kern.plane(DwPlane{dx + plane0, g.W, g.H, g.W, planes + j * psize, p.ld, 1, g.DH,
+                           wflip + (j * g.Cg + c) * taps, static_cast<int>(g.KH),
+                           static_cast<int>(g.KW), off, 0.0f, j > 0});
+      }
+      if (act != Activation::identity) act_backward(act, x + plane0, dx + plane0, HW);
+    }
   });
 }
 
@@ -184,20 +205,25 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 2, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, slots = taps + 1;
-  run_items(p, [&](i64 c, float* scratch, bool first) {
-    float* plane = scratch;
-    auto* off = reinterpret_cast<i64*>(plane + p.rows * p.ld + kVec);
-    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);
+  const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.rows * p.ld;
+  run_items(p, [&](i64 gi, float* scratch, bool first) {
+    float* planes = scratch;
+    auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
+    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [j][c] slots
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
-    std::fill(vacc, vacc + g.k * slots * 16, 0.0f);
-    if (first) plane_zero(p, plane);
+    std::fill(vacc, vacc + g.Fg * g.Cg * slots * 16, 0.0f);
+    if (first) plane_zero(p, planes);
     for (i64 n = 0; n < g.N; ++n) {  // images in order: the sums do not depend on threads
-      prepare_plane(p, g, kern.copy, x + (n * g.C + c) * g.H * g.W, plane);
-      for (i64 j = 0; j < g.k; ++j) {
-        kern.dots(DwDots{dy + (n * g.F + c * g.k + j) * g.OH * g.OW, plane, g.OH, g.OW, p.ld,
-                         g.SH, g.DH, static_cast<int>(g.KH), static_cast<int>(g.KW), off,
-                         vacc + j * slots * 16});
+      for (i64 c = 0; c < g.Cg; ++c) {
+        prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W, planes + c * psize);
+      }
+      for (i64 j = 0; j < g.Fg; ++j) {
+        const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
+        for (i64 c = 0; c < g.Cg; ++c) {
+          kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
+                           static_cast<int>(g.KH), static_cast<int>(g.KW), off,
+                           vacc + (j * g.Cg + c) * slots * 16});
+        }
       }
     }
     auto lanes = [](const float* v) {
@@ -205,11 +231,13 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
       for (int l = 0; l < 16; ++l) sum += v[l];
       return sum;
     };
-    for (i64 j = 0; j < g.k; ++j) {
-      const i64 f = c * g.k + j;
-      const float* vj = vacc + j * slots * 16;
-      for (i64 t = 0; t < taps; ++t) dw[f * taps + t] = lanes(vj + 16 * t);
-      if (db != nullptr) db[f] = lanes(vj + 16 * taps);
+    for (i64 j = 0; j < g.Fg; ++j) {
+      const i64 f = gi * g.Fg + j;
+      for (i64 c = 0; c < g.Cg; ++c) {
+        const float* vjc = vacc + (j * g.Cg + c) * slots * 16;
+        for (i64 t = 0; t < taps; ++t) dw[(f * g.Cg + c) * taps + t] = lanes(vjc + 16 * t);
+      }
+      if (db != nullptr) db[f] = lanes(vacc + j * g.Cg * slots * 16 + 16 * taps);  // channel 0's
     }
   });
 }

@@ -1,6 +1,8 @@
-// Internal: the depthwise convolution path (groups == in_channels, out_channels = k *
-// in_channels for any channel multiplier k), all three passes, as direct NCHW kernels over
-// each plane instead of im2col + GEMM (whose GEMMs would have M = k and K = KH*KW).
+// Internal: the direct path of depthwise convolution (groups == in_channels, out_channels = k *
+// in_channels for any channel multiplier k) and of narrow groups (at most
+// kDirectMaxGroupChannels channels and kDirectMaxGroupFilters filters a group, ResNeXt's 4 and
+// 4), all three passes, as direct NCHW kernels over each plane instead of im2col + GEMM
+// (whose GEMMs would have M = filters a group and K = channels a group * KH * KW).
 //
 // Every pass first lays one source plane out in the thread's scratch ("prepared plane": zero
 // padding included, columns split into stride phases, a vector of margin on the right), so
@@ -15,9 +17,11 @@
 //                                   rows chosen by the stride), times act'(x)   rows of dx
 //   backward weights dw[c*k+j][kh][kw] = sum over n, in order, of the plane dot products
 //                                   dy[n][c*k+j] . (x-plane shifted by the tap); db the sums of dy
-// Work items are (image, channel) planes (backward weights: channels, images summed in order
-// inside an item), dealt in contiguous ranges to the threads: every output has one writer, no
-// atomics, and the result does not depend on the thread count at all.
+// With Cg channels a group (1: depthwise), an output plane sums Cg (forward) or Fg (backward
+// data) plane correlations, added in order into the plane while it is in cache.
+// Work items are (image, group) (backward weights: groups, images summed in order inside an
+// item), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
+// and the result does not depend on the thread count at all.
 #pragma once
 
 #include <cstdint>
@@ -92,16 +96,21 @@ void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
 
-/// The exact condition of the depthwise path: groups == in_channels (one input channel per
-/// group, any number k of filters per group).
+/// groups == in_channels (one input channel per group, any number k of filters per group).
 bool is_depthwise(const Conv2dShape& s);
+/// Narrow groups that the direct kernels serve: groups > 1, at most these many channels and
+/// filters a group (ResNeXt's 4 and 4 measured ahead of the GEMM lowering: see conv_path).
+inline constexpr i64 kDirectMaxGroupChannels = 8;
+inline constexpr i64 kDirectMaxGroupFilters = 8;
+bool is_narrow_grouped(const Conv2dShape& s);
 
 /// How a depthwise pass runs: a pure function of the (valid) shape and the thread count.
 struct DwPlan {
   int threads = 1;
   bool run_inline = false;  ///< one thread, tiny: no OpenMP region
-  i64 k = 1;                ///< channel multiplier: out_channels / in_channels
-  i64 items = 1;            ///< forward / backward data: N * C planes; backward weights: C
+  i64 k = 1;                ///< filters a group (depthwise: the channel multiplier)
+  i64 items = 1;            ///< forward / backward data: N * groups; backward weights: groups
+  i64 planes = 1;           ///< prepared planes of an item: Cg (backward data: Fg)
   i64 vec_margin = 16;      ///< floats of margin on the right of every prepared row
   /// Prepared source plane: rows x (phases * row_q) floats, row stride ld.
   i64 rows = 0, phases = 1, row_q = 0, ld = 0;

@@ -34,7 +34,8 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
 enum class ConvPath { gemm, depthwise };
 
 /// The path of a pass of this (valid) shape under the options (`w`: the weights, needed by
-/// backward data only; empty: assume finite). depthwise: groups == in_channels > 1, stride
+/// backward data only; empty: assume finite). depthwise (the direct kernels, depthwise.hpp):
+/// groups == in_channels > 1 or narrow groups (is_narrow_grouped), stride
 /// width <= kDwMaxStrideWidth, the
 /// automatic backend (a forced backend runs its GEMMs), a prepared plane within
 /// kMaxScratchBytesPerThread, and for backward data finite weights (depthwise.hpp).
