@@ -254,3 +254,18 @@ TEST_CASE("depthwise: non-finite values give the reference's NaNs (padding multi
     }
   }
 }
+
+TEST_CASE("depthwise: outputs of 8 MiB and more (non-temporal stores) are exact too") {
+  // 32 planes of 256 x 257: rows alternate between 16-byte aligned and not.
+  Conv2dShape s{.batch = 1, .in_channels = 32, .in_height = 256, .in_width = 257, .out_channels = 32,
+                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1, .groups = 32};
+  REQUIRE(im2gemm::detail::plan_depthwise(s, 0, 2).stream);
+  REQUIRE(im2gemm::detail::plan_depthwise(s, 1, 2).stream);
+  const auto d = convcases::make_data(s, 21, true);
+  const auto want = convcases::run_ref(s, d, Activation::identity, true);
+  for (Isa isa : cpu_isas()) {
+    INFO(im2gemm::detail::isa_name(isa));
+    const auto got = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::identity, true);
+    CHECK(convcases::compare(s, got, want, true) == 3);
+  }
+}

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <xmmintrin.h>
+
 #include "common/activation_impl.hpp"
 #include "common/parallel.hpp"
 #include "conv/lowering.hpp"
@@ -87,6 +89,7 @@ void run_items(const DwPlan& p, Body&& body) {
                    [&](i64 t, i64 nthr, float* scratch) {
                      const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
                      for (i64 it = a; it < b; ++it) body(it, scratch, it == a);
+                     if (p.stream) _mm_sfence();  // non-temporal stores done before the join
                    });
 }
 
@@ -119,6 +122,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
       1, std::min<i64>({i64{std::max(threads, 1)}, p.items, macs / min_macs_per_thread()})));
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const i64 taps = g.KH * g.KW;
+  const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
+  p.stream = pass != 2 && (pass == 0 ? g.Cg : g.Fg) == 1 && out_bytes >= kDwStreamMinBytes;
   if (pass == 1) {
     // The group's Fg zero-stuffed dy planes; each dx plane sums over them.
     p.rows = g.H + (g.KH - 1) * g.DH;
@@ -147,6 +152,7 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.rows * p.ld;
+  const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
     float* planes = scratch;  // the group's Cg prepared planes
@@ -162,7 +168,8 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
       for (i64 c = 0; c < g.Cg; ++c) {  // the plane stays in cache over the channels
         kern.plane(DwPlane{yf, g.OW, g.OH, g.OW, planes + c * psize, p.ld, g.SH, g.DH,
                            w + (f * g.Cg + c) * taps, static_cast<int>(g.KH),
-                           static_cast<int>(g.KW), off, bias != nullptr ? bias[f] : 0.0f, c > 0});
+                           static_cast<int>(g.KW), off, bias != nullptr ? bias[f] : 0.0f, c > 0,
+                           stream});
       }
       activation_forward_unchecked(act, yf, P);
     }
@@ -175,6 +182,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const DwPlan p = plan_depthwise(s, 1, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.rows * p.ld;
+  const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
     float* planes = scratch;  // the group's Fg prepared dy planes
@@ -193,7 +201,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
       for (i64 j = 0; j < g.Fg; ++j) {
         kern.plane(DwPlane{dx + plane0, g.W, g.H, g.W, planes + j * psize, p.ld, 1, g.DH,
                            wflip + (j * g.Cg + c) * taps, static_cast<int>(g.KH),
-                           static_cast<int>(g.KW), off, 0.0f, j > 0});
+                           static_cast<int>(g.KW), off, 0.0f, j > 0, stream});
       }
       if (act != Activation::identity) act_backward(act, x + plane0, dx + plane0, HW);
     }

@@ -50,6 +50,9 @@ struct DwPlane {
   const i64* off;
   float init;
   bool accumulate;
+  /// Non-temporal stores where a full vector is 16-byte aligned: the caller fences (sfence)
+  /// before the output is read by another thread.
+  bool stream = false;
 };
 
 /// Backward weights of one plane: vacc[16 * (kh * KW + kw) + lane] += the lane's share of the
@@ -93,6 +96,10 @@ void dw_plane_twin(const DwPlane& a);
 void dw_dots_twin(const DwDots& a);
 void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
 
+/// Outputs from this size on are written with non-temporal stores (larger than the 8 MiB that
+/// the suite's layers in cache fill; mbv1_dw1's 12.8 MB y, mbv1_dw2_s2's 25.7 MB dx).
+inline constexpr i64 kDwStreamMinBytes = i64{8} << 20;
+
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
 
@@ -115,6 +122,10 @@ struct DwPlan {
   /// Prepared source plane: rows x (phases * row_q) floats, row stride ld.
   i64 rows = 0, phases = 1, row_q = 0, ld = 0;
   i64 scratch_floats = 0;  ///< per thread: prepared plane + flipped taps / sums + offsets
+  /// Forward and backward data with one plane correlation an output plane (depthwise, k = 1
+  /// for backward data) and an output above kDwStreamMinBytes: non-temporal stores (a write
+  /// without its read for ownership; the output is not read back soon).
+  bool stream = false;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };
 DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd weights*/,

@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 
 #include "conv/depthwise.hpp"
 
@@ -30,6 +31,10 @@ struct Avx2 {
   static F even(const float* p) {  // p[0], p[2], ..., p[14]
     const F s = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static void stream(float* p, F v) {  // two 16-byte halves: rows need only 16-byte alignment
+    _mm_stream_ps(p, _mm256_castps256_ps128(v));
+    _mm_stream_ps(p + 4, _mm256_extractf128_ps(v, 1));
   }
   static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
   // Not vmaskmovps: its store form is microcoded on AMD Zen (the row tails of small planes

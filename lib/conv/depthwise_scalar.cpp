@@ -1,6 +1,7 @@
 // The depthwise kernels in portable C++ (one lane): the fallback on any CPU, and what
 // IM2GEMM_ISA=scalar runs. Also the kernels' reference twins.
 #include <algorithm>
+#include <cstdint>
 
 #include "conv/depthwise.hpp"
 
@@ -17,6 +18,7 @@ struct Scalar {
   static F load_n(const float* p, int) { return *p; }
   static F load_range(const float* p, int lo, int hi) { return lo <= 0 && hi >= 1 ? *p : 0.0f; }
   static F even(const float* p) { return *p; }
+  static void stream(float* p, F v) { *p = v; }
   static void storeu(float* p, F v) { *p = v; }
   static void store_n(float* p, F v, int) { *p = v; }
   static F add(F a, F b) { return a + b; }
