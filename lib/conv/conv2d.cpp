@@ -435,7 +435,7 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
     bytes = std::max(bytes, detail::plan_conv(s, pass, t).scratch_bytes());
   }
-  if (detail::is_depthwise(s)) {
+  if (detail::is_depthwise(s) || detail::is_narrow_grouped(s)) {  // the direct kernels
     for (int pass = 0; pass < 3; ++pass) {
       bytes = std::max(bytes, detail::plan_depthwise(s, pass, t).scratch_bytes());
     }

@@ -152,7 +152,9 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.rows * p.ld;
-  const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
+  const bool relu = act == Activation::relu;  // fused into the store
+  // Non-temporal stores unless another activation reads the plane back.
+  const bool stream = p.stream && (act == Activation::identity || relu);
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
     float* planes = scratch;  // the group's Cg prepared planes
@@ -169,9 +171,9 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
         kern.plane(DwPlane{yf, g.OW, g.OH, g.OW, planes + c * psize, p.ld, g.SH, g.DH,
                            w + (f * g.Cg + c) * taps, static_cast<int>(g.KH),
                            static_cast<int>(g.KW), off, bias != nullptr ? bias[f] : 0.0f, c > 0,
-                           stream});
+                           stream, relu && c == g.Cg - 1});
       }
-      activation_forward_unchecked(act, yf, P);
+      if (!relu) activation_forward_unchecked(act, yf, P);  // sigmoid, tanh: on the cached plane
     }
   });
 }

@@ -53,6 +53,9 @@ struct DwPlane {
   /// Non-temporal stores where a full vector is 16-byte aligned: the caller fences (sfence)
   /// before the output is read by another thread.
   bool stream = false;
+  /// The output stored as sum > 0 ? sum : 0 (the relu activation fused into the store, NaN
+  /// giving 0 as in activation_forward). Only on the last accumulation into a plane.
+  bool relu = false;
 };
 
 /// Backward weights of one plane: vacc[16 * (kh * KW + kw) + lane] += the lane's share of the

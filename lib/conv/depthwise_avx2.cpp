@@ -36,6 +36,9 @@ struct Avx2 {
     _mm_stream_ps(p, _mm256_castps256_ps128(v));
     _mm_stream_ps(p + 4, _mm256_extractf128_ps(v, 1));
   }
+  static F relu(F v) {  // v > 0 ? v : 0 (maxps gives its second operand on NaN and on ties)
+    return _mm256_max_ps(v, _mm256_setzero_ps());
+  }
   static void storeu(float* p, F v) { _mm256_storeu_ps(p, v); }
   // Not vmaskmovps: its store form is microcoded on AMD Zen (the row tails of small planes
   // took a third of mbv1_dw_7's forward); at most three plain stores instead.

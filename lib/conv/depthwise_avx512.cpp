@@ -35,6 +35,10 @@ struct Avx512 {
     _mm_stream_ps(p + 8, _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xF, v, 2));
     _mm_stream_ps(p + 12, _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xF, v, 3));
   }
+  static F relu(F v) {  // v > 0 ? v : 0 (maxps gives its second operand on NaN and on ties)
+    const F z = _mm512_setzero_ps();  // the masked form: the plain one trips GCC 12's warning
+    return _mm512_mask_max_ps(z, static_cast<__mmask16>(0xFFFF), v, z);
+  }
   static void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
   static void store_n(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }

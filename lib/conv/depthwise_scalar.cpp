@@ -19,6 +19,7 @@ struct Scalar {
   static F load_range(const float* p, int lo, int hi) { return lo <= 0 && hi >= 1 ? *p : 0.0f; }
   static F even(const float* p) { return *p; }
   static void stream(float* p, F v) { *p = v; }
+  static F relu(F v) { return v > 0.0f ? v : 0.0f; }  // activation_forward: NaN -> 0
   static void storeu(float* p, F v) { *p = v; }
   static void store_n(float* p, F v, int) { *p = v; }
   static F add(F a, F b) { return a + b; }
