@@ -13,7 +13,7 @@ namespace {
 
 struct Avx2 {
   static constexpr int N = 8;
-  static constexpr int kRows = 3, kVecs = 2;  // 6 sums + 9 taps + a load: 16 registers
+  static constexpr int kRows = 4, kVecs = 1;
   using F = __m256;
   static __m256i mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
