@@ -141,7 +141,11 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
     p.ld = round_up(p.phases * p.row_q, 16);
     p.planes = g.Cg;
     p.scratch_floats = p.planes * p.rows * p.ld + kVec + table_floats(g.KW);
-    if (pass == 2) p.scratch_floats += g.Fg * g.Cg * (taps + 1) * 16;  // per-lane sums
+    if (pass == 2) {
+      // Per-lane sums of a chunk of groups, whose planes are read image by image.
+      p.chunk = std::max<i64>(1, kDwWeightsChunkFilters / (g.Fg * g.Cg));
+      p.scratch_floats += p.chunk * g.Fg * g.Cg * (taps + 1) * 16;
+    }
   }
   return p;
 }
@@ -216,38 +220,50 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwPlan p = plan_depthwise(s, 2, threads);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.rows * p.ld;
-  run_items(p, [&](i64 gi, float* scratch, bool first) {
+  const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
     float* planes = scratch;
     auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
-    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [j][c] slots
+    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [group][j][c] slots
     for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
-    std::fill(vacc, vacc + g.Fg * g.Cg * slots * 16, 0.0f);
-    if (first) plane_zero(p, planes);
-    for (i64 n = 0; n < g.N; ++n) {  // images in order: the sums do not depend on threads
-      for (i64 c = 0; c < g.Cg; ++c) {
-        prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W, planes + c * psize);
-      }
-      for (i64 j = 0; j < g.Fg; ++j) {
-        const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
-        for (i64 c = 0; c < g.Cg; ++c) {
-          kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
-                           static_cast<int>(g.KH), static_cast<int>(g.KW), off,
-                           vacc + (j * g.Cg + c) * slots * 16});
+    plane_zero(p, planes);
+    const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+    // Chunks of groups, image by image: the planes of a chunk are adjacent in memory. Each
+    // group's sums still run over the images in order: independent of threads and chunks.
+    for (i64 g0 = a; g0 < b; g0 += p.chunk) {
+      const i64 g1 = std::min(b, g0 + p.chunk);
+      std::fill(vacc, vacc + (g1 - g0) * per_group, 0.0f);
+      for (i64 n = 0; n < g.N; ++n) {
+        for (i64 gi = g0; gi < g1; ++gi) {
+          for (i64 c = 0; c < g.Cg; ++c) {
+            prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W, planes + c * psize);
+          }
+          for (i64 j = 0; j < g.Fg; ++j) {
+            const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
+            for (i64 c = 0; c < g.Cg; ++c) {
+              kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
+                               static_cast<int>(g.KH), static_cast<int>(g.KW), off,
+                               vacc + (gi - g0) * per_group + (j * g.Cg + c) * slots * 16});
+            }
+          }
         }
       }
-    }
-    auto lanes = [](const float* v) {
-      float sum = 0.0f;
-      for (int l = 0; l < 16; ++l) sum += v[l];
-      return sum;
-    };
-    for (i64 j = 0; j < g.Fg; ++j) {
-      const i64 f = gi * g.Fg + j;
-      for (i64 c = 0; c < g.Cg; ++c) {
-        const float* vjc = vacc + (j * g.Cg + c) * slots * 16;
-        for (i64 t = 0; t < taps; ++t) dw[(f * g.Cg + c) * taps + t] = lanes(vjc + 16 * t);
+      auto lanes = [](const float* v) {
+        float sum = 0.0f;
+        for (int l = 0; l < 16; ++l) sum += v[l];
+        return sum;
+      };
+      for (i64 gi = g0; gi < g1; ++gi) {
+        const float* vg = vacc + (gi - g0) * per_group;
+        for (i64 j = 0; j < g.Fg; ++j) {
+          const i64 f = gi * g.Fg + j;
+          for (i64 c = 0; c < g.Cg; ++c) {
+            const float* vjc = vg + (j * g.Cg + c) * slots * 16;
+            for (i64 tp = 0; tp < taps; ++tp) dw[(f * g.Cg + c) * taps + tp] = lanes(vjc + 16 * tp);
+          }
+          if (db != nullptr) db[f] = lanes(vg + j * g.Cg * slots * 16 + 16 * taps);  // channel 0's
+        }
       }
-      if (db != nullptr) db[f] = lanes(vacc + j * g.Cg * slots * 16 + 16 * taps);  // channel 0's
     }
   });
 }

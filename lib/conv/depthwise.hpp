@@ -19,8 +19,8 @@
 //                                   dy[n][c*k+j] . (x-plane shifted by the tap); db the sums of dy
 // With Cg channels a group (1: depthwise), an output plane sums Cg (forward) or Fg (backward
 // data) plane correlations, added in order into the plane while it is in cache.
-// Work items are (image, group) (backward weights: groups, images summed in order inside an
-// item), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
+// Work items are (image, group) (backward weights: groups, images summed in order for each
+// group, chunks of groups read image by image), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
 // and the result does not depend on the thread count at all.
 #pragma once
 
@@ -103,6 +103,11 @@ void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
 /// the suite's layers in cache fill; mbv1_dw1's 12.8 MB y, mbv1_dw2_s2's 25.7 MB dx).
 inline constexpr i64 kDwStreamMinBytes = i64{8} << 20;
 
+/// Backward weights reads the planes of about this many (filter, channel) pairs image by image
+/// (adjacent in memory, unlike one channel's planes of successive images), their per-lane
+/// sums in scratch (64 x 10 slots x 64 bytes for 3x3: 40 KiB).
+inline constexpr i64 kDwWeightsChunkFilters = 64;
+
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
 
@@ -121,6 +126,7 @@ struct DwPlan {
   i64 k = 1;                ///< filters a group (depthwise: the channel multiplier)
   i64 items = 1;            ///< forward / backward data: N * groups; backward weights: groups
   i64 planes = 1;           ///< prepared planes of an item: Cg (backward data: Fg)
+  i64 chunk = 1;            ///< backward weights: groups whose planes are read image by image
   i64 vec_margin = 16;      ///< floats of margin on the right of every prepared row
   /// Prepared source plane: rows x (phases * row_q) floats, row stride ld.
   i64 rows = 0, phases = 1, row_q = 0, ld = 0;
