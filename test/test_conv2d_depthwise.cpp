@@ -54,7 +54,8 @@ Conv2dShape random_dw_shape(std::mt19937& rng) {
 
 }  // namespace
 
-TEST_CASE("depthwise: random depthwise and narrow-group shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
+TEST_CASE(
+    "depthwise: random depthwise and narrow-group shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
   std::mt19937 rng(20261203);
   constexpr int kShapes = 240;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
@@ -115,16 +116,16 @@ TEST_CASE("depthwise: the kernels of every ISA agree with their reference twins"
     im2gemm::detail::dw_plane_twin(DwPlane{want.data(), OW + 5, OH, OW, src.data(), ld, sh, dh,
                                            w.data(), kh, kw, off.data(), init, accumulate});
     std::vector<float> dwant(static_cast<std::size_t>(16 * (kh * kw + 1)), 0.0f);
-    im2gemm::detail::dw_dots_twin(DwDots{dy.data(), src.data(), OH, OW, ld, sh, dh, kh, kw,
-                                         off.data(), dwant.data()});
+    im2gemm::detail::dw_dots_twin(
+        DwDots{dy.data(), src.data(), OH, OW, ld, sh, dh, kh, kw, off.data(), dwant.data()});
     // Copy: a row of n from a source at a stride (the source holds exactly what is read).
     const int64_t n = pick(1, 80), stride = pick(1, 3);
     const auto gsrc = fill(static_cast<std::size_t>((n - 1) * stride + 1), seed + 5);
     std::vector<float> gwant(static_cast<std::size_t>(n) + 16, 0.0f);
     im2gemm::detail::dw_copy_twin(gwant.data(), gsrc.data(), n, stride);
     for (Isa isa : cpu_isas()) {
-      INFO("trial " << trial << " " << im2gemm::detail::isa_name(isa) << " kh " << kh << " kw " << kw
-                    << " OH " << OH << " OW " << OW << " ints " << ints);
+      INFO("trial " << trial << " " << im2gemm::detail::isa_name(isa) << " kh " << kh << " kw "
+                    << kw << " OH " << OH << " OW " << OW << " ints " << ints);
       const auto& k = im2gemm::detail::dw_kernels(isa);
       std::vector<float> got = start_out;
       k.plane(DwPlane{got.data(), OW + 5, OH, OW, src.data(), ld, sh, dh, w.data(), kh, kw,
@@ -146,15 +147,27 @@ TEST_CASE("depthwise: the kernels of every ISA agree with their reference twins"
 }
 
 TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 threads") {
-  Conv2dShape s{.batch = 3, .in_channels = 13, .in_height = 19, .in_width = 37, .out_channels = 26,
-                .kernel_height = 3, .kernel_width = 3, .stride_height = 2, .stride_width = 2,
-                .pad_height = 1, .pad_width = 1, .groups = 13};
+  Conv2dShape s{.batch = 3,
+                .in_channels = 13,
+                .in_height = 19,
+                .in_width = 37,
+                .out_channels = 26,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .stride_height = 2,
+                .stride_width = 2,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = 13};
   const auto d = convcases::make_data(s, 5, false);
   im2gemm::detail::set_min_macs_per_thread(1);
   for (Isa isa : cpu_isas()) {
-    const auto a = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
-    const auto b = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
-    const auto one = convcases::run_with({GemmBackend::automatic, isa, 1}, s, d, Activation::tanh, true);
+    const auto a =
+        convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
+    const auto b =
+        convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
+    const auto one =
+        convcases::run_with({GemmBackend::automatic, isa, 1}, s, d, Activation::tanh, true);
     for (const auto* o : {&b, &one}) {
       CHECK(testutil::bitwise_equal(a.y, o->y));
       CHECK(testutil::bitwise_equal(a.dx, o->dx));
@@ -165,7 +178,8 @@ TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 thread
   im2gemm::detail::set_min_macs_per_thread(0);
 }
 
-TEST_CASE("depthwise: the plan takes the direct path on the grouped suite's depthwise and narrow-group layers (not AlexNet's 2 groups), within the scratch bound") {
+TEST_CASE(
+    "depthwise: the plan takes the direct path on the grouped suite's depthwise and narrow-group layers (not AlexNet's 2 groups), within the scratch bound") {
   // name N C H W F KH KW SH SW PH PW G (../shared/suite/grouped.txt, inline)
   const int64_t L[][12] = {{8, 32, 112, 112, 32, 3, 3, 1, 1, 1, 1, 32},
                            {8, 64, 112, 112, 64, 3, 3, 2, 2, 1, 1, 64},
@@ -173,12 +187,20 @@ TEST_CASE("depthwise: the plan takes the direct path on the grouped suite's dept
                            {8, 1024, 7, 7, 1024, 3, 3, 1, 1, 1, 1, 1024},
                            {1, 144, 56, 56, 144, 3, 3, 1, 1, 1, 1, 144},
                            {4, 32, 112, 112, 64, 5, 5, 1, 1, 2, 2, 32},  // channel multiplier 2
-                           {8, 128, 56, 56, 128, 3, 3, 1, 1, 1, 1, 32},   // ResNeXt: 4 a group
-                           {8, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2}};    // AlexNet conv2: GEMM
+                           {8, 128, 56, 56, 128, 3, 3, 1, 1, 1, 1, 32},  // ResNeXt: 4 a group
+                           {8, 96, 27, 27, 256, 5, 5, 1, 1, 2, 2, 2}};   // AlexNet conv2: GEMM
   for (const auto& r : L) {
-    Conv2dShape s{.batch = r[0], .in_channels = r[1], .in_height = r[2], .in_width = r[3],
-                  .out_channels = r[4], .kernel_height = r[5], .kernel_width = r[6],
-                  .stride_height = r[7], .stride_width = r[8], .pad_height = r[9], .pad_width = r[10],
+    Conv2dShape s{.batch = r[0],
+                  .in_channels = r[1],
+                  .in_height = r[2],
+                  .in_width = r[3],
+                  .out_channels = r[4],
+                  .kernel_height = r[5],
+                  .kernel_width = r[6],
+                  .stride_height = r[7],
+                  .stride_width = r[8],
+                  .pad_height = r[9],
+                  .pad_width = r[10],
                   .groups = r[11]};
     INFO(testutil::describe(s));
     const bool dw = s.groups == s.in_channels || s.in_channels / s.groups <= 8;
@@ -199,28 +221,44 @@ TEST_CASE("depthwise: the plan takes the direct path on the grouped suite's dept
     }
   }
   // groups == in_channels == 1 is an ordinary convolution: GEMM.
-  Conv2dShape one{.batch = 2, .in_channels = 1, .in_height = 28, .in_width = 28, .out_channels = 20,
-                  .kernel_height = 5, .kernel_width = 5};
-  CHECK(im2gemm::detail::conv_path(one, ConvPass::forward, {GemmBackend::automatic, Isa::avx512, 2}) ==
-        ConvPath::gemm);
+  Conv2dShape one{.batch = 2,
+                  .in_channels = 1,
+                  .in_height = 28,
+                  .in_width = 28,
+                  .out_channels = 20,
+                  .kernel_height = 5,
+                  .kernel_width = 5};
+  CHECK(im2gemm::detail::conv_path(one, ConvPass::forward,
+                                   {GemmBackend::automatic, Isa::avx512, 2}) == ConvPath::gemm);
 }
 
 TEST_CASE("depthwise: a scratch allocation that fails writes nothing and throws std::bad_alloc") {
-  Conv2dShape s{.batch = 2, .in_channels = 16, .in_height = 41, .in_width = 53, .out_channels = 32,
-                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1, .groups = 16};
+  Conv2dShape s{.batch = 2,
+                .in_channels = 16,
+                .in_height = 41,
+                .in_width = 53,
+                .out_channels = 32,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = 16};
   const auto d = convcases::make_data(s, 9, true);
   im2gemm::detail::set_min_macs_per_thread(1);
   const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2};
-  for (ConvPass pass : kPasses) REQUIRE(im2gemm::detail::conv_path(s, pass, o) == ConvPath::depthwise);
+  for (ConvPass pass : kPasses)
+    REQUIRE(im2gemm::detail::conv_path(s, pass, o) == ConvPath::depthwise);
   for (int bad : {0, 1}) {
     im2gemm::detail::set_fail_scratch_thread(bad);
     std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
     std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
     std::vector<float> dw(static_cast<std::size_t>(s.w_size()), testutil::kSentinel);
     std::vector<float> db(static_cast<std::size_t>(s.out_channels), testutil::kSentinel);
-    CHECK_THROWS_AS(im2gemm::detail::conv2d_forward_with(o, s, d.x, d.w, d.bias, y, Activation::relu),
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_forward_with(o, s, d.x, d.w, d.bias, y,
+                                                         Activation::relu),
                     std::bad_alloc);
-    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_data_with(o, s, d.dy, d.w, dx, Activation::relu, d.xact),
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_data_with(o, s, d.dy, d.w, dx,
+                                                               Activation::relu, d.xact),
                     std::bad_alloc);
     CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_weights_with(o, s, d.x, d.dy, dw, db),
                     std::bad_alloc);
@@ -232,15 +270,25 @@ TEST_CASE("depthwise: a scratch allocation that fails writes nothing and throws 
   im2gemm::detail::set_min_macs_per_thread(0);
 }
 
-TEST_CASE("depthwise: non-finite values give the reference's NaNs (padding multiplies, stuffed zeros do not)") {
-  Conv2dShape s{.batch = 2, .in_channels = 3, .in_height = 9, .in_width = 21, .out_channels = 6,
-                .kernel_height = 3, .kernel_width = 3, .stride_height = 2, .stride_width = 2,
-                .pad_height = 1, .pad_width = 1, .groups = 3};
+TEST_CASE(
+    "depthwise: non-finite values give the reference's NaNs (padding multiplies, stuffed zeros do not)") {
+  Conv2dShape s{.batch = 2,
+                .in_channels = 3,
+                .in_height = 9,
+                .in_width = 21,
+                .out_channels = 6,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .stride_height = 2,
+                .stride_width = 2,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = 3};
   const float inf = std::numeric_limits<float>::infinity();
   auto d = convcases::make_data(s, 11, true);
-  d.w[4] = inf;        // a weight of filter 0: faces the padding in forward
-  d.x[30] = -inf;      // an input cell
-  d.dy[7] = inf;       // a dy cell: faces the padding in backward weights
+  d.w[4] = inf;    // a weight of filter 0: faces the padding in forward
+  d.x[30] = -inf;  // an input cell
+  d.dy[7] = inf;   // a dy cell: faces the padding in backward weights
   const auto want = convcases::run_ref(s, d, Activation::identity, true);
   for (Isa isa : cpu_isas()) {
     for (int threads : {1, 2}) {
@@ -257,15 +305,24 @@ TEST_CASE("depthwise: non-finite values give the reference's NaNs (padding multi
 
 TEST_CASE("depthwise: outputs of 8 MiB and more (non-temporal stores) are exact too") {
   // 32 planes of 256 x 257: rows alternate between 16-byte aligned and not.
-  Conv2dShape s{.batch = 1, .in_channels = 32, .in_height = 256, .in_width = 257, .out_channels = 32,
-                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1, .groups = 32};
+  Conv2dShape s{.batch = 1,
+                .in_channels = 32,
+                .in_height = 256,
+                .in_width = 257,
+                .out_channels = 32,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = 32};
   REQUIRE(im2gemm::detail::plan_depthwise(s, 0, 2).stream);
   REQUIRE(im2gemm::detail::plan_depthwise(s, 1, 2).stream);
   const auto d = convcases::make_data(s, 21, true);
   const auto want = convcases::run_ref(s, d, Activation::identity, true);
   for (Isa isa : cpu_isas()) {
     INFO(im2gemm::detail::isa_name(isa));
-    const auto got = convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::identity, true);
+    const auto got =
+        convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::identity, true);
     CHECK(convcases::compare(s, got, want, true) == 3);
   }
 }

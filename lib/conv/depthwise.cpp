@@ -28,11 +28,11 @@ i64 table_floats(i64 n) { return round_up(2 * n, 16); }
 struct Geo {
   i64 N, C, H, W, F, G, Cg, Fg, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
   explicit Geo(const Conv2dShape& s)
-      : N(s.batch), C(s.in_channels), H(s.in_height), W(s.in_width), F(s.out_channels),
-        G(s.groups), Cg(s.in_channels / s.groups), Fg(s.out_channels / s.groups),
-        KH(s.kernel_height), KW(s.kernel_width),
-        SH(s.stride_height), SW(s.stride_width), PH(s.pad_height), PW(s.pad_width),
-        DH(s.dilation_height), DW(s.dilation_width), OH(s.out_height()), OW(s.out_width()) {}
+      : N(s.batch), C(s.in_channels), H(s.in_height), W(s.in_width), F(s.out_channels), G(s.groups),
+        Cg(s.in_channels / s.groups), Fg(s.out_channels / s.groups), KH(s.kernel_height),
+        KW(s.kernel_width), SH(s.stride_height), SW(s.stride_width), PH(s.pad_height),
+        PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width), OH(s.out_height()),
+        OW(s.out_width()) {}
 };
 
 // Lays the (H x W) plane xp out as p.rows prepared rows: row r is input row r - PH (zeros
@@ -87,7 +87,8 @@ template <class Body>
 void run_items(const DwPlan& p, Body&& body) {
   run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
                    [&](i64 t, i64 nthr, float* scratch) {
-                     const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+                     const i64 a = part_begin(t, nthr, p.items),
+                               b = part_begin(t + 1, nthr, p.items);
                      for (i64 it = a; it < b; ++it) body(it, scratch, it == a);
                      if (p.stream) _mm_sfence();  // non-temporal stores done before the join
                    });
@@ -118,8 +119,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   p.vec_margin = kVec;
   p.items = pass == 2 ? g.G : g.N * g.G;
   const i64 macs = g.N * g.F * g.Cg * g.OH * g.OW * g.KH * g.KW;
-  p.threads = static_cast<int>(std::max<i64>(
-      1, std::min<i64>({i64{std::max(threads, 1)}, p.items, macs / min_macs_per_thread()})));
+  p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
+                                                               macs / min_macs_per_thread()})));
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const i64 taps = g.KH * g.KW;
   const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
@@ -150,8 +151,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   return p;
 }
 
-void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x,
-                       const float* w, const float* bias, float* y, Activation act) {
+void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
+                       const float* bias, float* y, Activation act) {
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
@@ -191,7 +192,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
-    float* planes = scratch;  // the group's Fg prepared dy planes
+    float* planes = scratch;                          // the group's Fg prepared dy planes
     float* wflip = planes + p.planes * psize + kVec;  // [j][c] filters rotated by 180 degrees
     auto* off = reinterpret_cast<i64*>(wflip + round_up(g.Fg * g.Cg * taps, 16));
     const float* wg = w + gi * g.Fg * g.Cg * taps;
@@ -221,51 +222,55 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.rows * p.ld;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
-  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
-    float* planes = scratch;
-    auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
-    float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [group][j][c] slots
-    for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
-    plane_zero(p, planes);
-    const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
-    // Chunks of groups, image by image: the planes of a chunk are adjacent in memory. Each
-    // group's sums still run over the images in order: independent of threads and chunks.
-    for (i64 g0 = a; g0 < b; g0 += p.chunk) {
-      const i64 g1 = std::min(b, g0 + p.chunk);
-      std::fill(vacc, vacc + (g1 - g0) * per_group, 0.0f);
-      for (i64 n = 0; n < g.N; ++n) {
-        for (i64 gi = g0; gi < g1; ++gi) {
-          for (i64 c = 0; c < g.Cg; ++c) {
-            prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W, planes + c * psize);
+  run_with_scratch(
+      p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
+        float* planes = scratch;
+        auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
+        float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [group][j][c] slots
+        for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
+        plane_zero(p, planes);
+        const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+        // Chunks of groups, image by image: the planes of a chunk are adjacent in memory. Each
+        // group's sums still run over the images in order: independent of threads and chunks.
+        for (i64 g0 = a; g0 < b; g0 += p.chunk) {
+          const i64 g1 = std::min(b, g0 + p.chunk);
+          std::fill(vacc, vacc + (g1 - g0) * per_group, 0.0f);
+          for (i64 n = 0; n < g.N; ++n) {
+            for (i64 gi = g0; gi < g1; ++gi) {
+              for (i64 c = 0; c < g.Cg; ++c) {
+                prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W,
+                              planes + c * psize);
+              }
+              for (i64 j = 0; j < g.Fg; ++j) {
+                const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
+                for (i64 c = 0; c < g.Cg; ++c) {
+                  kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
+                                   static_cast<int>(g.KH), static_cast<int>(g.KW), off,
+                                   vacc + (gi - g0) * per_group + (j * g.Cg + c) * slots * 16});
+                }
+              }
+            }
           }
-          for (i64 j = 0; j < g.Fg; ++j) {
-            const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
-            for (i64 c = 0; c < g.Cg; ++c) {
-              kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
-                               static_cast<int>(g.KH), static_cast<int>(g.KW), off,
-                               vacc + (gi - g0) * per_group + (j * g.Cg + c) * slots * 16});
+          auto lanes = [](const float* v) {
+            float sum = 0.0f;
+            for (int l = 0; l < 16; ++l) sum += v[l];
+            return sum;
+          };
+          for (i64 gi = g0; gi < g1; ++gi) {
+            const float* vg = vacc + (gi - g0) * per_group;
+            for (i64 j = 0; j < g.Fg; ++j) {
+              const i64 f = gi * g.Fg + j;
+              for (i64 c = 0; c < g.Cg; ++c) {
+                const float* vjc = vg + (j * g.Cg + c) * slots * 16;
+                for (i64 tp = 0; tp < taps; ++tp)
+                  dw[(f * g.Cg + c) * taps + tp] = lanes(vjc + 16 * tp);
+              }
+              if (db != nullptr)
+                db[f] = lanes(vg + j * g.Cg * slots * 16 + 16 * taps);  // channel 0's
             }
           }
         }
-      }
-      auto lanes = [](const float* v) {
-        float sum = 0.0f;
-        for (int l = 0; l < 16; ++l) sum += v[l];
-        return sum;
-      };
-      for (i64 gi = g0; gi < g1; ++gi) {
-        const float* vg = vacc + (gi - g0) * per_group;
-        for (i64 j = 0; j < g.Fg; ++j) {
-          const i64 f = gi * g.Fg + j;
-          for (i64 c = 0; c < g.Cg; ++c) {
-            const float* vjc = vg + (j * g.Cg + c) * slots * 16;
-            for (i64 tp = 0; tp < taps; ++tp) dw[(f * g.Cg + c) * taps + tp] = lanes(vjc + 16 * tp);
-          }
-          if (db != nullptr) db[f] = lanes(vg + j * g.Cg * slots * 16 + 16 * taps);  // channel 0's
-        }
-      }
-    }
-  });
+      });
 }
 
 }  // namespace im2gemm::detail

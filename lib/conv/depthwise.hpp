@@ -143,8 +143,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd 
 /// The passes (shape valid, spans checked; nothing else is checked here). Same contract as
 /// the public functions. Backward data requires finite weights (the zero-stuffed dy would turn
 /// an infinite weight into NaN where the reference adds nothing): the caller checks.
-void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x,
-                       const float* w, const float* bias, float* y, Activation act);
+void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
+                       const float* bias, float* y, Activation act);
 void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
                              const float* w, float* dx, Activation act, const float* x);
 void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,

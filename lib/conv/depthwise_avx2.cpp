@@ -29,7 +29,8 @@ struct Avx2 {
     return _mm256_maskload_ps(p, m);
   }
   static F even(const float* p) {  // p[0], p[2], ..., p[14]
-    const F s = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    const F s =
+        _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
   static void stream(float* p, F v) {  // two 16-byte halves: rows need only 16-byte alignment

@@ -24,7 +24,8 @@ struct Avx512 {
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask(hi) & ~mask(lo)), p);
   }
   static F even(const float* p) {  // p[0], p[2], ..., p[30]
-    const __m512i idx = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i idx =
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     return _mm512_permutex2var_ps(_mm512_loadu_ps(p), idx, _mm512_loadu_ps(p + 16));
   }
   // Four 16-byte quarters (rows need only 16-byte alignment); the masked extracts: the plain
@@ -57,7 +58,9 @@ struct Avx512 {
 
 void plane_avx512(const DwPlane& a) { plane<Avx512>(a); }
 void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
-void copy_avx512(float* d, const float* src, i64 n, i64 stride) { copy_row<Avx512>(d, src, n, stride); }
+void copy_avx512(float* d, const float* src, i64 n, i64 stride) {
+  copy_row<Avx512>(d, src, n, stride);
+}
 
 }  // namespace
 

@@ -31,7 +31,9 @@ struct Scalar {
 
 void plane_scalar(const DwPlane& a) { plane<Scalar>(a); }
 void dots_scalar(const DwDots& a) { dots<Scalar>(a); }
-void copy_scalar(float* d, const float* src, i64 n, i64 stride) { copy_row<Scalar>(d, src, n, stride); }
+void copy_scalar(float* d, const float* src, i64 n, i64 stride) {
+  copy_row<Scalar>(d, src, n, stride);
+}
 
 }  // namespace
 
