@@ -151,5 +151,11 @@ TEST_CASE("engines: auto gives forward to the packed engine by row length agains
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
+    // Backward weights: packed on 16-lane panels for planes of >= 256 pixels only.
+    const auto bww = [&](const Conv2dShape& s) {
+      return im2gemm::detail::conv_backend(s, ConvPass::backward_weights, o);
+    };
+    CHECK(bww(vgg) == narrow);
+    CHECK(bww(lenet2) == GemmBackend::openblas);
   }
 }

@@ -521,13 +521,19 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
                         s.out_channels / s.groups * khw >= kMinPackedK && !is_conv1x1_s1_p0_d1(s);
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
-    case ConvPass::backward_weights:
+    case ConvPass::backward_weights: {
       // The openblas path's im2col blocks, partial sums and reductions; the GEMM of each block
-      // on the chosen backend (gemm::sgemm_nt on the packed engine).
-      // automatic: openblas. In bench_conv the engine's transposing pack (a scalar copy) made
-      // this pass slower than OpenBLAS's own packing on most suite layers (vgg_conv1_2 48 vs
-      // 141 GFLOP/s, vgg_conv3_2 113 vs 151): IM2GEMM_GEMM=packed only.
-      return o.backend == GemmBackend::packed ? GemmBackend::packed : GemmBackend::openblas;
+      // on the chosen backend (gemm::sgemm_nt on the packed engine, whose B pack transposes
+      // with AVX2). Automatic: packed for a K that amortises a tile's set-up and planes of at
+      // least kMinPackedWeightsPixels output pixels (the per-image GEMM's summed index), on
+      // 16-lane panels only: on AVX-512's 48-lane panels it was measured behind (before the
+      // AVX2 transposing pack; not re-measured, that machine was not available).
+      if (o.backend != GemmBackend::automatic) return o.backend;
+      const bool narrow = gemm::config(o.isa).nr <= kMaxNarrowPanelLanes;
+      const bool fits = narrow && s.in_channels / s.groups * khw >= kMinPackedK &&
+                        s.out_height() * s.out_width() >= kMinPackedWeightsPixels;
+      return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
+    }
   }
   return GemmBackend::openblas;
 }

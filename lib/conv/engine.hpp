@@ -22,8 +22,8 @@ struct ConvOptions {
 ConvOptions default_conv_options();
 
 /// Which backend a pass of this (valid) shape runs under the options: packed or openblas
-/// (never automatic). The packed engine serves forward, and backward data at stride 1;
-/// backward weights and strided backward data run the openblas path on every backend.
+/// (never automatic). The packed engine serves forward, backward data at stride 1 (strided
+/// backward data runs the openblas path on every backend) and the GEMMs of backward weights.
 /// Automatic: packed where it measured ahead (plan.hpp: row length against the micro-panel
 /// width, kMinPackedK, kMinPackedBackwardDataChannels; strides of at most 2) on an AVX2 or
 /// AVX-512 CPU, openblas elsewhere.
