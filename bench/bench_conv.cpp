@@ -44,8 +44,8 @@ namespace {
 using im2gemm::Conv2dShape;
 using std::int64_t;
 
-constexpr double kMinTime = 0.3;              // seconds per repetition
-constexpr double kMaxReferenceMacs = 3.0e8;   // the reference runs only below this
+constexpr double kMinTime = 0.3;             // seconds per repetition
+constexpr double kMaxReferenceMacs = 3.0e8;  // the reference runs only below this
 
 enum Pass { kFwd, kBwdData, kBwdWeights, kPasses };
 const char* const kPassNames[kPasses] = {"fwd", "bwd_data", "bwd_weights"};
@@ -55,21 +55,22 @@ const char* const kPassNames[kPasses] = {"fwd", "bwd_data", "bwd_weights"};
 // memcpy: a copy of the pass's bytes, rated with the pass's FLOP count (so that its rate over
 // the pass's rate is the pass's time over the copy's).
 enum Impl { kIm2gemm, kSgemm, kDnnl, kRef, kIm2gemm1t, kPacked, kOpenblas, kMemcpy, kImpls };
-const char* const kImplNames[kImpls] = {"im2gemm", "sgemm", "onednn", "ref", "im2gemm_1t",
-                                        "packed", "openblas", "memcpy"};
+const char* const kImplNames[kImpls] = {"im2gemm",    "sgemm",  "onednn",   "ref",
+                                        "im2gemm_1t", "packed", "openblas", "memcpy"};
 
 using im2gemm::bench::random_vec;
 
 double flops(const Conv2dShape& s) { return 2.0 * static_cast<double>(s.macs()); }
 
 void set_rate(benchmark::State& st, const Conv2dShape& s) {
-  st.counters["GFLOP/s"] = benchmark::Counter(flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(flops(s) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- im2gemm and the reference ---------------------------------------------------------
 
-void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool reference,
-                 int threads, Impl forced = kIm2gemm) {
+void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool reference, int threads,
+                 Impl forced = kIm2gemm) {
   im2gemm::set_num_threads(threads);
   // Only the tensors of the pass (the peak memory of a one-layer run is reported).
   const auto x = pass == kBwdData ? std::vector<float>() : random_vec(s.x_size(), 1);
@@ -91,7 +92,8 @@ void run_im2gemm(benchmark::State& st, const Conv2dShape& s, Pass pass, bool ref
                            d::isa_env_cap(), threads};
     for (auto _ : st) {
       if (pass == kFwd) d::conv2d_forward_with(o, s, x, w, b, out, im2gemm::Activation::identity);
-      if (pass == kBwdData) d::conv2d_backward_data_with(o, s, in2, w, out, im2gemm::Activation::identity, {});
+      if (pass == kBwdData)
+        d::conv2d_backward_data_with(o, s, in2, w, out, im2gemm::Activation::identity, {});
       if (pass == kBwdWeights) d::conv2d_backward_weights_with(o, s, x, in2, out, db);
       benchmark::ClobberMemory();
     }
@@ -169,14 +171,14 @@ void run_sgemm(benchmark::State& st, const Conv2dShape& s, Pass pass, int thread
                         y.data() + (n * s.out_channels + g * Fg) * P, M(P));
             break;
           case kBwdData:
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M(K), M(P), M(Fg), 1.0f, wg,
-                        M(K), dy.data() + (n * s.out_channels + g * Fg) * P, M(P), 0.0f,
-                        col.data(), M(P));
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M(K), M(P), M(Fg), 1.0f, wg, M(K),
+                        dy.data() + (n * s.out_channels + g * Fg) * P, M(P), 0.0f, col.data(),
+                        M(P));
             break;
           default:
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M(Fg), M(K), M(P), 1.0f,
-                        dy.data() + (n * s.out_channels + g * Fg) * P, M(P), lowered.data(),
-                        M(P), n == 0 ? 0.0f : 1.0f, dw.data() + g * Fg * K, M(K));
+                        dy.data() + (n * s.out_channels + g * Fg) * P, M(P), lowered.data(), M(P),
+                        n == 0 ? 0.0f : 1.0f, dw.data() + g * Fg * K, M(K));
             break;
         }
       }
@@ -200,16 +202,18 @@ void run_dnnl(benchmark::State& st, const Conv2dShape& s, Pass pass, int threads
   const memory::dims src_dims = {s.batch, s.in_channels, s.in_height, s.in_width};
   const memory::dims dst_dims = {s.batch, s.out_channels, OH, OW};
   const memory::dims w_dims =
-      G == 1 ? memory::dims{s.out_channels, s.in_channels, s.kernel_height, s.kernel_width}
-             : memory::dims{G, s.out_channels / G, s.in_channels / G, s.kernel_height,
-                            s.kernel_width};
+      G == 1
+          ? memory::dims{s.out_channels, s.in_channels, s.kernel_height, s.kernel_width}
+          : memory::dims{G, s.out_channels / G, s.in_channels / G, s.kernel_height, s.kernel_width};
   const memory::dims b_dims = {s.out_channels};
   const memory::dims strides = {s.stride_height, s.stride_width};
   const memory::dims dil = {s.dilation_height - 1, s.dilation_width - 1};
   const memory::dims pad_l = {s.pad_height, s.pad_width};
-  const memory::dims pad_r = {
-      (OH - 1) * s.stride_height + (s.kernel_height - 1) * s.dilation_height + 1 - s.in_height - s.pad_height,
-      (OW - 1) * s.stride_width + (s.kernel_width - 1) * s.dilation_width + 1 - s.in_width - s.pad_width};
+  const memory::dims pad_r = {(OH - 1) * s.stride_height +
+                                  (s.kernel_height - 1) * s.dilation_height + 1 - s.in_height -
+                                  s.pad_height,
+                              (OW - 1) * s.stride_width + (s.kernel_width - 1) * s.dilation_width +
+                                  1 - s.in_width - s.pad_width};
   const memory::desc user_src(src_dims, dt::f32, tag::nchw), user_dst(dst_dims, dt::f32, tag::nchw);
   const memory::desc user_w(w_dims, dt::f32, G == 1 ? tag::oihw : tag::goihw);
   const memory::desc user_b(b_dims, dt::f32, tag::x);
@@ -218,8 +222,9 @@ void run_dnnl(benchmark::State& st, const Conv2dShape& s, Pass pass, int threads
 
   const auto x = random_vec(s.x_size(), 1), w = random_vec(s.w_size(), 2);
   const auto b = random_vec(s.out_channels, 3), dyv = random_vec(s.y_size(), 4);
-  std::vector<float> out(static_cast<std::size_t>(
-      pass == kFwd ? s.y_size() : pass == kBwdData ? s.x_size() : s.w_size()));
+  std::vector<float> out(static_cast<std::size_t>(pass == kFwd       ? s.y_size()
+                                                  : pass == kBwdData ? s.x_size()
+                                                                     : s.w_size()));
   std::vector<float> db(static_cast<std::size_t>(s.out_channels));
   memory m_x(user_src, eng, const_cast<float*>(x.data()));
   memory m_w(user_w, eng, const_cast<float*>(w.data()));
@@ -336,18 +341,21 @@ double geomean(const std::vector<double>& v) {
 
 void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench::NamedConv>& layers,
                    const std::set<int>& passes, int threads, double peak, bool grouped) {
-  std::printf("\nconv summary: GFLOP/s = 2*N*F*OH*OW*C/groups*KH*KW per pass / median real time, "
-              "%d threads (1t: one thread); FMA peak measured here %.1f GFLOP/s.\n",
-              threads, peak);
+  std::printf(
+      "\nconv summary: GFLOP/s = 2*N*F*OH*OW*C/groups*KH*KW per pass / median real time, "
+      "%d threads (1t: one thread); FMA peak measured here %.1f GFLOP/s.\n",
+      threads, peak);
   std::printf("%s\n%s\n", im2gemm::blas_info().summary().c_str(),
               im2gemm::engine_info().summary().c_str());
-  std::printf("targets: x_sgemm >= 1.0 every row; geomean x_oneDNN >= 1.15 per pass; bwd_data "
-              "x_oneDNN >= 2 on lenet_conv1, alexnet_conv1, resnet_conv1; lenet_conv2 fwd "
-              "x_ref_1t >= 100\n");
+  std::printf(
+      "targets: x_sgemm >= 1.0 every row; geomean x_oneDNN >= 1.15 per pass; bwd_data "
+      "x_oneDNN >= 2 on lenet_conv1, alexnet_conv1, resnet_conv1; lenet_conv2 fwd "
+      "x_ref_1t >= 100\n");
   if (grouped) {
-    std::printf("grouped suite: targets geomean x_oneDNN >= 2 per pass; x_memcpy >= 0.5 on every "
-                "depthwise layer and pass (x_memcpy = memcpy time of input+output+weights bytes / "
-                "pass time)\n");
+    std::printf(
+        "grouped suite: targets geomean x_oneDNN >= 2 per pass; x_memcpy >= 0.5 on every "
+        "depthwise layer and pass (x_memcpy = memcpy time of input+output+weights bytes / "
+        "pass time)\n");
   }
   std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8s %9s %9s %9s %9s %9s%s\n", "layer", "pass",
               "im2gemm", "%peak", "packed", "openblas", "sgemm", "x_sgemm", "oneDNN", "x_oneDNN",
@@ -357,7 +365,8 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
     for (const auto& l : layers) {
       const auto g = [&](Impl i) { return rep.get(bench_name(l.name, static_cast<Pass>(p), i)); };
       // im2gemm: the public call; when it was not run, the packed backend stands in.
-      const double ours = g(kIm2gemm) > 0 ? g(kIm2gemm) : g(kPacked), sg = g(kSgemm), dn = g(kDnnl), one = g(kIm2gemm1t), ref = g(kRef);
+      const double ours = g(kIm2gemm) > 0 ? g(kIm2gemm) : g(kPacked), sg = g(kSgemm), dn = g(kDnnl),
+                   one = g(kIm2gemm1t), ref = g(kRef);
       if (ours <= 0.0) continue;
       const double xs = sg > 0 ? ours / sg : 0.0, xd = dn > 0 ? ours / dn : 0.0;
       if (xs > 0) x_sg.push_back(xs);
@@ -373,8 +382,8 @@ void print_summary(const SummaryReporter& rep, const std::vector<im2gemm::bench:
       if (const double mc = g(kMemcpy); grouped && mc > 0) std::printf(" %9.2f", ours / mc);
       std::printf("\n");
     }
-    std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8.2f %9s %9.2f   (geometric means)\n",
-                "geomean", kPassNames[p], "", "", "", "", "", geomean(x_sg), "", geomean(x_dnn));
+    std::printf("%-14s %-11s %9s %6s %8s %8s %9s %8.2f %9s %9.2f   (geometric means)\n", "geomean",
+                kPassNames[p], "", "", "", "", "", geomean(x_sg), "", geomean(x_dnn));
   }
 }
 
@@ -395,7 +404,8 @@ std::set<std::string> csv_option(int& argc, char** argv, const std::string& flag
   std::size_t pos = 0;
   while (!value.empty() && pos <= value.size()) {
     const std::size_t comma = value.find(',', pos);
-    const std::string item = value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    const std::string item =
+        value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     if (!item.empty()) items.insert(item);
     if (comma == std::string::npos) break;
     pos = comma + 1;
@@ -416,7 +426,8 @@ int main(int argc, char** argv) {
   std::vector<char*> args(argv, argv + argc);
   bool interleave_given = false;
   for (int i = 1; i < argc; ++i) {
-    interleave_given |= std::string(argv[i]).rfind("--benchmark_enable_random_interleaving", 0) == 0;
+    interleave_given |= std::string(argv[i]).rfind("--benchmark_enable_random_interleaving", 0) ==
+                        0;
   }
   static char interleave[] = "--benchmark_enable_random_interleaving=true";
   if (!interleave_given) args.push_back(interleave);
@@ -461,17 +472,22 @@ int main(int argc, char** argv) {
 #ifndef IM2GEMM_HAVE_DNNL
         if (i == kDnnl) continue;
 #endif
-        if ((i == kRef || i == kIm2gemm1t) && static_cast<double>(s.macs()) > kMaxReferenceMacs) continue;
+        if ((i == kRef || i == kIm2gemm1t) && static_cast<double>(s.macs()) > kMaxReferenceMacs)
+          continue;
         benchmark::RegisterBenchmark(bench_name(l.name, p, i).c_str(),
                                      [s, p, i, threads](benchmark::State& st) {
                                        switch (i) {
-                                         case kIm2gemm: run_im2gemm(st, s, p, false, threads); break;
+                                         case kIm2gemm:
+                                           run_im2gemm(st, s, p, false, threads);
+                                           break;
                                          case kIm2gemm1t: run_im2gemm(st, s, p, false, 1); break;
                                          case kRef: run_im2gemm(st, s, p, true, 1); break;
                                          case kSgemm: run_sgemm(st, s, p, threads); break;
                                          case kMemcpy: run_memcpy(st, s, p, threads); break;
                                          case kPacked:
-                                         case kOpenblas: run_im2gemm(st, s, p, false, threads, i); break;
+                                         case kOpenblas:
+                                           run_im2gemm(st, s, p, false, threads, i);
+                                           break;
 #ifdef IM2GEMM_HAVE_DNNL
                                          case kDnnl: run_dnnl(st, s, p, threads); break;
 #endif

@@ -120,10 +120,11 @@ int main(int argc, char** argv) {
   for (const auto& l : layers) {
     for (bool packed : {true, false}) {
       const auto s = l.shape;
-      benchmark::RegisterBenchmark(("driver/" + l.name + (packed ? "/packed" : "/openblas")).c_str(),
-                                   [s, packed, threads, best](benchmark::State& st) {
-                                     run_driver(st, s, packed, threads, best);
-                                   })
+      benchmark::RegisterBenchmark(
+          ("driver/" + l.name + (packed ? "/packed" : "/openblas")).c_str(),
+          [s, packed, threads, best](benchmark::State& st) {
+            run_driver(st, s, packed, threads, best);
+          })
           ->UseRealTime()
           ->Unit(benchmark::kMillisecond)
           ->MinTime(0.2);
@@ -135,13 +136,14 @@ int main(int argc, char** argv) {
   benchmark::RunSpecifiedBenchmarks(&rep);
   std::printf("\ngemm summary (medians); %s\n%s\n", im2gemm::blas_info().summary().c_str(),
               im2gemm::engine_info().summary().c_str());
-  std::printf("target: micro-kernel >= 90%% of the FMA peak of its ISA (one thread, hot in cache;\n"
-              "both timed by the thread's CPU clock, so other load on the machine cancels out)\n");
+  std::printf(
+      "target: micro-kernel >= 90%% of the FMA peak of its ISA (one thread, hot in cache;\n"
+      "both timed by the thread's CPU clock, so other load on the machine cancels out)\n");
   for (Isa isa : isas) {
     const std::string name = gemm::config(isa).name;
     const double g = rep.median["ukernel/" + name];
-    std::printf("%-28s %8.1f GFLOP/s  FMA peak (1 thread, %s) %8.1f  fraction %.3f\n",
-                name.c_str(), g, im2gemm::detail::isa_name(isa), peak1[isa],
+    std::printf("%-28s %8.1f GFLOP/s  FMA peak (1 thread, %s) %8.1f  fraction %.3f\n", name.c_str(),
+                g, im2gemm::detail::isa_name(isa), peak1[isa],
                 peak1[isa] > 0 ? g / peak1[isa] : 0.0);
   }
   std::printf("\n%-14s %10s %10s %8s   (%d threads, per-image lowered forward GEMM, N calls)\n",

@@ -36,19 +36,24 @@ namespace {
 using im2gemm::MaxPool2dShape;
 
 constexpr int kRepetitions = 5;
-constexpr double kMinTime = 0.1;  // seconds per repetition: a short run is likelier to find the shared machine quiet
+constexpr double kMinTime =
+    0.1;  // seconds per repetition: a short run is likelier to find the shared machine quiet
 
-std::int64_t pool_bytes(const MaxPool2dShape& s) {
-  return 4 * (s.x_size() + 2 * s.y_size());
-}
+std::int64_t pool_bytes(const MaxPool2dShape& s) { return 4 * (s.x_size() + 2 * s.y_size()); }
 std::int64_t avg_bytes(const MaxPool2dShape& s) { return 4 * (s.x_size() + s.y_size()); }
 
 im2gemm::AvgPool2dShape avg_shape(const MaxPool2dShape& s) {
   im2gemm::AvgPool2dShape a;
-  a.batch = s.batch; a.channels = s.channels; a.in_height = s.in_height; a.in_width = s.in_width;
-  a.kernel_height = s.kernel_height; a.kernel_width = s.kernel_width;
-  a.stride_height = s.stride_height; a.stride_width = s.stride_width;
-  a.pad_height = s.pad_height; a.pad_width = s.pad_width;
+  a.batch = s.batch;
+  a.channels = s.channels;
+  a.in_height = s.in_height;
+  a.in_width = s.in_width;
+  a.kernel_height = s.kernel_height;
+  a.kernel_width = s.kernel_width;
+  a.stride_height = s.stride_height;
+  a.stride_width = s.stride_width;
+  a.pad_height = s.pad_height;
+  a.pad_width = s.pad_width;
   return a;
 }
 
@@ -113,8 +118,8 @@ PoolData& data_for(const im2gemm::bench::NamedPool& p) {
   const pooling_forward::desc fd(prop_kind::forward_training, algorithm::pooling_max, src_md,
                                  dst_md, strides, kernel, pad_l, pad_r);
   d->fwd_pd = pooling_forward::primitive_desc(fd, d->eng);
-  const pooling_backward::desc bd(algorithm::pooling_max, src_md, dst_md, strides, kernel,
-                                  pad_l, pad_r);
+  const pooling_backward::desc bd(algorithm::pooling_max, src_md, dst_md, strides, kernel, pad_l,
+                                  pad_r);
   d->bwd_pd = pooling_backward::primitive_desc(bd, d->eng, d->fwd_pd);
   d->dnnl_y.assign(d->y.size(), 0.0f);
   d->dnnl_dx.assign(d->x.size(), 0.0f);
@@ -130,20 +135,21 @@ PoolData& data_for(const im2gemm::bench::NamedPool& p) {
                                   algorithm::pooling_avg_include_padding, src_md, dst_md, strides,
                                   kernel, pad_l, pad_r);
   d->avg_fwd_pd = pooling_forward::primitive_desc(afd, d->eng);
-  const pooling_backward::desc abd(algorithm::pooling_avg_include_padding, src_md, dst_md,
-                                   strides, kernel, pad_l, pad_r);
+  const pooling_backward::desc abd(algorithm::pooling_avg_include_padding, src_md, dst_md, strides,
+                                   kernel, pad_l, pad_r);
   d->avg_bwd_pd = pooling_backward::primitive_desc(abd, d->eng, d->avg_fwd_pd);
   d->avg_fwd = pooling_forward(d->avg_fwd_pd);
   d->avg_bwd = pooling_backward(d->avg_bwd_pd);
-  d->fwd.execute(d->strm, {{DNNL_ARG_SRC, d->src_m}, {DNNL_ARG_DST, d->dst_m},
+  d->fwd.execute(d->strm, {{DNNL_ARG_SRC, d->src_m},
+                           {DNNL_ARG_DST, d->dst_m},
                            {DNNL_ARG_WORKSPACE, d->ws_m}});
   d->strm.wait();
   static bool printed = false;
   if (!printed) {
     std::printf("oneDNN %d.%d.%d, implementations: max fwd %s, bwd %s; avg fwd %s, bwd %s\n",
                 dnnl_version()->major, dnnl_version()->minor, dnnl_version()->patch,
-                d->fwd_pd.impl_info_str(), d->bwd_pd.impl_info_str(),
-                d->avg_fwd_pd.impl_info_str(), d->avg_bwd_pd.impl_info_str());
+                d->fwd_pd.impl_info_str(), d->bwd_pd.impl_info_str(), d->avg_fwd_pd.impl_info_str(),
+                d->avg_bwd_pd.impl_info_str());
     printed = true;
   }
 #endif
@@ -187,23 +193,53 @@ void write_all(std::vector<float>& v) {
 // Variants, in the order of the summary table.
 // The *_avx2 and *_scalar variants force the forward kernels of that ISA (1 thread).
 // The avg_* variants are average pooling, charged avg_bytes.
-enum Variant { kFwd, kBwd, kFwd1t, kBwd1t, kDnnlFwd, kDnnlBwd, kRefFwd, kRefBwd, kMemcpy,
-               kFwd1tAvx2, kFwd1tScalar, kTrafficFwd1t, kTrafficBwd1t, kAvgFwd, kAvgBwd,
-               kAvgDnnlFwd, kAvgDnnlBwd, kAvgMemcpy, kVariants };
-const char* const kVariantNames[kVariants] = {
-    "im2gemm_fwd", "im2gemm_bwd", "im2gemm_fwd_1t", "im2gemm_bwd_1t",        "onednn_fwd",
-    "onednn_bwd",  "ref_fwd",     "ref_bwd",        "memcpy", "im2gemm_fwd_1t_avx2",
-    "im2gemm_fwd_1t_scalar", "traffic_fwd_1t", "traffic_bwd_1t", "avg_im2gemm_fwd",
-    "avg_im2gemm_bwd", "avg_onednn_fwd", "avg_onednn_bwd", "avg_memcpy"};
+enum Variant {
+  kFwd,
+  kBwd,
+  kFwd1t,
+  kBwd1t,
+  kDnnlFwd,
+  kDnnlBwd,
+  kRefFwd,
+  kRefBwd,
+  kMemcpy,
+  kFwd1tAvx2,
+  kFwd1tScalar,
+  kTrafficFwd1t,
+  kTrafficBwd1t,
+  kAvgFwd,
+  kAvgBwd,
+  kAvgDnnlFwd,
+  kAvgDnnlBwd,
+  kAvgMemcpy,
+  kVariants
+};
+const char* const kVariantNames[kVariants] = {"im2gemm_fwd",
+                                              "im2gemm_bwd",
+                                              "im2gemm_fwd_1t",
+                                              "im2gemm_bwd_1t",
+                                              "onednn_fwd",
+                                              "onednn_bwd",
+                                              "ref_fwd",
+                                              "ref_bwd",
+                                              "memcpy",
+                                              "im2gemm_fwd_1t_avx2",
+                                              "im2gemm_fwd_1t_scalar",
+                                              "traffic_fwd_1t",
+                                              "traffic_bwd_1t",
+                                              "avg_im2gemm_fwd",
+                                              "avg_im2gemm_bwd",
+                                              "avg_onednn_fwd",
+                                              "avg_onednn_bwd",
+                                              "avg_memcpy"};
 bool is_avg(int v) { return v >= kAvgFwd && v <= kAvgMemcpy; }
 
 void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Variant v) {
   PoolData& d = data_for(p);
   const auto& s = d.s;
   using im2gemm::detail::PoolIsa;
-  const bool one = v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd ||
-                   v == kFwd1tAvx2 || v == kFwd1tScalar || v == kTrafficFwd1t ||
-                   v == kTrafficBwd1t;
+  const bool one = v == kFwd1t || v == kBwd1t || v == kRefFwd || v == kRefBwd || v == kFwd1tAvx2 ||
+                   v == kFwd1tScalar || v == kTrafficFwd1t || v == kTrafficBwd1t;
   im2gemm::set_num_threads(one ? 1 : 0);
   im2gemm::detail::set_pool_isa_cap(v == kFwd1tAvx2     ? PoolIsa::avx2
                                     : v == kFwd1tScalar ? PoolIsa::scalar
@@ -213,38 +249,28 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
       case kFwd:
       case kFwd1t:
       case kFwd1tAvx2:
-      case kFwd1tScalar:
-        im2gemm::maxpool2d_forward(s, d.x, d.y, d.argmax);
-        break;
+      case kFwd1tScalar: im2gemm::maxpool2d_forward(s, d.x, d.y, d.argmax); break;
       case kBwd:
-      case kBwd1t:
-        im2gemm::maxpool2d_backward(s, d.dy, d.argmax, d.dx);
-        break;
-      case kRefFwd:
-        im2gemm::reference::maxpool2d_forward(s, d.x, d.y, d.argmax);
-        break;
-      case kRefBwd:
-        im2gemm::reference::maxpool2d_backward(s, d.dy, d.argmax, d.dx);
-        break;
+      case kBwd1t: im2gemm::maxpool2d_backward(s, d.dy, d.argmax, d.dx); break;
+      case kRefFwd: im2gemm::reference::maxpool2d_forward(s, d.x, d.y, d.argmax); break;
+      case kRefBwd: im2gemm::reference::maxpool2d_backward(s, d.dy, d.argmax, d.dx); break;
       case kDnnlFwd:
       case kDnnlBwd:
 #ifdef IM2GEMM_HAVE_DNNL
         if (v == kDnnlFwd) {
-          d.fwd.execute(d.strm, {{DNNL_ARG_SRC, d.src_m}, {DNNL_ARG_DST, d.dst_m},
+          d.fwd.execute(d.strm, {{DNNL_ARG_SRC, d.src_m},
+                                 {DNNL_ARG_DST, d.dst_m},
                                  {DNNL_ARG_WORKSPACE, d.ws_m}});
         } else {
-          d.bwd.execute(d.strm, {{DNNL_ARG_DIFF_DST, d.ddst_m}, {DNNL_ARG_DIFF_SRC, d.dsrc_m},
+          d.bwd.execute(d.strm, {{DNNL_ARG_DIFF_DST, d.ddst_m},
+                                 {DNNL_ARG_DIFF_SRC, d.dsrc_m},
                                  {DNNL_ARG_WORKSPACE, d.ws_m}});
         }
         d.strm.wait();
 #endif
         break;
-      case kAvgFwd:
-        im2gemm::avgpool2d_forward(d.avg, d.x, d.y);
-        break;
-      case kAvgBwd:
-        im2gemm::avgpool2d_backward(d.avg, d.dy, d.dx);
-        break;
+      case kAvgFwd: im2gemm::avgpool2d_forward(d.avg, d.x, d.y); break;
+      case kAvgBwd: im2gemm::avgpool2d_backward(d.avg, d.dy, d.dx); break;
       case kAvgDnnlFwd:
       case kAvgDnnlBwd:
 #ifdef IM2GEMM_HAVE_DNNL
@@ -279,8 +305,7 @@ void run_variant(benchmark::State& st, const im2gemm::bench::NamedPool& p, Varia
         }
         break;
       }
-      case kVariants:
-        break;
+      case kVariants: break;
     }
     benchmark::ClobberMemory();
   }
@@ -323,15 +348,17 @@ void print_summary(const SummaryReporter& rep,
                    const std::vector<im2gemm::bench::NamedPool>& pools) {
   std::printf("\nLoad average (1 min) at start %.2f, at end %.2f, on %d cores.\n", g_load_before,
               load_average(), omp_get_num_procs());
-  std::printf("\nSummary: GB/s of input + output + argmax bytes, medians of %d interleaved "
-              "repetitions; %d threads unless 1t. ISA %s.\n",
-              kRepetitions, im2gemm::num_threads(),
-              im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_active()));
-  std::printf("Targets: >= 2x oneDNN, >= 60%% of memcpy (fwd and bwd, every pool); "
-              ">= 20x reference on vgg_pool1 at 1 thread.\n"
-              "trf_1t: one thread only reads x (forward) or only writes dx with streaming stores\n"
-              "(backward), charged the pass's bytes: no pass can be faster, so x_ceil = trf_1t /\n"
-              "ref_1t bounds x_ref_1t.\n");
+  std::printf(
+      "\nSummary: GB/s of input + output + argmax bytes, medians of %d interleaved "
+      "repetitions; %d threads unless 1t. ISA %s.\n",
+      kRepetitions, im2gemm::num_threads(),
+      im2gemm::detail::pool_isa_name(im2gemm::detail::pool_isa_active()));
+  std::printf(
+      "Targets: >= 2x oneDNN, >= 60%% of memcpy (fwd and bwd, every pool); "
+      ">= 20x reference on vgg_pool1 at 1 thread.\n"
+      "trf_1t: one thread only reads x (forward) or only writes dx with streaming stores\n"
+      "(backward), charged the pass's bytes: no pass can be faster, so x_ceil = trf_1t /\n"
+      "ref_1t bounds x_ref_1t.\n");
   std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s %7s %8s %8s %7s %7s %7s\n", "pool", "dir",
               "kernel", "im2gemm", "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "1t", "ref_1t",
               "x_ref_1t", "trf_1t", "x_ceil", "targets");
@@ -343,11 +370,11 @@ void print_summary(const SummaryReporter& rep,
       const double t = median(it->second);
       return t > 0 ? bytes / t * 1e-9 : 0.0;
     };
-    const auto g = im2gemm::detail::PoolGeom{
-        p.shape.in_height,     p.shape.in_width,      p.shape.out_height(),
-        p.shape.out_width(),   p.shape.kernel_height, p.shape.kernel_width,
-        p.shape.stride_height, p.shape.stride_width,  p.shape.pad_height,
-        p.shape.pad_width};
+    const auto g = im2gemm::detail::PoolGeom{p.shape.in_height,     p.shape.in_width,
+                                             p.shape.out_height(),  p.shape.out_width(),
+                                             p.shape.kernel_height, p.shape.kernel_width,
+                                             p.shape.stride_height, p.shape.stride_width,
+                                             p.shape.pad_height,    p.shape.pad_width};
     const char* kname = im2gemm::detail::pool_kernel_name(im2gemm::detail::choose_pool_kernel(g));
     const double mc = gbs(kMemcpy);
     if (mc == 0.0 && gbs(kFwd) == 0.0 && gbs(kBwd) == 0.0) continue;  // filtered out
@@ -362,14 +389,16 @@ void print_summary(const SummaryReporter& rep,
       t += dn > 0 ? (x_dn >= 2.0 ? "dnn:ok " : "dnn:MISS ") : "dnn:n/a ";
       t += frac >= 0.6 ? "mem:ok" : "mem:MISS";
       if (p.name == "vgg_pool1") t += x_ref >= 20.0 ? " ref:ok" : " ref:MISS";
-      std::printf("%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%% %7.2f %8.2f %8.1f %7.2f %7.1f  %s\n",
-                  p.name.c_str(), dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac,
-                  one, ref, x_ref, mc1, x_ceil, t.c_str());
+      std::printf(
+          "%-14s %-3s %-11s %8.2f %8.2f %8.2f %7.2f %7.0f%% %7.2f %8.2f %8.1f %7.2f %7.1f  %s\n",
+          p.name.c_str(), dir ? "bwd" : "fwd", kname, ours, dn, x_dn, mc, 100.0 * frac, one, ref,
+          x_ref, mc1, x_ceil, t.c_str());
     }
   }
-  std::printf("\nAverage pooling (count_include_pad, floor mode): GB/s of input + output bytes, "
-              "medians of %d; targets (issue 11): >= 2x oneDNN, >= 60%% of memcpy.\n",
-              kRepetitions);
+  std::printf(
+      "\nAverage pooling (count_include_pad, floor mode): GB/s of input + output bytes, "
+      "medians of %d; targets (issue 11): >= 2x oneDNN, >= 60%% of memcpy.\n",
+      kRepetitions);
   std::printf("%-14s %-3s %-11s %8s %8s %8s %7s %8s  %s\n", "pool", "dir", "kernel", "im2gemm",
               "oneDNN", "x_oneDNN", "memcpy", "%memcpy", "targets");
   for (const auto& p : pools) {
@@ -382,12 +411,11 @@ void print_summary(const SummaryReporter& rep,
     const double mc = gbs(kAvgMemcpy);
     if (mc == 0.0 && gbs(kAvgFwd) == 0.0 && gbs(kAvgBwd) == 0.0) continue;
     const auto a = avg_shape(p.shape);
-    const im2gemm::detail::AvgGeom ag{a.in_height, a.in_width, a.out_height(), a.out_width(),
-                                      a.kernel_height, a.kernel_width, a.stride_height,
-                                      a.stride_width, a.pad_height, a.pad_width, true, nullptr,
-                                      nullptr, nullptr};
-    const char* kname =
-        im2gemm::detail::avg_kernel_name(im2gemm::detail::choose_avg_kernel(ag));
+    const im2gemm::detail::AvgGeom ag{
+        a.in_height,    a.in_width,      a.out_height(), a.out_width(), a.kernel_height,
+        a.kernel_width, a.stride_height, a.stride_width, a.pad_height,  a.pad_width,
+        true,           nullptr,         nullptr,        nullptr};
+    const char* kname = im2gemm::detail::avg_kernel_name(im2gemm::detail::choose_avg_kernel(ag));
     for (int dir = 0; dir < 2; ++dir) {
       const double ours = gbs(dir ? kAvgBwd : kAvgFwd), dn = gbs(dir ? kAvgDnnlBwd : kAvgDnnlFwd);
       const double x_dn = dn > 0 ? ours / dn : 0.0, frac = mc > 0 ? ours / mc : 0.0;

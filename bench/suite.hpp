@@ -44,8 +44,9 @@ struct NamedPool {
 
 inline std::vector<std::vector<std::string>> read_rows(const std::string& file) {
   std::ifstream in(suite_dir() + "/" + file);
-  if (!in) throw std::runtime_error("cannot open " + suite_dir() + "/" + file +
-                                    " (set IM2GEMM_SUITE_DIR)");
+  if (!in)
+    throw std::runtime_error("cannot open " + suite_dir() + "/" + file +
+                             " (set IM2GEMM_SUITE_DIR)");
   std::vector<std::vector<std::string>> rows;
   std::string line;
   while (std::getline(in, line)) {
@@ -68,9 +69,17 @@ inline std::vector<NamedConv> conv_layers(const std::string& file = "layers.txt"
     if (r.size() != (grouped ? 13u : 12u)) throw std::runtime_error(file + ": bad row for " + r[0]);
     auto v = [&](int i) { return std::stoll(r[i]); };
     Conv2dShape s;
-    s.batch = v(1); s.in_channels = v(2); s.in_height = v(3); s.in_width = v(4);
-    s.out_channels = v(5); s.kernel_height = v(6); s.kernel_width = v(7);
-    s.stride_height = v(8); s.stride_width = v(9); s.pad_height = v(10); s.pad_width = v(11);
+    s.batch = v(1);
+    s.in_channels = v(2);
+    s.in_height = v(3);
+    s.in_width = v(4);
+    s.out_channels = v(5);
+    s.kernel_height = v(6);
+    s.kernel_width = v(7);
+    s.stride_height = v(8);
+    s.stride_width = v(9);
+    s.pad_height = v(10);
+    s.pad_width = v(11);
     if (grouped) s.groups = v(12);
     s.validate();
     out.push_back({r[0], s});
@@ -85,9 +94,16 @@ inline std::vector<NamedPool> pool_layers() {
     if (r.size() != 11) throw std::runtime_error("pools.txt: bad row for " + r[0]);
     auto v = [&](int i) { return std::stoll(r[i]); };
     MaxPool2dShape s;
-    s.batch = v(1); s.channels = v(2); s.in_height = v(3); s.in_width = v(4);
-    s.kernel_height = v(5); s.kernel_width = v(6); s.stride_height = v(7);
-    s.stride_width = v(8); s.pad_height = v(9); s.pad_width = v(10);
+    s.batch = v(1);
+    s.channels = v(2);
+    s.in_height = v(3);
+    s.in_width = v(4);
+    s.kernel_height = v(5);
+    s.kernel_width = v(6);
+    s.stride_height = v(7);
+    s.stride_width = v(8);
+    s.pad_height = v(9);
+    s.pad_width = v(10);
     s.validate();
     out.push_back({r[0], s});
   }

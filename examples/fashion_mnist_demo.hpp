@@ -20,7 +20,9 @@
 namespace demo {
 
 using Clock = std::chrono::steady_clock;
-inline double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+inline double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 struct Options {
   std::string data = "/usr/share/datasets/fashion-mnist";
@@ -33,33 +35,36 @@ struct Options {
   std::int64_t limit = 0;       // 0: every training image
   std::int64_t test_limit = 0;  // 0: every test image
   std::string save, load;
-  bool overlap = true;          // distributed: allreduce buckets overlapped with backward
+  bool overlap = true;  // distributed: allreduce buckets overlapped with backward
 };
 
 /// distributed: the options of train_fashion_mnist_mpi (also --overlap).
 inline void usage(FILE* out, bool distributed = false) {
-  std::fprintf(out, "usage: %s [options]\n", distributed ? "mpirun -np N train_fashion_mnist_mpi" : "train_fashion_mnist");
-  std::fprintf(out,
-               "  --data DIR     directory of the 4 gzipped IDX files\n"
-               "                 (default /usr/share/datasets/fashion-mnist, from\n"
-               "                 `apt-get install dataset-fashion-mnist`)\n"
-               "  --epochs N     training epochs (default 3)\n"
-               "  --batch N      minibatch size (default 64)\n"
-               "  --threads N    threads for the primitives and BLAS (default 0: all cores)\n"
-               "  --seed N       seed of the initial weights and the shuffling (default 1)\n"
-               "  --init S       initial weights: pytorch (default: PyTorch's own default init,\n"
-               "                 as in scripts/torch_lenet.py) or he (He/Xavier normal, zero biases)\n"
-               "  --lr X         learning rate (default 0.01; momentum 0.9)\n"
-               "  --limit N      train on the first N training images only (quick checks)\n"
-               "  --test-limit N test on the first N test images only (quick checks)\n"
-               "  --load FILE    start from saved parameters instead of the seeded init\n"
-               "  --save FILE    save the parameters after training\n");
+  std::fprintf(out, "usage: %s [options]\n",
+               distributed ? "mpirun -np N train_fashion_mnist_mpi" : "train_fashion_mnist");
+  std::fprintf(
+      out,
+      "  --data DIR     directory of the 4 gzipped IDX files\n"
+      "                 (default /usr/share/datasets/fashion-mnist, from\n"
+      "                 `apt-get install dataset-fashion-mnist`)\n"
+      "  --epochs N     training epochs (default 3)\n"
+      "  --batch N      minibatch size (default 64)\n"
+      "  --threads N    threads for the primitives and BLAS (default 0: all cores)\n"
+      "  --seed N       seed of the initial weights and the shuffling (default 1)\n"
+      "  --init S       initial weights: pytorch (default: PyTorch's own default init,\n"
+      "                 as in scripts/torch_lenet.py) or he (He/Xavier normal, zero biases)\n"
+      "  --lr X         learning rate (default 0.01; momentum 0.9)\n"
+      "  --limit N      train on the first N training images only (quick checks)\n"
+      "  --test-limit N test on the first N test images only (quick checks)\n"
+      "  --load FILE    start from saved parameters instead of the seeded init\n"
+      "  --save FILE    save the parameters after training\n");
   if (distributed) {
-    std::fprintf(out,
-                 "  --overlap 0|1  start each layer bucket's gradient allreduce during backward (1,\n"
-                 "                 default) or allreduce every gradient after backward (0)\n"
-                 "Run under mpirun (scripts/demo --ranks N): --batch is the global minibatch, split\n"
-                 "between the ranks; --threads is per rank.\n");
+    std::fprintf(
+        out,
+        "  --overlap 0|1  start each layer bucket's gradient allreduce during backward (1,\n"
+        "                 default) or allreduce every gradient after backward (0)\n"
+        "Run under mpirun (scripts/demo --ranks N): --batch is the global minibatch, split\n"
+        "between the ranks; --threads is per rank.\n");
   }
 }
 
@@ -80,7 +85,8 @@ inline bool parse(int argc, char** argv, Options& o, bool distributed = false) {
       errno = 0;
       const long long n = std::strtoll(v.c_str(), &end, 10);
       if (errno || end == v.c_str() || *end || n < lo) {
-        std::fprintf(stderr, "error: %s wants an integer >= %lld, got '%s'\n", a.c_str(), lo, v.c_str());
+        std::fprintf(stderr, "error: %s wants an integer >= %lld, got '%s'\n", a.c_str(), lo,
+                     v.c_str());
         std::exit(2);
       }
       return n;
@@ -102,8 +108,7 @@ inline bool parse(int argc, char** argv, Options& o, bool distributed = false) {
         std::fprintf(stderr, "error: --init wants pytorch or he, got '%s'\n", v.c_str());
         return false;
       }
-    }
-    else if (a == "--lr") {
+    } else if (a == "--lr") {
       o.lr = std::strtof(v.c_str(), &end);
       if (end == v.c_str() || *end || !(o.lr > 0)) {
         std::fprintf(stderr, "error: --lr wants a number > 0, got '%s'\n", v.c_str());
@@ -151,7 +156,6 @@ class Progress {
   Clock::time_point t0_;
   double last_ = -1.0;
 };
-
 
 /// LeNet: conv 5x5 20 relu -> maxpool 2x2 -> conv 5x5 50 relu -> maxpool 2x2 -> dense 500 relu
 /// -> dense 10.

@@ -43,8 +43,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (train.rows != 28 || train.cols != 28 || test.rows != 28 || test.cols != 28) {
-    std::fprintf(stderr, "error: expected 28x28 images, got %lldx%lld (train) and %lldx%lld (test)\n",
-                 (long long)train.rows, (long long)train.cols, (long long)test.rows, (long long)test.cols);
+    std::fprintf(stderr,
+                 "error: expected 28x28 images, got %lldx%lld (train) and %lldx%lld (test)\n",
+                 (long long)train.rows, (long long)train.cols, (long long)test.rows,
+                 (long long)test.cols);
     return 1;
   }
   // Mean and deviation of every training pixel (the whole training set, whatever --limit).
@@ -59,7 +61,8 @@ int main(int argc, char** argv) {
   const std::vector<float> xtrain = demo::normalise(train.pixels, mean, sd);
   const std::vector<float> xtest = demo::normalise(test.pixels, mean, sd);
   const std::int64_t n_train = opt.limit > 0 ? std::min(opt.limit, train.count) : train.count;
-  const std::int64_t n_test = opt.test_limit > 0 ? std::min(opt.test_limit, test.count) : test.count;
+  const std::int64_t n_test = opt.test_limit > 0 ? std::min(opt.test_limit, test.count)
+                                                 : test.count;
   const std::int64_t px = 28 * 28;
 
   Sequential net = demo::make_lenet();
@@ -72,14 +75,16 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("LeNet on Fashion-MNIST: %lld training images%s, %lld test images%s, %lld parameters\n",
-              static_cast<long long>(n_train), n_train < train.count ? " (--limit)" : "",
-              static_cast<long long>(n_test), n_test < test.count ? " (--test-limit)" : "",
-              static_cast<long long>(net.parameter_count()));
-  std::printf("minibatch %lld, SGD lr %g momentum 0.9, seed %llu, init %s, %d threads; "
-              "inputs (x/255 - %.4f) / %.4f\n",
-              static_cast<long long>(opt.batch), opt.lr, static_cast<unsigned long long>(opt.seed),
-              opt.init == Init::pytorch ? "pytorch" : "he", num_threads(), mean, sd);
+  std::printf(
+      "LeNet on Fashion-MNIST: %lld training images%s, %lld test images%s, %lld parameters\n",
+      static_cast<long long>(n_train), n_train < train.count ? " (--limit)" : "",
+      static_cast<long long>(n_test), n_test < test.count ? " (--test-limit)" : "",
+      static_cast<long long>(net.parameter_count()));
+  std::printf(
+      "minibatch %lld, SGD lr %g momentum 0.9, seed %llu, init %s, %d threads; "
+      "inputs (x/255 - %.4f) / %.4f\n",
+      static_cast<long long>(opt.batch), opt.lr, static_cast<unsigned long long>(opt.seed),
+      opt.init == Init::pytorch ? "pytorch" : "he", num_threads(), mean, sd);
   if (!opt.load.empty()) std::printf("parameters loaded from %s\n", opt.load.c_str());
 
   const Sgd sgd{opt.lr, 0.9f, 0.0f};
@@ -99,8 +104,10 @@ int main(int argc, char** argv) {
     double lsum = 0;
     for (std::int64_t b = 0; b < n_test; b += tb) {
       const std::int64_t m = std::min(tb, n_test - b);
-      std::span<const float> x(&xtest[static_cast<std::size_t>(b * px)], static_cast<std::size_t>(m * px));
-      std::span<const std::int32_t> y(&test.labels[static_cast<std::size_t>(b)], static_cast<std::size_t>(m));
+      std::span<const float> x(&xtest[static_cast<std::size_t>(b * px)],
+                               static_cast<std::size_t>(m * px));
+      std::span<const std::int32_t> y(&test.labels[static_cast<std::size_t>(b)],
+                                      static_cast<std::size_t>(m));
       lsum += loss.forward(net.forward(x, m), y, 10) * m;
       correct += loss.correct();
     }
@@ -159,15 +166,17 @@ int main(int argc, char** argv) {
     const auto [acc, tl] = evaluate();
     epoch_times.push_back(te);
     accuracies.push_back(acc);
-    std::printf("epoch %d: train loss %.4f, %.2f s (%.0f img/s); test accuracy %.4f, test loss %.4f\n",
-                epoch, lsum / std::max<std::int64_t>(seen, 1), te, seen / te, acc, tl);
+    std::printf(
+        "epoch %d: train loss %.4f, %.2f s (%.0f img/s); test accuracy %.4f, test loss %.4f\n",
+        epoch, lsum / std::max<std::int64_t>(seen, 1), te, seen / te, acc, tl);
     std::fflush(stdout);
   }
 
   if (opt.epochs > 0) {
-    std::printf("\ntime per layer over %d training epoch%s (%.2f s, %.2f s per epoch):\n", opt.epochs,
-                opt.epochs > 1 ? "s" : "", t_train, t_train / opt.epochs);
-    std::printf("  %-22s %10s %10s %10s %8s\n", "layer", "forward s", "backward s", "update s", "share");
+    std::printf("\ntime per layer over %d training epoch%s (%.2f s, %.2f s per epoch):\n",
+                opt.epochs, opt.epochs > 1 ? "s" : "", t_train, t_train / opt.epochs);
+    std::printf("  %-22s %10s %10s %10s %8s\n", "layer", "forward s", "backward s", "update s",
+                "share");
     double accounted = 0;
     for (const auto& t : total) {
       const double sum = t.forward_seconds + t.backward_seconds + t.update_seconds;
@@ -176,8 +185,10 @@ int main(int argc, char** argv) {
                   t.backward_seconds, t.update_seconds, 100 * sum / t_train);
     }
     accounted += t_loss + t_data;
-    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "softmax cross-entropy", t_loss, "", "", 100 * t_loss / t_train);
-    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "minibatch gather", t_data, "", "", 100 * t_data / t_train);
+    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "softmax cross-entropy", t_loss, "", "",
+                100 * t_loss / t_train);
+    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "minibatch gather", t_data, "", "",
+                100 * t_data / t_train);
     std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "other", t_train - accounted, "", "",
                 100 * (t_train - accounted) / t_train);
     std::printf("final: %d epochs, test accuracy %.4f, mean epoch %.2f s\n", opt.epochs,

@@ -66,7 +66,8 @@ class IdxStream {
   void skip(std::int64_t n) {
     std::vector<std::uint8_t> sink(1 << 16);
     while (n > 0) {
-      const auto k = static_cast<unsigned>(std::min<std::int64_t>(n, static_cast<std::int64_t>(sink.size())));
+      const auto k =
+          static_cast<unsigned>(std::min<std::int64_t>(n, static_cast<std::int64_t>(sink.size())));
       read(sink.data(), k, "the records before this rank's shard");
       n -= k;
     }
@@ -101,8 +102,8 @@ class IdxStream {
 
 /// This rank's shard of the first `limit` (0: all) images of a split, and the total count.
 struct Shard {
-  std::int64_t total = 0;    // examples over every rank
-  dist::Range range;         // this rank's, in the file's order
+  std::int64_t total = 0;  // examples over every rank
+  dist::Range range;       // this rank's, in the file's order
   std::vector<std::uint8_t> pixels;
   std::vector<std::int32_t> labels;
 };
@@ -113,9 +114,11 @@ Shard read_shard(const std::string& dir, const std::string& split, std::int64_t 
   IdxStream labels(dir + "/" + split + "-labels-idx1-ubyte.gz", 1);
   const auto& d = images.dims();
   if (d[0] != labels.dims()[0]) {
-    images.fail(std::to_string(d[0]) + " images but " + std::to_string(labels.dims()[0]) + " labels");
+    images.fail(std::to_string(d[0]) + " images but " + std::to_string(labels.dims()[0]) +
+                " labels");
   }
-  if (d[1] != 28 || d[2] != 28) images.fail("expected 28x28 images, got " + std::to_string(d[1]) + "x" + std::to_string(d[2]));
+  if (d[1] != 28 || d[2] != 28)
+    images.fail("expected 28x28 images, got " + std::to_string(d[1]) + "x" + std::to_string(d[2]));
   Shard s;
   s.total = limit > 0 ? std::min(limit, d[0]) : d[0];
   s.range = dist::shard(s.total, rank, ranks);
@@ -128,8 +131,8 @@ Shard read_shard(const std::string& dir, const std::string& split, std::int64_t 
   labels.read(raw.data(), raw.size(), "this rank's labels");
   for (std::int64_t i = 0; i < n; ++i) {
     if (raw[i] > 9) {
-      labels.fail("label " + std::to_string(raw[i]) + " of example " + std::to_string(s.range.begin + i) +
-                  " is not in 0..9");
+      labels.fail("label " + std::to_string(raw[i]) + " of example " +
+                  std::to_string(s.range.begin + i) + " is not in 0..9");
     }
     s.labels.push_back(raw[i]);
   }
@@ -168,7 +171,8 @@ int run(int argc, char** argv, int rank, int ranks) {
   if (root) test = read_mnist(opt.data, "t10k");
   const std::int64_t px = 28 * 28, n_train = train.total;
   const std::int64_t n_local = train.range.size();
-  const std::int64_t n_test = root ? (opt.test_limit > 0 ? std::min(opt.test_limit, test.count) : test.count) : 0;
+  const std::int64_t n_test =
+      root ? (opt.test_limit > 0 ? std::min(opt.test_limit, test.count) : test.count) : 0;
 
   // Mean and deviation of every training pixel in use: exact integer sums over the ranks.
   std::array<std::uint64_t, 2> sums{0, 0}, all{0, 0};
@@ -179,9 +183,11 @@ int run(int argc, char** argv, int rank, int ranks) {
   MPI_Allreduce(sums.data(), all.data(), 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
   const double n_px = static_cast<double>(n_train * px);
   const double mean = static_cast<double>(all[0]) / 255.0 / n_px;
-  const double sd = std::sqrt(std::max(static_cast<double>(all[1]) / (255.0 * 255.0) / n_px - mean * mean, 1e-12));
+  const double sd = std::sqrt(
+      std::max(static_cast<double>(all[1]) / (255.0 * 255.0) / n_px - mean * mean, 1e-12));
   const std::vector<float> xtrain = demo::normalise(train.pixels, mean, sd);
-  const std::vector<float> xtest = root ? demo::normalise(test.pixels, mean, sd) : std::vector<float>{};
+  const std::vector<float> xtest = root ? demo::normalise(test.pixels, mean, sd)
+                                        : std::vector<float>{};
   std::vector<std::uint8_t>().swap(train.pixels);
 
   Sequential net = demo::make_lenet();
@@ -192,19 +198,22 @@ int run(int argc, char** argv, int rank, int ranks) {
 
   const std::int64_t params = net.parameter_count();
   if (root) {
-    std::printf("LeNet on Fashion-MNIST: %lld training images%s, %lld test images%s, %lld parameters\n",
-                static_cast<long long>(n_train), opt.limit > 0 ? " (--limit)" : "",
-                static_cast<long long>(n_test), n_test < test.count ? " (--test-limit)" : "",
-                static_cast<long long>(params));
-    std::printf("data-parallel over %d ranks x %d threads: global minibatch %lld split between the "
-                "ranks; rank 0 holds %lld training images; %s gradient allreduce of %lld floats "
-                "(%.2f MB) per step\n",
-                ranks, num_threads(), static_cast<long long>(opt.batch), static_cast<long long>(n_local),
-                opt.overlap ? "bucketed, overlapped" : "one blocking", static_cast<long long>(params),
-                params * 4.0 / 1e6);
-    std::printf("minibatch %lld, SGD lr %g momentum 0.9, seed %llu, init %s; inputs (x/255 - %.4f) / %.4f\n",
-                static_cast<long long>(opt.batch), opt.lr, static_cast<unsigned long long>(opt.seed),
-                opt.init == Init::pytorch ? "pytorch" : "he", mean, sd);
+    std::printf(
+        "LeNet on Fashion-MNIST: %lld training images%s, %lld test images%s, %lld parameters\n",
+        static_cast<long long>(n_train), opt.limit > 0 ? " (--limit)" : "",
+        static_cast<long long>(n_test), n_test < test.count ? " (--test-limit)" : "",
+        static_cast<long long>(params));
+    std::printf(
+        "data-parallel over %d ranks x %d threads: global minibatch %lld split between the "
+        "ranks; rank 0 holds %lld training images; %s gradient allreduce of %lld floats "
+        "(%.2f MB) per step\n",
+        ranks, num_threads(), static_cast<long long>(opt.batch), static_cast<long long>(n_local),
+        opt.overlap ? "bucketed, overlapped" : "one blocking", static_cast<long long>(params),
+        params * 4.0 / 1e6);
+    std::printf(
+        "minibatch %lld, SGD lr %g momentum 0.9, seed %llu, init %s; inputs (x/255 - %.4f) / %.4f\n",
+        static_cast<long long>(opt.batch), opt.lr, static_cast<unsigned long long>(opt.seed),
+        opt.init == Init::pytorch ? "pytorch" : "he", mean, sd);
     if (!opt.load.empty()) std::printf("parameters loaded from %s\n", opt.load.c_str());
     std::fflush(stdout);
   }
@@ -212,7 +221,8 @@ int run(int argc, char** argv, int rank, int ranks) {
   const Sgd sgd{opt.lr, 0.9f, 0.0f};
   SoftmaxCrossEntropy loss;
   // Rank 0 shuffles like the single-process demo; every rank its own shard.
-  Rng shuffle_rng(opt.seed ^ 0x5eed5eed5eedull ^ (static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ull));
+  Rng shuffle_rng(opt.seed ^ 0x5eed5eed5eedull ^
+                  (static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ull));
   std::vector<std::int64_t> order(static_cast<std::size_t>(n_local));
   const std::int64_t local_max = opt.batch / ranks + 1;
   std::vector<float> xb(static_cast<std::size_t>(local_max * px));
@@ -227,8 +237,10 @@ int run(int argc, char** argv, int rank, int ranks) {
     double lsum = 0;
     for (std::int64_t b = 0; b < n_test; b += tb) {
       const std::int64_t m = std::min(tb, n_test - b);
-      std::span<const float> x(&xtest[static_cast<std::size_t>(b * px)], static_cast<std::size_t>(m * px));
-      std::span<const std::int32_t> y(&test.labels[static_cast<std::size_t>(b)], static_cast<std::size_t>(m));
+      std::span<const float> x(&xtest[static_cast<std::size_t>(b * px)],
+                               static_cast<std::size_t>(m * px));
+      std::span<const std::int32_t> y(&test.labels[static_cast<std::size_t>(b)],
+                                      static_cast<std::size_t>(m));
       lsum += loss.forward(net.forward(x, m), y, 10) * m;
       correct += loss.correct();
     }
@@ -253,9 +265,9 @@ int run(int argc, char** argv, int rank, int ranks) {
     net.reset_timings();
     dp.reset_stats();
     demo::Progress bar(epoch, opt.epochs, n_train, stdout_tty);
-    double lsum = 0;               // this rank's loss times its examples
+    double lsum = 0;                  // this rank's loss times its examples
     std::int64_t seen = 0, mine = 0;  // examples of every rank so far; this rank's
-    MPI_Barrier(MPI_COMM_WORLD);   // every rank starts the epoch together (rank 0 evaluated)
+    MPI_Barrier(MPI_COMM_WORLD);      // every rank starts the epoch together (rank 0 evaluated)
     const auto t_epoch = Clock::now();
     for (std::int64_t s = 0; s < n_steps; ++s) {
       const auto slice = dist::step_slice(n_train, opt.batch, s, rank, ranks);
@@ -292,12 +304,14 @@ int run(int argc, char** argv, int rank, int ranks) {
       t_comm += comm;
       const auto [acc, tl] = evaluate();
       accuracies.push_back(acc);
-      std::printf("epoch %d: train loss %.4f, %.2f s (%.0f img/s); test accuracy %.4f, test loss %.4f\n",
-                  epoch, train_loss, te, seen / te, acc, tl);
-      std::printf("  %lld of %lld training images used; communication %.2f s (%.1f%% of the epoch; "
-                  "slowest rank %.2f s), %lld allreduce calls, %.1f MB sent per rank\n",
-                  static_cast<long long>(used), static_cast<long long>(n_train), comm, 100 * comm / te,
-                  comm_max, static_cast<long long>(dp.stats().collectives), dp.stats().bytes / 1e6);
+      std::printf(
+          "epoch %d: train loss %.4f, %.2f s (%.0f img/s); test accuracy %.4f, test loss %.4f\n",
+          epoch, train_loss, te, seen / te, acc, tl);
+      std::printf(
+          "  %lld of %lld training images used; communication %.2f s (%.1f%% of the epoch; "
+          "slowest rank %.2f s), %lld allreduce calls, %.1f MB sent per rank\n",
+          static_cast<long long>(used), static_cast<long long>(n_train), comm, 100 * comm / te,
+          comm_max, static_cast<long long>(dp.stats().collectives), dp.stats().bytes / 1e6);
       std::fflush(stdout);
     }
   }
@@ -306,7 +320,8 @@ int run(int argc, char** argv, int rank, int ranks) {
   if (root && opt.epochs > 0) {
     std::printf("\ntime per layer on rank 0 over %d training epoch%s (%.2f s, %.2f s per epoch):\n",
                 opt.epochs, opt.epochs > 1 ? "s" : "", t_train, t_train / opt.epochs);
-    std::printf("  %-22s %10s %10s %10s %8s\n", "layer", "forward s", "backward s", "update s", "share");
+    std::printf("  %-22s %10s %10s %10s %8s\n", "layer", "forward s", "backward s", "update s",
+                "share");
     double accounted = 0;
     for (const auto& t : total) {
       const double sum = t.forward_seconds + t.backward_seconds + t.update_seconds;
@@ -315,11 +330,13 @@ int run(int argc, char** argv, int rank, int ranks) {
                   t.backward_seconds, t.update_seconds, 100 * sum / t_train);
     }
     accounted += t_comm;
-    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "communication", t_comm, "", "", 100 * t_comm / t_train);
+    std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "communication", t_comm, "", "",
+                100 * t_comm / t_train);
     std::printf("  %-22s %10.3f %10s %10s %7.1f%%\n", "other", t_train - accounted, "", "",
                 100 * (t_train - accounted) / t_train);
-    std::printf("final: %d epochs, test accuracy %.4f, mean epoch %.2f s, ranks %d, %s\n", opt.epochs,
-                accuracies.back(), t_train / opt.epochs, ranks, check.summary().c_str());
+    std::printf("final: %d epochs, test accuracy %.4f, mean epoch %.2f s, ranks %d, %s\n",
+                opt.epochs, accuracies.back(), t_train / opt.epochs, ranks,
+                check.summary().c_str());
   } else if (root) {
     std::printf("ranks %d, %s\n", ranks, check.summary().c_str());
   }

@@ -6,9 +6,15 @@
 #include <im2gemm/im2gemm.hpp>
 
 int main() {
-  im2gemm::Conv2dShape conv{.batch = 2, .in_channels = 3, .in_height = 32, .in_width = 32,
-                            .out_channels = 8, .kernel_height = 3, .kernel_width = 3,
-                            .pad_height = 1, .pad_width = 1};
+  im2gemm::Conv2dShape conv{.batch = 2,
+                            .in_channels = 3,
+                            .in_height = 32,
+                            .in_width = 32,
+                            .out_channels = 8,
+                            .kernel_height = 3,
+                            .kernel_width = 3,
+                            .pad_height = 1,
+                            .pad_width = 1};
   conv.validate();  // throws std::invalid_argument naming the bad field
   std::vector<float> x(conv.x_size(), 0.5f), w(conv.w_size(), 0.1f), bias(8, -0.2f);
   std::vector<float> y(conv.y_size());
@@ -19,8 +25,7 @@ int main() {
   std::vector<std::int32_t> argmax(pool.y_size());
   im2gemm::maxpool2d_forward(pool, y, p, argmax);
 
-  std::printf("y[0] = %.3f (centre %.3f), pooled %lld values, %s\n", y[0],
-              y[conv.out_width() + 1], static_cast<long long>(p.size()),
-              im2gemm::blas_info().summary().c_str());
+  std::printf("y[0] = %.3f (centre %.3f), pooled %lld values, %s\n", y[0], y[conv.out_width() + 1],
+              static_cast<long long>(p.size()), im2gemm::blas_info().summary().c_str());
   return 0;
 }

@@ -14,8 +14,7 @@ using im2gemm::Conv2dShape;
 using std::int64_t;
 
 inline constexpr Activation kActs[] = {Activation::identity, Activation::relu, Activation::sigmoid,
-                                Activation::tanh};
-
+                                       Activation::tanh};
 
 // kernels 1-7 (non-square), strides 1-4, pads 0-3, dilations 1-3, groups 1-3, batch 1-4,
 // odd sizes; small enough for a sanitizer build.
@@ -75,10 +74,13 @@ inline Outputs run_with(const im2gemm::detail::ConvOptions& opt, const Conv2dSha
   o.dx.assign(static_cast<std::size_t>(s.x_size()), nan);
   o.dw.assign(static_cast<std::size_t>(s.w_size()), nan);
   o.db.assign(static_cast<std::size_t>(s.out_channels), nan);
-  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias) : std::span<const float>();
+  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias)
+                                                : std::span<const float>();
   im2gemm::detail::conv2d_forward_with(opt, s, d.x, d.w, bias, o.y, act);
   im2gemm::detail::conv2d_backward_data_with(opt, s, d.dy, d.w, o.dx, act, d.xact);
-  im2gemm::detail::conv2d_backward_weights_with(opt, s, d.x, d.dy, o.dw, with_bias ? std::span<float>(o.db) : std::span<float>());
+  im2gemm::detail::conv2d_backward_weights_with(opt, s, d.x, d.dy, o.dw,
+                                                with_bias ? std::span<float>(o.db)
+                                                          : std::span<float>());
   if (!with_bias) o.db.clear();
   return o;
 }
@@ -89,7 +91,8 @@ inline Outputs run_ref(const Conv2dShape& s, const Data& d, Activation act, bool
   o.dx.assign(static_cast<std::size_t>(s.x_size()), 0.0f);
   o.dw.assign(static_cast<std::size_t>(s.w_size()), 0.0f);
   o.db.assign(with_bias ? static_cast<std::size_t>(s.out_channels) : 0, 0.0f);
-  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias) : std::span<const float>();
+  const std::span<const float> bias = with_bias ? std::span<const float>(d.bias)
+                                                : std::span<const float>();
   im2gemm::reference::conv2d_forward(s, d.x, d.w, bias, o.y, act);
   im2gemm::reference::conv2d_backward_data(s, d.dy, d.w, o.dx, act, d.xact);
   im2gemm::reference::conv2d_backward_weights(s, d.x, d.dy, o.dw, o.db);
@@ -100,9 +103,12 @@ inline Outputs run_ref(const Conv2dShape& s, const Data& d, Activation act, bool
 // number of terms summed. Returns the number of passes that matched.
 inline int compare(const Conv2dShape& s, const Outputs& got, const Outputs& want, bool exact) {
   const int64_t k = s.in_channels / s.groups * s.kernel_height * s.kernel_width;
-  const int64_t red_fwd = k, red_bwd_data = s.out_channels / s.groups * s.kernel_height * s.kernel_width;
+  const int64_t red_fwd = k,
+                red_bwd_data = s.out_channels / s.groups * s.kernel_height * s.kernel_width;
   const int64_t red_w = s.batch * s.out_height() * s.out_width();
-  auto tol = [&](int64_t terms) { return exact ? 0.0f : 2e-6f * static_cast<float>(terms) + 1e-5f; };
+  auto tol = [&](int64_t terms) {
+    return exact ? 0.0f : 2e-6f * static_cast<float>(terms) + 1e-5f;
+  };
   const float rtol = exact ? 0.0f : 1e-4f;
   int ok = 0;
   const auto m1 = testutil::first_mismatch(got.y, want.y, tol(red_fwd), rtol);
@@ -111,11 +117,14 @@ inline int compare(const Conv2dShape& s, const Outputs& got, const Outputs& want
   const auto m4 = testutil::first_mismatch(got.db, want.db, tol(red_w), rtol);
   if (m1 >= 0) INFO("forward mismatch at " << m1 << ": " << got.y[m1] << " vs " << want.y[m1]);
   CHECK(m1 == -1);
-  if (m2 >= 0) INFO("backward data mismatch at " << m2 << ": " << got.dx[m2] << " vs " << want.dx[m2]);
+  if (m2 >= 0)
+    INFO("backward data mismatch at " << m2 << ": " << got.dx[m2] << " vs " << want.dx[m2]);
   CHECK(m2 == -1);
-  if (m3 >= 0) INFO("backward weights mismatch at " << m3 << ": " << got.dw[m3] << " vs " << want.dw[m3]);
+  if (m3 >= 0)
+    INFO("backward weights mismatch at " << m3 << ": " << got.dw[m3] << " vs " << want.dw[m3]);
   CHECK(m3 == -1);
-  if (m4 >= 0) INFO("bias gradient mismatch at " << m4 << ": " << got.db[m4] << " vs " << want.db[m4]);
+  if (m4 >= 0)
+    INFO("bias gradient mismatch at " << m4 << ": " << got.db[m4] << " vs " << want.db[m4]);
   CHECK(m4 == -1);
   ok += (m1 == -1) + (m2 == -1) + (m3 == -1 && m4 == -1);
   return ok;

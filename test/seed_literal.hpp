@@ -17,21 +17,36 @@ using im2gemm::Conv2dShape;
 using Vec = std::vector<double>;
 
 struct Dims {
-  std::int64_t N, C, H, W, F, KH, KW, SH, SW, PH, PW, DH, DW, G, Cg, Fg, OH, OW, Hp, Wp, EKH,
-      EKW, EH, EW;
+  std::int64_t N, C, H, W, F, KH, KW, SH, SW, PH, PW, DH, DW, G, Cg, Fg, OH, OW, Hp, Wp, EKH, EKW,
+      EH, EW;
 };
 
 inline Dims dims(const Conv2dShape& s) {
   Dims d{};
-  d.N = s.batch; d.C = s.in_channels; d.H = s.in_height; d.W = s.in_width;
-  d.F = s.out_channels; d.KH = s.kernel_height; d.KW = s.kernel_width;
-  d.SH = s.stride_height; d.SW = s.stride_width; d.PH = s.pad_height; d.PW = s.pad_width;
-  d.DH = s.dilation_height; d.DW = s.dilation_width; d.G = s.groups;
-  d.Cg = d.C / d.G; d.Fg = d.F / d.G;
-  d.Hp = d.H + 2 * d.PH; d.Wp = d.W + 2 * d.PW;
-  d.EKH = (d.KH - 1) * d.DH + 1; d.EKW = (d.KW - 1) * d.DW + 1;   // dilated kernel extent
-  d.OH = (d.Hp - d.EKH) / d.SH + 1; d.OW = (d.Wp - d.EKW) / d.SW + 1;
-  d.EH = d.Hp - d.EKH + 1; d.EW = d.Wp - d.EKW + 1;                // stride-1 output size
+  d.N = s.batch;
+  d.C = s.in_channels;
+  d.H = s.in_height;
+  d.W = s.in_width;
+  d.F = s.out_channels;
+  d.KH = s.kernel_height;
+  d.KW = s.kernel_width;
+  d.SH = s.stride_height;
+  d.SW = s.stride_width;
+  d.PH = s.pad_height;
+  d.PW = s.pad_width;
+  d.DH = s.dilation_height;
+  d.DW = s.dilation_width;
+  d.G = s.groups;
+  d.Cg = d.C / d.G;
+  d.Fg = d.F / d.G;
+  d.Hp = d.H + 2 * d.PH;
+  d.Wp = d.W + 2 * d.PW;
+  d.EKH = (d.KH - 1) * d.DH + 1;
+  d.EKW = (d.KW - 1) * d.DW + 1;  // dilated kernel extent
+  d.OH = (d.Hp - d.EKH) / d.SH + 1;
+  d.OW = (d.Wp - d.EKW) / d.SW + 1;
+  d.EH = d.Hp - d.EKH + 1;
+  d.EW = d.Wp - d.EKW + 1;  // stride-1 output size
   return d;
 }
 
@@ -73,9 +88,8 @@ inline double act_derivative_from_output(im2gemm::Activation a, double y) {
   }
 }
 
-inline Vec forward(const Conv2dShape& s, const std::vector<float>& x,
-                   const std::vector<float>& w, const std::vector<float>& bias,
-                   im2gemm::Activation a) {
+inline Vec forward(const Conv2dShape& s, const std::vector<float>& x, const std::vector<float>& w,
+                   const std::vector<float>& bias, im2gemm::Activation a) {
   const Dims d = dims(s);
   Vec y(static_cast<std::size_t>(d.N * d.F * d.OH * d.OW));
   for (std::int64_t n = 0; n < d.N; ++n) {
@@ -100,8 +114,7 @@ inline Vec forward(const Conv2dShape& s, const std::vector<float>& x,
 }
 
 // expand_sensitivity_map: dy placed at (i*SH, j*SW) of a stride-1 sized map.
-inline Vec expanded(const Dims& d, const std::vector<float>& dy, std::int64_t n,
-                    std::int64_t f) {
+inline Vec expanded(const Dims& d, const std::vector<float>& dy, std::int64_t n, std::int64_t f) {
   Vec e(static_cast<std::size_t>(d.EH * d.EW), 0.0);
   for (std::int64_t i = 0; i < d.OH; ++i)
     for (std::int64_t j = 0; j < d.OW; ++j)
@@ -143,7 +156,8 @@ inline Vec backward_data(const Conv2dShape& s, const std::vector<float>& dy,
     }
   }
   if (input_act != im2gemm::Activation::identity)
-    for (std::size_t i = 0; i < dx.size(); ++i) dx[i] *= act_derivative_from_output(input_act, x[i]);
+    for (std::size_t i = 0; i < dx.size(); ++i)
+      dx[i] *= act_derivative_from_output(input_act, x[i]);
   return dx;
 }
 

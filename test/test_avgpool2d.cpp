@@ -34,22 +34,31 @@ struct IsaScope {
   }
 };
 
-AvgPool2dShape avg(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                   std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
-                   std::int64_t ph, std::int64_t pw, bool ceil = false, bool include = true) {
+AvgPool2dShape avg(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, std::int64_t kh,
+                   std::int64_t kw, std::int64_t sh, std::int64_t sw, std::int64_t ph,
+                   std::int64_t pw, bool ceil = false, bool include = true) {
   AvgPool2dShape s;
-  s.batch = n; s.channels = c; s.in_height = h; s.in_width = w;
-  s.kernel_height = kh; s.kernel_width = kw; s.stride_height = sh; s.stride_width = sw;
-  s.pad_height = ph; s.pad_width = pw; s.ceil_mode = ceil; s.count_include_pad = include;
+  s.batch = n;
+  s.channels = c;
+  s.in_height = h;
+  s.in_width = w;
+  s.kernel_height = kh;
+  s.kernel_width = kw;
+  s.stride_height = sh;
+  s.stride_width = sw;
+  s.pad_height = ph;
+  s.pad_width = pw;
+  s.ceil_mode = ceil;
+  s.count_include_pad = include;
   return s;
 }
 
 std::string describe(const AvgPool2dShape& s) {
   std::ostringstream o;
   o << "N" << s.batch << " C" << s.channels << " " << s.in_height << "x" << s.in_width << " k"
-    << s.kernel_height << "x" << s.kernel_width << " s" << s.stride_height << "x"
-    << s.stride_width << " p" << s.pad_height << "x" << s.pad_width
-    << (s.ceil_mode ? " ceil" : " floor") << (s.count_include_pad ? " incl" : " excl");
+    << s.kernel_height << "x" << s.kernel_width << " s" << s.stride_height << "x" << s.stride_width
+    << " p" << s.pad_height << "x" << s.pad_width << (s.ceil_mode ? " ceil" : " floor")
+    << (s.count_include_pad ? " incl" : " excl");
   return o.str();
 }
 
@@ -75,10 +84,10 @@ std::vector<float> fast_backward(const AvgPool2dShape& s, const std::vector<floa
 }
 
 detail::AvgKernel kernel_of(const AvgPool2dShape& s) {
-  return detail::choose_avg_kernel(detail::AvgGeom{
-      s.in_height, s.in_width, s.out_height(), s.out_width(), s.kernel_height, s.kernel_width,
-      s.stride_height, s.stride_width, s.pad_height, s.pad_width, s.count_include_pad,
-      nullptr, nullptr, nullptr});
+  return detail::choose_avg_kernel(
+      detail::AvgGeom{s.in_height, s.in_width, s.out_height(), s.out_width(), s.kernel_height,
+                      s.kernel_width, s.stride_height, s.stride_width, s.pad_height, s.pad_width,
+                      s.count_include_pad, nullptr, nullptr, nullptr});
 }
 
 // The divisor of every output of one plane: PyTorch's rule, written out again here
@@ -168,9 +177,8 @@ std::vector<AvgPool2dShape> random_shapes(int count, std::uint32_t seed) {
 }
 
 bool all_equal(const std::vector<float>& v, float want) {
-  return std::all_of(v.begin(), v.end(), [&](float f) {
-    return std::isnan(want) ? std::isnan(f) : f == want;
-  });
+  return std::all_of(v.begin(), v.end(),
+                     [&](float f) { return std::isnan(want) ? std::isnan(f) : f == want; });
 }
 
 }  // namespace
@@ -179,15 +187,15 @@ bool all_equal(const std::vector<float>& v, float want) {
 
 TEST_CASE("output size: PyTorch's ceil rule (checked with torch 1.13)") {
   // (H, k, s, p) -> ceil-mode output size, from torch.nn.functional.avg_pool2d/max_pool2d
-  struct Row { std::int64_t h, k, s, p, floor_out, ceil_out; };
+  struct Row {
+    std::int64_t h, k, s, p, floor_out, ceil_out;
+  };
   const Row rows[] = {
       {1, 2, 2, 0, 0, 1},  // floor: no window fits; ceil: one, over the single real row
-      {5, 2, 2, 0, 2, 3},
-      {6, 3, 2, 1, 3, 4},
+      {5, 2, 2, 0, 2, 3}, {6, 3, 2, 1, 3, 4},
       {7, 3, 2, 1, 4, 4},  // (7 + 2 - 3) / 2 is exact: ceil = floor
       {5, 3, 3, 1, 2, 2},  // the third window would start at 6 >= 5 + 1: dropped
-      {2, 3, 2, 1, 1, 2},
-      {1, 3, 2, 1, 1, 1},
+      {2, 3, 2, 1, 1, 2}, {1, 3, 2, 1, 1, 1},
   };
   for (const Row& r : rows) {
     CAPTURE(r.h);
@@ -241,7 +249,10 @@ TEST_CASE("bad shapes and spans are rejected before anything is written") {
   bad_shape([](AvgPool2dShape& s) { s.pad_width = -1; });
   bad_shape([](AvgPool2dShape& s) { s.channels = 0; });
   bad_shape([](AvgPool2dShape& s) { s.in_width = 0; });
-  bad_shape([](AvgPool2dShape& s) { s.kernel_height = 12; s.pad_height = 0; });  // > 9
+  bad_shape([](AvgPool2dShape& s) {
+    s.kernel_height = 12;
+    s.pad_height = 0;
+  });                                // > 9
   bad_shape([](AvgPool2dShape& s) {  // element count overflows
     s.batch = std::int64_t{1} << 40;
     s.channels = std::int64_t{1} << 30;
@@ -493,10 +504,12 @@ TEST_CASE("random shapes match the reference on every ISA, 1 and 2 threads") {
 }
 
 TEST_CASE("dedicated paths on odd sizes cover their tails, both modes") {
-  const std::vector<std::int64_t> widths{2, 3, 4, 5, 7, 15, 16, 17, 18, 31, 32, 33, 34,
-                                         35, 47, 63, 64, 65, 66, 67, 97, 112, 113};
+  const std::vector<std::int64_t> widths{2,  3,  4,  5,  7,  15, 16, 17, 18, 31,  32, 33,
+                                         34, 35, 47, 63, 64, 65, 66, 67, 97, 112, 113};
   const std::vector<std::int64_t> heights{2, 3, 4, 5, 9};
-  struct Win { std::int64_t k, s, p; };
+  struct Win {
+    std::int64_t k, s, p;
+  };
   for (PoolIsa isa : isas()) {
     IsaScope scope(isa);
     for (const Win win : {Win{2, 2, 0}, Win{3, 2, 1}, Win{3, 2, 0}, Win{2, 2, 1}}) {
@@ -522,12 +535,12 @@ TEST_CASE("dedicated paths on odd sizes cover their tails, both modes") {
 
 TEST_CASE("the suite's pools and global shapes match the reference; threads agree bitwise") {
   const std::vector<AvgPool2dShape> shapes{
-      avg(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),     // lenet_pool
-      avg(1, 2, 224, 224, 2, 2, 2, 2, 0, 0),   // vgg_pool1
-      avg(1, 2, 112, 112, 3, 3, 2, 2, 1, 1),   // resnet_pool
-      avg(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),     // alexnet_pool1
-      avg(4, 64, 7, 7, 7, 7, 1, 1, 0, 0),      // a ResNet head
-      avg(2, 5, 56, 57, 56, 57, 1, 1, 0, 0),   // a large global plane
+      avg(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),                 // lenet_pool
+      avg(1, 2, 224, 224, 2, 2, 2, 2, 0, 0),               // vgg_pool1
+      avg(1, 2, 112, 112, 3, 3, 2, 2, 1, 1),               // resnet_pool
+      avg(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),                 // alexnet_pool1
+      avg(4, 64, 7, 7, 7, 7, 1, 1, 0, 0),                  // a ResNet head
+      avg(2, 5, 56, 57, 56, 57, 1, 1, 0, 0),               // a large global plane
       avg(1, 1, 401, 399, 3, 3, 2, 2, 1, 1, true, false),  // one plane, row blocks
       avg(3, 40, 61, 59, 5, 3, 1, 2, 2, 1, true, true),    // > 512 KiB: two threads
   };

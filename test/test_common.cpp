@@ -1,7 +1,7 @@
 #include <algorithm>
 // Activations, threads, the BLAS self-report and shape validation.
-#include <cmath>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 
@@ -17,7 +17,8 @@ TEST_CASE("activation_forward computes each activation") {
   CHECK(r == std::vector<float>{0.0f, 0.0f, 0.0f, 0.5f, 2.0f});
   auto s = v;
   activation_forward(Activation::sigmoid, s);
-  for (std::size_t i = 0; i < v.size(); ++i) CHECK(s[i] == doctest::Approx(1.0 / (1.0 + std::exp(-v[i]))));
+  for (std::size_t i = 0; i < v.size(); ++i)
+    CHECK(s[i] == doctest::Approx(1.0 / (1.0 + std::exp(-v[i]))));
   auto t = v;
   activation_forward(Activation::tanh, t);
   for (std::size_t i = 0; i < v.size(); ++i) CHECK(t[i] == doctest::Approx(std::tanh(v[i])));
@@ -28,7 +29,8 @@ TEST_CASE("activation_forward computes each activation") {
 
 TEST_CASE("activation_backward multiplies by the derivative computed from the output") {
   const std::vector<float> u{-2.0f, -0.5f, 0.25f, 0.5f, 2.0f};
-  for (Activation a : {Activation::identity, Activation::relu, Activation::sigmoid, Activation::tanh}) {
+  for (Activation a :
+       {Activation::identity, Activation::relu, Activation::sigmoid, Activation::tanh}) {
     CAPTURE(static_cast<int>(a));
     std::vector<float> y = u;
     activation_forward(a, y);
@@ -58,7 +60,8 @@ TEST_CASE("activation functions reject bad input and write nothing") {
   CHECK(v == std::vector<float>{1.0f, 2.0f});
   std::vector<float> y{0.5f, 0.5f, 0.5f};
   CHECK_THROWS_AS(activation_backward(Activation::relu, y, v), std::invalid_argument);
-  CHECK_THROWS_AS(activation_backward(static_cast<Activation>(9), std::span<const float>(y).first(2), v),
+  CHECK_THROWS_AS(activation_backward(static_cast<Activation>(9),
+                                      std::span<const float>(y).first(2), v),
                   std::invalid_argument);
   CHECK(v == std::vector<float>{1.0f, 2.0f});
   try {
@@ -126,16 +129,20 @@ TEST_CASE("engine_info: what the kernels run; a bad IM2GEMM_ISA or IM2GEMM_GEMM 
     const std::string m = message([] { (void)im2gemm::engine_info(); });
     CHECK(m.find("IM2GEMM_ISA='avx1024'") != std::string::npos);
     CHECK(m.find("scalar, avx2, avx512") != std::string::npos);
-    im2gemm::Conv2dShape s{.batch = 1, .in_channels = 2, .in_height = 5, .in_width = 5, .out_channels = 3};
-    std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f), w(static_cast<std::size_t>(s.w_size()), 1.0f);
+    im2gemm::Conv2dShape s{
+        .batch = 1, .in_channels = 2, .in_height = 5, .in_width = 5, .out_channels = 3};
+    std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f),
+        w(static_cast<std::size_t>(s.w_size()), 1.0f);
     std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
     const std::string mc = message([&] { im2gemm::conv2d_forward(s, x, w, {}, y); });
-    CHECK((mc.find("IM2GEMM_ISA") != std::string::npos || mc.find("IM2GEMM_GEMM") != std::string::npos));
+    CHECK((mc.find("IM2GEMM_ISA") != std::string::npos ||
+           mc.find("IM2GEMM_GEMM") != std::string::npos));
     CHECK(std::all_of(y.begin(), y.end(), [](float v) { return v == testutil::kSentinel; }));
     im2gemm::MaxPool2dShape ps{.batch = 1, .channels = 1, .in_height = 4, .in_width = 4};
     std::vector<float> px(16, 1.0f), py(4, testutil::kSentinel);
     std::vector<std::int32_t> arg(4, -7);
-    CHECK(message([&] { im2gemm::maxpool2d_forward(ps, px, py, arg); }).find("IM2GEMM_ISA") != std::string::npos);
+    CHECK(message([&] { im2gemm::maxpool2d_forward(ps, px, py, arg); }).find("IM2GEMM_ISA") !=
+          std::string::npos);
     CHECK(py[0] == testutil::kSentinel);
     return;
   }
@@ -146,17 +153,28 @@ TEST_CASE("engine_info: what the kernels run; a bad IM2GEMM_ISA or IM2GEMM_GEMM 
   if (const char* cap = std::getenv("IM2GEMM_ISA")) {
     // The cap holds unless the CPU has less.
     const std::string c = cap;
-    CHECK((e.isa == c || (c == "avx512" && e.isa != "avx512") || (c == "avx2" && e.isa == "scalar")));
+    CHECK(
+        (e.isa == c || (c == "avx512" && e.isa != "avx512") || (c == "avx2" && e.isa == "scalar")));
   }
 }
 
 namespace {
 Conv2dShape good_conv() {
   Conv2dShape s;
-  s.batch = 2; s.in_channels = 4; s.in_height = 9; s.in_width = 7;
-  s.out_channels = 6; s.kernel_height = 3; s.kernel_width = 2;
-  s.stride_height = 2; s.stride_width = 1; s.pad_height = 1; s.pad_width = 0;
-  s.dilation_height = 1; s.dilation_width = 2; s.groups = 2;
+  s.batch = 2;
+  s.in_channels = 4;
+  s.in_height = 9;
+  s.in_width = 7;
+  s.out_channels = 6;
+  s.kernel_height = 3;
+  s.kernel_width = 2;
+  s.stride_height = 2;
+  s.stride_width = 1;
+  s.pad_height = 1;
+  s.pad_width = 0;
+  s.dilation_height = 1;
+  s.dilation_width = 2;
+  s.groups = 2;
   return s;
 }
 
@@ -185,42 +203,89 @@ TEST_CASE("Conv2dShape: output size and sizes") {
 
 TEST_CASE("Conv2dShape::validate names the field and value") {
   auto s = good_conv();
-  s.batch = 0; check_rejects(s, "batch"); s = good_conv();
-  s.in_channels = -1; check_rejects(s, "in_channels must be >= 1, got -1"); s = good_conv();
-  s.in_height = 0; check_rejects(s, "in_height"); s = good_conv();
-  s.in_width = 0; check_rejects(s, "in_width"); s = good_conv();
-  s.out_channels = 0; check_rejects(s, "out_channels"); s = good_conv();
-  s.kernel_height = 0; check_rejects(s, "kernel_height"); s = good_conv();
-  s.kernel_width = -3; check_rejects(s, "kernel_width must be >= 1, got -3"); s = good_conv();
-  s.stride_height = 0; check_rejects(s, "stride_height"); s = good_conv();
-  s.stride_width = 0; check_rejects(s, "stride_width"); s = good_conv();
-  s.pad_height = -1; check_rejects(s, "pad_height must be >= 0, got -1"); s = good_conv();
-  s.pad_width = -2; check_rejects(s, "pad_width"); s = good_conv();
-  s.dilation_height = 0; check_rejects(s, "dilation_height"); s = good_conv();
-  s.dilation_width = 0; check_rejects(s, "dilation_width"); s = good_conv();
-  s.groups = 0; check_rejects(s, "groups"); s = good_conv();
-  s.groups = 3; check_rejects(s, "in_channels 4 is not divisible by groups 3"); s = good_conv();
-  s.groups = 4; check_rejects(s, "out_channels 6 is not divisible by groups 4"); s = good_conv();
-  s.kernel_height = 12; check_rejects(s, "height kernel extent 12"); s = good_conv();
-  s.dilation_width = 9; check_rejects(s, "width kernel extent 10"); s = good_conv();
-  s.in_height = std::int64_t{1} << 40; s.in_width = std::int64_t{1} << 40;
-  check_rejects(s, "overflows"); s = good_conv();
+  s.batch = 0;
+  check_rejects(s, "batch");
+  s = good_conv();
+  s.in_channels = -1;
+  check_rejects(s, "in_channels must be >= 1, got -1");
+  s = good_conv();
+  s.in_height = 0;
+  check_rejects(s, "in_height");
+  s = good_conv();
+  s.in_width = 0;
+  check_rejects(s, "in_width");
+  s = good_conv();
+  s.out_channels = 0;
+  check_rejects(s, "out_channels");
+  s = good_conv();
+  s.kernel_height = 0;
+  check_rejects(s, "kernel_height");
+  s = good_conv();
+  s.kernel_width = -3;
+  check_rejects(s, "kernel_width must be >= 1, got -3");
+  s = good_conv();
+  s.stride_height = 0;
+  check_rejects(s, "stride_height");
+  s = good_conv();
+  s.stride_width = 0;
+  check_rejects(s, "stride_width");
+  s = good_conv();
+  s.pad_height = -1;
+  check_rejects(s, "pad_height must be >= 0, got -1");
+  s = good_conv();
+  s.pad_width = -2;
+  check_rejects(s, "pad_width");
+  s = good_conv();
+  s.dilation_height = 0;
+  check_rejects(s, "dilation_height");
+  s = good_conv();
+  s.dilation_width = 0;
+  check_rejects(s, "dilation_width");
+  s = good_conv();
+  s.groups = 0;
+  check_rejects(s, "groups");
+  s = good_conv();
+  s.groups = 3;
+  check_rejects(s, "in_channels 4 is not divisible by groups 3");
+  s = good_conv();
+  s.groups = 4;
+  check_rejects(s, "out_channels 6 is not divisible by groups 4");
+  s = good_conv();
+  s.kernel_height = 12;
+  check_rejects(s, "height kernel extent 12");
+  s = good_conv();
+  s.dilation_width = 9;
+  check_rejects(s, "width kernel extent 10");
+  s = good_conv();
+  s.in_height = std::int64_t{1} << 40;
+  s.in_width = std::int64_t{1} << 40;
+  check_rejects(s, "overflows");
+  s = good_conv();
   // Strides, pads and dilations above 2^31 - 1 are rejected by name before any arithmetic.
   s.pad_height = std::numeric_limits<std::int64_t>::max() / 2 + 1;
   check_rejects(s, "pad_height must be <= 2147483647 (2^31 - 1), got 4611686018427387904");
   s = good_conv();
-  s.kernel_height = std::int64_t{1} << 40; s.dilation_height = std::int64_t{1} << 40;
+  s.kernel_height = std::int64_t{1} << 40;
+  s.dilation_height = std::int64_t{1} << 40;
   check_rejects(s, "dilation_height must be <= 2147483647");
   s = good_conv();
-  s.kernel_height = std::int64_t{1} << 40; s.dilation_height = im2gemm::kMaxStridePadDilation;
+  s.kernel_height = std::int64_t{1} << 40;
+  s.dilation_height = im2gemm::kMaxStridePadDilation;
   check_rejects(s, "overflows");
 }
 
 TEST_CASE("MaxPool2dShape::validate") {
   MaxPool2dShape p;
-  p.batch = 2; p.channels = 3; p.in_height = 7; p.in_width = 6;
-  p.kernel_height = 3; p.kernel_width = 2; p.stride_height = 2; p.stride_width = 3;
-  p.pad_height = 1; p.pad_width = 1;
+  p.batch = 2;
+  p.channels = 3;
+  p.in_height = 7;
+  p.in_width = 6;
+  p.kernel_height = 3;
+  p.kernel_width = 2;
+  p.stride_height = 2;
+  p.stride_width = 3;
+  p.pad_height = 1;
+  p.pad_width = 1;
   p.validate();
   CHECK(p.out_height() == (7 + 2 - 3) / 2 + 1);
   CHECK(p.out_width() == (6 + 2 - 2) / 3 + 1);
@@ -244,8 +309,18 @@ TEST_CASE("MaxPool2dShape::validate") {
   bad([](auto& q) { q.pad_height = 3; }, "pad_height 3 must be smaller than kernel_height 3");
   bad([](auto& q) { q.pad_width = 2; }, "pad_width 2");
   bad([](auto& q) { q.pad_width = -1; }, "pad_width must be >= 0");
-  bad([](auto& q) { q.kernel_height = 10; q.pad_height = 1; }, "kernel extent 10");
-  bad([](auto& q) { q.in_height = 50000; q.in_width = 50000; }, "int32_t");
+  bad(
+      [](auto& q) {
+        q.kernel_height = 10;
+        q.pad_height = 1;
+      },
+      "kernel extent 10");
+  bad(
+      [](auto& q) {
+        q.in_height = 50000;
+        q.in_width = 50000;
+      },
+      "int32_t");
 }
 
 TEST_CASE("crc32: the standard check values") {

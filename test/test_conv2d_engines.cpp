@@ -59,54 +59,78 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
       for (Isa isa : be == GemmBackend::packed ? cpu_isas() : std::vector<Isa>{Isa::avx512}) {
         for (int threads : {1, 2}) {
           const ConvOptions o{be, isa, threads};
-          INFO(im2gemm::detail::gemm_backend_name(be) << " " << im2gemm::detail::isa_name(isa)
-                                                      << " threads " << threads);
+          INFO(im2gemm::detail::gemm_backend_name(be)
+               << " " << im2gemm::detail::isa_name(isa) << " threads " << threads);
           convcases::compare(s, convcases::run_with(o, s, di, act, with_bias), ri, true);
           // Float data: tolerance, on one thread count per ISA (rounding differs by ISA).
-          if (threads == 2) convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false);
+          if (threads == 2)
+            convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false);
           ++runs;
-          packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) == GemmBackend::packed;
-          packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed;
-          packed_w += im2gemm::detail::conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
+          packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) ==
+                        GemmBackend::packed;
+          packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) ==
+                        GemmBackend::packed;
+          packed_w += im2gemm::detail::conv_backend(s, ConvPass::backward_weights, o) ==
+                      GemmBackend::packed;
         }
       }
     }
   }
   im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
-                          << ", packed backward data " << packed_bwd << ", packed backward weights "
-                          << packed_w);
-  CHECK(packed_fwd == runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
+                            << ", packed backward data " << packed_bwd
+                            << ", packed backward weights " << packed_w);
+  CHECK(packed_fwd ==
+        runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
   CHECK(packed_w == packed_fwd);  // and every backward weights
 }
 
-TEST_CASE("engines: the packed engine is bitwise repeatable and differs across threads only by rounding") {
-  Conv2dShape s{.batch = 3, .in_channels = 37, .in_height = 19, .in_width = 23, .out_channels = 29,
-                .kernel_height = 3, .kernel_width = 3, .pad_height = 1, .pad_width = 1};
+TEST_CASE(
+    "engines: the packed engine is bitwise repeatable and differs across threads only by rounding") {
+  Conv2dShape s{.batch = 3,
+                .in_channels = 37,
+                .in_height = 19,
+                .in_width = 23,
+                .out_channels = 29,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .pad_height = 1,
+                .pad_width = 1};
   const auto d = convcases::make_data(s, 5, false);
   for (Isa isa : cpu_isas()) {
     const auto a = convcases::run_with({GemmBackend::packed, isa, 2}, s, d, Activation::tanh, true);
     const auto b = convcases::run_with({GemmBackend::packed, isa, 2}, s, d, Activation::tanh, true);
-    const auto one = convcases::run_with({GemmBackend::packed, isa, 1}, s, d, Activation::tanh, true);
+    const auto one =
+        convcases::run_with({GemmBackend::packed, isa, 1}, s, d, Activation::tanh, true);
     CHECK(testutil::bitwise_equal(a.y, b.y));
     CHECK(testutil::bitwise_equal(a.dx, b.dx));
     convcases::compare(s, one, a, false);
   }
 }
 
-TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..1024 threads and balances 4..64 threads on the suite") {
+TEST_CASE(
+    "engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..1024 threads and balances 4..64 threads on the suite") {
   // Suite shapes, inline (the test needs no file).
-  const int64_t L[][11] = {{1, 3, 5, 5, 2, 3, 3, 2, 2, 1, 1},      {64, 1, 28, 28, 20, 5, 5, 1, 1, 0, 0},
-                           {64, 20, 12, 12, 50, 5, 5, 1, 1, 0, 0},  {8, 3, 227, 227, 96, 11, 11, 4, 4, 0, 0},
-                           {1, 64, 224, 224, 64, 3, 3, 1, 1, 1, 1}, {8, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1},
-                           {8, 3, 224, 224, 64, 7, 7, 2, 2, 3, 3},  {8, 64, 56, 56, 256, 1, 1, 1, 1, 0, 0},
-                           {8, 128, 56, 56, 128, 3, 3, 2, 2, 1, 1}, {8, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},
-                           {1, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},   {1, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1}};
+  const int64_t L[][11] = {
+      {1, 3, 5, 5, 2, 3, 3, 2, 2, 1, 1},       {64, 1, 28, 28, 20, 5, 5, 1, 1, 0, 0},
+      {64, 20, 12, 12, 50, 5, 5, 1, 1, 0, 0},  {8, 3, 227, 227, 96, 11, 11, 4, 4, 0, 0},
+      {1, 64, 224, 224, 64, 3, 3, 1, 1, 1, 1}, {8, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1},
+      {8, 3, 224, 224, 64, 7, 7, 2, 2, 3, 3},  {8, 64, 56, 56, 256, 1, 1, 1, 1, 0, 0},
+      {8, 128, 56, 56, 128, 3, 3, 2, 2, 1, 1}, {8, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},
+      {1, 512, 7, 7, 512, 3, 3, 1, 1, 1, 1},   {1, 256, 56, 56, 256, 3, 3, 1, 1, 1, 1}};
   for (const auto& l : L) {
-    const Conv2dShape s{.batch = l[0], .in_channels = l[1], .in_height = l[2], .in_width = l[3],
-                        .out_channels = l[4], .kernel_height = l[5], .kernel_width = l[6],
-                        .stride_height = l[7], .stride_width = l[8], .pad_height = l[9], .pad_width = l[10]};
+    const Conv2dShape s{.batch = l[0],
+                        .in_channels = l[1],
+                        .in_height = l[2],
+                        .in_width = l[3],
+                        .out_channels = l[4],
+                        .kernel_height = l[5],
+                        .kernel_width = l[6],
+                        .stride_height = l[7],
+                        .stride_width = l[8],
+                        .pad_height = l[9],
+                        .pad_width = l[10]};
     INFO(testutil::describe(s));
     for (Isa isa : cpu_isas()) {
       for (const auto& pc : {im2gemm::detail::packed_forward_problem(s),
@@ -118,7 +142,8 @@ TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..102
           CHECK(p.items(pc) >= 1);
           // Every thread within 10% of the mean work (or fewer threads run).
           if (threads == 4 || threads == 8 || threads == 16 || threads == 32 || threads == 64) {
-            INFO("threads " << threads << " planned " << p.threads << " imbalance " << p.imbalance(pc));
+            INFO("threads " << threads << " planned " << p.threads << " imbalance "
+                            << p.imbalance(pc));
             CHECK(p.imbalance(pc) <= 1.10);
           }
         }
@@ -127,16 +152,33 @@ TEST_CASE("engines: the packed plan keeps scratch <= 8 MiB, terminates at 1..102
   }
 }
 
-TEST_CASE("engines: auto gives forward to the packed engine by row length against the panel width") {
+TEST_CASE(
+    "engines: auto gives forward to the packed engine by row length against the panel width") {
   // lenet_conv2 (8-pixel output rows) and a 1x1 stride-1 layer: packed on 16-lane panels
   // (AVX2), openblas on 48-lane ones (AVX-512); vgg_conv3_2: packed on both; scalar never.
-  Conv2dShape lenet2{.batch = 64, .in_channels = 20, .in_height = 12, .in_width = 12,
-                     .out_channels = 50, .kernel_height = 5, .kernel_width = 5};
-  Conv2dShape one{.batch = 8, .in_channels = 64, .in_height = 56, .in_width = 56,
-                  .out_channels = 256, .kernel_height = 1, .kernel_width = 1};
-  Conv2dShape vgg{.batch = 8, .in_channels = 256, .in_height = 56, .in_width = 56,
-                  .out_channels = 256, .kernel_height = 3, .kernel_width = 3,
-                  .pad_height = 1, .pad_width = 1};
+  Conv2dShape lenet2{.batch = 64,
+                     .in_channels = 20,
+                     .in_height = 12,
+                     .in_width = 12,
+                     .out_channels = 50,
+                     .kernel_height = 5,
+                     .kernel_width = 5};
+  Conv2dShape one{.batch = 8,
+                  .in_channels = 64,
+                  .in_height = 56,
+                  .in_width = 56,
+                  .out_channels = 256,
+                  .kernel_height = 1,
+                  .kernel_width = 1};
+  Conv2dShape vgg{.batch = 8,
+                  .in_channels = 256,
+                  .in_height = 56,
+                  .in_width = 56,
+                  .out_channels = 256,
+                  .kernel_height = 3,
+                  .kernel_width = 3,
+                  .pad_height = 1,
+                  .pad_width = 1};
   for (Isa isa : cpu_isas()) {
     CAPTURE(static_cast<int>(isa));
     const ConvOptions o{GemmBackend::automatic, isa, 2};

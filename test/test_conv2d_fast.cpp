@@ -33,8 +33,8 @@ using convcases::run_ref;
 // This suite holds the openblas backend (im2col / col2im + sgemm, planned by plan_conv) to
 // the reference; test_conv2d_engines runs the packed engine on every ISA.
 Outputs run_fast(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
-  return convcases::run_with({im2gemm::detail::GemmBackend::openblas,
-                              im2gemm::detail::Isa::avx512, im2gemm::num_threads()},
+  return convcases::run_with({im2gemm::detail::GemmBackend::openblas, im2gemm::detail::Isa::avx512,
+                              im2gemm::num_threads()},
                              s, d, act, with_bias);
 }
 
@@ -83,9 +83,17 @@ constexpr SuiteLayer kSuite[] = {
 
 Conv2dShape to_shape(const SuiteLayer& l) {
   Conv2dShape s;
-  s.batch = l.n; s.in_channels = l.c; s.in_height = l.h; s.in_width = l.w;
-  s.out_channels = l.f; s.kernel_height = l.kh; s.kernel_width = l.kw;
-  s.stride_height = l.sh; s.stride_width = l.sw; s.pad_height = l.ph; s.pad_width = l.pw;
+  s.batch = l.n;
+  s.in_channels = l.c;
+  s.in_height = l.h;
+  s.in_width = l.w;
+  s.out_channels = l.f;
+  s.kernel_height = l.kh;
+  s.kernel_width = l.kw;
+  s.stride_height = l.sh;
+  s.stride_width = l.sw;
+  s.pad_height = l.ph;
+  s.pad_width = l.pw;
   return s;
 }
 
@@ -101,7 +109,8 @@ std::vector<std::pair<std::string, Conv2dShape>> suite_shapes() {
       std::istringstream ss(line);
       SuiteLayer l{};
       std::string name;
-      if (ss >> name >> l.n >> l.c >> l.h >> l.w >> l.f >> l.kh >> l.kw >> l.sh >> l.sw >> l.ph >> l.pw) {
+      if (ss >> name >> l.n >> l.c >> l.h >> l.w >> l.f >> l.kh >> l.kw >> l.sh >> l.sw >> l.ph >>
+          l.pw) {
         out.emplace_back(name, to_shape(l));
       }
     }
@@ -111,19 +120,17 @@ std::vector<std::pair<std::string, Conv2dShape>> suite_shapes() {
 
 int64_t work_items(const im2gemm::detail::ConvPlan& p) {
   switch (p.pass) {
-    case ConvPass::forward:
-      return p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
-    case ConvPass::backward_data:
-      return p.image_groups * p.groups * p.channel_blocks;
-    case ConvPass::backward_weights:
-      return p.weight_partials ? p.N : p.groups * p.channel_blocks;
+    case ConvPass::forward: return p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
+    case ConvPass::backward_data: return p.image_groups * p.groups * p.channel_blocks;
+    case ConvPass::backward_weights: return p.weight_partials ? p.N : p.groups * p.channel_blocks;
   }
   return 0;
 }
 
 }  // namespace
 
-TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on floats, 1 and 2 threads") {
+TEST_CASE(
+    "fast conv: random shapes, every pass, exact on integers and close on floats, 1 and 2 threads") {
   Settings restore;
   std::mt19937 rng(20261127);
   constexpr int kShapes = 320;
@@ -163,7 +170,8 @@ TEST_CASE("fast conv: random shapes, every pass, exact on integers and close on 
   MESSAGE(kShapes << " random shapes x 3 passes, " << runs << " runs of each pass");
 }
 
-TEST_CASE("fast conv: the small-plane im2col and col2im equal the portable loops bitwise and write only their block") {
+TEST_CASE(
+    "fast conv: the small-plane im2col and col2im equal the portable loops bitwise and write only their block") {
   Settings restore;
   if (!__builtin_cpu_supports("avx512f")) {
     MESSAGE("no AVX-512 on this CPU: the small-plane kernel is never taken");
@@ -195,8 +203,9 @@ TEST_CASE("fast conv: the small-plane im2col and col2im equal the portable loops
     const int64_t q1 = pick(static_cast<int>(q0 + 1), static_cast<int>(P));
     const int64_t ld = (q1 - q0) + pick(0, 5);
     const int64_t rows = s.in_channels * s.kernel_height * s.kernel_width;
-    const auto x = testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
-                                         static_cast<std::uint32_t>(i));
+    const auto x =
+        testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
+                              static_cast<std::uint32_t>(i));
     std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
     im2gemm::detail::set_avx512_lowering(false);
     im2gemm::detail::im2col_block(g, x.data(), s.in_channels, q0, q1, want.data(), ld);
@@ -230,7 +239,10 @@ TEST_CASE("fast conv: the small-plane im2col and col2im equal the portable loops
   CHECK(adjoint_taken > 1000);
   // Planes above 64 floats or tables above 256 entries keep the other kernels.
   Conv2dShape big;
-  big.in_height = 8; big.in_width = 9; big.kernel_height = 3; big.kernel_width = 3;
+  big.in_height = 8;
+  big.in_width = 9;
+  big.kernel_height = 3;
+  big.kernel_width = 3;
   CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 1));
   big.in_width = 8;
   CHECK(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 36));
@@ -244,44 +256,101 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
   std::vector<Conv2dShape> shapes;
   {
     Conv2dShape s;  // vgg-like, one image, 3x3 pad 1: pixel split at batch 1
-    s.batch = 1; s.in_channels = 64; s.in_height = 50; s.in_width = 47; s.out_channels = 24;
-    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    s.batch = 1;
+    s.in_channels = 64;
+    s.in_height = 50;
+    s.in_width = 47;
+    s.out_channels = 24;
+    s.kernel_height = 3;
+    s.kernel_width = 3;
+    s.pad_height = 1;
+    s.pad_width = 1;
     shapes.push_back(s);
-    s.stride_height = 2; s.stride_width = 3; s.kernel_width = 5; s.pad_width = 2;  // rows cut oddly
+    s.stride_height = 2;
+    s.stride_width = 3;
+    s.kernel_width = 5;
+    s.pad_width = 2;  // rows cut oddly
     shapes.push_back(s);
     s = Conv2dShape{};  // small images side by side, odd batch
-    s.batch = 5; s.in_channels = 20; s.in_height = 12; s.in_width = 12; s.out_channels = 50;
-    s.kernel_height = 5; s.kernel_width = 5;
+    s.batch = 5;
+    s.in_channels = 20;
+    s.in_height = 12;
+    s.in_width = 12;
+    s.out_channels = 50;
+    s.kernel_height = 5;
+    s.kernel_width = 5;
     shapes.push_back(s);
     s = Conv2dShape{};  // batch 1, tiny image, many channels: filter / channel split
-    s.batch = 1; s.in_channels = 96; s.in_height = 7; s.in_width = 7; s.out_channels = 64;
-    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    s.batch = 1;
+    s.in_channels = 96;
+    s.in_height = 7;
+    s.in_width = 7;
+    s.out_channels = 64;
+    s.kernel_height = 3;
+    s.kernel_width = 3;
+    s.pad_height = 1;
+    s.pad_width = 1;
     shapes.push_back(s);
-    s.groups = 2; s.batch = 3;
+    s.groups = 2;
+    s.batch = 3;
     shapes.push_back(s);
     s = Conv2dShape{};  // alexnet-like: 11x11 stride 4, wide enough for several row chunks
-    s.batch = 2; s.in_channels = 3; s.in_height = 47; s.in_width = 75; s.out_channels = 8;
-    s.kernel_height = 11; s.kernel_width = 11; s.stride_height = 4; s.stride_width = 4;
+    s.batch = 2;
+    s.in_channels = 3;
+    s.in_height = 47;
+    s.in_width = 75;
+    s.out_channels = 8;
+    s.kernel_height = 11;
+    s.kernel_width = 11;
+    s.stride_height = 4;
+    s.stride_width = 4;
     shapes.push_back(s);
     s = Conv2dShape{};  // resnet_conv1-like: 7x7 stride 2 pad 3
-    s.batch = 1; s.in_channels = 3; s.in_height = 40; s.in_width = 70; s.out_channels = 8;
-    s.kernel_height = 7; s.kernel_width = 7; s.stride_height = 2; s.stride_width = 2;
-    s.pad_height = 3; s.pad_width = 3;
+    s.batch = 1;
+    s.in_channels = 3;
+    s.in_height = 40;
+    s.in_width = 70;
+    s.out_channels = 8;
+    s.kernel_height = 7;
+    s.kernel_width = 7;
+    s.stride_height = 2;
+    s.stride_width = 2;
+    s.pad_height = 3;
+    s.pad_width = 3;
     shapes.push_back(s);
     s = Conv2dShape{};  // dilated, mixed strides, rows wider than 64 output columns
-    s.batch = 2; s.in_channels = 4; s.in_height = 30; s.in_width = 140; s.out_channels = 5;
-    s.kernel_height = 3; s.kernel_width = 5; s.stride_width = 2; s.dilation_height = 2;
-    s.dilation_width = 3; s.pad_height = 1; s.pad_width = 2;
+    s.batch = 2;
+    s.in_channels = 4;
+    s.in_height = 30;
+    s.in_width = 140;
+    s.out_channels = 5;
+    s.kernel_height = 3;
+    s.kernel_width = 5;
+    s.stride_width = 2;
+    s.dilation_height = 2;
+    s.dilation_width = 3;
+    s.pad_height = 1;
+    s.pad_width = 2;
     shapes.push_back(s);
     s = Conv2dShape{};  // more than kMaxFiltersTransposedWeights filters: dW accumulated as is
-    s.batch = 3; s.in_channels = 6; s.in_height = 9; s.in_width = 8; s.out_channels = 2 * 131;
-    s.groups = 2; s.kernel_height = 3; s.kernel_width = 2; s.stride_width = 2; s.pad_height = 1;
+    s.batch = 3;
+    s.in_channels = 6;
+    s.in_height = 9;
+    s.in_width = 8;
+    s.out_channels = 2 * 131;
+    s.groups = 2;
+    s.kernel_height = 3;
+    s.kernel_width = 2;
+    s.stride_width = 2;
+    s.pad_height = 1;
     shapes.push_back(s);
     s.batch = 1;
     shapes.push_back(s);
   }
-  CHECK_FALSE(im2gemm::detail::plan_conv(shapes.back(), ConvPass::backward_weights, 2).weights_transposed);
-  CHECK(im2gemm::detail::plan_conv(shapes.front(), ConvPass::backward_weights, 2).weights_transposed);
+  CHECK_FALSE(
+      im2gemm::detail::plan_conv(shapes.back(), ConvPass::backward_weights, 2).weights_transposed);
+  CHECK(
+      im2gemm::detail::plan_conv(shapes.front(), ConvPass::backward_weights, 2).weights_transposed);
   int n = 0;
   for (const auto& s : shapes) {
     for (Activation act : {Activation::identity, Activation::relu}) {
@@ -306,8 +375,15 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
   std::vector<Conv2dShape> shapes;
   for (int i = 0; i < 20; ++i) shapes.push_back(random_shape(rng));
   Conv2dShape mid;  // several pixel blocks and both weight-gradient modes
-  mid.batch = 3; mid.in_channels = 32; mid.in_height = 40; mid.in_width = 37; mid.out_channels = 16;
-  mid.kernel_height = 3; mid.kernel_width = 3; mid.pad_height = 1; mid.pad_width = 1;
+  mid.batch = 3;
+  mid.in_channels = 32;
+  mid.in_height = 40;
+  mid.in_width = 37;
+  mid.out_channels = 16;
+  mid.kernel_height = 3;
+  mid.kernel_width = 3;
+  mid.pad_height = 1;
+  mid.pad_width = 1;
   shapes.push_back(mid);
   for (const auto& s : shapes) {
     INFO(testutil::describe(s));
@@ -327,7 +403,8 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
   }
 }
 
-TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every thread on the suite") {
+TEST_CASE(
+    "fast conv: the plan keeps scratch <= 8 MiB per thread and uses every thread on the suite") {
   Settings restore;
   for (const auto& layer : suite_shapes()) {
     const auto& name = layer.first;  // no structured binding: clang 14 cannot capture one
@@ -336,7 +413,8 @@ TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every 
       INFO(name << " threads " << threads);
       const std::size_t bytes = im2gemm::conv2d_scratch_bytes(s, threads);
       CHECK(bytes <= im2gemm::detail::kMaxScratchBytesPerThread);
-      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+      for (ConvPass pass :
+           {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
         const auto p = im2gemm::detail::plan_conv(s, pass, threads);
         CHECK(p.scratch_bytes() <= bytes);
         if (name != "tutorial") {
@@ -373,18 +451,24 @@ TEST_CASE("fast conv: the plan keeps scratch <= 8 MiB per thread and uses every 
   CHECK_THROWS_AS(im2gemm::conv2d_scratch_bytes(bad, 1), std::invalid_argument);
 }
 
-TEST_CASE("fast conv: image runs cover the batch, fit their blocks and give every thread the same images") {
+TEST_CASE(
+    "fast conv: image runs cover the batch, fit their blocks and give every thread the same images") {
   Settings restore;
   int checked = 0, multi = 0;
   for (int64_t n = 1; n <= 70; ++n) {
     for (int threads = 1; threads <= 5; ++threads) {
       Conv2dShape s;  // lenet_conv2-like: 8x8 outputs, images side by side
-      s.batch = n; s.in_channels = 20; s.in_height = 12; s.in_width = 12; s.out_channels = 50;
-      s.kernel_height = 5; s.kernel_width = 5;
+      s.batch = n;
+      s.in_channels = 20;
+      s.in_height = 12;
+      s.in_width = 12;
+      s.out_channels = 50;
+      s.kernel_height = 5;
+      s.kernel_width = 5;
       for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data}) {
         const auto p = im2gemm::detail::plan_conv(s, pass, threads);
-        INFO("N " << n << " threads " << threads << " pass " << static_cast<int>(pass)
-                  << " runs " << p.image_groups << " of <= " << p.images_per_block);
+        INFO("N " << n << " threads " << threads << " pass " << static_cast<int>(pass) << " runs "
+                  << p.image_groups << " of <= " << p.images_per_block);
         REQUIRE(im2gemm::detail::image_run_begin(p, 0) == 0);
         REQUIRE(im2gemm::detail::image_run_begin(p, p.image_groups) == n);
         for (int64_t ig = 0; ig < p.image_groups; ++ig) {
@@ -411,25 +495,38 @@ TEST_CASE("fast conv: image runs cover the batch, fit their blocks and give ever
       }
     }
   }
-  MESSAGE(checked << " plans checked, " << multi << " with several threads and runs of several images");
+  MESSAGE(checked << " plans checked, " << multi
+                  << " with several threads and runs of several images");
   CHECK(multi > 100);
 }
 
-TEST_CASE("fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilation 1, and is correct") {
+TEST_CASE(
+    "fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilation 1, and is correct") {
   Settings restore;
   Conv2dShape base;
-  base.batch = 2; base.in_channels = 6; base.in_height = 9; base.in_width = 11; base.out_channels = 5;
+  base.batch = 2;
+  base.in_channels = 6;
+  base.in_height = 9;
+  base.in_width = 11;
+  base.out_channels = 5;
   CHECK(im2gemm::detail::is_conv1x1_s1_p0_d1(base));
   CHECK(im2gemm::detail::plan_conv(to_shape(kSuite[7]), ConvPass::forward, 2).skips_im2col());
   std::vector<Conv2dShape> others;
-  auto with = [&](auto edit) { Conv2dShape s = base; edit(s); others.push_back(s); };
+  auto with = [&](auto edit) {
+    Conv2dShape s = base;
+    edit(s);
+    others.push_back(s);
+  };
   with([](Conv2dShape& s) { s.stride_height = 2; });
   with([](Conv2dShape& s) { s.stride_width = 2; });
   with([](Conv2dShape& s) { s.pad_height = 1; });
   with([](Conv2dShape& s) { s.pad_width = 1; });
   with([](Conv2dShape& s) { s.dilation_height = 2; });
   with([](Conv2dShape& s) { s.kernel_width = 2; });
-  with([](Conv2dShape& s) { s.kernel_height = 3; s.pad_height = 1; });
+  with([](Conv2dShape& s) {
+    s.kernel_height = 3;
+    s.pad_height = 1;
+  });
   for (const auto& s : others) {
     INFO(testutil::describe(s));
     CHECK_FALSE(im2gemm::detail::is_conv1x1_s1_p0_d1(s));
@@ -439,8 +536,12 @@ TEST_CASE("fast conv: the 1x1 path is taken exactly for 1x1 stride 1 pad 0 dilat
   }
   others.push_back(base);
   Conv2dShape grouped = base;  // pointwise with groups, batch 1 (channel / filter split)
-  grouped.batch = 1; grouped.in_channels = 64; grouped.out_channels = 32; grouped.groups = 2;
-  grouped.in_height = 40; grouped.in_width = 33;
+  grouped.batch = 1;
+  grouped.in_channels = 64;
+  grouped.out_channels = 32;
+  grouped.groups = 2;
+  grouped.in_height = 40;
+  grouped.in_width = 33;
   others.push_back(grouped);
   for (const auto& s : others) {
     for (Activation act : kActs) {
@@ -473,8 +574,15 @@ TEST_CASE("fast conv: calls from several std::threads at once") {
     j.s = random_shape(rng);
     if (i == 0) {  // one job with several pixel blocks
       j.s = Conv2dShape{};
-      j.s.batch = 2; j.s.in_channels = 64; j.s.in_height = 48; j.s.in_width = 48; j.s.out_channels = 16;
-      j.s.kernel_height = 3; j.s.kernel_width = 3; j.s.pad_height = 1; j.s.pad_width = 1;
+      j.s.batch = 2;
+      j.s.in_channels = 64;
+      j.s.in_height = 48;
+      j.s.in_width = 48;
+      j.s.out_channels = 16;
+      j.s.kernel_height = 3;
+      j.s.kernel_width = 3;
+      j.s.pad_height = 1;
+      j.s.pad_width = 1;
     }
     j.act = kActs[i];
     j.d = make_data(j.s, 300u + static_cast<std::uint32_t>(i), true);
@@ -489,7 +597,8 @@ TEST_CASE("fast conv: calls from several std::threads at once") {
       for (int rep = 0; rep < 5; ++rep) {
         const Outputs o = run_fast(j.s, j.d, j.act, true);
         if (!testutil::bitwise_equal(o.y, j.want.y) || !testutil::bitwise_equal(o.dx, j.want.dx) ||
-            !testutil::bitwise_equal(o.dw, j.want.dw) || !testutil::bitwise_equal(o.db, j.want.db)) {
+            !testutil::bitwise_equal(o.dw, j.want.dw) ||
+            !testutil::bitwise_equal(o.db, j.want.db)) {
           ++bad[i];
         }
       }
@@ -504,15 +613,22 @@ TEST_CASE("fast conv: calls from several std::threads at once") {
 
 TEST_CASE("fast conv: bad input throws and leaves outputs untouched") {
   Conv2dShape s;
-  s.batch = 1; s.in_channels = 2; s.in_height = 5; s.in_width = 5; s.out_channels = 3;
-  s.kernel_height = 3; s.kernel_width = 3;
-  std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f), w(static_cast<std::size_t>(s.w_size()), 1.0f);
+  s.batch = 1;
+  s.in_channels = 2;
+  s.in_height = 5;
+  s.in_width = 5;
+  s.out_channels = 3;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  std::vector<float> x(static_cast<std::size_t>(s.x_size()), 1.0f),
+      w(static_cast<std::size_t>(s.w_size()), 1.0f);
   std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
   std::vector<float> short_w(w.size() - 1, 1.0f);
   CHECK_THROWS_AS(im2gemm::conv2d_forward(s, x, short_w, {}, y), std::invalid_argument);
   for (float v : y) CHECK(v == testutil::kSentinel);
   std::vector<float> dx(x.size(), testutil::kSentinel);
-  CHECK_THROWS_AS(im2gemm::conv2d_backward_data(s, y, w, dx, Activation::relu), std::invalid_argument);
+  CHECK_THROWS_AS(im2gemm::conv2d_backward_data(s, y, w, dx, Activation::relu),
+                  std::invalid_argument);
   for (float v : dx) CHECK(v == testutil::kSentinel);
   std::vector<float> dw(w.size(), testutil::kSentinel), db(2, testutil::kSentinel);
   CHECK_THROWS_AS(im2gemm::conv2d_backward_weights(s, x, y, dw, db), std::invalid_argument);
@@ -544,8 +660,13 @@ TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
   im2gemm::set_num_threads(2);
   // The suite's tutorial layer and the largest shape an inline plan may have.
   Conv2dShape big;
-  big.batch = 1; big.in_channels = 4; big.in_height = 11; big.in_width = 11;
-  big.out_channels = 16; big.kernel_height = 4; big.kernel_width = 4;  // 16*8*8*4*16 MACs
+  big.batch = 1;
+  big.in_channels = 4;
+  big.in_height = 11;
+  big.in_width = 11;
+  big.out_channels = 16;
+  big.kernel_height = 4;
+  big.kernel_width = 4;  // 16*8*8*4*16 MACs
   REQUIRE(big.macs() == im2gemm::detail::kMaxMacsInline);
   for (const Conv2dShape& s : {to_shape(kSuite[0]), big}) {
     for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
@@ -560,8 +681,8 @@ TEST_CASE("fast conv: inline one-thread plans start no thread, in any pass") {
     // OpenMP team (OMP_NUM_THREADS=2 in this test's environment lets it).
     const int n = 512;
     std::vector<float> a(n * n, 1.0f), b(n * n, 1.0f), c(n * n, 0.0f);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(),
-                n, 0.0f, c.data(), n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a.data(), n, b.data(), n,
+                0.0f, c.data(), n);
     CHECK(process_threads() > before);
   }
 }
@@ -590,8 +711,7 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
   } unfail;
   // vgg_conv3_2 cut to one small image (backward weights splits channels), lenet_conv2 with
   // 4 images (per-thread partial dW), and the tutorial layer (inline, one thread).
-  std::vector<Conv2dShape> shapes = {to_shape(kSuite[5]), to_shape(kSuite[2]),
-                                     to_shape(kSuite[0])};
+  std::vector<Conv2dShape> shapes = {to_shape(kSuite[5]), to_shape(kSuite[2]), to_shape(kSuite[0])};
   shapes[0].batch = 1;
   shapes[0].in_height = shapes[0].in_width = 20;
   shapes[1].batch = 4;
@@ -608,7 +728,8 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
     for (int threads : {1, 2}) {
       im2gemm::set_num_threads(threads);
       for (int failing : {0, 1}) {
-        for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+        for (ConvPass pass :
+             {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
           // The thread exists in this pass only if the plan and OpenMP run that many.
           const int team = std::min(im2gemm::detail::plan_conv(s, pass, threads).threads,
                                     omp_get_thread_limit());
@@ -616,10 +737,10 @@ TEST_CASE("fast conv: a failed scratch allocation throws std::bad_alloc and writ
           INFO(testutil::describe(s) << " threads " << threads << " failing thread " << failing
                                      << " pass " << static_cast<int>(pass));
           im2gemm::detail::set_fail_scratch_thread(failing);
-          std::vector<float> out(static_cast<std::size_t>(
-                                     pass == ConvPass::forward         ? s.y_size()
-                                     : pass == ConvPass::backward_data ? s.x_size()
-                                                                       : s.w_size()),
+          std::vector<float> out(static_cast<std::size_t>(pass == ConvPass::forward ? s.y_size()
+                                                          : pass == ConvPass::backward_data
+                                                              ? s.x_size()
+                                                              : s.w_size()),
                                  nan);
           std::vector<float> db(static_cast<std::size_t>(s.out_channels), nan);
           auto call = [&] {

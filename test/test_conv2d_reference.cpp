@@ -17,9 +17,16 @@ constexpr Activation kActs[] = {Activation::identity, Activation::relu, Activati
 
 Conv2dShape tutorial_shape() {
   Conv2dShape s;  // the seed's example: 3x5x5 input, two 3x3 filters, padding 1, stride 2
-  s.in_channels = 3; s.in_height = 5; s.in_width = 5;
-  s.out_channels = 2; s.kernel_height = 3; s.kernel_width = 3;
-  s.stride_height = 2; s.stride_width = 2; s.pad_height = 1; s.pad_width = 1;
+  s.in_channels = 3;
+  s.in_height = 5;
+  s.in_width = 5;
+  s.out_channels = 2;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  s.stride_height = 2;
+  s.stride_width = 2;
+  s.pad_height = 1;
+  s.pad_width = 1;
   return s;
 }
 
@@ -63,11 +70,11 @@ TEST_CASE("seed worked example, forward, by hand") {
   const std::vector<float> y0{5, 7, 5, 7, 10, 7, 5, 7, 5};
   for (int k = 0; k < 9; ++k) CHECK(y[k] == y0[k]);
   // Filter 1: x0[2i][2j] + 10 * x0[2i-1][2j-1] (zero when padded) - 2.
-  CHECK(y[9 + 0] == -2.0f);                   // 0 + pad - 2
-  CHECK(y[9 + 2] == 2.0f);                    // x0[0][4] = 4, top-left tap in the padding
-  CHECK(y[9 + 4] == 12.0f + 60.0f - 2.0f);    // x0[2][2] + 10 x0[1][1]
-  CHECK(y[9 + 6] == 18.0f);                   // x0[4][0] = 20, left tap in the padding
-  CHECK(y[9 + 8] == 24.0f + 180.0f - 2.0f);   // x0[4][4] + 10 x0[3][3]
+  CHECK(y[9 + 0] == -2.0f);                        // 0 + pad - 2
+  CHECK(y[9 + 2] == 2.0f);                         // x0[0][4] = 4, top-left tap in the padding
+  CHECK(y[9 + 4] == 12.0f + 60.0f - 2.0f);         // x0[2][2] + 10 x0[1][1]
+  CHECK(y[9 + 6] == 18.0f);                        // x0[4][0] = 20, left tap in the padding
+  CHECK(y[9 + 8] == 24.0f + 180.0f - 2.0f);        // x0[4][4] + 10 x0[3][3]
   CHECK(y[9 + 5] == 14.0f + 10.0f * 8.0f - 2.0f);  // (i,j)=(1,2): x0[2][4] + 10 x0[1][3]
   // ReLU clips the single negative output.
   ref::conv2d_forward(s, x, w, b, y, Activation::relu);
@@ -88,8 +95,11 @@ TEST_CASE("seed worked example, sensitivity map and gradients, by hand") {
     // the odd/odd cells (weight 10); every other cell, and channels 1 and 2, get nothing.
     for (int i = 0; i < 5; ++i)
       for (int j = 0; j < 5; ++j) {
-        CAPTURE(i); CAPTURE(j);
-        const float want = (i % 2 == 0 && j % 2 == 0) ? 1.0f : (i % 2 == 1 && j % 2 == 1) ? 10.0f : 0.0f;
+        CAPTURE(i);
+        CAPTURE(j);
+        const float want = (i % 2 == 0 && j % 2 == 0)   ? 1.0f
+                           : (i % 2 == 1 && j % 2 == 1) ? 10.0f
+                                                        : 0.0f;
         CHECK(dx[i * 5 + j] == want);
         CHECK(dx[25 + i * 5 + j] == 0.0f);
         CHECK(dx[50 + i * 5 + j] == 0.0f);
@@ -99,9 +109,9 @@ TEST_CASE("seed worked example, sensitivity map and gradients, by hand") {
     CHECK(db[0] == 0.0f);
     CHECK(db[1] == 9.0f);
     // Filter 1, channel 1 (x = 2): 2 * the number of windows whose tap is a real cell.
-    CHECK(dw[27 + 9 + 4] == 18.0f);  // centre tap: all 9 windows
-    CHECK(dw[27 + 9 + 0] == 8.0f);   // top-left tap: rows/cols {-1,1,3} -> 2 x 2 real
-    CHECK(dw[27 + 18 + 4] == -9.0f); // channel 2 (x = -1), centre
+    CHECK(dw[27 + 9 + 4] == 18.0f);   // centre tap: all 9 windows
+    CHECK(dw[27 + 9 + 0] == 8.0f);    // top-left tap: rows/cols {-1,1,3} -> 2 x 2 real
+    CHECK(dw[27 + 18 + 4] == -9.0f);  // channel 2 (x = -1), centre
     // Channel 0, centre tap: sum of x0 at the even/even cells = 0+2+4+10+12+14+20+22+24.
     CHECK(dw[27 + 4] == 108.0f);
     for (int k = 0; k < 27; ++k) CHECK(dw[k] == 0.0f);  // filter 0 got no gradient
@@ -138,9 +148,19 @@ Conv2dShape make(std::int64_t N, std::int64_t C, std::int64_t H, std::int64_t W,
                  std::int64_t PH, std::int64_t PW, std::int64_t DH = 1, std::int64_t DW = 1,
                  std::int64_t G = 1) {
   Conv2dShape s;
-  s.batch = N; s.in_channels = C; s.in_height = H; s.in_width = W; s.out_channels = F;
-  s.kernel_height = KH; s.kernel_width = KW; s.stride_height = SH; s.stride_width = SW;
-  s.pad_height = PH; s.pad_width = PW; s.dilation_height = DH; s.dilation_width = DW;
+  s.batch = N;
+  s.in_channels = C;
+  s.in_height = H;
+  s.in_width = W;
+  s.out_channels = F;
+  s.kernel_height = KH;
+  s.kernel_width = KW;
+  s.stride_height = SH;
+  s.stride_width = SW;
+  s.pad_height = PH;
+  s.pad_width = PW;
+  s.dilation_height = DH;
+  s.dilation_width = DW;
   s.groups = G;
   return s;
 }
@@ -188,7 +208,8 @@ TEST_CASE("reference matches the literal seed port on odd shapes, every activati
 
     std::vector<float> dx(s.x_size(), testutil::kSentinel);
     ref::conv2d_backward_data(s, dy, w, dx);
-    CHECK(testutil::bitwise_equal(dx, to_float(seed::backward_data(s, dy, w, Activation::identity, x))));
+    CHECK(testutil::bitwise_equal(dx, to_float(
+                                          seed::backward_data(s, dy, w, Activation::identity, x))));
 
     std::vector<float> dw(s.w_size(), testutil::kSentinel), db(s.out_channels, testutil::kSentinel);
     ref::conv2d_backward_weights(s, x, dy, dw, db);
@@ -293,12 +314,20 @@ TEST_CASE("adjoint identity <conv(x), y> == <x, backward_data(y)> on random shap
     s.batch = pick(1, 3);
     s.in_channels = s.groups * pick(1, 3);
     s.out_channels = s.groups * pick(1, 3);
-    s.kernel_height = pick(1, 5); s.kernel_width = pick(1, 5);
-    s.dilation_height = pick(1, 3); s.dilation_width = pick(1, 3);
-    s.stride_height = pick(1, 4); s.stride_width = pick(1, 4);
-    s.pad_height = pick(0, 3); s.pad_width = pick(0, 3);
-    s.in_height = std::max<std::int64_t>(1, (s.kernel_height - 1) * s.dilation_height + 1 - 2 * s.pad_height) + pick(0, 9);
-    s.in_width = std::max<std::int64_t>(1, (s.kernel_width - 1) * s.dilation_width + 1 - 2 * s.pad_width) + pick(0, 9);
+    s.kernel_height = pick(1, 5);
+    s.kernel_width = pick(1, 5);
+    s.dilation_height = pick(1, 3);
+    s.dilation_width = pick(1, 3);
+    s.stride_height = pick(1, 4);
+    s.stride_width = pick(1, 4);
+    s.pad_height = pick(0, 3);
+    s.pad_width = pick(0, 3);
+    s.in_height = std::max<std::int64_t>(1, (s.kernel_height - 1) * s.dilation_height + 1 -
+                                                2 * s.pad_height) +
+                  pick(0, 9);
+    s.in_width =
+        std::max<std::int64_t>(1, (s.kernel_width - 1) * s.dilation_width + 1 - 2 * s.pad_width) +
+        pick(0, 9);
     CAPTURE(testutil::describe(s));
     s.validate();
     // Integers: both inner products are exact.
@@ -325,7 +354,8 @@ TEST_CASE("finite differences through the input activation of backward data") {
   // E(u) = <conv(f(u)) + b, r>: the previous layer's pre-activation u, its output x = f(u).
   // backward_data(r, input_activation = f, x) must be dE/du.
   std::uint32_t seed = 500;
-  const std::vector<Conv2dShape> shapes = {tutorial_shape(), make(2, 4, 6, 7, 2, 2, 3, 1, 2, 1, 0, 2, 1, 2)};
+  const std::vector<Conv2dShape> shapes = {tutorial_shape(),
+                                           make(2, 4, 6, 7, 2, 2, 3, 1, 2, 1, 0, 2, 1, 2)};
   for (const auto& s : shapes) {
     CAPTURE(testutil::describe(s));
     for (Activation a : kActs) {

@@ -37,7 +37,7 @@ int world_size() {
 Sequential make_net() {
   Sequential net(Shape3{1, 8, 8});
   net.add_conv2d(4, 3, Activation::relu);  // 6x6, fused with the pool
-  net.add_maxpool2d(2);                     // 3x3
+  net.add_maxpool2d(2);                    // 3x3
   net.add_dense(5, Activation::tanh);
   net.add_dense(3, Activation::identity);
   return net;
@@ -72,11 +72,13 @@ Data local_part(const Data& all, std::int64_t first, std::int64_t count, int ran
 bool same_on_all_ranks(std::span<const float> v) {
   const int n = world_size();
   std::vector<float> all(v.size() * static_cast<std::size_t>(n));
-  MPI_Allgather(v.data(), static_cast<int>(v.size()), MPI_FLOAT, all.data(), static_cast<int>(v.size()),
-                MPI_FLOAT, MPI_COMM_WORLD);
+  MPI_Allgather(v.data(), static_cast<int>(v.size()), MPI_FLOAT, all.data(),
+                static_cast<int>(v.size()), MPI_FLOAT, MPI_COMM_WORLD);
   const std::span<const float> first = std::span<const float>(all).first(v.size());
   for (int r = 1; r < n; ++r) {
-    if (!testutil::bitwise_equal(std::span<const float>(all).subspan(r * v.size(), v.size()), first)) return false;
+    if (!testutil::bitwise_equal(std::span<const float>(all).subspan(r * v.size(), v.size()),
+                                 first))
+      return false;
   }
   return true;
 }
@@ -85,7 +87,8 @@ bool same_on_all_ranks(std::span<const float> v) {
 double worst_error(std::span<const float> got, std::span<const float> want, double floor) {
   double worst = 0;
   for (std::size_t i = 0; i < got.size(); ++i) {
-    const double d = std::fabs(double(got[i]) - want[i]) / std::max(std::fabs(double(want[i])), floor);
+    const double d = std::fabs(double(got[i]) - want[i]) /
+                     std::max(std::fabs(double(want[i])), floor);
     worst = std::max(worst, std::isnan(d) ? 1e30 : d);
   }
   return worst;
@@ -106,9 +109,12 @@ constexpr double kGradTol = 1e-5;
 }  // namespace
 
 TEST_CASE("sharding: every example exactly once, global batches split evenly, uneven sizes") {
-  struct Case { std::int64_t count, batch; int ranks; };
-  for (const Case c : {Case{60000, 64, 2}, Case{60000, 64, 3}, Case{17, 8, 2}, Case{5, 8, 8}, Case{41, 8, 4},
-                       Case{0, 4, 2}, Case{7, 1, 3}}) {
+  struct Case {
+    std::int64_t count, batch;
+    int ranks;
+  };
+  for (const Case c : {Case{60000, 64, 2}, Case{60000, 64, 3}, Case{17, 8, 2}, Case{5, 8, 8},
+                       Case{41, 8, 4}, Case{0, 4, 2}, Case{7, 1, 3}}) {
     CAPTURE(c.count);
     CAPTURE(c.batch);
     CAPTURE(c.ranks);
@@ -123,7 +129,8 @@ TEST_CASE("sharding: every example exactly once, global batches split evenly, un
     CHECK(covered == c.count);
     const std::int64_t n = dist::steps(c.count, c.batch);
     CHECK(n == (c.count + c.batch - 1) / c.batch);
-    std::vector<std::int64_t> next(static_cast<std::size_t>(c.ranks), 0);  // each rank's next local position
+    std::vector<std::int64_t> next(static_cast<std::size_t>(c.ranks),
+                                   0);  // each rank's next local position
     std::int64_t total = 0;
     for (std::int64_t s = 0; s < n; ++s) {
       std::int64_t sum = 0, lo = c.batch, hi = 0;
@@ -160,7 +167,8 @@ TEST_CASE("allreduce_gradients: the single-process gradient of the whole minibat
     SoftmaxCrossEntropy loss;
     loss.forward(single.forward(all.x, batch), all.y, 3);
     single.backward(loss.backward());
-    const std::vector<float> want(single.parameter_gradients().begin(), single.parameter_gradients().end());
+    const std::vector<float> want(single.parameter_gradients().begin(),
+                                  single.parameter_gradients().end());
 
     Sequential net = make_net();
     net.init(5);
@@ -183,7 +191,8 @@ TEST_CASE("allreduce_gradients: the single-process gradient of the whole minibat
   }
 }
 
-TEST_CASE("train_step: one step gives the single-process gradient and update, with and without overlap") {
+TEST_CASE(
+    "train_step: one step gives the single-process gradient and update, with and without overlap") {
   const int rank = world_rank(), ranks = world_size();
   const std::int64_t batch = 9;
   const Data all = make_data(batch, 8);
@@ -192,8 +201,10 @@ TEST_CASE("train_step: one step gives the single-process gradient and update, wi
   single.init(2);
   SoftmaxCrossEntropy loss;
   single.train_step(all.x, all.y, batch, loss, sgd);
-  const std::vector<float> want_g(single.parameter_gradients().begin(), single.parameter_gradients().end());
-  const std::vector<float> want_w(single.parameter_values().begin(), single.parameter_values().end());
+  const std::vector<float> want_g(single.parameter_gradients().begin(),
+                                  single.parameter_gradients().end());
+  const std::vector<float> want_w(single.parameter_values().begin(),
+                                  single.parameter_values().end());
 
   for (const bool overlap : {false, true}) {
     CAPTURE(overlap);
@@ -216,7 +227,8 @@ TEST_CASE("train_step: one step gives the single-process gradient and update, wi
   }
 }
 
-TEST_CASE("train_step: parameters bitwise identical on every rank over several steps, uneven batches") {
+TEST_CASE(
+    "train_step: parameters bitwise identical on every rank over several steps, uneven batches") {
   const int rank = world_rank(), ranks = world_size();
   // 17 examples, global batch 8: steps of 8, 8 and 1 (rank 1 has no example in the last).
   const std::int64_t count = 17, batch = 8;
@@ -236,7 +248,8 @@ TEST_CASE("train_step: parameters bitwise identical on every rank over several s
       CHECK(slice.size() == static_cast<std::int64_t>(mine.y.size()));
       dp.train_step(mine.x, mine.y, slice.size(), m, loss, sgd);
       single.train_step(std::span<const float>(all.x).subspan(s * batch * kPixels, m * kPixels),
-                        std::span<const std::int32_t>(all.y).subspan(s * batch, m), m, single_loss, sgd);
+                        std::span<const std::int32_t>(all.y).subspan(s * batch, m), m, single_loss,
+                        sgd);
       ++steps_done;
       CAPTURE(steps_done);
       CHECK(dp.check_parameters().identical);
@@ -245,12 +258,14 @@ TEST_CASE("train_step: parameters bitwise identical on every rank over several s
   }
   CHECK(steps_done == 6);
   // And still the single-process trajectory, up to rounding grown over six steps.
-  const double err = worst_error(net.parameter_values(), single.parameter_values(), max_abs(single.parameter_values()));
+  const double err = worst_error(net.parameter_values(), single.parameter_values(),
+                                 max_abs(single.parameter_values()));
   INFO("parameter error after 6 steps: " << err);
   CHECK(err < kGradTol);
 }
 
-TEST_CASE("broadcast_parameters makes differently initialised ranks equal; the check sees one ulp") {
+TEST_CASE(
+    "broadcast_parameters makes differently initialised ranks equal; the check sees one ulp") {
   const int rank = world_rank(), ranks = world_size();
   Sequential net = make_net(), root = make_net();
   net.init(100 + static_cast<std::uint64_t>(rank));

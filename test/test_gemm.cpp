@@ -28,7 +28,8 @@ struct Aligned {
 
 }  // namespace
 
-TEST_CASE("gemm: every micro-kernel equals the reference on every m <= MR, n <= NR, k over blocks") {
+TEST_CASE(
+    "gemm: every micro-kernel equals the reference on every m <= MR, n <= NR, k over blocks") {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (Isa isa : cpu_isas()) {
     const gemm::Config& cfg = gemm::config(isa);
@@ -82,8 +83,11 @@ TEST_CASE("gemm: every micro-kernel equals the reference on every m <= MR, n <= 
 TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
   for (Isa isa : cpu_isas()) {
     CAPTURE(im2gemm::detail::isa_name(isa));
-    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1}, {7, 50, 3}, {17, 97, 300},
-                            {33, 200, 513}, {9, 1000, 40}}) {
+    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1},
+                            {7, 50, 3},
+                            {17, 97, 300},
+                            {33, 200, 513},
+                            {9, 1000, 40}}) {
       const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
       CAPTURE(m);
       CAPTURE(n);
@@ -102,13 +106,17 @@ TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
   }
 }
 
-TEST_CASE("gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
+TEST_CASE(
+    "gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
   for (Isa isa : cpu_isas()) {
     const gemm::Config& cfg = gemm::config(isa);
     CAPTURE(cfg.name);
     Aligned pack(static_cast<std::size_t>(gemm::nt_pack_floats(cfg)), 0.0f);
-    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1}, {9, 50, 3}, {17, 97, 300},
-                            {8, 500, 257}, {33, 20, 1000}}) {
+    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1},
+                            {9, 50, 3},
+                            {17, 97, 300},
+                            {8, 500, 257},
+                            {33, 20, 1000}}) {
       const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
       CAPTURE(m);
       CAPTURE(n);
@@ -120,13 +128,16 @@ TEST_CASE("gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, ov
         const float nan = std::numeric_limits<float>::quiet_NaN();
         std::vector<float> got(static_cast<std::size_t>(m * ldc), nan);
         for (int64_t i = 0; i < m; ++i) {
-          for (int64_t j = 0; j < n; ++j) got[static_cast<std::size_t>(i * ldc + j)] = accumulate ? 2.0f : nan;
+          for (int64_t j = 0; j < n; ++j)
+            got[static_cast<std::size_t>(i * ldc + j)] = accumulate ? 2.0f : nan;
         }
         std::vector<float> want(got);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-                    static_cast<int>(k), 1.0f, a.data(), static_cast<int>(lda), x.data(),
-                    static_cast<int>(ldx), accumulate ? 1.0f : 0.0f, want.data(), static_cast<int>(ldc));
-        gemm::sgemm_nt(cfg, m, n, k, a.data(), lda, x.data(), ldx, got.data(), ldc, accumulate, pack.p);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                    static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(lda),
+                    x.data(), static_cast<int>(ldx), accumulate ? 1.0f : 0.0f, want.data(),
+                    static_cast<int>(ldc));
+        gemm::sgemm_nt(cfg, m, n, k, a.data(), lda, x.data(), ldx, got.data(), ldc, accumulate,
+                       pack.p);
         // Integer data: exact; the padding columns of C (NaN) untouched.
         CHECK(testutil::bitwise_equal(got, want));
       }
@@ -138,7 +149,9 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
   // Every packer against the definition of the lowered matrix on odd geometries, blocks that
   // cross output rows, images and panels, and negative pads (backward data's cropping).
   std::mt19937 rng(7);
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  auto pick = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
   int tried = 0;
   while (tried < 200) {
     const int64_t N = pick(1, 3), C = pick(1, 3), KH = pick(1, 5), KW = pick(1, 5);
@@ -161,18 +174,19 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
     for (Isa isa : cpu_isas()) {
       const int nr = gemm::config(isa).nr;
       INFO("N" << N << " C" << C << " " << H << "x" << W << " k" << KH << "x" << KW << " s" << SH
-                << "x" << SW << " p" << PH << "x" << PW << " d" << DH << "x" << DW << " "
-                << im2gemm::detail::isa_name(isa));
+               << "x" << SW << " p" << PH << "x" << PW << " d" << DH << "x" << DW << " "
+               << im2gemm::detail::isa_name(isa));
       const int64_t j0 = pick(0, cols - 1), j1 = pick(j0 + 1, cols);
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
       const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
       std::vector<im2gemm::detail::PackSegment> segs(
           static_cast<std::size_t>(im2gemm::detail::max_pack_segments(j1 - j0)));
       std::vector<im2gemm::detail::LaneRange> ranges(segs.size() * static_cast<std::size_t>(KW));
-      const int64_t nseg = im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride,
-                                                                segs.data(), ranges.data());
+      const int64_t nseg =
+          im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride, segs.data(), ranges.data());
       REQUIRE(nseg <= static_cast<int64_t>(segs.size()));
-      Aligned dst(static_cast<std::size_t>(panels * stride), std::numeric_limits<float>::quiet_NaN());
+      Aligned dst(static_cast<std::size_t>(panels * stride),
+                  std::numeric_limits<float>::quiet_NaN());
       im2gemm::detail::pack_im2col_fn(isa)(pg, x.data(), segs.data(), ranges.data(), nseg, k0, k1,
                                            nr, dst.p);
       bool ok = true;
@@ -183,13 +197,15 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
             const float want = j < j1 ? lowered(kk, j) : 0.0f;
             const float got = dst.p[p * stride + (kk - k0) * nr + l];
             if (!(got == want)) {
-              INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want " << want);
+              INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want "
+                            << want);
               ok = false;
             }
           }
         }
         // The gap between panels (stride past the rows) is never written.
-        for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e) ok = std::isnan(dst.p[p * stride + e]);
+        for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e)
+          ok = std::isnan(dst.p[p * stride + e]);
       }
       CHECK(ok);
     }

@@ -109,9 +109,9 @@ void check_conv_rejected(const Conv2dShape& s, const std::string& needle) {
   const std::vector<float> w(static_cast<std::size_t>(s.w_size()), 1.0f);
   const std::vector<float> dy(4096, 1.0f);
   const int64_t formula_ny = s.y_size();
-  for (std::size_t ny : {std::size_t{1}, formula_ny >= 1 && formula_ny <= 4096
-                                             ? static_cast<std::size_t>(formula_ny)
-                                             : std::size_t{2}}) {
+  for (std::size_t ny :
+       {std::size_t{1}, formula_ny >= 1 && formula_ny <= 4096 ? static_cast<std::size_t>(formula_ny)
+                                                              : std::size_t{2}}) {
     Guarded y(ny), dx(x.size()), dw(w.size());
     const std::span<const float> dys(dy.data(), ny);
     for (bool ref : {false, true}) {
@@ -119,10 +119,12 @@ void check_conv_rejected(const Conv2dShape& s, const std::string& needle) {
       auto fwd = ref ? &reference::conv2d_forward : &im2gemm::conv2d_forward;
       auto bd = ref ? &reference::conv2d_backward_data : &im2gemm::conv2d_backward_data;
       auto bw = ref ? &reference::conv2d_backward_weights : &im2gemm::conv2d_backward_weights;
-      CHECK(invalid_message([&] { fwd(s, x, w, {}, y.span(), Activation::identity); })
-                .find(needle) != std::string::npos);
-      CHECK(invalid_message([&] { bd(s, dys, w, dx.span(), Activation::identity, {}); })
-                .find(needle) != std::string::npos);
+      CHECK(invalid_message([&] {
+              fwd(s, x, w, {}, y.span(), Activation::identity);
+            }).find(needle) != std::string::npos);
+      CHECK(invalid_message([&] {
+              bd(s, dys, w, dx.span(), Activation::identity, {});
+            }).find(needle) != std::string::npos);
       CHECK(invalid_message([&] { bw(s, x, dys, dw.span(), {}); }).find(needle) !=
             std::string::npos);
       CHECK(y.untouched());
@@ -138,7 +140,11 @@ void check_conv_rejected(const Conv2dShape& s, const std::string& needle) {
 // fast passes read before x and wrote before dx (heap corruption).
 TEST_CASE("hostile conv: strides, pads and dilations too large to describe a layer are rejected") {
   Conv2dShape s;
-  s.in_height = 5; s.in_width = 5; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 3;
+  s.in_height = 5;
+  s.in_width = 5;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  s.pad_width = 3;
   for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 40, kMaxStridePadDilation + 1}) {
     CAPTURE(stride);
     Conv2dShape a = s;
@@ -183,24 +189,61 @@ TEST_CASE("hostile conv: extreme valid strides, pads and dilations give the refe
   std::vector<Conv2dShape> shapes;
   auto add = [&](auto&& edit) {
     Conv2dShape s;
-    s.batch = 2; s.in_channels = 2; s.in_height = 5; s.in_width = 6; s.out_channels = 3;
-    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    s.batch = 2;
+    s.in_channels = 2;
+    s.in_height = 5;
+    s.in_width = 6;
+    s.out_channels = 3;
+    s.kernel_height = 3;
+    s.kernel_width = 3;
+    s.pad_height = 1;
+    s.pad_width = 1;
     edit(s);
     shapes.push_back(s);
   };
   const int64_t M = kMaxStridePadDilation;
-  add([&](Conv2dShape& s) { s.stride_width = M; s.pad_width = 3; });    // the issue's shape, at the bound
-  add([&](Conv2dShape& s) { s.stride_height = M; s.pad_height = 2; });
-  add([&](Conv2dShape& s) { s.stride_height = M; s.stride_width = M; });
-  add([&](Conv2dShape& s) { s.stride_width = M - 1; s.pad_width = 2; s.batch = 1; s.in_channels = 1; s.out_channels = 1; });
+  add([&](Conv2dShape& s) {
+    s.stride_width = M;
+    s.pad_width = 3;
+  });  // the issue's shape, at the bound
+  add([&](Conv2dShape& s) {
+    s.stride_height = M;
+    s.pad_height = 2;
+  });
+  add([&](Conv2dShape& s) {
+    s.stride_height = M;
+    s.stride_width = M;
+  });
+  add([&](Conv2dShape& s) {
+    s.stride_width = M - 1;
+    s.pad_width = 2;
+    s.batch = 1;
+    s.in_channels = 1;
+    s.out_channels = 1;
+  });
   // Pads at the bound: three output columns, all but the middle one pure padding.
-  add([&](Conv2dShape& s) { s.pad_width = M; s.stride_width = M; });
-  add([&](Conv2dShape& s) { s.pad_height = M; s.stride_height = M; s.pad_width = M; s.stride_width = M; });
+  add([&](Conv2dShape& s) {
+    s.pad_width = M;
+    s.stride_width = M;
+  });
+  add([&](Conv2dShape& s) {
+    s.pad_height = M;
+    s.stride_height = M;
+    s.pad_width = M;
+    s.stride_width = M;
+  });
   // Dilation at the bound: the two taps of a kernel are a whole padded input apart.
   add([&](Conv2dShape& s) {
-    s.kernel_width = 2; s.dilation_width = M; s.pad_width = M / 2 + 1; s.stride_width = M;
+    s.kernel_width = 2;
+    s.dilation_width = M;
+    s.pad_width = M / 2 + 1;
+    s.stride_width = M;
   });
-  add([&](Conv2dShape& s) { s.kernel_height = 1; s.dilation_height = M; s.stride_height = M; });
+  add([&](Conv2dShape& s) {
+    s.kernel_height = 1;
+    s.dilation_height = M;
+    s.stride_height = M;
+  });
   for (const auto& s : shapes) {
     REQUIRE_NOTHROW(s.validate());
     check_conv_like_reference(s);
@@ -209,9 +252,14 @@ TEST_CASE("hostile conv: extreme valid strides, pads and dilations give the refe
 
 // Finding 2: pooling's first valid output column (PW + SW - 1) / SW overflowed to -1 and every
 // ISA wrote y[-1] and argmax[-1].
-TEST_CASE("hostile avg pool: strides and pads too large to describe a layer are rejected, nothing written") {
+TEST_CASE(
+    "hostile avg pool: strides and pads too large to describe a layer are rejected, nothing written") {
   im2gemm::AvgPool2dShape s;
-  s.in_height = 3; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 1;
+  s.in_height = 3;
+  s.in_width = 4;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  s.pad_width = 1;
   for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 62, kMaxStridePadDilation + 1}) {
     for (bool height : {false, true}) {
       im2gemm::AvgPool2dShape a = s;
@@ -232,9 +280,14 @@ TEST_CASE("hostile avg pool: strides and pads too large to describe a layer are 
   CHECK(invalid_message([&] { p.validate(); }).find("pad_width") != std::string::npos);
 }
 
-TEST_CASE("hostile pool: strides too large to describe a layer are rejected, extreme valid ones are right") {
+TEST_CASE(
+    "hostile pool: strides too large to describe a layer are rejected, extreme valid ones are right") {
   MaxPool2dShape s;
-  s.in_height = 3; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3; s.pad_width = 2;
+  s.in_height = 3;
+  s.in_width = 4;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  s.pad_width = 2;
   s.stride_height = 1;
   for (int64_t stride : {kI64Max, kI64Max - 1, int64_t{1} << 62, kMaxStridePadDilation + 1}) {
     for (bool height : {false, true}) {
@@ -263,8 +316,7 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
         const std::vector<float> dy(ny, 1.0f);
         const std::vector<std::int32_t> am(ny, 0);
         auto bwd = ref ? &reference::maxpool2d_backward : &im2gemm::maxpool2d_backward;
-        CHECK(invalid_message([&] { bwd(a, dy, am, dx.span()); }).find(field) !=
-              std::string::npos);
+        CHECK(invalid_message([&] { bwd(a, dy, am, dx.span()); }).find(field) != std::string::npos);
         CHECK(dx.untouched());
       }
     }
@@ -273,8 +325,12 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
   for (int64_t stride : {kMaxStridePadDilation, kMaxStridePadDilation - 1}) {
     for (int64_t pad : {0, 1, 2}) {
       MaxPool2dShape a = s;
-      a.batch = 2; a.channels = 3; a.stride_width = stride; a.pad_width = pad;
-      a.stride_height = stride; a.pad_height = pad;
+      a.batch = 2;
+      a.channels = 3;
+      a.stride_width = stride;
+      a.pad_width = pad;
+      a.stride_height = stride;
+      a.pad_height = pad;
       INFO(testutil::describe(a));
       REQUIRE_NOTHROW(a.validate());
       const auto x = testutil::random_floats(a.x_size(), 5);
@@ -282,7 +338,8 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
       Guarded y(n), y_ref(n);
       std::vector<std::int32_t> am(n + 2, -7), am_ref(n + 2, -7);
       maxpool2d_forward(a, x, y.span(), std::span<std::int32_t>(am.data() + 1, n));
-      reference::maxpool2d_forward(a, x, y_ref.span(), std::span<std::int32_t>(am_ref.data() + 1, n));
+      reference::maxpool2d_forward(a, x, y_ref.span(),
+                                   std::span<std::int32_t>(am_ref.data() + 1, n));
       CHECK(y.guards_intact());
       CHECK(testutil::bitwise_equal(y.inside(), y_ref.inside()));
       CHECK(am == am_ref);
@@ -301,10 +358,15 @@ TEST_CASE("hostile pool: strides too large to describe a layer are rejected, ext
 
 // Finding 5: the padding is zeros that multiply (PyTorch's semantics): an infinite weight
 // facing the padding gives 0 * inf = NaN, in the reference as in the fast path.
-TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN, fast and reference alike") {
+TEST_CASE(
+    "hostile conv: an infinite weight or dy facing zero padding gives NaN, fast and reference alike") {
   Conv2dShape s;
-  s.in_height = 4; s.in_width = 4; s.kernel_height = 3; s.kernel_width = 3;
-  s.pad_height = 1; s.pad_width = 1;  // 4x4 output; the border outputs see the padding
+  s.in_height = 4;
+  s.in_width = 4;
+  s.kernel_height = 3;
+  s.kernel_width = 3;
+  s.pad_height = 1;
+  s.pad_width = 1;  // 4x4 output; the border outputs see the padding
   const std::vector<float> x(16, 1.0f);
   std::vector<float> w(9, 1.0f);
   w[0] = kInf;  // top-left tap: in the padding for output row 0 and output column 0
@@ -312,7 +374,7 @@ TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN,
     CAPTURE(ref);
     std::vector<float> y(16, 0.0f);
     (ref ? reference::conv2d_forward : im2gemm::conv2d_forward)(s, x, w, {}, y,
-                                                                 Activation::identity);
+                                                                Activation::identity);
     for (int oh = 0; oh < 4; ++oh) {
       for (int ow = 0; ow < 4; ++ow) {
         CAPTURE(oh);
@@ -333,8 +395,7 @@ TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN,
   for (bool ref : {false, true}) {
     CAPTURE(ref);
     std::vector<float> dw(9, 0.0f), db(1, 0.0f);
-    (ref ? reference::conv2d_backward_weights : im2gemm::conv2d_backward_weights)(s, x, dy, dw,
-                                                                                 db);
+    (ref ? reference::conv2d_backward_weights : im2gemm::conv2d_backward_weights)(s, x, dy, dw, db);
     for (int kh = 0; kh < 3; ++kh) {
       for (int kw = 0; kw < 3; ++kw) {
         CAPTURE(kh);
@@ -360,11 +421,17 @@ TEST_CASE("hostile conv: an infinite weight or dy facing zero padding gives NaN,
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   for (int i = 0; i < 40; ++i) {
     Conv2dShape r;
-    r.batch = pick(1, 2); r.in_channels = pick(1, 3); r.out_channels = pick(1, 3);
-    r.in_height = pick(1, 7); r.in_width = pick(1, 7);
-    r.kernel_height = pick(1, 3); r.kernel_width = pick(1, 3);
-    r.pad_height = pick(0, 2); r.pad_width = pick(0, 2);
-    r.stride_height = pick(1, 2); r.stride_width = pick(1, 2);
+    r.batch = pick(1, 2);
+    r.in_channels = pick(1, 3);
+    r.out_channels = pick(1, 3);
+    r.in_height = pick(1, 7);
+    r.in_width = pick(1, 7);
+    r.kernel_height = pick(1, 3);
+    r.kernel_width = pick(1, 3);
+    r.pad_height = pick(0, 2);
+    r.pad_width = pick(0, 2);
+    r.stride_height = pick(1, 2);
+    r.stride_width = pick(1, 2);
     if (r.in_height + 2 * r.pad_height < r.kernel_height ||
         r.in_width + 2 * r.pad_width < r.kernel_width) {
       continue;
@@ -407,16 +474,23 @@ TEST_CASE("hostile conv: non-finite values give the reference's result on every 
   {
     // dx[c][0] = sum_f dy[f] * w[f][c][0][0] is finite; w[.][.][0][1] is infinite.
     Conv2dShape s;
-    s.in_channels = 16; s.in_height = 1; s.in_width = 2; s.kernel_width = 2;
+    s.in_channels = 16;
+    s.in_height = 1;
+    s.in_width = 2;
+    s.kernel_width = 2;
     shapes.push_back(s);
   }
   while (shapes.size() < 30) {
     Conv2dShape r;
-    r.batch = pick(1, 2); r.in_channels = pick(1, 2) == 1 ? pick(1, 3) : pick(14, 20);
+    r.batch = pick(1, 2);
+    r.in_channels = pick(1, 2) == 1 ? pick(1, 3) : pick(14, 20);
     r.out_channels = pick(1, 5);
-    r.in_height = pick(1, 7); r.in_width = pick(1, 7);
-    r.kernel_height = pick(1, 3); r.kernel_width = pick(1, 3);
-    r.pad_height = pick(0, 2); r.pad_width = pick(0, 2);
+    r.in_height = pick(1, 7);
+    r.in_width = pick(1, 7);
+    r.kernel_height = pick(1, 3);
+    r.kernel_width = pick(1, 3);
+    r.pad_height = pick(0, 2);
+    r.pad_width = pick(0, 2);
     r.stride_height = r.stride_width = pick(1, 3) == 1 ? 2 : 1;
     if (r.in_height + 2 * r.pad_height >= r.kernel_height &&
         r.in_width + 2 * r.pad_width >= r.kernel_width) {
@@ -446,8 +520,7 @@ TEST_CASE("hostile conv: non-finite values give the reference's result on every 
       for (Isa isa : isas) {
         for (int threads : {1, 2}) {
           INFO("backend " << std::string(detail::gemm_backend_name(b)) << " isa "
-                          << std::string(detail::isa_name(isa))
-                          << " threads " << threads);
+                          << std::string(detail::isa_name(isa)) << " threads " << threads);
           const ConvOptions o{b, isa, threads};
           std::vector<float> y(r.y_size()), d(r.x_size()), g(r.w_size());
           detail::conv2d_forward_with(o, r, xs, ws, {}, y, Activation::identity);
@@ -525,9 +598,9 @@ std::vector<NamedShape> suite_layers() {
   std::istringstream in(table);
   NamedShape l;
   Conv2dShape& s = l.shape;
-  while (in >> l.name >> s.batch >> s.in_channels >> s.in_height >> s.in_width >>
-         s.out_channels >> s.kernel_height >> s.kernel_width >> s.stride_height >>
-         s.stride_width >> s.pad_height >> s.pad_width) {
+  while (in >> l.name >> s.batch >> s.in_channels >> s.in_height >> s.in_width >> s.out_channels >>
+         s.kernel_height >> s.kernel_width >> s.stride_height >> s.stride_width >> s.pad_height >>
+         s.pad_width) {
     out.push_back(l);
   }
   return out;
@@ -617,18 +690,26 @@ TEST_CASE("hostile planner: every pass terminates with a sane plan at every thre
   // The issue's shape, then random ones.
   {
     Conv2dShape s;
-    s.in_channels = 3; s.in_height = 65; s.in_width = 65; s.out_channels = 64;
-    s.kernel_height = 3; s.kernel_width = 3; s.pad_height = 1; s.pad_width = 1;
+    s.in_channels = 3;
+    s.in_height = 65;
+    s.in_width = 65;
+    s.out_channels = 64;
+    s.kernel_height = 3;
+    s.kernel_width = 3;
+    s.pad_height = 1;
+    s.pad_width = 1;
     layers.push_back({"issue14_65x65", s});
   }
   std::mt19937 rng(1414);
-  for (int i = 0; i < 60; ++i) layers.push_back({"random " + std::to_string(i), random_plan_shape(rng)});
+  for (int i = 0; i < 60; ++i)
+    layers.push_back({"random " + std::to_string(i), random_plan_shape(rng)});
   int64_t plans = 0;
   for (const auto& layer : layers) {
     const std::string& name = layer.name;  // no structured binding: clang 14 cannot capture one
     const Conv2dShape& s = layer.shape;
     for (int threads = 1; threads <= 1024; ++threads) {
-      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+      for (ConvPass pass :
+           {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
         // Only the watchdog's message needs the description; building it for every plan would
         // cost more than the plan.
         if (threads % 64 == 1 || name.rfind("random", 0) != 0) {
@@ -710,7 +791,8 @@ std::vector<float> values_of(Sequential& net) {
 
 // Finding 5: a directory gave std::ios_base::failure, and /dev/zero was read until memory ran
 // out: now std::invalid_argument, and never more than the network's file size is read.
-TEST_CASE("hostile files: a directory, a device or an oversized file is rejected with std::invalid_argument") {
+TEST_CASE(
+    "hostile files: a directory, a device or an oversized file is rejected with std::invalid_argument") {
   Sequential net = tiny_net();
   const auto before = values_of(net);
   const auto dir = std::filesystem::temp_directory_path() /

@@ -22,9 +22,8 @@ namespace {
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() /
-           ("im2gemm_test_idx_" + std::to_string(::getpid()) + "_" +
-            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    path = fs::temp_directory_path() / ("im2gemm_test_idx_" + std::to_string(::getpid()) + "_" +
+                                        std::to_string(reinterpret_cast<std::uintptr_t>(this)));
     fs::create_directories(path);
   }
   ~TempDir() {
@@ -36,7 +35,8 @@ struct TempDir {
 void write_gz(const fs::path& p, const std::vector<std::uint8_t>& bytes) {
   gzFile f = gzopen(p.c_str(), "wb");
   REQUIRE(f != nullptr);
-  REQUIRE(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())) == static_cast<int>(bytes.size()));
+  REQUIRE(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())) ==
+          static_cast<int>(bytes.size()));
   REQUIRE(gzclose(f) == Z_OK);
 }
 
@@ -46,7 +46,8 @@ std::vector<std::uint8_t> idx_bytes(std::vector<std::uint32_t> dims, std::size_t
   for (auto d : dims) {
     for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<std::uint8_t>(d >> s));
   }
-  for (std::size_t i = 0; i < payload; ++i) b.push_back(static_cast<std::uint8_t>((i * 7 + 3) % 10));
+  for (std::size_t i = 0; i < payload; ++i)
+    b.push_back(static_cast<std::uint8_t>((i * 7 + 3) % 10));
   return b;
 }
 
@@ -87,7 +88,8 @@ TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, br
   // Plain (not gzipped) IDX reads too.
   {
     const auto b = idx_bytes({2, 2}, 4);
-    std::ofstream(p("plain.idx"), std::ios::binary).write(reinterpret_cast<const char*>(b.data()), 4 + 8 + 4);
+    std::ofstream(p("plain.idx"), std::ios::binary)
+        .write(reinterpret_cast<const char*>(b.data()), 4 + 8 + 4);
     CHECK(read_idx(p("plain.idx")).dims == std::vector<std::int64_t>{2, 2});
   }
   auto msg = [&](const char* name) { return error_of([&] { read_idx(p(name)); }); };
@@ -110,13 +112,15 @@ TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, br
   {  // A gzip stream cut in half.
     std::ifstream in(p("train-images-idx3-ubyte.gz"), std::ios::binary);
     std::vector<char> gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::ofstream(p("cut.gz"), std::ios::binary).write(gz.data(), static_cast<std::streamsize>(gz.size() / 2));
+    std::ofstream(p("cut.gz"), std::ios::binary)
+        .write(gz.data(), static_cast<std::streamsize>(gz.size() / 2));
     const std::string m = msg("cut.gz");
     INFO(m);
     CHECK((m.find("truncated") != std::string::npos || m.find("gzip") != std::string::npos));
   }
   // read_mnist: a missing file says what to install; mismatched counts are caught.
-  const std::string missing = error_of([&] { read_mnist((dir.path / "nowhere").string(), "t10k"); });
+  const std::string missing =
+      error_of([&] { read_mnist((dir.path / "nowhere").string(), "t10k"); });
   CHECK(missing.find("cannot open") != std::string::npos);
   CHECK(missing.find("t10k-images-idx3-ubyte.gz") != std::string::npos);
   CHECK(missing.find("apt-get install dataset-fashion-mnist") != std::string::npos);
@@ -166,7 +170,8 @@ TEST_CASE("parameter files: the checksum is the one zlib computed, so older file
   const std::size_t n = bytes.size() - 4;
   const std::uint32_t zc = zlib_crc(bytes.data(), n);
   std::uint32_t stored = 0;
-  for (int i = 0; i < 4; ++i) stored |= static_cast<std::uint32_t>(bytes[n + static_cast<std::size_t>(i)]) << (8 * i);
+  for (int i = 0; i < 4; ++i)
+    stored |= static_cast<std::uint32_t>(bytes[n + static_cast<std::size_t>(i)]) << (8 * i);
   CHECK(stored == zc);
   // A file written by zlib's crc32 (the same bytes, its checksum put in by zlib) loads.
   bytes.resize(n);

@@ -40,7 +40,8 @@ void check_gradients(Layer& layer, const std::vector<float>& x, std::int64_t bat
   // Non-zero biases so that bias gradients and activation kinks are exercised.
   for (auto& p : layer.parameters()) {
     if (p.name == "bias") {
-      for (std::size_t i = 0; i < p.value.size(); ++i) p.value[i] = 0.1f * static_cast<float>(i % 5) - 0.2f;
+      for (std::size_t i = 0; i < p.value.size(); ++i)
+        p.value[i] = 0.1f * static_cast<float>(i % 5) - 0.2f;
     }
   }
   const auto r = gradient_check(layer, x, batch);
@@ -53,9 +54,8 @@ void check_gradients(Layer& layer, const std::vector<float>& x, std::int64_t bat
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() /
-           ("im2gemm_test_layers_" + std::to_string(::getpid()) + "_" +
-            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    path = fs::temp_directory_path() / ("im2gemm_test_layers_" + std::to_string(::getpid()) + "_" +
+                                        std::to_string(reinterpret_cast<std::uintptr_t>(this)));
     fs::create_directories(path);
   }
   ~TempDir() {
@@ -209,7 +209,8 @@ TEST_CASE("softmax cross-entropy: gradient, value, stability") {
 
   const std::vector<std::int32_t> bad{0, 2};
   CHECK(error_of([&] { loss.forward(z2, bad, 2); }).find("label 1 is 2") != std::string::npos);
-  CHECK(error_of([&] { loss.forward(z2, l2, 3); }).find("logits has 4 elements") != std::string::npos);
+  CHECK(error_of([&] { loss.forward(z2, l2, 3); }).find("logits has 4 elements") !=
+        std::string::npos);
 }
 
 TEST_CASE("SGD with momentum and weight decay follows PyTorch's formula") {
@@ -321,7 +322,8 @@ TEST_CASE("seeded initialisation: same seed, same weights; another seed, others"
     CHECK(std::fabs(w) <= bound);
     s2 += double(w) * w;
   }
-  CHECK(s2 / static_cast<double>(big.weights().size()) == doctest::Approx(bound * bound / 3).epsilon(0.05));
+  CHECK(s2 / static_cast<double>(big.weights().size()) ==
+        doctest::Approx(bound * bound / 3).epsilon(0.05));
   int nonzero = 0;
   for (float b0 : big.bias()) {
     CHECK(std::fabs(b0) <= bound);
@@ -348,7 +350,7 @@ TEST_CASE("Sequential's fused conv -> pool backward gives the layers' own gradie
     CAPTURE(act_str(a));
     auto build = [&] {
       Sequential net(Shape3{2, 9, 8});
-      net.add_conv2d(3, 3, a);   // -> 3x7x6
+      net.add_conv2d(3, 3, a);                                           // -> 3x7x6
       net.add(std::make_unique<MaxPool2dLayer>(Shape3{3, 7, 6}, 3, 2));  // overlapping -> 3x3x2
       net.add_dense(4, Activation::identity);
       net.init(11);
@@ -447,12 +449,13 @@ TEST_CASE("Sequential's contiguous views hold every parameter and gradient in pa
   CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
   std::vector<float> short_buf(other.size() - 1, 1.0f);
   const std::string msg = error_of([&] { net.set_parameters(short_buf); });
-  CHECK(msg.find(std::to_string(short_buf.size()) + " values for " + std::to_string(other.size())) !=
-        std::string::npos);
+  CHECK(msg.find(std::to_string(short_buf.size()) + " values for " +
+                 std::to_string(other.size())) != std::string::npos);
   CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
 }
 
-TEST_CASE("Sequential's views: training through them, adding a layer after, a layer that cannot move") {
+TEST_CASE(
+    "Sequential's views: training through them, adding a layer after, a layer that cannot move") {
   // Training a network whose parameters live in the views gives bitwise the same weights.
   auto train = [](bool viewed) {
     Sequential net = small_net();
@@ -512,13 +515,15 @@ TEST_CASE("Sequential::backward's gradients_ready: every layer, last first, grad
   std::vector<std::vector<float>> seen(net.size());  // layer i's gradient slice when reported
   net.backward(dy, false, [&](std::size_t i) {
     order.push_back(i);
-    seen[i].assign(grads.begin() + net.parameter_offset(i), grads.begin() + net.parameter_offset(i + 1));
+    seen[i].assign(grads.begin() + net.parameter_offset(i),
+                   grads.begin() + net.parameter_offset(i + 1));
   });
   CHECK(order == std::vector<std::size_t>{3, 2, 1, 0});
   for (std::size_t i = 0; i < net.size(); ++i) {
     CAPTURE(i);
-    CHECK(testutil::bitwise_equal(seen[i], std::vector<float>(grads.begin() + net.parameter_offset(i),
-                                                              grads.begin() + net.parameter_offset(i + 1))));
+    CHECK(testutil::bitwise_equal(seen[i],
+                                  std::vector<float>(grads.begin() + net.parameter_offset(i),
+                                                     grads.begin() + net.parameter_offset(i + 1))));
   }
   CHECK(!seen[0].empty());
 }
@@ -533,7 +538,8 @@ TEST_CASE("Sequential rejects a layer whose input shape does not match") {
   CHECK(msg.find("takes 10x12x12") != std::string::npos);
   CHECK(msg.find("gives 20x12x12") != std::string::npos);
   CHECK(net.size() == 2);
-  CHECK_THROWS_AS(net.add(std::make_unique<DenseLayer>(Shape3{2880, 1, 1}, 10, Activation::identity)),
+  CHECK_THROWS_AS(net.add(
+                      std::make_unique<DenseLayer>(Shape3{2880, 1, 1}, 10, Activation::identity)),
                   std::invalid_argument);
   net.add(std::make_unique<DenseLayer>(Shape3{20, 12, 12}, 10, Activation::identity));
   CHECK(net.size() == 3);
@@ -676,8 +682,9 @@ TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool
     const auto before = snapshot(floor);
     REQUIRE(ceil.parameter_count() == floor.parameter_count());
     const std::string msg = error_of([&] { floor.load_bytes(ceil.save_bytes()); });
-    CHECK(msg.find(avg ? "layer 1 is 'avgpool 2x2 ceil' in the file, the network has 'avgpool 2x2'"
-                       : "layer 1 is 'maxpool 2x2 ceil' in the file, the network has 'maxpool 2x2'") !=
+    CHECK(msg.find(
+              avg ? "layer 1 is 'avgpool 2x2 ceil' in the file, the network has 'avgpool 2x2'"
+                  : "layer 1 is 'maxpool 2x2 ceil' in the file, the network has 'maxpool 2x2'") !=
           std::string::npos);
     CHECK(same(snapshot(floor), before));
     floor.load_bytes(as_version1(ceil));  // version 1 has no names to compare: loads
@@ -688,8 +695,9 @@ TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool
   }
   Sequential incl = pool_net(false, true, true), excl = pool_net(false, true, false);
   incl.init(3);
-  CHECK(error_of([&] { excl.load_bytes(incl.save_bytes()); })
-            .find("the network has 'avgpool 2x2 excl-pad'") != std::string::npos);
+  CHECK(error_of([&] {
+          excl.load_bytes(incl.save_bytes());
+        }).find("the network has 'avgpool 2x2 excl-pad'") != std::string::npos);
   // A layer list cut short is reported as such, not read past.
   auto cut = small_net();
   cut.init(1);

@@ -95,8 +95,7 @@ Result run_fast(const MaxPool2dShape& s, const std::vector<float>& x,
          std::span<float> c) { maxpool2d_backward(sh, a, b, c); });
 }
 
-Result run_ref(const MaxPool2dShape& s, const std::vector<float>& x,
-               const std::vector<float>& dy) {
+Result run_ref(const MaxPool2dShape& s, const std::vector<float>& x, const std::vector<float>& dy) {
   return run(
       s, x, dy,
       [](const MaxPool2dShape& sh, std::span<const float> a, std::span<float> b,
@@ -134,13 +133,20 @@ void check_against_reference(const MaxPool2dShape& s, std::uint32_t seed, Fill f
   same(got, want);
 }
 
-MaxPool2dShape pool(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w,
-                    std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
-                    std::int64_t ph, std::int64_t pw) {
+MaxPool2dShape pool(std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, std::int64_t kh,
+                    std::int64_t kw, std::int64_t sh, std::int64_t sw, std::int64_t ph,
+                    std::int64_t pw) {
   MaxPool2dShape s;
-  s.batch = n; s.channels = c; s.in_height = h; s.in_width = w;
-  s.kernel_height = kh; s.kernel_width = kw; s.stride_height = sh; s.stride_width = sw;
-  s.pad_height = ph; s.pad_width = pw;
+  s.batch = n;
+  s.channels = c;
+  s.in_height = h;
+  s.in_width = w;
+  s.kernel_height = kh;
+  s.kernel_width = kw;
+  s.stride_height = sh;
+  s.stride_width = sw;
+  s.pad_height = ph;
+  s.pad_width = pw;
   return s;
 }
 
@@ -182,8 +188,8 @@ TEST_CASE("ISA cap selects each path and never exceeds the CPU") {
 }
 
 TEST_CASE("kernel choice is named by the exact shape") {
-  auto k = [](std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw,
-              std::int64_t ph, std::int64_t pw) {
+  auto k = [](std::int64_t kh, std::int64_t kw, std::int64_t sh, std::int64_t sw, std::int64_t ph,
+              std::int64_t pw) {
     return detail::choose_pool_kernel(detail::PoolGeom{9, 9, 1, 1, kh, kw, sh, sw, ph, pw});
   };
   using detail::PoolKernel;
@@ -218,10 +224,12 @@ TEST_CASE("random shapes match the reference exactly on every ISA") {
 TEST_CASE("dedicated paths on odd sizes cover their tails") {
   // Widths around the 8- and 16-lane groups (and twice them for stride 2), odd and even
   // heights, every fill.
-  const std::vector<std::int64_t> widths{2, 3, 4, 5, 7, 15, 16, 17, 18, 31, 32, 33, 34, 35,
-                                         47, 55, 63, 64, 65, 66, 67, 97, 112, 113};
+  const std::vector<std::int64_t> widths{2,  3,  4,  5,  7,  15, 16, 17, 18, 31, 32,  33,
+                                         34, 35, 47, 55, 63, 64, 65, 66, 67, 97, 112, 113};
   const std::vector<std::int64_t> heights{2, 3, 4, 5, 9, 12};
-  struct Win { std::int64_t k, s, p; };
+  struct Win {
+    std::int64_t k, s, p;
+  };
   for (PoolIsa isa : isas()) {
     IsaScope scope(isa);
     for (const Win win : {Win{2, 2, 0}, Win{3, 2, 1}, Win{3, 2, 0}}) {
@@ -242,16 +250,16 @@ TEST_CASE("dedicated paths on odd sizes cover their tails") {
 
 TEST_CASE("general path: stride > kernel, kernel = input, pad = kernel-1, 1x1") {
   const std::vector<MaxPool2dShape> shapes{
-      pool(2, 3, 17, 37, 2, 2, 3, 3, 0, 0),   // stride > kernel: skipped cells
-      pool(1, 2, 19, 40, 1, 3, 4, 4, 0, 2),   // stride > kernel with padding
-      pool(1, 3, 9, 23, 9, 23, 1, 1, 0, 0),   // kernel = input
-      pool(2, 2, 7, 35, 5, 5, 1, 1, 4, 4),    // pad = kernel - 1, stride 1
-      pool(1, 1, 5, 6, 4, 3, 2, 1, 3, 2),     // pad = kernel - 1, non-square
-      pool(1, 2, 27, 37, 1, 1, 1, 1, 0, 0),   // 1x1 stride 1: identity
-      pool(1, 2, 27, 37, 1, 1, 2, 2, 0, 0),   // 1x1 stride 2: subsampling
-      pool(3, 2, 33, 71, 3, 2, 1, 2, 1, 1),   // stride 2 columns, stride 1 rows
-      pool(1, 1, 1, 200, 1, 3, 1, 3, 0, 1),   // one row
-      pool(1, 1, 200, 1, 3, 1, 3, 1, 1, 0),   // one column
+      pool(2, 3, 17, 37, 2, 2, 3, 3, 0, 0),  // stride > kernel: skipped cells
+      pool(1, 2, 19, 40, 1, 3, 4, 4, 0, 2),  // stride > kernel with padding
+      pool(1, 3, 9, 23, 9, 23, 1, 1, 0, 0),  // kernel = input
+      pool(2, 2, 7, 35, 5, 5, 1, 1, 4, 4),   // pad = kernel - 1, stride 1
+      pool(1, 1, 5, 6, 4, 3, 2, 1, 3, 2),    // pad = kernel - 1, non-square
+      pool(1, 2, 27, 37, 1, 1, 1, 1, 0, 0),  // 1x1 stride 1: identity
+      pool(1, 2, 27, 37, 1, 1, 2, 2, 0, 0),  // 1x1 stride 2: subsampling
+      pool(3, 2, 33, 71, 3, 2, 1, 2, 1, 1),  // stride 2 columns, stride 1 rows
+      pool(1, 1, 1, 200, 1, 3, 1, 3, 0, 1),  // one row
+      pool(1, 1, 200, 1, 3, 1, 3, 1, 1, 0),  // one column
   };
   for (PoolIsa isa : isas()) {
     IsaScope scope(isa);
@@ -275,29 +283,45 @@ TEST_CASE("semantics: ties, NaN, -inf, padding") {
     std::vector<float> y(20);
     std::vector<std::int32_t> a(20);
     // window 1: two NaNs, the first in row-major order is (0, 3)
-    x[3] = kNaN; x[40 + 2] = kNaN;
+    x[3] = kNaN;
+    x[40 + 2] = kNaN;
     // window 2: NaN after a larger value still wins
-    x[4] = 5.0f; x[40 + 5] = kNaN;
+    x[4] = 5.0f;
+    x[40 + 5] = kNaN;
     // window 3: all -inf gives -inf and the first cell
     x[6] = x[7] = x[46] = x[47] = -kInf;
     // window 4: tie between (0,9) and (1,8): row-major first is (0,9)
-    x[9] = 3.0f; x[48] = 3.0f;
+    x[9] = 3.0f;
+    x[48] = 3.0f;
     // window 5: -inf then a larger finite value
-    x[10] = -kInf; x[11] = -kInf; x[50] = -kInf; x[51] = -7.0f;
+    x[10] = -kInf;
+    x[11] = -kInf;
+    x[50] = -kInf;
+    x[51] = -7.0f;
     // window 6: +inf beats everything, NaN beats +inf
-    x[12] = kInf; x[53] = kInf;
-    x[14] = kInf; x[55] = kNaN;
+    x[12] = kInf;
+    x[53] = kInf;
+    x[14] = kInf;
+    x[55] = kNaN;
     // window 19 (tail on AVX-512): NaN in the last cell
     x[40 + 39] = kNaN;
     maxpool2d_forward(s, x, y, a);
-    CHECK(std::isnan(y[1])); CHECK(a[1] == 3);
-    CHECK(std::isnan(y[2])); CHECK(a[2] == 45);
-    CHECK(y[3] == -kInf); CHECK(a[3] == 6);
-    CHECK(y[4] == 3.0f); CHECK(a[4] == 9);
-    CHECK(y[5] == -7.0f); CHECK(a[5] == 51);
-    CHECK(y[6] == kInf); CHECK(a[6] == 12);
-    CHECK(std::isnan(y[7])); CHECK(a[7] == 55);
-    CHECK(std::isnan(y[19])); CHECK(a[19] == 79);
+    CHECK(std::isnan(y[1]));
+    CHECK(a[1] == 3);
+    CHECK(std::isnan(y[2]));
+    CHECK(a[2] == 45);
+    CHECK(y[3] == -kInf);
+    CHECK(a[3] == 6);
+    CHECK(y[4] == 3.0f);
+    CHECK(a[4] == 9);
+    CHECK(y[5] == -7.0f);
+    CHECK(a[5] == 51);
+    CHECK(y[6] == kInf);
+    CHECK(a[6] == 12);
+    CHECK(std::isnan(y[7]));
+    CHECK(a[7] == 55);
+    CHECK(std::isnan(y[19]));
+    CHECK(a[19] == 79);
     for (int o : {0, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}) {
       CHECK(y[o] == 1.0f);
       CHECK(a[o] == 2 * o);
@@ -395,10 +419,10 @@ TEST_CASE("1 and 2 threads give identical bits; batch 1 uses row blocks") {
 TEST_CASE("the suite's pools match the reference (reduced batch)") {
   // pools.txt shapes with batch 1 and fewer channels: the exact bench geometry, quickly.
   const std::vector<MaxPool2dShape> shapes{
-      pool(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),     // lenet_pool
-      pool(1, 2, 224, 224, 2, 2, 2, 2, 0, 0),   // vgg_pool1
-      pool(1, 2, 112, 112, 3, 3, 2, 2, 1, 1),   // resnet_pool
-      pool(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),     // alexnet_pool1
+      pool(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),    // lenet_pool
+      pool(1, 2, 224, 224, 2, 2, 2, 2, 0, 0),  // vgg_pool1
+      pool(1, 2, 112, 112, 3, 3, 2, 2, 1, 1),  // resnet_pool
+      pool(1, 3, 55, 55, 3, 3, 2, 2, 0, 0),    // alexnet_pool1
   };
   for (PoolIsa isa : isas()) {
     IsaScope scope(isa);
@@ -477,8 +501,12 @@ std::vector<std::int32_t> argmax_of(const MaxPool2dShape& s, std::uint32_t seed)
 // row and column, the plane's corners.
 std::vector<std::int32_t> cells_outside(std::int64_t h, std::int64_t w, std::int64_t oh,
                                         std::int64_t ow) {
-  std::vector<std::int64_t> c{0, h * w - 1, (2 * oh) * w + 2 * ow + 2, (2 * oh) * w + 2 * ow - 1,
-                              (2 * oh + 2) * w + 2 * ow, (2 * oh - 1) * w + 2 * ow + 1,
+  std::vector<std::int64_t> c{0,
+                              h * w - 1,
+                              (2 * oh) * w + 2 * ow + 2,
+                              (2 * oh) * w + 2 * ow - 1,
+                              (2 * oh + 2) * w + 2 * ow,
+                              (2 * oh - 1) * w + 2 * ow + 1,
                               (2 * oh) * w + 2 * ow + w + 2};
   if (w % 2) c.push_back(2 * oh * w + w - 1), c.push_back((2 * oh + 1) * w + w - 1);
   if (h % 2) c.push_back((h - 1) * w + 2 * ow);
@@ -544,8 +572,8 @@ TEST_CASE("one-pass 2x2 kernel: exact rows at every dx alignment, ordinary and s
   // written (sentinels around), whatever the 64-byte alignment of dx (streaming cuts its
   // output at lines) and the row range.
   const std::vector<std::int64_t> heights{2, 3, 4, 5, 9};
-  const std::vector<std::int64_t> widths{2, 3, 4, 5, 6, 15, 16, 17, 18, 19, 31, 32, 33, 34,
-                                         35, 47, 63, 64, 65, 66, 67, 97};
+  const std::vector<std::int64_t> widths{2,  3,  4,  5,  6,  15, 16, 17, 18, 19, 31,
+                                         32, 33, 34, 35, 47, 63, 64, 65, 66, 67, 97};
   int calls = 0;
   for (PoolIsa isa : isas()) {
     const auto kernel = detail::pool_backward_2x2_kernel(isa);
@@ -564,7 +592,9 @@ TEST_CASE("one-pass 2x2 kernel: exact rows at every dx alignment, ordinary and s
         std::vector<float> store(static_cast<std::size_t>(hw + 64 + 32));
         std::vector<float> buf(static_cast<std::size_t>(2 * w + 16));
         const auto lead = ((64 - (reinterpret_cast<std::uintptr_t>(store.data()) & 63)) & 63) / 4;
-        struct Range { std::int64_t b, e; };
+        struct Range {
+          std::int64_t b, e;
+        };
         std::vector<Range> ranges{{0, oh}, {0, 1}, {oh - 1, oh}};
         if (oh >= 3) ranges.push_back({1, oh - 1});
         for (std::int64_t off = 0; off < 16; ++off) {
@@ -577,16 +607,16 @@ TEST_CASE("one-pass 2x2 kernel: exact rows at every dx alignment, ordinary and s
               std::fill(store.begin(), store.end(), testutil::kSentinel);
               std::fill(buf.begin(), buf.end(), -99.0f);
               float* dx = store.data() + lead + 16 + off;
-              const bool ok = kernel(g, dy.data(), a.data(), dx, r.b, r.e,
-                                     streaming ? buf.data() : nullptr);
+              const bool ok =
+                  kernel(g, dy.data(), a.data(), dx, r.b, r.e, streaming ? buf.data() : nullptr);
               ++calls;
               CHECK(ok);
               const std::int64_t c0 = 2 * r.b * w, c1 = (r.e == oh ? h : 2 * r.e) * w;
               bool rows_ok = true, rest_ok = true;
               for (std::int64_t i = 0; i < hw; ++i) {
                 if (i >= c0 && i < c1) {
-                  rows_ok = rows_ok && testutil::bitwise_equal(std::span(dx + i, 1),
-                                                               std::span(&want[i], 1));
+                  rows_ok = rows_ok &&
+                            testutil::bitwise_equal(std::span(dx + i, 1), std::span(&want[i], 1));
                 } else {
                   rest_ok = rest_ok && dx[i] == testutil::kSentinel;
                 }
@@ -615,8 +645,8 @@ TEST_CASE("one-pass 2x2 kernel: any argmax outside its own window is detected") 
     if (kernel == nullptr) continue;
     const std::string isa_name = detail::pool_isa_name(isa);
     CAPTURE(isa_name);
-    for (const auto& [h, w] : {std::pair<std::int64_t, std::int64_t>{7, 37}, {6, 36}, {4, 2},
-                              {5, 3}, {3, 66}}) {
+    for (const auto& [h, w] :
+         {std::pair<std::int64_t, std::int64_t>{7, 37}, {6, 36}, {4, 2}, {5, 3}, {3, 66}}) {
       const auto s = pool2x2(1, 1, h, w);
       CAPTURE(testutil::describe(s));
       const auto a = argmax_of(s, static_cast<std::uint32_t>(h + w));
@@ -680,8 +710,7 @@ TEST_CASE("one-pass 2x2 backward: out-of-window argmax falls back exactly") {
   // there, possibly on top of another window's); those planes are zeroed and scattered, the
   // others keep the one-pass path. Small, two-thread and streamed (> 32 MiB) tensors.
   const std::vector<MaxPool2dShape> shapes{
-      pool2x2(2, 3, 9, 11),
-      pool2x2(4, 4, 130, 131),
+      pool2x2(2, 3, 9, 11), pool2x2(4, 4, 130, 131),
       pool2x2(2, 24, 513, 515),  // dx 50.7 MB: streamed
   };
   for (const auto& s : shapes) {
@@ -693,8 +722,7 @@ TEST_CASE("one-pass 2x2 backward: out-of-window argmax falls back exactly") {
     std::mt19937 rng(43u);
     for (std::int64_t p = 0; p < planes; p += 3) {  // every third plane, a few entries each
       for (int k = 0; k < 1 + static_cast<int>(p % 4); ++k) {
-        const std::int64_t o =
-            std::uniform_int_distribution<std::int64_t>(0, ohw - 1)(rng);
+        const std::int64_t o = std::uniform_int_distribution<std::int64_t>(0, ohw - 1)(rng);
         const auto out = cells_outside(h, w, o / ow, o % ow);
         a[static_cast<std::size_t>(p * ohw + o)] =
             out[std::uniform_int_distribution<std::size_t>(0, out.size() - 1)(rng)];
@@ -714,8 +742,8 @@ TEST_CASE("one-pass 2x2 backward, streamed: odd sizes, 1 and 2 threads, every IS
   // dx above 32 MiB: the one-pass kernel writes it with non-temporal stores through its row
   // buffer; odd plane sizes put every 64-byte alignment at the start of some plane.
   const std::vector<MaxPool2dShape> shapes{
-      pool2x2(3, 21, 401, 403),  // odd H and W
-      pool2x2(2, 16, 512, 530),  // even
+      pool2x2(3, 21, 401, 403),   // odd H and W
+      pool2x2(2, 16, 512, 530),   // even
       pool2x2(1, 1, 4096, 2049),  // one plane
   };
   for (const auto& s : shapes) {

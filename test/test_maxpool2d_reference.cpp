@@ -16,9 +16,14 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 MaxPool2dShape pool(std::int64_t H, std::int64_t W, std::int64_t K, std::int64_t S,
                     std::int64_t P) {
   MaxPool2dShape s;
-  s.in_height = H; s.in_width = W;
-  s.kernel_height = K; s.kernel_width = K; s.stride_height = S; s.stride_width = S;
-  s.pad_height = P; s.pad_width = P;
+  s.in_height = H;
+  s.in_width = W;
+  s.kernel_height = K;
+  s.kernel_width = K;
+  s.stride_height = S;
+  s.stride_width = S;
+  s.pad_height = P;
+  s.pad_width = P;
   return s;
 }
 
@@ -38,9 +43,9 @@ Out run(const MaxPool2dShape& s, const std::vector<float>& x) {
 
 TEST_CASE("2x2 stride 2: maxima and their plane indices") {
   const auto s = pool(4, 4, 2, 2, 0);
-  const std::vector<float> x{1, 2, 5, 0,   //
-                             3, 4, 6, 7,   //
-                             9, 8, 0, 0,   //
+  const std::vector<float> x{1, 2, 5,  0,  //
+                             3, 4, 6,  7,  //
+                             9, 8, 0,  0,  //
                              8, 9, -1, -2};
   const auto o = run(s, x);
   CHECK(o.y == std::vector<float>{4, 7, 9, 0});
@@ -107,7 +112,8 @@ TEST_CASE("backward: overlapping windows add up, other cells are zero") {
 
 TEST_CASE("batch and channels: indices are per (n, c) plane") {
   MaxPool2dShape s = pool(2, 2, 2, 2, 0);
-  s.batch = 2; s.channels = 3;
+  s.batch = 2;
+  s.channels = 3;
   std::vector<float> x(24);
   for (int p = 0; p < 6; ++p)
     for (int k = 0; k < 4; ++k) x[p * 4 + k] = static_cast<float>(k == p % 4 ? 10 + p : 0);

@@ -3,10 +3,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <algorithm>
 #include <limits>
 #include <random>
 #include <span>
@@ -44,8 +44,7 @@ inline std::vector<float> random_floats(std::size_t n, std::uint32_t seed, float
 
 /// Small integers in [lo, hi]: fp32 sums of their products are exact, so any difference
 /// between two implementations is a bug, not rounding.
-inline std::vector<float> random_ints(std::size_t n, std::uint32_t seed, int lo = -3,
-                                      int hi = 3) {
+inline std::vector<float> random_ints(std::size_t n, std::uint32_t seed, int lo = -3, int hi = 3) {
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> d(lo, hi);
   std::vector<float> v(n);
@@ -73,13 +72,13 @@ inline std::int64_t first_mismatch(std::span<const float> got, std::span<const f
   return -1;
 }
 
-#define CHECK_CLOSE_SPANS(got, want, atol, rtol)                                        \
-  do {                                                                                  \
-    const auto mm_ = testutil::first_mismatch((got), (want), (atol), (rtol));           \
-    if (mm_ >= 0 && static_cast<std::size_t>(mm_) < (got).size()) {                     \
+#define CHECK_CLOSE_SPANS(got, want, atol, rtol)                                              \
+  do {                                                                                        \
+    const auto mm_ = testutil::first_mismatch((got), (want), (atol), (rtol));                 \
+    if (mm_ >= 0 && static_cast<std::size_t>(mm_) < (got).size()) {                           \
       INFO("first mismatch at " << mm_ << ": got " << (got)[mm_] << " want " << (want)[mm_]); \
-    }                                                                                   \
-    CHECK(mm_ == -1);                                                                   \
+    }                                                                                         \
+    CHECK(mm_ == -1);                                                                         \
   } while (0)
 
 /// Bitwise equality of two float buffers (NaN payloads included).
@@ -96,18 +95,18 @@ inline bool bitwise_equal(std::span<const float> a, std::span<const float> b) {
 
 inline std::string describe(const im2gemm::Conv2dShape& s) {
   std::ostringstream o;
-  o << "N" << s.batch << " C" << s.in_channels << " " << s.in_height << "x" << s.in_width
-    << " F" << s.out_channels << " k" << s.kernel_height << "x" << s.kernel_width << " s"
-    << s.stride_height << "x" << s.stride_width << " p" << s.pad_height << "x" << s.pad_width
-    << " d" << s.dilation_height << "x" << s.dilation_width << " g" << s.groups;
+  o << "N" << s.batch << " C" << s.in_channels << " " << s.in_height << "x" << s.in_width << " F"
+    << s.out_channels << " k" << s.kernel_height << "x" << s.kernel_width << " s" << s.stride_height
+    << "x" << s.stride_width << " p" << s.pad_height << "x" << s.pad_width << " d"
+    << s.dilation_height << "x" << s.dilation_width << " g" << s.groups;
   return o.str();
 }
 
 inline std::string describe(const im2gemm::MaxPool2dShape& s) {
   std::ostringstream o;
   o << "N" << s.batch << " C" << s.channels << " " << s.in_height << "x" << s.in_width << " k"
-    << s.kernel_height << "x" << s.kernel_width << " s" << s.stride_height << "x"
-    << s.stride_width << " p" << s.pad_height << "x" << s.pad_width;
+    << s.kernel_height << "x" << s.kernel_width << " s" << s.stride_height << "x" << s.stride_width
+    << " p" << s.pad_height << "x" << s.pad_width;
   return o.str();
 }
 

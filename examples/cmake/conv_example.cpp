@@ -6,8 +6,12 @@
 #include <im2gemm/im2gemm.hpp>
 
 int main() {
-  const im2gemm::Conv2dShape s{.in_height = 4, .in_width = 4, .kernel_height = 3,
-                               .kernel_width = 3, .pad_height = 1, .pad_width = 1};
+  const im2gemm::Conv2dShape s{.in_height = 4,
+                               .in_width = 4,
+                               .kernel_height = 3,
+                               .kernel_width = 3,
+                               .pad_height = 1,
+                               .pad_width = 1};
   std::vector<float> x(s.x_size(), 1.0f), w(s.w_size(), 1.0f), bias{0.5f}, y(s.y_size());
   im2gemm::conv2d_forward(s, x, w, bias, y);
   // A corner sees 4 input cells, an edge cell 6, an inner cell 9; plus the bias.

@@ -42,8 +42,7 @@ struct AvgPool2dShape {
 
 /// y [N][C][OH][OW] is OVERWRITTEN with the window means: the sum of the window's input cells
 /// in row-major order, divided by the divisor above (PyTorch's order and rounding).
-void avgpool2d_forward(const AvgPool2dShape& shape, std::span<const float> x,
-                       std::span<float> y);
+void avgpool2d_forward(const AvgPool2dShape& shape, std::span<const float> x, std::span<float> y);
 
 /// dx [N][C][H][W] is OVERWRITTEN: zero, then each dy / divisor added to every input cell of
 /// its window (overlapping windows add up, in output order; padded cells receive nothing).

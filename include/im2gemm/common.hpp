@@ -37,12 +37,13 @@ int num_threads();
 /// A core named Prescott on a CPU with AVX2 or AVX-512 means OpenBLAS did not recognise the
 /// CPU and runs its slow generic kernel: set OPENBLAS_CORETYPE (see the README).
 struct BlasInfo {
-  std::string library;      ///< "OpenBLAS 0.3.21 ..." as openblas_get_config() reports it
-  std::string core;         ///< the kernel OpenBLAS runs: openblas_get_corename()
-  std::string parallel;     ///< "OpenMP", "pthreads" or "sequential"
-  int threads = 1;          ///< openblas_get_num_threads()
-  std::string cpu_best;     ///< the best kernel family the CPU's flags allow: "SkylakeX", "Haswell", ...
-  bool fallback = false;    ///< true if core is the generic kernel although the CPU can do better
+  std::string library;   ///< "OpenBLAS 0.3.21 ..." as openblas_get_config() reports it
+  std::string core;      ///< the kernel OpenBLAS runs: openblas_get_corename()
+  std::string parallel;  ///< "OpenMP", "pthreads" or "sequential"
+  int threads = 1;       ///< openblas_get_num_threads()
+  std::string
+      cpu_best;  ///< the best kernel family the CPU's flags allow: "SkylakeX", "Haswell", ...
+  bool fallback = false;  ///< true if core is the generic kernel although the CPU can do better
   std::string summary() const;  ///< one line with all of the above
 };
 BlasInfo blas_info();
@@ -54,8 +55,8 @@ BlasInfo blas_info();
 /// Throws std::invalid_argument naming the variable and the allowed values if either is set to
 /// anything else; so does every primitive that depends on it.
 struct EngineInfo {
-  std::string isa;        ///< "scalar", "avx2" or "avx512": what the kernels actually run
-  std::string conv_gemm;  ///< "auto", "packed" or "openblas"
+  std::string isa;              ///< "scalar", "avx2" or "avx512": what the kernels actually run
+  std::string conv_gemm;        ///< "auto", "packed" or "openblas"
   std::string summary() const;  ///< one line with both
 };
 EngineInfo engine_info();

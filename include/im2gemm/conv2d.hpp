@@ -45,9 +45,9 @@ struct Conv2dShape {
 /// facing the padding makes that output NaN (0 * inf), here and in reference::conv2d_forward;
 /// likewise an infinite dy in backward weights (backward data writes no padding cell). Throws std::invalid_argument (y untouched) on a bad shape, a span of the wrong
 /// size, an Activation outside the enum, or y overlapping an input.
-void conv2d_forward(const Conv2dShape& shape, std::span<const float> x,
-                    std::span<const float> w, std::span<const float> bias,
-                    std::span<float> y, Activation act = Activation::identity);
+void conv2d_forward(const Conv2dShape& shape, std::span<const float> x, std::span<const float> w,
+                    std::span<const float> bias, std::span<float> y,
+                    Activation act = Activation::identity);
 
 /// Backward data ("sensitivity map"): dx = col2im(W^T dy), then, if input_activation is not
 /// identity, dx *= input_activation'(x) computed from x (the layer's input, i.e. the previous
@@ -65,8 +65,7 @@ void conv2d_backward_data(const Conv2dShape& shape, std::span<const float> dy,
 /// cannot get its scratch memory (conv2d_scratch_bytes); in both cases before any output is
 /// written.
 void conv2d_backward_weights(const Conv2dShape& shape, std::span<const float> x,
-                             std::span<const float> dy, std::span<float> dw,
-                             std::span<float> db);
+                             std::span<const float> dy, std::span<float> dw, std::span<float> db);
 
 /// True when no pass of this shape falls back to the reference loops. False only for a shape
 /// whose lowered GEMM has a dimension OpenBLAS's int interface cannot take:

@@ -93,15 +93,15 @@ Range step_slice(std::int64_t count, std::int64_t global_batch, std::int64_t ste
 
 /// Time and bytes in communication since the last reset (this rank's view).
 struct CommunicationStats {
-  double seconds = 0.0;         ///< wall time inside MPI calls (includes waiting for peers)
-  std::int64_t bytes = 0;       ///< bytes this rank contributed to reductions and broadcasts
-  std::int64_t collectives = 0; ///< collectives started
+  double seconds = 0.0;          ///< wall time inside MPI calls (includes waiting for peers)
+  std::int64_t bytes = 0;        ///< bytes this rank contributed to reductions and broadcasts
+  std::int64_t collectives = 0;  ///< collectives started
 };
 
 /// The result of DataParallel::check_parameters.
 struct ParameterCheck {
-  bool identical = false;               ///< every rank holds bitwise the same parameters
-  std::vector<std::uint64_t> checksums; ///< per rank, rank 0 first
+  bool identical = false;                ///< every rank holds bitwise the same parameters
+  std::vector<std::uint64_t> checksums;  ///< per rank, rank 0 first
   /// "parameters identical on all ranks", or "parameters differ: rank 1 checksum ... (rank 0 ...)".
   std::string summary() const;
 };
@@ -177,10 +177,10 @@ class DataParallel {
   Options options_;
   int rank_ = 0, ranks_ = 1;
   std::span<float> values_, grads_;
-  std::vector<Bucket> buckets_;              ///< last layers first
-  std::vector<MPI_Request> requests_;        ///< one per bucket
-  std::size_t started_ = 0;                  ///< buckets started in this step
-  std::vector<float> scaled_;                ///< the loss gradient scaled to the global batch
+  std::vector<Bucket> buckets_;        ///< last layers first
+  std::vector<MPI_Request> requests_;  ///< one per bucket
+  std::size_t started_ = 0;            ///< buckets started in this step
+  std::vector<float> scaled_;          ///< the loss gradient scaled to the global batch
   CommunicationStats stats_;
 };
 

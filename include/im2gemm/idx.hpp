@@ -23,8 +23,8 @@ IdxArray read_idx(const std::string& path);
 /// Images and their labels, e.g. one split of Fashion-MNIST.
 struct LabeledImages {
   std::int64_t count = 0, rows = 0, cols = 0;
-  std::vector<std::uint8_t> pixels;   ///< [count][rows][cols]
-  std::vector<std::int32_t> labels;   ///< [count], each in [0, 9]
+  std::vector<std::uint8_t> pixels;  ///< [count][rows][cols]
+  std::vector<std::int32_t> labels;  ///< [count], each in [0, 9]
 };
 /// Reads <dir>/<split>-images-idx3-ubyte.gz and <dir>/<split>-labels-idx1-ubyte.gz (split
 /// "train" or "t10k"), checks that counts agree and labels are 0..9. Every error message also

@@ -52,9 +52,9 @@ struct Shape3 {
 class Rng {
  public:
   explicit Rng(std::uint64_t seed);
-  std::uint64_t next();            ///< 64 random bits
-  double uniform();                ///< [0, 1), 53 bits
-  double normal();                 ///< standard normal
+  std::uint64_t next();                  ///< 64 random bits
+  double uniform();                      ///< [0, 1), 53 bits
+  double normal();                       ///< standard normal
   std::uint64_t below(std::uint64_t n);  ///< uniform in [0, n), n >= 1 (unbiased)
 
  private:
@@ -94,7 +94,8 @@ struct Sgd {
 class ParameterBuffer {
  public:
   ParameterBuffer() = default;
-  ParameterBuffer(const ParameterBuffer& other) : own_(other.begin(), other.end()), p_(own_.data()), n_(own_.size()) {}
+  ParameterBuffer(const ParameterBuffer& other)
+      : own_(other.begin(), other.end()), p_(own_.data()), n_(own_.size()) {}
   ParameterBuffer& operator=(const ParameterBuffer& other) {
     if (this != &other) assign(other.begin(), other.end());
     return *this;
@@ -132,11 +133,11 @@ class ParameterBuffer {
 
 /// A view of one parameter tensor of a layer and its gradient.
 struct Parameter {
-  std::string name;                  ///< "weights" or "bias"
-  std::vector<std::int64_t> shape;   ///< e.g. {F, C, KH, KW}
+  std::string name;                 ///< "weights" or "bias"
+  std::vector<std::int64_t> shape;  ///< e.g. {F, C, KH, KW}
   std::span<float> value;
-  std::span<float> grad;             ///< written by the layer's backward
-  bool decay = true;                 ///< weight decay applies
+  std::span<float> grad;  ///< written by the layer's backward
+  bool decay = true;      ///< weight decay applies
 };
 
 /// The base of every layer (see the conventions at the top of this file).
@@ -214,7 +215,6 @@ class Conv2dLayer : public Layer {
   void do_init(Rng& rng, Init scheme) override;
 
  public:
-
   Activation activation() const { return act_; }
   const Conv2dShape& geometry() const { return shape_; }
   std::span<float> weights() { return w_; }
@@ -235,8 +235,8 @@ class MaxPool2dLayer : public Layer {
   /// geometry.batch is ignored.
   explicit MaxPool2dLayer(const MaxPool2dShape& geometry);
   /// A square window; stride 0 means stride = kernel.
-  MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0,
-                 std::int64_t pad = 0, bool ceil_mode = false);
+  MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0, std::int64_t pad = 0,
+                 bool ceil_mode = false);
 
   std::string name() const override;
   Shape3 input_shape() const override;
@@ -264,8 +264,8 @@ class AvgPool2dLayer : public Layer {
   /// geometry.batch is ignored.
   explicit AvgPool2dLayer(const AvgPool2dShape& geometry);
   /// A square window; stride 0 means stride = kernel.
-  AvgPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0,
-                 std::int64_t pad = 0, bool ceil_mode = false, bool count_include_pad = true);
+  AvgPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride = 0, std::int64_t pad = 0,
+                 bool ceil_mode = false, bool count_include_pad = true);
 
   std::string name() const override;
   Shape3 input_shape() const override;
@@ -298,7 +298,6 @@ class DenseLayer : public Layer {
   void do_init(Rng& rng, Init scheme) override;
 
  public:
-
   Activation activation() const { return act_; }
   std::span<float> weights() { return w_; }
   std::span<float> bias() { return b_; }
@@ -357,11 +356,10 @@ class Sequential {
   /// Convenience: layers whose input shape is the network's current output shape.
   Conv2dLayer& add_conv2d(std::int64_t filters, std::int64_t kernel, Activation act,
                           std::int64_t stride = 1, std::int64_t pad = 0);
-  MaxPool2dLayer& add_maxpool2d(std::int64_t kernel, std::int64_t stride = 0,
-                                std::int64_t pad = 0, bool ceil_mode = false);
-  AvgPool2dLayer& add_avgpool2d(std::int64_t kernel, std::int64_t stride = 0,
-                                std::int64_t pad = 0, bool ceil_mode = false,
-                                bool count_include_pad = true);
+  MaxPool2dLayer& add_maxpool2d(std::int64_t kernel, std::int64_t stride = 0, std::int64_t pad = 0,
+                                bool ceil_mode = false);
+  AvgPool2dLayer& add_avgpool2d(std::int64_t kernel, std::int64_t stride = 0, std::int64_t pad = 0,
+                                bool ceil_mode = false, bool count_include_pad = true);
   /// Average pooling over the whole plane: output {channels, 1, 1}.
   AvgPool2dLayer& add_global_avgpool2d();
   DenseLayer& add_dense(std::int64_t outputs, Activation act);
@@ -458,18 +456,18 @@ class Sequential {
 
 /// Options and result of gradient_check.
 struct GradientCheckOptions {
-  double epsilon = 3e-3;          ///< finite-difference step
+  double epsilon = 3e-3;             ///< finite-difference step
   std::int64_t max_per_tensor = 48;  ///< entries checked per tensor (all if the tensor is smaller)
-  std::uint64_t seed = 1;         ///< picks the entries and the output weighting r
+  std::uint64_t seed = 1;            ///< picks the entries and the output weighting r
   /// Errors are |analytic - numeric| / max(|analytic|, |numeric|, scale_floor).
   double scale_floor = 1e-2;
 };
 struct GradientCheckResult {
-  double max_error = 0.0;     ///< the largest error over every checked entry
-  std::int64_t checked = 0;   ///< entries compared
-  std::int64_t kinks = 0;     ///< entries where a one-sided difference matched better (near a
-                              ///< ReLU/max kink): the analytic value matched one side
-  std::string worst;          ///< which entry had max_error, with both values
+  double max_error = 0.0;    ///< the largest error over every checked entry
+  std::int64_t checked = 0;  ///< entries compared
+  std::int64_t kinks = 0;    ///< entries where a one-sided difference matched better (near a
+                             ///< ReLU/max kink): the analytic value matched one side
+  std::string worst;         ///< which entry had max_error, with both values
 };
 
 /// The seed tutorial's check: finite differences against backward. For E = sum_i r_i y_i with a

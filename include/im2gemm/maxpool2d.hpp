@@ -39,8 +39,8 @@ struct MaxPool2dShape {
 /// Ties: the first maximum in row-major window order wins. A NaN in the window wins: output
 /// NaN, argmax at the first NaN. An all -inf window gives -inf and the index of the window's
 /// first real (unpadded) cell. Padded cells never win.
-void maxpool2d_forward(const MaxPool2dShape& shape, std::span<const float> x,
-                       std::span<float> y, std::span<std::int32_t> argmax);
+void maxpool2d_forward(const MaxPool2dShape& shape, std::span<const float> x, std::span<float> y,
+                       std::span<std::int32_t> argmax);
 
 /// dx [N][C][H][W] is OVERWRITTEN: zero, then dy added at each argmax (overlapping windows add
 /// up). An argmax entry outside [0, H*W) is bad input: std::invalid_argument, dx untouched.

@@ -8,8 +8,7 @@ namespace im2gemm::detail {
 
 void activation_forward_unchecked(Activation act, float* v, std::int64_t n) {
   switch (act) {
-    case Activation::identity:
-      return;
+    case Activation::identity: return;
     case Activation::relu:
       for (std::int64_t i = 0; i < n; ++i) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
       return;
@@ -24,8 +23,7 @@ void activation_forward_unchecked(Activation act, float* v, std::int64_t n) {
 
 void activation_backward_unchecked(Activation act, const float* y, float* d, std::int64_t n) {
   switch (act) {
-    case Activation::identity:
-      return;
+    case Activation::identity: return;
     case Activation::relu:
       for (std::int64_t i = 0; i < n; ++i) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
       return;
@@ -51,8 +49,8 @@ void activation_forward(Activation act, std::span<float> values) {
 void activation_backward(Activation act, std::span<const float> y, std::span<float> d) {
   detail::check_activation(act, "activation_backward: act");
   if (y.size() != d.size()) {
-    detail::fail("activation_backward: y has " + std::to_string(y.size()) +
-                 " elements but d has " + std::to_string(d.size()));
+    detail::fail("activation_backward: y has " + std::to_string(y.size()) + " elements but d has " +
+                 std::to_string(d.size()));
   }
   detail::check_no_overlap("activation_backward", "d", d, "y", y);
   detail::activation_backward_unchecked(act, y.data(), d.data(),

@@ -28,8 +28,7 @@ void check_size(const char* func, const char* name, std::size_t got, std::int64_
   }
 }
 
-void check_optional_size(const char* func, const char* name, std::size_t got,
-                         std::int64_t want) {
+void check_optional_size(const char* func, const char* name, std::size_t got, std::int64_t want) {
   if (got != 0 && static_cast<std::uint64_t>(want) != got) {
     fail(std::string(func) + ": " + name + " has " + std::to_string(got) +
          " elements, the shape needs 0 (none) or " + std::to_string(want));
@@ -56,17 +55,19 @@ namespace {
 }
 inline void require_at_least(const char* shape, const char* field, std::int64_t v,
                              std::int64_t lo) {
-  if (v < lo) [[unlikely]] fail_below(shape, field, v, lo);
+  if (v < lo) [[unlikely]]
+    fail_below(shape, field, v, lo);
 }
 
 [[noreturn]] void fail_above(const char* shape, const char* field, std::int64_t v) {
-  fail(std::string(shape) + "." + field + " must be <= " +
-       std::to_string(kMaxStridePadDilation) + " (2^31 - 1), got " + std::to_string(v));
+  fail(std::string(shape) + "." + field + " must be <= " + std::to_string(kMaxStridePadDilation) +
+       " (2^31 - 1), got " + std::to_string(v));
 }
 // Strides, pads and dilations: at most kMaxStridePadDilation, which keeps every window index
 // the passes compute (and every intermediate of it) far inside 64 bits.
 inline void require_window_param(const char* shape, const char* field, std::int64_t v) {
-  if (v > kMaxStridePadDilation) [[unlikely]] fail_above(shape, field, v);
+  if (v > kMaxStridePadDilation) [[unlikely]]
+    fail_above(shape, field, v);
 }
 
 // The fields every pooling shape has, in the order their errors are reported: counts and
@@ -110,8 +111,8 @@ std::int64_t window_out(const char* shape, const char* dim, std::int64_t in, std
   if (extent > padded) {
     fail(std::string(shape) + ": the " + dim + " kernel extent " + std::to_string(extent) +
          " (kernel " + std::to_string(kernel) + ", dilation " + std::to_string(dilation) +
-         ") is larger than the padded input " + std::to_string(padded) + " (" +
-         std::to_string(in) + " + 2*" + std::to_string(pad) + ")");
+         ") is larger than the padded input " + std::to_string(padded) + " (" + std::to_string(in) +
+         " + 2*" + std::to_string(pad) + ")");
   }
   return (padded - extent) / stride + 1;
 }
@@ -129,11 +130,11 @@ using detail::fail;
 
 std::int64_t Conv2dShape::out_height() const {
   return (in_height + 2 * pad_height - ((kernel_height - 1) * dilation_height + 1)) /
-             stride_height + 1;
+             stride_height +
+         1;
 }
 std::int64_t Conv2dShape::out_width() const {
-  return (in_width + 2 * pad_width - ((kernel_width - 1) * dilation_width + 1)) /
-             stride_width + 1;
+  return (in_width + 2 * pad_width - ((kernel_width - 1) * dilation_width + 1)) / stride_width + 1;
 }
 
 void Conv2dShape::validate() const {
@@ -159,8 +160,8 @@ void Conv2dShape::validate() const {
   detail::require_window_param(S, "dilation_height", dilation_height);
   detail::require_window_param(S, "dilation_width", dilation_width);
   if (in_channels % groups != 0) {
-    fail("Conv2dShape.in_channels " + std::to_string(in_channels) +
-         " is not divisible by groups " + std::to_string(groups));
+    fail("Conv2dShape.in_channels " + std::to_string(in_channels) + " is not divisible by groups " +
+         std::to_string(groups));
   }
   if (out_channels % groups != 0) {
     fail("Conv2dShape.out_channels " + std::to_string(out_channels) +
@@ -168,8 +169,8 @@ void Conv2dShape::validate() const {
   }
   const auto oh = detail::window_out(S, "height", in_height, pad_height, kernel_height,
                                      dilation_height, stride_height);
-  const auto ow = detail::window_out(S, "width", in_width, pad_width, kernel_width,
-                                     dilation_width, stride_width);
+  const auto ow = detail::window_out(S, "width", in_width, pad_width, kernel_width, dilation_width,
+                                     stride_width);
   detail::tensor_elements({batch, in_channels, in_height, in_width}, "Conv2dShape input x");
   detail::tensor_elements({out_channels, in_channels / groups, kernel_height, kernel_width},
                           "Conv2dShape weights w");
@@ -182,9 +183,7 @@ void Conv2dShape::validate() const {
                           "Conv2dShape multiply-accumulate count");
 }
 
-std::int64_t Conv2dShape::x_size() const {
-  return batch * in_channels * in_height * in_width;
-}
+std::int64_t Conv2dShape::x_size() const { return batch * in_channels * in_height * in_width; }
 std::int64_t Conv2dShape::w_size() const {
   return out_channels * (in_channels / groups) * kernel_height * kernel_width;
 }
@@ -217,12 +216,12 @@ void MaxPool2dShape::validate() const {
   }
   const auto oh = ceil_mode ? detail::pool_out_length_checked(S, "height", in_height, pad_height,
                                                               kernel_height, stride_height, true)
-                            : detail::window_out(S, "height", in_height, pad_height,
-                                                 kernel_height, 1, stride_height);
+                            : detail::window_out(S, "height", in_height, pad_height, kernel_height,
+                                                 1, stride_height);
   const auto ow = ceil_mode ? detail::pool_out_length_checked(S, "width", in_width, pad_width,
                                                               kernel_width, stride_width, true)
-                            : detail::window_out(S, "width", in_width, pad_width, kernel_width,
-                                                 1, stride_width);
+                            : detail::window_out(S, "width", in_width, pad_width, kernel_width, 1,
+                                                 stride_width);
   const auto plane = checked_mul(in_height, in_width, "MaxPool2dShape input plane");
   if (plane > std::numeric_limits<std::int32_t>::max()) {
     fail("MaxPool2dShape: an input plane of " + std::to_string(in_height) + "x" +
@@ -233,9 +232,7 @@ void MaxPool2dShape::validate() const {
   detail::tensor_elements({batch, channels, oh, ow}, "MaxPool2dShape output y");
 }
 
-std::int64_t MaxPool2dShape::x_size() const {
-  return batch * channels * in_height * in_width;
-}
+std::int64_t MaxPool2dShape::x_size() const { return batch * channels * in_height * in_width; }
 std::int64_t MaxPool2dShape::y_size() const {
   return batch * channels * out_height() * out_width();
 }
@@ -244,9 +241,8 @@ std::int64_t MaxPool2dShape::y_size() const {
 
 namespace im2gemm::detail {
 
-void check_conv2d_forward(const Conv2dShape& s, std::span<const float> x,
-                          std::span<const float> w, std::span<const float> bias,
-                          std::span<float> y, Activation act) {
+void check_conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<const float> w,
+                          std::span<const float> bias, std::span<float> y, Activation act) {
   const char* F = "conv2d_forward";
   s.validate();
   check_activation(act, "conv2d_forward: act");
@@ -297,8 +293,8 @@ void check_conv2d_backward_weights(const Conv2dShape& s, std::span<const float> 
   check_no_overlap(F, "db", db, "dw", std::span<const float>(dw));
 }
 
-void check_maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x,
-                             std::span<float> y, std::span<std::int32_t> argmax) {
+void check_maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::span<float> y,
+                             std::span<std::int32_t> argmax) {
   const char* F = "maxpool2d_forward";
   s.validate();
   check_size(F, "x", x.size(), s.x_size());
@@ -409,8 +405,8 @@ void AvgPool2dShape::validate() const {
          " must be at most half of kernel_width " + std::to_string(kernel_width) + " (" +
          std::to_string(kernel_width / 2) + ")");
   }
-  const auto oh = detail::pool_out_length_checked(S, "height", in_height, pad_height,
-                                                  kernel_height, stride_height, ceil_mode);
+  const auto oh = detail::pool_out_length_checked(S, "height", in_height, pad_height, kernel_height,
+                                                  stride_height, ceil_mode);
   const auto ow = detail::pool_out_length_checked(S, "width", in_width, pad_width, kernel_width,
                                                   stride_width, ceil_mode);
   // A divisor is at most kernel_height * kernel_width.
@@ -419,9 +415,7 @@ void AvgPool2dShape::validate() const {
   detail::tensor_elements({batch, channels, oh, ow}, "AvgPool2dShape output y");
 }
 
-std::int64_t AvgPool2dShape::x_size() const {
-  return batch * channels * in_height * in_width;
-}
+std::int64_t AvgPool2dShape::x_size() const { return batch * channels * in_height * in_width; }
 std::int64_t AvgPool2dShape::y_size() const {
   return batch * channels * out_height() * out_width();
 }

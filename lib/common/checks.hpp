@@ -25,12 +25,14 @@ namespace im2gemm::detail {
 /// layers it was a visible part of the call (tens of ns of out-of-line calls).
 inline std::int64_t checked_mul(std::int64_t a, std::int64_t b, const char* what) {
   std::int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) [[unlikely]] fail_overflow(what, a, '*', b);
+  if (__builtin_mul_overflow(a, b, &r)) [[unlikely]]
+    fail_overflow(what, a, '*', b);
   return r;
 }
 inline std::int64_t checked_add(std::int64_t a, std::int64_t b, const char* what) {
   std::int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) [[unlikely]] fail_overflow(what, a, '+', b);
+  if (__builtin_add_overflow(a, b, &r)) [[unlikely]]
+    fail_overflow(what, a, '+', b);
   return r;
 }
 
@@ -45,23 +47,22 @@ void check_no_overlap(const char* func, const char* out_name, const void* out,
                       std::size_t out_bytes, const char* in_name, const void* in,
                       std::size_t in_bytes);
 template <class T, class U>
-void check_no_overlap(const char* func, const char* out_name, std::span<T> out,
-                      const char* in_name, std::span<U> in) {
+void check_no_overlap(const char* func, const char* out_name, std::span<T> out, const char* in_name,
+                      std::span<U> in) {
   check_no_overlap(func, out_name, out.data(), out.size_bytes(), in_name, in.data(),
                    in.size_bytes());
 }
 
-void check_conv2d_forward(const Conv2dShape& s, std::span<const float> x,
-                          std::span<const float> w, std::span<const float> bias,
-                          std::span<float> y, Activation act);
+void check_conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<const float> w,
+                          std::span<const float> bias, std::span<float> y, Activation act);
 void check_conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
                                 std::span<const float> w, std::span<float> dx,
                                 Activation input_activation, std::span<const float> x);
 void check_conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
                                    std::span<const float> dy, std::span<float> dw,
                                    std::span<float> db);
-void check_maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x,
-                             std::span<float> y, std::span<std::int32_t> argmax);
+void check_maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::span<float> y,
+                             std::span<std::int32_t> argmax);
 /// Also checks that every argmax entry lies in [0, H*W).
 void check_maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
                               std::span<const std::int32_t> argmax, std::span<float> dx);
@@ -78,8 +79,7 @@ std::int64_t pool_out_length_checked(const char* shape, const char* dim, std::in
                                      std::int64_t pad, std::int64_t kernel, std::int64_t stride,
                                      bool ceil_mode);
 
-void check_avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x,
-                             std::span<float> y);
+void check_avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x, std::span<float> y);
 void check_avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy,
                               std::span<float> dx);
 

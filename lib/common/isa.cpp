@@ -84,7 +84,7 @@ Isa isa_env_cap() {
 
 Isa isa_clamp(Isa requested) {
   return static_cast<int>(requested) < static_cast<int>(isa_supported()) ? requested
-                                                                           : isa_supported();
+                                                                         : isa_supported();
 }
 
 Isa isa_active() { return isa_clamp(isa_env_cap()); }

@@ -15,14 +15,14 @@
 
 #include "common/checks.hpp"
 #include "common/parallel.hpp"
+#include "common/scratch.hpp"
 #include "common/threads.hpp"
 #include "conv/depthwise.hpp"
 #include "conv/engine.hpp"
 #include "conv/lowering.hpp"
 #include "conv/packed_conv.hpp"
-#include "gemm/gemm.hpp"
 #include "conv/plan.hpp"
-#include "common/scratch.hpp"
+#include "gemm/gemm.hpp"
 #include "im2gemm/conv2d.hpp"
 #include "im2gemm/reference.hpp"
 
@@ -38,13 +38,12 @@ using detail::part_begin;
 using detail::run_with_scratch;
 
 // Row-major C = op(A) * op(B) + beta*C with int dimensions (checked by fits_blas_int).
-void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const float* a, i64 lda,
-           const float* b, i64 ldb, float beta, float* c, i64 ldc) {
+void sgemm(bool trans_a, bool trans_b, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b,
+           i64 ldb, float beta, float* c, i64 ldc) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m),
-              static_cast<blasint>(n), static_cast<blasint>(k), 1.0f, a,
-              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c,
-              static_cast<blasint>(ldc));
+              trans_b ? CblasTrans : CblasNoTrans, static_cast<blasint>(m), static_cast<blasint>(n),
+              static_cast<blasint>(k), 1.0f, a, static_cast<blasint>(lda), b,
+              static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
 }
 
 // Every sgemm dimension and leading dimension is at most one of these.
@@ -66,22 +65,21 @@ i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
 // run_with_scratch: allocation failure throws std::bad_alloc before any body runs).
 template <class Body>
 void run_threads(const ConvPlan& p, Body&& body) {
-  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
-                   [&](i64 t, i64 nthr, float* base) {
-                     Scratch sc;
-                     sc.col = base;
-                     sc.tmp = sc.col + round16(p.col_floats);
-                     sc.partial = sc.tmp + round16(p.tmp_floats);
-                     sc.pack = sc.partial + round16(p.partial_floats);
-                     body(t, nthr, sc);
-                   });
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* base) {
+    Scratch sc;
+    sc.col = base;
+    sc.tmp = sc.col + round16(p.col_floats);
+    sc.partial = sc.tmp + round16(p.tmp_floats);
+    sc.pack = sc.partial + round16(p.partial_floats);
+    body(t, nthr, sc);
+  });
 }
 
 struct Dims {
   i64 C, F, HW, P, K, Cg, Fg, G, khw;
   explicit Dims(const Conv2dShape& s, const ConvPlan& p)
-      : C(s.in_channels), F(s.out_channels), HW(s.in_height * s.in_width), P(p.P), K(p.K),
-        Cg(p.Cg), Fg(p.Fg), G(p.groups), khw(p.khw) {}
+      : C(s.in_channels), F(s.out_channels), HW(s.in_height * s.in_width), P(p.P), K(p.K), Cg(p.Cg),
+        Fg(p.Fg), G(p.groups), khw(p.khw) {}
 };
 
 // ---------------------------------------------------------------------------------------
@@ -123,16 +121,15 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
         // sgemm's zeroing pass and saves a separate bias pass.
         if (bg) detail::fill_rows(yb, d.P, f1 - f0, q1 - q0, bg);
         if (p.k_chunks == 1) {
-          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb,
-                d.P);
+          sgemm(false, false, f1 - f0, q1 - q0, d.K, wg, d.K, cb, ldb, bg ? 1.0f : 0.0f, yb, d.P);
         } else {
           // Channel chunks in order, each lowered into sc.col and added into y.
           for (i64 kc = 0; kc < p.k_chunks; ++kc) {
             const i64 c0 = part_begin(kc, p.k_chunks, d.Cg);
             const i64 c1 = part_begin(kc + 1, p.k_chunks, d.Cg);
             detail::im2col_block(geo, xg + c0 * d.HW, c1 - c0, q0, q1, sc.col, q1 - q0);
-            sgemm(false, false, f1 - f0, q1 - q0, (c1 - c0) * d.khw, wg + c0 * d.khw, d.K,
-                  sc.col, q1 - q0, bg || kc > 0 ? 1.0f : 0.0f, yb, d.P);
+            sgemm(false, false, f1 - f0, q1 - q0, (c1 - c0) * d.khw, wg + c0 * d.khw, d.K, sc.col,
+                  q1 - q0, bg || kc > 0 ? 1.0f : 0.0f, yb, d.P);
           }
           col_key = -1;  // sc.col holds the last chunk only
         }
@@ -166,8 +163,8 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
 // first touch; a dx row is final once no later pixel block reaches it, and the input
 // activation's derivative is applied to it then (while it is still in cache).
 
-void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy,
-                        const float* w, float* dx, Activation act, const float* x) {
+void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy, const float* w,
+                        float* dx, Activation act, const float* x) {
   const ConvGeom geo(s);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
@@ -192,8 +189,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
         for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
           const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
           if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
-            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0,
-                  d.HW);
+            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0, d.HW);
             if (act != Activation::identity) {
               for (i64 c = 0; c < nch; ++c) {
                 detail::act_backward(act, xg + c * d.HW + q0, dxg + c * d.HW + q0, q1 - q0);
@@ -201,19 +197,16 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
             }
             continue;
           }
-          sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col,
-                q1 - q0);
+          sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col, q1 - q0);
           if (p.pixel_blocks == 1 &&
               detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
             continue;  // the whole image in one block: dx written once, act' applied
           }
-          const i64 done =
-              q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
-          const i64 touched =
-              q1 == d.P ? H
-                        : std::clamp(((q1 - 1) / geo.OW) * geo.SH - geo.PH +
-                                         (geo.KH - 1) * geo.DH + 1,
-                                     i64{0}, H);
+          const i64 done = q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
+          const i64 touched = q1 == d.P ? H
+                                        : std::clamp(((q1 - 1) / geo.OW) * geo.SH - geo.PH +
+                                                         (geo.KH - 1) * geo.DH + 1,
+                                                     i64{0}, H);
           const i64 zero_to = std::max(done, touched);
           if (zero_to > zeroed) {
             for (i64 c = 0; c < nch; ++c) {
@@ -225,8 +218,8 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
           detail::col2im_add_block(geo, sc.col, q1 - q0, nch, q0, q1, dxg);
           if (act != Activation::identity && done > finished) {
             for (i64 c = 0; c < nch; ++c) {
-              detail::act_backward(act, xg + c * d.HW + finished * W,
-                                   dxg + c * d.HW + finished * W, (done - finished) * W);
+              detail::act_backward(act, xg + c * d.HW + finished * W, dxg + c * d.HW + finished * W,
+                                   (done - finished) * W);
             }
           }
           finished = std::max(finished, done);
@@ -273,8 +266,8 @@ struct WeightsCtx {
 // Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
 // c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride
 // Fg). The first sgemm overwrites (beta 0) if `first`.
-void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0,
-                 i64 c1, float* c_out, bool first, double* db_acc) {
+void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0, i64 c1,
+                 float* c_out, bool first, double* db_acc) {
   const Dims& d = cx.d;
   const ConvPlan& p = cx.p;
   const i64 nch = c1 - c0, rows = nch * d.khw;
@@ -330,9 +323,8 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
   bias_sums(sc.tmp, cols, cols);
 }
 
-void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x,
-                           const float* dy, float* dw, float* db,
-                           const detail::gemm::Config* packed) {
+void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const float* dy,
+                           float* dw, float* db, const detail::gemm::Config* packed) {
   const ConvGeom geo(s);
   const Dims d(s, p);
   const WeightsCtx cx{geo, d, p, x, dy, packed};
@@ -442,7 +434,8 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   }
   // The packed engine's plans too, whichever backend a call takes (its ISA: the active one).
   const detail::Isa isa = detail::isa_active();
-  for (const auto& pc : {detail::packed_forward_problem(s), detail::packed_backward_data_problem(s)}) {
+  for (const auto& pc :
+       {detail::packed_forward_problem(s), detail::packed_backward_data_problem(s)}) {
     bytes = std::max(bytes, detail::plan_packed(pc, isa, t).scratch_bytes());
   }
   return bytes;
@@ -454,17 +447,16 @@ void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<co
   detail::conv2d_forward_with(detail::default_conv_options(), s, x, w, bias, y, act);
 }
 
-void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
-                          std::span<const float> w, std::span<float> dx,
-                          Activation input_activation, std::span<const float> x) {
+void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy, std::span<const float> w,
+                          std::span<float> dx, Activation input_activation,
+                          std::span<const float> x) {
   detail::check_conv2d_backward_data(s, dy, w, dx, input_activation, x);
-  detail::conv2d_backward_data_with(detail::default_conv_options(), s, dy, w, dx,
-                                    input_activation, x);
+  detail::conv2d_backward_data_with(detail::default_conv_options(), s, dy, w, dx, input_activation,
+                                    x);
 }
 
 void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
-                             std::span<const float> dy, std::span<float> dw,
-                             std::span<float> db) {
+                             std::span<const float> dy, std::span<float> dw, std::span<float> db) {
   detail::check_conv2d_backward_weights(s, x, dy, dw, db);
   detail::conv2d_backward_weights_with(detail::default_conv_options(), s, x, dy, dw, db);
 }
@@ -553,8 +545,8 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
 }
 
 void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
-                         std::span<const float> w, std::span<const float> bias,
-                         std::span<float> y, Activation act) {
+                         std::span<const float> w, std::span<const float> bias, std::span<float> y,
+                         Activation act) {
   const float* b = bias.empty() ? nullptr : bias.data();
   if (conv_path(s, ConvPass::forward, o) == ConvPath::depthwise) {
     return depthwise_forward(o.isa, o.threads, s, x.data(), w.data(), b, y.data(), act);
@@ -608,7 +600,8 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
   // weight: a non-finite weight would make cells NaN that W^T dy leaves finite (0 * inf). Such
   // weights take the col2im path, which writes no padding cell (the reference's result).
   if (conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed && all_finite(w)) {
-    if (t_weights_bd.size() < w.size()) t_weights_bd.resize(w.size());  // may throw: nothing written yet
+    if (t_weights_bd.size() < w.size())
+      t_weights_bd.resize(w.size());  // may throw: nothing written yet
     PackedConv pc = packed_backward_data_problem(s);
     pc.x = dy.data();
     pc.w = t_weights_bd.data();

@@ -45,8 +45,8 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
 /// The public passes with explicit options and the same contract, for a call that has
 /// already passed the public checks (detail::check_conv2d_*): these check nothing.
 void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
-                         std::span<const float> w, std::span<const float> bias,
-                         std::span<float> y, Activation act);
+                         std::span<const float> w, std::span<const float> bias, std::span<float> y,
+                         Activation act);
 void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
                                std::span<const float> dy, std::span<const float> w,
                                std::span<float> dx, Activation input_activation,

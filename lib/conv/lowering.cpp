@@ -212,7 +212,8 @@ IM2GEMM_AVX512 inline ChunkMasks chunk_masks(i64 c0, i64 OW, i64 lo, i64 hi, i64
   const i64 a = __builtin_ctz(valid), b = 16 - __builtin_clz(valid << 16);
   const unsigned pattern = sw == 2 ? 0x5555u : 0x1111u;
   for (i64 v = 0; v < sw; ++v) {
-    m.src[v] = static_cast<__mmask16>(pattern & lane_range(a * sw - 16 * v, (b - 1) * sw + 1 - 16 * v));
+    m.src[v] =
+        static_cast<__mmask16>(pattern & lane_range(a * sw - 16 * v, (b - 1) * sw + 1 - 16 * v));
   }
   return m;
 }
@@ -232,14 +233,15 @@ IM2GEMM_AVX512 inline __m512 load_chunk_sw(const float* p, const ChunkMasks& m) 
         _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
     const __m512 ab = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[0], p), fourth,
                                              _mm512_maskz_loadu_ps(m.src[1], offset(p, 16)));
-    const __m512 cd = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[2], offset(p, 32)),
-                                             fourth,
+    const __m512 cd = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(m.src[2], offset(p, 32)), fourth,
                                              _mm512_maskz_loadu_ps(m.src[3], offset(p, 48)));
     return _mm512_maskz_shuffle_f32x4(0xFFFF, ab, cd, 0x44);  // ab lanes 0-7, cd lanes 0-7
   }
 }
 IM2GEMM_AVX512 inline __m512 load_chunk(const float* p, const ChunkMasks& m, i64 sw) {
-  return sw == 1 ? load_chunk_sw<1>(p, m) : sw == 2 ? load_chunk_sw<2>(p, m) : load_chunk_sw<4>(p, m);
+  return sw == 1   ? load_chunk_sw<1>(p, m)
+         : sw == 2 ? load_chunk_sw<2>(p, m)
+                   : load_chunk_sw<4>(p, m);
 }
 
 // Rows of one chunk each (OW <= 16) with the masks in registers: dst advances by OW, src by
@@ -252,9 +254,9 @@ IM2GEMM_AVX512 inline void im2col_narrow_rows(float* dst, const float* src, i64 
                                               i64 src_step, ChunkMasks m) {
   i64 r = 0;
   if (SW == 1 && OW <= 8) {
-    const __m512i up = _mm512_sub_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(static_cast<int>(OW)));
+    const __m512i up =
+        _mm512_sub_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(OW)));
     const auto pair_out = static_cast<__mmask16>(m.out | (m.out << OW));
     const auto high = static_cast<__mmask16>(lanes(2 * OW) & ~lanes(OW));
     for (; r + 2 <= rows; r += 2, dst += 2 * OW, src = offset(src, 2 * src_step)) {
@@ -343,8 +345,8 @@ struct MaskTable {
   const ChunkMasks* column(i64 kw) const { return tabled ? table + kw * nchunks : nullptr; }
 };
 
-IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 nch, i64 q0,
-                                        i64 q1, float* col, i64 ldcol) {
+IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1,
+                                        float* col, i64 ldcol) {
   // Geometry in locals: the vector stores below may alias anything, g's fields included.
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH, SW = g.SW;
   const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
@@ -429,8 +431,8 @@ IM2GEMM_AVX512 void im2col_block_avx512(const ConvGeom& g, const float* x, i64 n
   }
 }
 
-IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 ldcol,
-                                            i64 nch, i64 q0, i64 q1, float* dx) {
+IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 ldcol, i64 nch,
+                                            i64 q0, i64 q1, float* dx) {
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH, SW = g.SW;
   const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
   const i64 oh_first = q0 / OW, oh_last = (q1 - 1) / OW;
@@ -503,8 +505,8 @@ IM2GEMM_AVX512 void col2im_add_block_avx512(const ConvGeom& g, float* col, i64 l
 // Stride 1, a whole image in the column block: every dx element is the sum of its KH*KW
 // taps, gathered in a register and stored once (no zeroing, no read-modify-write), times the
 // input activation's derivative.
-IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol,
-                                           i64 nch, float* dx, Activation act, const float* x) {
+IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                           float* dx, Activation act, const float* x) {
   const i64 H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
   const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
   const i64 nchunks = (W + 15) / 16;
@@ -512,7 +514,8 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
   for (i64 kw = 0; kw < KW; ++kw) {
     for (i64 k = 0; k < nchunks; ++k) {
       const i64 ow0 = 16 * k + PW - kw * DW;
-      tap[kw * nchunks + k] = static_cast<__mmask16>(lane_range(-ow0, OW - ow0) & lane_range(0, W - 16 * k));
+      tap[kw * nchunks + k] =
+          static_cast<__mmask16>(lane_range(-ow0, OW - ow0) & lane_range(0, W - 16 * k));
     }
   }
   const __m512 one = _mm512_set1_ps(1.0f);
@@ -537,7 +540,8 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
           const __m512 y = _mm512_maskz_loadu_ps(out, xrow + 16 * k);
           switch (act) {
             case Activation::relu:
-              acc = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), acc);
+              acc =
+                  _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), acc);
               break;
             case Activation::sigmoid:
               acc = _mm512_mul_ps(acc, _mm512_mul_ps(y, _mm512_sub_ps(one, y)));
@@ -545,8 +549,7 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
             case Activation::tanh:
               acc = _mm512_mul_ps(acc, _mm512_sub_ps(one, _mm512_mul_ps(y, y)));
               break;
-            default:
-              break;
+            default: break;
           }
         }
         _mm512_mask_storeu_ps(drow + 16 * k, out, acc);
@@ -648,8 +651,8 @@ constexpr i64 kMaxSmallPlaneInverse = 256;  // KH * KW * chunks * plane register
 // NV: registers of one plane (ceil(H*W / 16)), a constant so that the accumulators stay in
 // registers.
 template <int NV>
-IM2GEMM_AVX512 void col2im_small_plane_nv(const ConvGeom& g, const float* col, i64 ldcol,
-                                          i64 nch, i64 q0, i64 q1, float* dx) {
+IM2GEMM_AVX512 void col2im_small_plane_nv(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                          i64 q0, i64 q1, float* dx) {
   const i64 HW = g.H * g.W, KH = g.KH, KW = g.KW, n = q1 - q0;
   const i64 nck = (n + 15) / 16;
   alignas(64) std::int32_t inv[kMaxSmallPlaneInverse][16];  // [e * NV + r]: source lane
@@ -751,8 +754,8 @@ bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
     return out < lim && stride < lim && k < lim && dil < lim && pad < lim &&
            out * stride + k * dil < lim;
   };
-  return avx512_allowed() && g.H * g.W <= kMaxSmallPlane &&
-         q1 > q0 && g.KH * g.KW * ((q1 - q0 + 15) / 16) <= kMaxSmallPlaneTaps &&
+  return avx512_allowed() && g.H * g.W <= kMaxSmallPlane && q1 > q0 &&
+         g.KH * g.KW * ((q1 - q0 + 15) / 16) <= kMaxSmallPlaneTaps &&
          span_fits(g.OH, g.SH, g.KH, g.DH, g.PH) && span_fits(g.OW, g.SW, g.KW, g.DW, g.PW);
 #else
   (void)g, (void)q0, (void)q1;
@@ -795,8 +798,7 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
 bool col2im_image_overwrite(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, float* dx,
                             Activation act, const float* x) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  if (avx512_lowering(g) && g.SH == 1 && g.SW == 1 &&
-      g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps) {
+  if (avx512_lowering(g) && g.SH == 1 && g.SW == 1 && g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps) {
     col2im_image_s1_avx512(g, col, ldcol, nch, dx, act, x);
     return true;
   }
@@ -867,8 +869,7 @@ void fill_rows(float* y, i64 ldy, i64 rows, i64 cols, const float* values) {
 IM2GEMM_CLONES
 void act_backward(Activation act, const float* __restrict y, float* __restrict d, i64 n) {
   switch (act) {
-    case Activation::identity:
-      return;
+    case Activation::identity: return;
     case Activation::relu:
       for (i64 i = 0; i < n; ++i) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
       return;

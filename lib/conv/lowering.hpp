@@ -14,9 +14,9 @@ namespace im2gemm::detail {
 struct ConvGeom {
   std::int64_t H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
   explicit ConvGeom(const Conv2dShape& s)
-      : H(s.in_height), W(s.in_width), OH(s.out_height()), OW(s.out_width()),
-        KH(s.kernel_height), KW(s.kernel_width), SH(s.stride_height), SW(s.stride_width),
-        PH(s.pad_height), PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width) {}
+      : H(s.in_height), W(s.in_width), OH(s.out_height()), OW(s.out_width()), KH(s.kernel_height),
+        KW(s.kernel_width), SH(s.stride_height), SW(s.stride_width), PH(s.pad_height),
+        PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width) {}
 };
 
 /// Column block of one image: for nch channels starting at plane x (H*W floats each) and
@@ -38,8 +38,8 @@ bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
 /// The adjoint of im2col_block: ADDS every in-image element of the column block into dx
 /// (nch planes of H*W floats). Padding positions are dropped. col is scratch: it may be left
 /// modified (strided kernels fold kernel columns into one another first).
-void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol,
-                      std::int64_t nch, std::int64_t q0, std::int64_t q1, float* dx);
+void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol, std::int64_t nch,
+                      std::int64_t q0, std::int64_t q1, float* dx);
 
 /// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
 /// OVERWRITTEN with col2im(col), then multiplied by act'(x) unless act is identity (x: the

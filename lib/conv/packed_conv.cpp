@@ -42,7 +42,8 @@ double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64
       const i64 fb = it % q.filter_blocks, ob = (it / q.filter_blocks) % outer;
       const i64 cb = q.fold ? ob : ob % q.col_blocks;
       const i64 width = std::min(q.cols, (cb + 1) * q.nc) - cb * q.nc;
-      const i64 f = part_begin(fb + 1, q.filter_blocks, fpanels) - part_begin(fb, q.filter_blocks, fpanels);
+      const i64 f = part_begin(fb + 1, q.filter_blocks, fpanels) -
+                    part_begin(fb, q.filter_blocks, fpanels);
       load += static_cast<double>(ceil_div(width, nr)) * (static_cast<double>(f) + 0.5);
     }
     worst = std::max(worst, load);
@@ -146,9 +147,24 @@ thread_local PlanCache t_plans;
 }  // namespace
 
 PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
-  const std::int64_t key[19] = {pc.N,  pc.C,  pc.H,  pc.W,  pc.F,  pc.G,  pc.KH,
-                                pc.KW, pc.SH, pc.SW, pc.PH, pc.PW, pc.DH, pc.DW,
-                                pc.OH, pc.OW, static_cast<std::int64_t>(isa_clamp(isa)), threads,
+  const std::int64_t key[19] = {pc.N,
+                                pc.C,
+                                pc.H,
+                                pc.W,
+                                pc.F,
+                                pc.G,
+                                pc.KH,
+                                pc.KW,
+                                pc.SH,
+                                pc.SW,
+                                pc.PH,
+                                pc.PW,
+                                pc.DH,
+                                pc.DW,
+                                pc.OH,
+                                pc.OW,
+                                static_cast<std::int64_t>(isa_clamp(isa)),
+                                threads,
                                 min_macs_per_thread()};
   PlanCache& c = t_plans;
   for (int e = 0; e < c.used; ++e) {
@@ -189,8 +205,7 @@ PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
   const i64 filter_panels = ceil_div(Fg, mr);
   auto block_filters = [&] { return ceil_div(filter_panels, p.filter_blocks) * mr; };
   // Folded output blocks go through a per-thread buffer: bound it by splitting filters.
-  while (p.fold && p.filter_blocks < filter_panels &&
-         block_filters() * p.nc * 4 > kMaxCBufBytes) {
+  while (p.fold && p.filter_blocks < filter_panels && block_filters() * p.nc * 4 > kMaxCBufBytes) {
     ++p.filter_blocks;
   }
   // Balance: item sizes decide it when items are few (392 columns as 240 + 152 kept one
@@ -206,7 +221,8 @@ PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
       double best_load = -1.0;
       // Candidates: a few more column blocks, then multiples; 1..8 times the filter blocks.
       for (i64 c = 0; c < 12; ++c) {
-        const i64 cb = std::min(panels_total, c < 4 ? base.col_blocks + c : base.col_blocks * (c - 2));
+        const i64 cb =
+            std::min(panels_total, c < 4 ? base.col_blocks + c : base.col_blocks * (c - 2));
         const i64 nc = round_up(ceil_div(base.cols, cb), nr);
         for (i64 f = 1; f <= 8; ++f) {
           PackedPlan q = best;
@@ -244,8 +260,8 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
   const i64 nr = cfg.nr, mr = cfg.mr;
   const i64 G = pc.G, Cg = pc.C / G, Fg = pc.F / G, P = pc.OH * pc.OW;
   const i64 K = Cg * pc.KH * pc.KW, HW = pc.H * pc.W;
-  const PackGeom geo{Cg, pc.H, pc.W, pc.KH, pc.KW, pc.SH, pc.SW, pc.PH, pc.PW,
-                     pc.DH, pc.DW, pc.OH, pc.OW, pc.C * HW};
+  const PackGeom geo{Cg,    pc.H,  pc.W,  pc.KH, pc.KW, pc.SH, pc.SW,
+                     pc.PH, pc.PW, pc.DH, pc.DW, pc.OH, pc.OW, pc.C * HW};
   const i64 outer = p.fold ? p.col_blocks : pc.N * p.col_blocks;
   const i64 items = p.items(pc);
   const i64 filter_panels = ceil_div(Fg, mr);
@@ -321,7 +337,8 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
             } else {
               copy_floats(pc.y + off, src, len);
             }
-            if (pc.deriv != Activation::identity) act_backward(pc.deriv, pc.xd + off, pc.y + off, len);
+            if (pc.deriv != Activation::identity)
+              act_backward(pc.deriv, pc.xd + off, pc.y + off, len);
           }
           j += len;
         }

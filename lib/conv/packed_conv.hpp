@@ -22,10 +22,10 @@ namespace im2gemm::detail {
 struct PackedConv {
   std::int64_t N = 1, C = 1, H = 1, W = 1, F = 1, G = 1;
   std::int64_t KH = 1, KW = 1, SH = 1, SW = 1, PH = 0, PW = 0, DH = 1, DW = 1, OH = 1, OW = 1;
-  const float* x = nullptr;     ///< [N][C][H][W]
-  const float* w = nullptr;     ///< [F][C/G][KH][KW]
-  const float* bias = nullptr;  ///< [F] or null
-  float* y = nullptr;           ///< [N][F][OH][OW], overwritten
+  const float* x = nullptr;                 ///< [N][C][H][W]
+  const float* w = nullptr;                 ///< [F][C/G][KH][KW]
+  const float* bias = nullptr;              ///< [F] or null
+  float* y = nullptr;                       ///< [N][F][OH][OW], overwritten
   Activation act = Activation::identity;    ///< applied to y
   Activation deriv = Activation::identity;  ///< then y *= deriv'(from xd[same index])
   const float* xd = nullptr;
@@ -49,10 +49,10 @@ struct PackedPlan {
   /// Columns run over images (j = image*P + pixel): P wastes too many lanes of the last
   /// micro-panel of an image, so images are side by side and the tiles go through cbuf.
   bool fold = false;
-  std::int64_t cols = 1;         ///< columns per group (fold) or per image
-  std::int64_t nc = 1;           ///< columns per block (a multiple of NR)
-  std::int64_t col_blocks = 1;   ///< blocks per group (fold) or per image
-  std::int64_t filter_blocks = 1;  ///< filters of a group split into this many MR-aligned parts
+  std::int64_t cols = 1;              ///< columns per group (fold) or per image
+  std::int64_t nc = 1;                ///< columns per block (a multiple of NR)
+  std::int64_t col_blocks = 1;        ///< blocks per group (fold) or per image
+  std::int64_t filter_blocks = 1;     ///< filters of a group split into this many MR-aligned parts
   std::int64_t kc = 1, k_blocks = 1;  ///< K blocking: the B block holds kc rows
   std::int64_t b_floats = 0, c_floats = 0, segments = 0, range_entries = 0;
   /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks.

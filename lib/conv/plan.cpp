@@ -9,7 +9,7 @@ namespace im2gemm::detail {
 
 namespace {
 
-std::atomic<std::size_t> g_block_target_bytes{0};  // 0: kBlockTargetBytes
+std::atomic<std::size_t> g_block_target_bytes{0};    // 0: kBlockTargetBytes
 std::atomic<std::int64_t> g_min_macs_per_thread{0};  // 0: kMinMacsPerThread
 std::atomic<std::int64_t> g_k_chunk_rows{0};         // 0: kKChunkRows
 
@@ -24,8 +24,8 @@ std::size_t round_up_64(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
 // Pixel blocking of one image for a column block of `rows` rows (plus `extra_rows` rows of a
 // gathered block when images are side by side). Sets images_per_block / block_pixels /
 // pixel_blocks; images_per_block is at most max_images.
-void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows,
-                   std::int64_t max_images, std::int64_t pixels_per_filter = kPixelsPerFilter) {
+void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows, std::int64_t max_images,
+                   std::int64_t pixels_per_filter = kPixelsPerFilter) {
   // With the test/tuning override of the target, the target alone decides.
   const bool overridden = g_block_target_bytes.load(std::memory_order_relaxed) != 0;
   const std::int64_t per_filter = pixels_per_filter * p.Fg;
@@ -97,8 +97,8 @@ std::int64_t min_macs_per_thread() {
 
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s) {
   return s.kernel_height == 1 && s.kernel_width == 1 && s.stride_height == 1 &&
-         s.stride_width == 1 && s.pad_height == 0 && s.pad_width == 0 &&
-         s.dilation_height == 1 && s.dilation_width == 1;
+         s.stride_width == 1 && s.pad_height == 0 && s.pad_width == 0 && s.dilation_height == 1 &&
+         s.dilation_width == 1;
 }
 
 std::size_t ConvPlan::scratch_bytes() const {
@@ -122,8 +122,8 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   p.pointwise = is_conv1x1_s1_p0_d1(s);
   const std::int64_t macs = p.N * s.out_channels * p.P * p.K;  // s.macs(), without re-dividing
   // Tiny problems do not pay for waking threads.
-  p.threads = static_cast<int>(std::max<std::int64_t>(
-      1, std::min<std::int64_t>(p.threads, macs / min_macs_per_thread())));
+  p.threads = static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(p.threads, macs / min_macs_per_thread())));
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const std::int64_t T = p.threads, G = p.groups;
 
@@ -180,8 +180,8 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       break;
     }
     case ConvPass::backward_weights: {
-      const auto partial_bytes =
-          static_cast<std::size_t>(s.out_channels) * static_cast<std::size_t>(p.K) * sizeof(float);
+      const auto partial_bytes = static_cast<std::size_t>(s.out_channels) *
+                                 static_cast<std::size_t>(p.K) * sizeof(float);
       p.weight_partials = T > 1 && p.N >= T && partial_bytes <= kMaxWeightPartialBytes;
       std::int64_t rows = p.K;
       if (p.weight_partials) {

@@ -16,7 +16,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-[[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("im2gemm::mpi: " + what); }
+[[noreturn]] void fail(const std::string& what) {
+  throw std::invalid_argument("im2gemm::mpi: " + what);
+}
 
 /// Adds the wall time of its lifetime to a CommunicationStats.
 class CommTimer {
@@ -32,7 +34,8 @@ class CommTimer {
 /// MPI counts are ints: a buffer longer than INT_MAX goes in pieces.
 template <class F>
 void in_int_chunks(std::int64_t n, F&& f) {
-  for (std::int64_t at = 0; at < n; at += INT_MAX) f(at, static_cast<int>(std::min<std::int64_t>(INT_MAX, n - at)));
+  for (std::int64_t at = 0; at < n; at += INT_MAX)
+    f(at, static_cast<int>(std::min<std::int64_t>(INT_MAX, n - at)));
 }
 
 void check_mpi(int rc, const char* call) {
@@ -40,7 +43,8 @@ void check_mpi(int rc, const char* call) {
   char msg[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, msg, &len);
-  throw std::runtime_error(std::string("im2gemm::mpi: ") + call + " failed: " + std::string(msg, static_cast<std::size_t>(len)));
+  throw std::runtime_error(std::string("im2gemm::mpi: ") + call +
+                           " failed: " + std::string(msg, static_cast<std::size_t>(len)));
 }
 
 void check_sharding(std::int64_t count, std::int64_t global_batch, int rank, int ranks) {
@@ -141,7 +145,8 @@ std::string ParameterCheck::summary() const {
   std::string s = "parameters differ:";
   char buf[64];
   for (std::size_t r = 0; r < checksums.size(); ++r) {
-    std::snprintf(buf, sizeof buf, " rank %zu %016llx", r, static_cast<unsigned long long>(checksums[r]));
+    std::snprintf(buf, sizeof buf, " rank %zu %016llx", r,
+                  static_cast<unsigned long long>(checksums[r]));
     s += (r ? "," : "") + std::string(buf);
   }
   return s;
@@ -151,7 +156,8 @@ std::string ParameterCheck::summary() const {
 
 DataParallel::DataParallel(Sequential& net, MPI_Comm comm, Options options)
     : net_(net), options_(options) {
-  if (options.bucket_floats < 1) fail("bucket_floats must be >= 1, got " + std::to_string(options.bucket_floats));
+  if (options.bucket_floats < 1)
+    fail("bucket_floats must be >= 1, got " + std::to_string(options.bucket_floats));
   values_ = net.parameter_values();
   grads_ = net.parameter_gradients();
   // Buckets: whole layers, last first, each closed once it holds bucket_floats gradients.
@@ -179,7 +185,8 @@ DataParallel::~DataParallel() {
 }
 
 void DataParallel::broadcast_parameters(int root) {
-  if (root < 0 || root >= ranks_) fail("broadcast root " + std::to_string(root) + " of " + std::to_string(ranks_) + " ranks");
+  if (root < 0 || root >= ranks_)
+    fail("broadcast root " + std::to_string(root) + " of " + std::to_string(ranks_) + " ranks");
   CommTimer t(stats_);
   in_int_chunks(static_cast<std::int64_t>(values_.size()), [&](std::int64_t at, int n) {
     check_mpi(MPI_Bcast(values_.data() + at, n, MPI_FLOAT, root, comm_), "MPI_Bcast");
@@ -189,12 +196,14 @@ void DataParallel::broadcast_parameters(int root) {
 }
 
 std::int64_t DataParallel::allreduce_gradients(std::int64_t local_batch) {
-  if (local_batch < 0) fail("allreduce_gradients: local_batch must be >= 0, got " + std::to_string(local_batch));
+  if (local_batch < 0)
+    fail("allreduce_gradients: local_batch must be >= 0, got " + std::to_string(local_batch));
   std::int64_t global_batch = 0;
   MPI_Request count_request = MPI_REQUEST_NULL;
   {
     CommTimer t(stats_);
-    check_mpi(MPI_Iallreduce(&local_batch, &global_batch, 1, MPI_INT64_T, MPI_SUM, comm_, &count_request),
+    check_mpi(MPI_Iallreduce(&local_batch, &global_batch, 1, MPI_INT64_T, MPI_SUM, comm_,
+                             &count_request),
               "MPI_Iallreduce");
   }
   // Mean of the local examples -> their sum.
@@ -203,7 +212,8 @@ std::int64_t DataParallel::allreduce_gradients(std::int64_t local_batch) {
   {
     CommTimer t(stats_);
     in_int_chunks(static_cast<std::int64_t>(grads_.size()), [&](std::int64_t at, int n) {
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, grads_.data() + at, n, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce");
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, grads_.data() + at, n, MPI_FLOAT, MPI_SUM, comm_),
+                "MPI_Allreduce");
       ++stats_.collectives;
     });
     check_mpi(MPI_Wait(&count_request, MPI_STATUS_IGNORE), "MPI_Wait");
@@ -230,13 +240,15 @@ void DataParallel::progress() {
   if (started_ == 0) return;
   CommTimer t(stats_);
   int done = 0;
-  check_mpi(MPI_Testall(static_cast<int>(started_), requests_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+  check_mpi(MPI_Testall(static_cast<int>(started_), requests_.data(), &done, MPI_STATUSES_IGNORE),
+            "MPI_Testall");
 }
 
 void DataParallel::finish_buckets() {
   while (started_ < buckets_.size()) start_bucket(started_++);
   CommTimer t(stats_);
-  check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE), "MPI_Waitall");
+  check_mpi(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE),
+            "MPI_Waitall");
 }
 
 float DataParallel::train_step(std::span<const float> x, std::span<const std::int32_t> labels,
@@ -248,7 +260,8 @@ float DataParallel::train_step(std::span<const float> x, std::span<const std::in
          std::to_string(global_batch) + " (want 0 <= local <= global, global >= 1)");
   }
   if (static_cast<std::uint64_t>(local_batch) != labels.size()) {
-    fail("train_step: local_batch " + std::to_string(local_batch) + " but " + std::to_string(labels.size()) + " labels");
+    fail("train_step: local_batch " + std::to_string(local_batch) + " but " +
+         std::to_string(labels.size()) + " labels");
   }
   started_ = 0;
   float e = 0.0f;
@@ -262,7 +275,8 @@ float DataParallel::train_step(std::span<const float> x, std::span<const std::in
     for (std::size_t i = 0; i < d.size(); ++i) scaled_[i] = d[i] * s;
     if (options_.overlap) {
       net_.backward(scaled_, false, [&](std::size_t layer) {
-        while (started_ < buckets_.size() && buckets_[started_].first_layer >= layer) start_bucket(started_++);
+        while (started_ < buckets_.size() && buckets_[started_].first_layer >= layer)
+          start_bucket(started_++);
         progress();
       });
     } else {
@@ -276,7 +290,8 @@ float DataParallel::train_step(std::span<const float> x, std::span<const std::in
   } else {
     CommTimer t(stats_);
     in_int_chunks(static_cast<std::int64_t>(grads_.size()), [&](std::int64_t at, int n) {
-      check_mpi(MPI_Allreduce(MPI_IN_PLACE, grads_.data() + at, n, MPI_FLOAT, MPI_SUM, comm_), "MPI_Allreduce");
+      check_mpi(MPI_Allreduce(MPI_IN_PLACE, grads_.data() + at, n, MPI_FLOAT, MPI_SUM, comm_),
+                "MPI_Allreduce");
       ++stats_.collectives;
     });
     stats_.bytes += static_cast<std::int64_t>(grads_.size() * sizeof(float));
@@ -291,10 +306,12 @@ ParameterCheck DataParallel::check_parameters() {
   c.checksums.assign(static_cast<std::size_t>(ranks_), 0);
   {
     CommTimer t(stats_);
-    check_mpi(MPI_Allgather(&mine, 1, MPI_UINT64_T, c.checksums.data(), 1, MPI_UINT64_T, comm_), "MPI_Allgather");
+    check_mpi(MPI_Allgather(&mine, 1, MPI_UINT64_T, c.checksums.data(), 1, MPI_UINT64_T, comm_),
+              "MPI_Allgather");
     ++stats_.collectives;
   }
-  c.identical = std::all_of(c.checksums.begin(), c.checksums.end(), [&](std::uint64_t v) { return v == c.checksums[0]; });
+  c.identical = std::all_of(c.checksums.begin(), c.checksums.end(),
+                            [&](std::uint64_t v) { return v == c.checksums[0]; });
   return c;
 }
 

@@ -104,8 +104,9 @@ void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, c
     for (i64 k0 = 0; k0 < k; k0 += kc) {
       const i64 k1 = std::min(k, k0 + kc);
       // The configured ISA's CPU has AVX2 unless it is the scalar row.
-      (cfg.isa == Isa::scalar ? pack_b_transposed : pack_b_transposed_avx2)(
-          x, ldx, k0, k1, j0, j1, cfg.nr, pack, kc * cfg.nr);
+      (cfg.isa == Isa::scalar ? pack_b_transposed : pack_b_transposed_avx2)(x, ldx, k0, k1, j0, j1,
+                                                                            cfg.nr, pack,
+                                                                            kc * cfg.nr);
       BlockArgs g;
       g.a = a + k0;
       g.lda = lda;

@@ -36,11 +36,11 @@ using UkernelFn = void (*)(const Tile&);
 /// One row of the configuration table: the register tile and the blocking of one ISA.
 struct Config {
   Isa isa;
-  int mr, nr;             ///< register tile: mr rows of A (broadcast) x nr columns (lanes)
-  std::int64_t kc;        ///< largest K block: the A micro-panel (mr x kc) stays in L1
-  std::int64_t b_bytes;   ///< target size of one packed B block (kc x nc), kept in L2
+  int mr, nr;            ///< register tile: mr rows of A (broadcast) x nr columns (lanes)
+  std::int64_t kc;       ///< largest K block: the A micro-panel (mr x kc) stays in L1
+  std::int64_t b_bytes;  ///< target size of one packed B block (kc x nc), kept in L2
   UkernelFn ukernel;
-  const char* name;       ///< sgemm_ukernel_<MR>x<NR>_<isa>
+  const char* name;  ///< sgemm_ukernel_<MR>x<NR>_<isa>
 };
 
 /// The configuration row for `isa` (clamped to what the CPU supports). The scalar row is the
@@ -59,7 +59,7 @@ void ukernel_ref(const Tile& t, int nr);
 struct BlockArgs {
   const float* a = nullptr;
   std::int64_t lda = 0, m = 0;
-  std::int64_t k = 0;            ///< rows of the B block (k1 - k0); a points at column k0
+  std::int64_t k = 0;  ///< rows of the B block (k1 - k0); a points at column k0
   const float* bpack = nullptr;
   std::int64_t panel_stride = 0;  ///< floats between consecutive B micro-panels
   std::int64_t ncols = 0;
@@ -74,8 +74,7 @@ void multiply_block(const Config& cfg, const BlockArgs& args);
 /// micro-panels of nr lanes (panel p at dst + p*panel_stride, row kk at + (kk-k0)*nr), zero
 /// lanes past j1.
 void pack_b_rows(const float* b, std::int64_t ldb, std::int64_t k0, std::int64_t k1,
-                 std::int64_t j0, std::int64_t j1, int nr, float* dst,
-                 std::int64_t panel_stride);
+                 std::int64_t j0, std::int64_t j1, int nr, float* dst, std::int64_t panel_stride);
 
 /// Packs rows [k0, k1) and columns [j0, j1) of B = X^T, X row-major n x k (row stride ldx):
 /// panel p, row kk holds X[j0 + p*nr + l][kk] in lane l (zero past j1). A transposing copy:
@@ -106,8 +105,8 @@ void sgemm_nt(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k,
 /// OpenMP threads (columns split over threads): the yardstick against OpenBLAS's sgemm in the
 /// tests and benchmarks. Throws std::bad_alloc (C untouched) if scratch cannot be had.
 void sgemm_packed(Isa isa, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
-                  std::int64_t lda, const float* b, std::int64_t ldb, float* c,
-                  std::int64_t ldc, int threads);
+                  std::int64_t lda, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+                  int threads);
 
 // The configured kernels (defined in x86/ and ref/).
 void sgemm_ukernel_4x16_scalar(const Tile& t);

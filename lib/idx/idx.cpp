@@ -55,12 +55,15 @@ bool read_exact(gzFile f, const std::string& path, std::uint8_t* dst, std::size_
 IdxArray read_idx(const std::string& path) {
   errno = 0;
   Gz f(gzopen(path.c_str(), "rb"));
-  if (!f) bad(path, std::string("cannot open (") + (errno ? std::strerror(errno) : "out of memory") + ")");
+  if (!f)
+    bad(path,
+        std::string("cannot open (") + (errno ? std::strerror(errno) : "out of memory") + ")");
   std::uint8_t head[4];
   if (!read_exact(f.get(), path, head, 4)) bad(path, "truncated: shorter than the 4-byte magic");
   if (head[0] != 0 || head[1] != 0) {
     char m[96];
-    std::snprintf(m, sizeof m, "wrong magic %02x %02x %02x %02x: not an IDX file (expected 00 00 08 <rank>)",
+    std::snprintf(m, sizeof m,
+                  "wrong magic %02x %02x %02x %02x: not an IDX file (expected 00 00 08 <rank>)",
                   head[0], head[1], head[2], head[3]);
     bad(path, m);
   }
@@ -76,9 +79,11 @@ IdxArray read_idx(const std::string& path) {
   std::int64_t total = 1;
   for (int i = 0; i < rank; ++i) {
     std::uint8_t d[4];
-    if (!read_exact(f.get(), path, d, 4)) bad(path, "truncated in the header (dimension " + std::to_string(i) + ")");
+    if (!read_exact(f.get(), path, d, 4))
+      bad(path, "truncated in the header (dimension " + std::to_string(i) + ")");
     const std::int64_t v = (std::int64_t{d[0]} << 24) | (d[1] << 16) | (d[2] << 8) | d[3];
-    if (v < 1) bad(path, "dimension " + std::to_string(i) + " is " + std::to_string(v) + " (must be >= 1)");
+    if (v < 1)
+      bad(path, "dimension " + std::to_string(i) + " is " + std::to_string(v) + " (must be >= 1)");
     a.dims.push_back(v);
     total *= v;
     if (total > kMaxBytes) bad(path, "dimensions give more than 2^34 bytes: a broken header");
@@ -96,7 +101,8 @@ IdxArray read_idx(const std::string& path) {
   }
   std::uint8_t extra;
   const int more = gzread(f.get(), &extra, 1);
-  if (more > 0) bad(path, "trailing data after the " + std::to_string(want) + " bytes the header gives");
+  if (more > 0)
+    bad(path, "trailing data after the " + std::to_string(want) + " bytes the header gives");
   if (more < 0) {
     int code = 0;
     const char* msg = gzerror(f.get(), &code);
@@ -110,7 +116,8 @@ LabeledImages read_mnist(const std::string& dir, const std::string& split) {
       ". The Fashion-MNIST files come with `apt-get install dataset-fashion-mnist` (under "
       "/usr/share/datasets/fashion-mnist/); or give the directory that holds them";
   if (split != "train" && split != "t10k") {
-    throw std::invalid_argument("im2gemm: read_mnist: split must be \"train\" or \"t10k\", got \"" + split + "\"");
+    throw std::invalid_argument("im2gemm: read_mnist: split must be \"train\" or \"t10k\", got \"" +
+                                split + "\"");
   }
   const std::string images_path = dir + "/" + split + "-images-idx3-ubyte.gz";
   const std::string labels_path = dir + "/" + split + "-labels-idx1-ubyte.gz";
@@ -130,9 +137,9 @@ LabeledImages read_mnist(const std::string& dir, const std::string& split) {
                                 std::to_string(labels.dims.size()) + ", labels need 1" + hint);
   }
   if (images.dims[0] != labels.dims[0]) {
-    throw std::invalid_argument("im2gemm: " + images_path + " holds " + std::to_string(images.dims[0]) +
-                                " images but " + labels_path + " holds " +
-                                std::to_string(labels.dims[0]) + " labels" + hint);
+    throw std::invalid_argument("im2gemm: " + images_path + " holds " +
+                                std::to_string(images.dims[0]) + " images but " + labels_path +
+                                " holds " + std::to_string(labels.dims[0]) + " labels" + hint);
   }
   LabeledImages out;
   out.count = images.dims[0];
@@ -142,7 +149,8 @@ LabeledImages read_mnist(const std::string& dir, const std::string& split) {
   for (std::size_t i = 0; i < labels.values.size(); ++i) {
     if (labels.values[i] > 9) {
       throw std::invalid_argument("im2gemm: " + labels_path + ": label " + std::to_string(i) +
-                                  " is " + std::to_string(labels.values[i]) + ", must be 0..9" + hint);
+                                  " is " + std::to_string(labels.values[i]) + ", must be 0..9" +
+                                  hint);
     }
     out.labels[i] = labels.values[i];
   }

@@ -35,8 +35,8 @@ Conv2dLayer::Conv2dLayer(const Conv2dShape& geometry, Activation act)
   db_.assign(b_.size(), 0.0f);
 }
 
-Conv2dLayer::Conv2dLayer(Shape3 input, std::int64_t filters, std::int64_t kernel,
-                         Activation act, std::int64_t stride, std::int64_t pad)
+Conv2dLayer::Conv2dLayer(Shape3 input, std::int64_t filters, std::int64_t kernel, Activation act,
+                         std::int64_t stride, std::int64_t pad)
     : Conv2dLayer(square(input, filters, kernel, stride, pad), act) {}
 
 std::string Conv2dLayer::name() const {
@@ -93,8 +93,11 @@ std::span<const float> Conv2dLayer::backward_preactivation(std::span<const float
 
 std::vector<Parameter> Conv2dLayer::parameters() {
   const auto& s = shape_;
-  return {Parameter{"weights", {s.out_channels, s.in_channels / s.groups, s.kernel_height, s.kernel_width},
-                    w_, dw_, true},
+  return {Parameter{"weights",
+                    {s.out_channels, s.in_channels / s.groups, s.kernel_height, s.kernel_width},
+                    w_,
+                    dw_,
+                    true},
           Parameter{"bias", {s.out_channels}, b_, db_, false}};
 }
 

@@ -17,9 +17,9 @@ DenseLayer::DenseLayer(Shape3 input, std::int64_t outputs, Activation act)
   }
   if (outputs < 1) detail::fail("DenseLayer: outputs must be >= 1, got " + std::to_string(outputs));
   detail::check_activation(act, "DenseLayer: act");
-  const std::int64_t n_in = detail::checked_mul(
-      detail::checked_mul(input.channels, input.height, "DenseLayer input size"), input.width,
-      "DenseLayer input size");
+  const std::int64_t n_in = detail::checked_mul(detail::checked_mul(input.channels, input.height,
+                                                                    "DenseLayer input size"),
+                                                input.width, "DenseLayer input size");
   const std::int64_t n_w = detail::checked_mul(n_in, outputs, "DenseLayer weight count");
   if (n_in > (std::int64_t{1} << 31) - 1 || outputs > (std::int64_t{1} << 31) - 1) {
     detail::fail("DenseLayer: sizes must fit BLAS int: inputs " + std::to_string(n_in) +
@@ -39,8 +39,10 @@ std::string DenseLayer::name() const {
 
 std::span<const float> DenseLayer::forward(std::span<const float> x, std::int64_t batch) {
   check_forward("DenseLayer", x, batch);
-  if (batch > (std::int64_t{1} << 31) - 1) detail::fail("DenseLayer: batch too large for BLAS: " + std::to_string(batch));
-  const int n = static_cast<int>(batch), k = static_cast<int>(in_.size()), m = static_cast<int>(out_);
+  if (batch > (std::int64_t{1} << 31) - 1)
+    detail::fail("DenseLayer: batch too large for BLAS: " + std::to_string(batch));
+  const int n = static_cast<int>(batch), k = static_cast<int>(in_.size()),
+            m = static_cast<int>(out_);
   x_.assign(x.begin(), x.end());
   y_.resize(static_cast<std::size_t>(batch * out_));
   for (std::int64_t i = 0; i < batch; ++i) std::copy(b_.begin(), b_.end(), y_.begin() + i * out_);
@@ -54,7 +56,8 @@ std::span<const float> DenseLayer::forward(std::span<const float> x, std::int64_
 
 std::span<const float> DenseLayer::backward(std::span<const float> dy, bool want_input_grad) {
   check_backward("DenseLayer", dy);
-  const int n = static_cast<int>(batch_), k = static_cast<int>(in_.size()), m = static_cast<int>(out_);
+  const int n = static_cast<int>(batch_), k = static_cast<int>(in_.size()),
+            m = static_cast<int>(out_);
   const float* delta = dy.data();  // dE/d(pre-activation)
   if (act_ != Activation::identity) {
     delta_.resize(dy.size());
@@ -63,8 +66,8 @@ std::span<const float> DenseLayer::backward(std::span<const float> dy, bool want
     delta = delta_.data();
   }
   // dW[out][in] = delta^T[out][n] * X[n][in]   (overwritten: beta = 0)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, k, n, 1.0f, delta, m, x_.data(), k,
-              0.0f, dw_.data(), k);
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, k, n, 1.0f, delta, m, x_.data(), k, 0.0f,
+              dw_.data(), k);
   std::fill(db_.begin(), db_.end(), 0.0f);
   for (int i = 0; i < n; ++i) {
     const float* row = delta + static_cast<std::int64_t>(i) * m;

@@ -79,13 +79,15 @@ void Sgd::validate() const {
     o << "Sgd: " << field << " = " << v << ", must be " << want;
     detail::fail(o.str());
   };
-  if (!(std::isfinite(learning_rate) && learning_rate > 0.0f)) bad("learning_rate", learning_rate, "> 0");
+  if (!(std::isfinite(learning_rate) && learning_rate > 0.0f))
+    bad("learning_rate", learning_rate, "> 0");
   if (!(momentum >= 0.0f && momentum < 1.0f)) bad("momentum", momentum, "in [0, 1)");
-  if (!(std::isfinite(weight_decay) && weight_decay >= 0.0f)) bad("weight_decay", weight_decay, ">= 0");
+  if (!(std::isfinite(weight_decay) && weight_decay >= 0.0f))
+    bad("weight_decay", weight_decay, ">= 0");
 }
 
 namespace {
-constexpr float kFlush = 1e-30f;                 // far below any useful velocity, above denormals
+constexpr float kFlush = 1e-30f;                   // far below any useful velocity, above denormals
 constexpr std::int64_t kParallelUpdate = 1 << 16;  // parameters worth two threads
 }  // namespace
 
@@ -94,7 +96,8 @@ void Layer::update(const Sgd& sgd) {
   auto params = parameters();
   if (velocity_.size() != params.size()) {
     velocity_.assign(params.size(), {});
-    for (std::size_t i = 0; i < params.size(); ++i) velocity_[i].assign(params[i].value.size(), 0.0f);
+    for (std::size_t i = 0; i < params.size(); ++i)
+      velocity_[i].assign(params[i].value.size(), 0.0f);
   }
   for (std::size_t i = 0; i < params.size(); ++i) {
     float* w = params[i].value.data();
@@ -139,23 +142,25 @@ void Layer::init(Rng& rng, Init scheme) {
 }
 
 void Layer::check_forward(const char* who, std::span<const float> x, std::int64_t batch) const {
-  if (batch < 1) detail::fail(std::string(who) + "::forward: batch must be >= 1, got " + std::to_string(batch));
+  if (batch < 1)
+    detail::fail(std::string(who) + "::forward: batch must be >= 1, got " + std::to_string(batch));
   const std::int64_t per = input_shape().size();
   const std::int64_t want = detail::checked_mul(batch, per, "batch * input size");
   if (static_cast<std::uint64_t>(want) != x.size()) {
-    detail::fail(std::string(who) + " '" + name() + "'::forward: x has " + std::to_string(x.size()) +
-                 " elements, batch " + std::to_string(batch) + " x input " + input_shape().str() +
-                 " needs " + std::to_string(want));
+    detail::fail(std::string(who) + " '" + name() + "'::forward: x has " +
+                 std::to_string(x.size()) + " elements, batch " + std::to_string(batch) +
+                 " x input " + input_shape().str() + " needs " + std::to_string(want));
   }
 }
 
 void Layer::check_backward(const char* who, std::span<const float> dy) const {
-  if (batch_ == 0) detail::fail(std::string(who) + " '" + name() + "'::backward called before forward");
+  if (batch_ == 0)
+    detail::fail(std::string(who) + " '" + name() + "'::backward called before forward");
   const std::int64_t want = batch_ * output_shape().size();
   if (static_cast<std::uint64_t>(want) != dy.size()) {
-    detail::fail(std::string(who) + " '" + name() + "'::backward: dy has " + std::to_string(dy.size()) +
-                 " elements, batch " + std::to_string(batch_) + " x output " +
-                 output_shape().str() + " needs " + std::to_string(want));
+    detail::fail(std::string(who) + " '" + name() + "'::backward: dy has " +
+                 std::to_string(dy.size()) + " elements, batch " + std::to_string(batch_) +
+                 " x output " + output_shape().str() + " needs " + std::to_string(want));
   }
 }
 

@@ -9,7 +9,8 @@ namespace im2gemm {
 
 float SoftmaxCrossEntropy::forward(std::span<const float> logits,
                                    std::span<const std::int32_t> labels, std::int64_t classes) {
-  if (classes < 1) detail::fail("SoftmaxCrossEntropy: classes must be >= 1, got " + std::to_string(classes));
+  if (classes < 1)
+    detail::fail("SoftmaxCrossEntropy: classes must be >= 1, got " + std::to_string(classes));
   if (labels.empty()) detail::fail("SoftmaxCrossEntropy: empty batch (no labels)");
   const auto batch = static_cast<std::int64_t>(labels.size());
   const std::int64_t want = detail::checked_mul(batch, classes, "batch * classes");
@@ -33,7 +34,8 @@ float SoftmaxCrossEntropy::forward(std::span<const float> logits,
     const float* z = logits.data() + n * classes;
     float* p = p_.data() + n * classes;
     std::int64_t best = 0;
-    for (std::int64_t k = 1; k < classes; ++k) if (z[k] > z[best]) best = k;
+    for (std::int64_t k = 1; k < classes; ++k)
+      if (z[k] > z[best]) best = k;
     const double m = z[best];
     double s = 0.0;
     for (std::int64_t k = 0; k < classes; ++k) s += std::exp(static_cast<double>(z[k]) - m);

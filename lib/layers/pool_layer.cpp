@@ -15,9 +15,11 @@ MaxPool2dLayer::MaxPool2dLayer(const MaxPool2dShape& geometry) : shape_(geometry
 
 namespace {
 template <class Shape>
-Shape square(const char* who, Shape3 in, std::int64_t kernel, std::int64_t stride,
-             std::int64_t pad, bool ceil_mode) {
-  if (stride < 0) detail::fail(std::string(who) + ": stride must be >= 0 (0 = kernel), got " + std::to_string(stride));
+Shape square(const char* who, Shape3 in, std::int64_t kernel, std::int64_t stride, std::int64_t pad,
+             bool ceil_mode) {
+  if (stride < 0)
+    detail::fail(std::string(who) + ": stride must be >= 0 (0 = kernel), got " +
+                 std::to_string(stride));
   Shape s;
   s.batch = 1;
   s.channels = in.channels;
@@ -45,8 +47,8 @@ std::string window_name(const Shape& s) {
 
 MaxPool2dLayer::MaxPool2dLayer(Shape3 input, std::int64_t kernel, std::int64_t stride,
                                std::int64_t pad, bool ceil_mode)
-    : MaxPool2dLayer(square<MaxPool2dShape>("MaxPool2dLayer", input, kernel, stride, pad,
-                                            ceil_mode)) {}
+    : MaxPool2dLayer(
+          square<MaxPool2dShape>("MaxPool2dLayer", input, kernel, stride, pad, ceil_mode)) {}
 
 std::string MaxPool2dLayer::name() const { return "maxpool " + window_name(shape_); }
 
@@ -80,7 +82,7 @@ std::span<const float> MaxPool2dLayer::backward(std::span<const float> dy, bool 
 }
 
 std::span<const float> MaxPool2dLayer::backward_through_activation(std::span<const float> dy,
-                                                                  Activation act) {
+                                                                   Activation act) {
   check_backward("MaxPool2dLayer", dy);
   detail::check_activation(act, "MaxPool2dLayer::backward_through_activation: act");
   MaxPool2dShape s = shape_;

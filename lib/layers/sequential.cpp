@@ -37,9 +37,8 @@ Layer& Sequential::add(std::unique_ptr<Layer> layer) {
     const std::string prev = layers_.empty() ? std::string("the network input")
                                              : "layer " + std::to_string(layers_.size() - 1) +
                                                    " '" + layers_.back()->name() + "'";
-    detail::fail("Sequential::add: layer " + std::to_string(layers_.size()) + " '" +
-                 layer->name() + "' takes " + want.str() + " but " + prev + " gives " +
-                 have.str());
+    detail::fail("Sequential::add: layer " + std::to_string(layers_.size()) + " '" + layer->name() +
+                 "' takes " + want.str() + " but " + prev + " gives " + have.str());
   }
   LayerTiming t;
   t.name = layer->name();
@@ -67,8 +66,9 @@ MaxPool2dLayer& Sequential::add_maxpool2d(std::int64_t kernel, std::int64_t stri
 AvgPool2dLayer& Sequential::add_avgpool2d(std::int64_t kernel, std::int64_t stride,
                                           std::int64_t pad, bool ceil_mode,
                                           bool count_include_pad) {
-  return static_cast<AvgPool2dLayer&>(add(std::make_unique<AvgPool2dLayer>(
-      output_shape(), kernel, stride, pad, ceil_mode, count_include_pad)));
+  return static_cast<AvgPool2dLayer&>(
+      add(std::make_unique<AvgPool2dLayer>(output_shape(), kernel, stride, pad, ceil_mode,
+                                           count_include_pad)));
 }
 AvgPool2dLayer& Sequential::add_global_avgpool2d() {
   const Shape3 in = output_shape();
@@ -84,11 +84,15 @@ DenseLayer& Sequential::add_dense(std::int64_t outputs, Activation act) {
 }
 
 Layer& Sequential::layer(std::size_t i) {
-  if (i >= layers_.size()) detail::fail("Sequential::layer: index " + std::to_string(i) + " of " + std::to_string(layers_.size()));
+  if (i >= layers_.size())
+    detail::fail("Sequential::layer: index " + std::to_string(i) + " of " +
+                 std::to_string(layers_.size()));
   return *layers_[i];
 }
 const Layer& Sequential::layer(std::size_t i) const {
-  if (i >= layers_.size()) detail::fail("Sequential::layer: index " + std::to_string(i) + " of " + std::to_string(layers_.size()));
+  if (i >= layers_.size())
+    detail::fail("Sequential::layer: index " + std::to_string(i) + " of " +
+                 std::to_string(layers_.size()));
   return *layers_[i];
 }
 
@@ -117,8 +121,9 @@ std::span<const float> Sequential::backward(std::span<const float> dy, bool want
   return backward(dy, want_input_grad, nullptr);
 }
 
-std::span<const float> Sequential::backward(std::span<const float> dy, bool want_input_grad,
-                                            const std::function<void(std::size_t)>& gradients_ready) {
+std::span<const float> Sequential::backward(
+    std::span<const float> dy, bool want_input_grad,
+    const std::function<void(std::size_t)>& gradients_ready) {
   if (layers_.empty()) detail::fail("Sequential::backward: the network has no layers");
   std::span<const float> d = dy;
   for (std::size_t i = layers_.size(); i-- > 0;) {
@@ -127,7 +132,8 @@ std::span<const float> Sequential::backward(std::span<const float> dy, bool want
     if (pool_after_conv_[i]) {
       // pool i returns dE/d(pre-activation of conv i-1), which conv i-1 takes directly.
       auto& conv = static_cast<Conv2dLayer&>(*layers_[i - 1]);
-      d = static_cast<MaxPool2dLayer&>(*layers_[i]).backward_through_activation(d, conv.activation());
+      d = static_cast<MaxPool2dLayer&>(*layers_[i])
+              .backward_through_activation(d, conv.activation());
       timings_[i].backward_seconds += detail::seconds_since(t0);
       ++timings_[i].backward_calls;
       if (gradients_ready) gradients_ready(i);
@@ -189,11 +195,13 @@ void Sequential::place_views() {
   std::vector<std::int64_t> sizes(layers_.size());
   std::int64_t total = 0;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    for (const auto& p : layers_[i]->parameters()) sizes[i] += static_cast<std::int64_t>(p.value.size());
+    for (const auto& p : layers_[i]->parameters())
+      sizes[i] += static_cast<std::int64_t>(p.value.size());
     total += sizes[i];
   }
   // New memory first; the layers may still view the old buffers, which live until all moved.
-  std::vector<float> values(static_cast<std::size_t>(total)), grads(static_cast<std::size_t>(total));
+  std::vector<float> values(static_cast<std::size_t>(total)),
+      grads(static_cast<std::size_t>(total));
   std::int64_t at = 0;
   try {
     for (std::size_t i = 0; i < layers_.size(); ++i) {
@@ -240,8 +248,8 @@ std::int64_t Sequential::parameter_offset(std::size_t i) {
 void Sequential::set_parameters(std::span<const float> values) {
   const auto dst = parameter_values();
   if (values.size() != dst.size()) {
-    detail::fail("Sequential::set_parameters: " + std::to_string(values.size()) +
-                 " values for " + std::to_string(dst.size()) + " parameters");
+    detail::fail("Sequential::set_parameters: " + std::to_string(values.size()) + " values for " +
+                 std::to_string(dst.size()) + " parameters");
   }
   std::copy(values.begin(), values.end(), dst.begin());
 }
@@ -299,7 +307,8 @@ std::string shape_str(const std::vector<std::int64_t>& s) {
 // The first 16 bytes: magic and version.
 void check_header(const std::uint8_t* b, std::size_t n) {
   if (n < 16) bad_file("truncated: " + std::to_string(n) + " bytes, the header alone needs 16");
-  if (std::memcmp(b, kMagic, 8) != 0) bad_file("wrong magic: not an im2gemm parameter file (expected \"I2GPARAM\")");
+  if (std::memcmp(b, kMagic, 8) != 0)
+    bad_file("wrong magic: not an im2gemm parameter file (expected \"I2GPARAM\")");
   const std::uint32_t version = get_u32(b + 8);
   if (version < kOldestVersion || version > kVersion) {
     bad_file("version " + std::to_string(version) + " is not supported (this build reads " +
@@ -336,8 +345,11 @@ void Sequential::save(const std::string& path) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw std::runtime_error("im2gemm: cannot write parameter file " + tmp + ": " + std::strerror(errno));
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    if (!f)
+      throw std::runtime_error("im2gemm: cannot write parameter file " + tmp + ": " +
+                               std::strerror(errno));
+    f.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
     f.flush();
     if (!f) throw std::runtime_error("im2gemm: writing parameter file " + tmp + " failed");
   }
@@ -375,8 +387,11 @@ void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
     if (pos + 4 > body_end) bad_file("truncated in the shape of tensor " + std::to_string(t));
     const std::uint32_t rank = get_u32(b + pos);
     pos += 4;
-    if (rank < 1 || rank > kMaxRank) bad_file("tensor " + std::to_string(t) + " has rank " + std::to_string(rank) + " (1.." + std::to_string(kMaxRank) + ")");
-    if (pos + 8ull * rank > body_end) bad_file("truncated in the shape of tensor " + std::to_string(t));
+    if (rank < 1 || rank > kMaxRank)
+      bad_file("tensor " + std::to_string(t) + " has rank " + std::to_string(rank) + " (1.." +
+               std::to_string(kMaxRank) + ")");
+    if (pos + 8ull * rank > body_end)
+      bad_file("truncated in the shape of tensor " + std::to_string(t));
     std::vector<std::int64_t> shape(rank);
     for (std::uint32_t r = 0; r < rank; ++r, pos += 8) {
       const std::uint64_t d = get_u64(b + pos);
@@ -405,8 +420,8 @@ void Sequential::load_bytes(std::span<const std::uint8_t> bytes) {
       const std::string name(reinterpret_cast<const char*>(b + pos), len);
       pos += len;
       if (name != layers_[i]->name()) {
-        bad_file("layer " + std::to_string(i) + " is '" + name + "' in the file, the network has '" +
-                 layers_[i]->name() + "'");
+        bad_file("layer " + std::to_string(i) + " is '" + name +
+                 "' in the file, the network has '" + layers_[i]->name() + "'");
       }
     }
   }
@@ -433,7 +448,9 @@ void Sequential::load(const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec)) unreadable("it is a directory");
   std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::invalid_argument("im2gemm: cannot open parameter file " + path + ": " + std::strerror(errno));
+  if (!f)
+    throw std::invalid_argument("im2gemm: cannot open parameter file " + path + ": " +
+                                std::strerror(errno));
   // The network fixes the file's size. The header is checked first, then at most one byte
   // more than that size is read: a device (/dev/zero) or a huge file is never read whole.
   // The largest file this network loads: the current version (shapes, layer names, values).
@@ -456,8 +473,7 @@ void Sequential::load(const std::string& path) {
     check_header(bytes.data(), got);
     read_to(want + 1);
     if (got > want) {
-      bad_file("larger than the " + std::to_string(want) +
-               " bytes this network's parameters take");
+      bad_file("larger than the " + std::to_string(want) + " bytes this network's parameters take");
     }
     bytes.resize(got);
     load_bytes(bytes);

@@ -108,9 +108,8 @@ AvgPlan plan_common(const AvgPool2dShape& s, int threads) {
   for (std::int64_t ow = 0; ow < OW; ++ow) {
     const std::int64_t c0 = ow * s.stride_width - s.pad_width;
     const std::int64_t c1 = std::min(c0 + s.kernel_width, s.in_width + s.pad_width);
-    const std::int64_t n = s.count_include_pad
-                               ? c1 - c0
-                               : std::min(c1, s.in_width) - std::max<std::int64_t>(c0, 0);
+    const std::int64_t n =
+        s.count_include_pad ? c1 - c0 : std::min(c1, s.in_width) - std::max<std::int64_t>(c0, 0);
     p.col_count[static_cast<std::size_t>(ow)] = static_cast<float>(n);
   }
   const std::int64_t H = s.in_height, OH = s.out_height();
@@ -119,15 +118,25 @@ AvgPlan plan_common(const AvgPool2dShape& s, int threads) {
   for (std::int64_t ih = 0; ih < H; ++ih) {
     // oh*SH - PH <= ih < oh*SH - PH + KH, 0 <= oh < OH
     const std::int64_t lo = ih + s.pad_height - s.kernel_height + 1;
-    p.row_lo[static_cast<std::size_t>(ih)] = lo <= 0 ? 0 : (lo + s.stride_height - 1) / s.stride_height;
+    p.row_lo[static_cast<std::size_t>(ih)] = lo <= 0 ? 0
+                                                     : (lo + s.stride_height - 1) / s.stride_height;
     p.row_hi[static_cast<std::size_t>(ih)] =
         std::min(OH - 1, (ih + s.pad_height) / s.stride_height);
   }
-  p.g = AvgGeom{s.in_height,     s.in_width,     OH,
-                OW,              s.kernel_height, s.kernel_width,
-                s.stride_height, s.stride_width,  s.pad_height,
-                s.pad_width,     s.count_include_pad, p.col_count.data(),
-                p.row_lo.data(), p.row_hi.data()};
+  p.g = AvgGeom{s.in_height,
+                s.in_width,
+                OH,
+                OW,
+                s.kernel_height,
+                s.kernel_width,
+                s.stride_height,
+                s.stride_width,
+                s.pad_height,
+                s.pad_width,
+                s.count_include_pad,
+                p.col_count.data(),
+                p.row_lo.data(),
+                p.row_hi.data()};
   p.kernel = choose_avg_kernel(p.g);
   p.planes = s.batch * s.channels;
   p.threads = threads_for(4 * s.x_size(), threads);
@@ -177,16 +186,14 @@ void avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x, std::s
   }
 }
 
-void avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy,
-                        std::span<float> dx) {
+void avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy, std::span<float> dx) {
   detail::check_avgpool2d_backward(s, dy, dx);
   detail::AvgPlan p = detail::plan_common(s, num_threads());
   const detail::AvgGeom& g = p.g;
   const std::int64_t ring = (g.kh + g.sh - 1) / g.sh;
   const std::int64_t scratch_bytes = 4 * detail::avg_backward_scratch_floats(g);
-  if (p.reference ||
-      (p.kernel != detail::AvgKernel::global &&
-       (ring > detail::kMaxRingRows || scratch_bytes > detail::kScratchMaxBytes))) {
+  if (p.reference || (p.kernel != detail::AvgKernel::global &&
+                      (ring > detail::kMaxRingRows || scratch_bytes > detail::kScratchMaxBytes))) {
     return reference::avgpool2d_backward(s, dy, dx);
   }
   const detail::AvgPlaneBwdFn plane_fn = detail::avg_bwd_fn(detail::pool_isa_active());

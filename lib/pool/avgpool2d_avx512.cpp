@@ -11,7 +11,8 @@
 // Every function below is compiled for this ISA: gcc by its target pragma, clang (which
 // ignores that pragma) by attaching the same target attribute to each function.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))), \
+                             apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
@@ -27,8 +28,8 @@ struct Avx512 {
   using M = __mmask16;  // lanes [0, n)
   static M mask(int n) { return static_cast<M>((1u << n) - 1u); }
   static __m512i lanes(std::int32_t s) {
-    return _mm512_mullo_epi32(_mm512_set1_epi32(s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
-                                                                      9, 10, 11, 12, 13, 14, 15));
+    return _mm512_mullo_epi32(_mm512_set1_epi32(s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                      10, 11, 12, 13, 14, 15));
   }
   static F even(F lo, F hi) {  // lo[0], lo[2], ..., lo[14], hi[0], ..., hi[14]
     const __m512i idx =
@@ -56,8 +57,8 @@ struct Avx512 {
       const F hi = _mm512_maskz_loadu_ps(mask(c > 16 ? c - 16 : 0), p + 16);
       return even(lo, hi);
     } else {
-      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
-                                      lanes(static_cast<std::int32_t>(s)), p, 4);
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lanes(static_cast<std::int32_t>(s)),
+                                      p, 4);
     }
   }
   static F zero() { return _mm512_setzero_ps(); }

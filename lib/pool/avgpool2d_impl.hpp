@@ -62,11 +62,11 @@ std::int64_t avg_backward_scratch_floats(const AvgGeom& g);
 std::int64_t avg_backward_row_pitch(const AvgGeom& g);
 std::int64_t avg_backward_row_margin(const AvgGeom& g);
 
-#define IM2GEMM_AVG_DECLARE(isa)                                                            \
-  void avgpool2d_forward_rows_##isa(AvgKernel k, const AvgGeom& g, const float* x, float* y, \
-                                    std::int64_t oh_begin, std::int64_t oh_end);            \
-  void avgpool2d_backward_plane_##isa(AvgKernel k, const AvgGeom& g, const float* dy,        \
-                                      float* dx, float* buf);
+#define IM2GEMM_AVG_DECLARE(isa)                                                                 \
+  void avgpool2d_forward_rows_##isa(AvgKernel k, const AvgGeom& g, const float* x, float* y,     \
+                                    std::int64_t oh_begin, std::int64_t oh_end);                 \
+  void avgpool2d_backward_plane_##isa(AvgKernel k, const AvgGeom& g, const float* dy, float* dx, \
+                                      float* buf);
 IM2GEMM_AVG_DECLARE(scalar)
 IM2GEMM_AVG_DECLARE(avx2)
 IM2GEMM_AVG_DECLARE(avx512)

@@ -14,9 +14,13 @@ struct Scalar {
   using M = int;
   static M mask(int n) { return n; }
   template <int S>
-  static F load(const float* p, std::int64_t) { return *p; }
+  static F load(const float* p, std::int64_t) {
+    return *p;
+  }
   template <int S>
-  static F load_n(const float* p, std::int64_t, int, M) { return *p; }
+  static F load_n(const float* p, std::int64_t, int, M) {
+    return *p;
+  }
   static F zero() { return 0.0f; }
   static F set1(float v) { return v; }
   static F add(F a, F b) { return a + b; }

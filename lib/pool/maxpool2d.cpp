@@ -78,9 +78,8 @@ PoolRowsFn rows_fn(PoolIsa isa) {
 }
 
 PoolGeom geometry(const MaxPool2dShape& s) {
-  return PoolGeom{s.in_height,     s.in_width,     s.out_height(), s.out_width(),
-                  s.kernel_height, s.kernel_width, s.stride_height, s.stride_width,
-                  s.pad_height,    s.pad_width};
+  return PoolGeom{s.in_height,    s.in_width,      s.out_height(), s.out_width(), s.kernel_height,
+                  s.kernel_width, s.stride_height, s.stride_width, s.pad_height,  s.pad_width};
 }
 
 // Forward work is split into (plane, block of output rows) units; outputs of different units
@@ -123,7 +122,7 @@ struct ForwardPlan {
   PoolRowsFn rows;
   std::int64_t planes, blocks_per_plane, rows_per_block;
   int threads;
-  bool stream;  // compute into scratch, stream out
+  bool stream;                   // compute into scratch, stream out
   std::int64_t units_per_chunk;  // dynamic scheduling grain
 };
 
@@ -255,9 +254,8 @@ void maxpool2d_forward(const MaxPool2dShape& s, std::span<const float> x, std::s
 #pragma omp parallel num_threads(p.threads)
   {
     float* ys = detail::scratch_for_all(p.stream, 8 * p.rows_per_block * p.g.ow, failed);
-    std::int32_t* as = ys != nullptr
-                           ? reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow)
-                           : nullptr;
+    std::int32_t* as =
+        ys != nullptr ? reinterpret_cast<std::int32_t*>(ys + p.rows_per_block * p.g.ow) : nullptr;
     const std::int64_t todo = failed.load() ? 0 : units;  // the same for every thread
 #pragma omp for schedule(dynamic, p.units_per_chunk)
     for (std::int64_t u = 0; u < todo; ++u) {
@@ -290,8 +288,8 @@ constexpr std::int64_t kFusedScaleMaxFloats = std::int64_t{16} << 10;
 
 // maxpool2d_backward after the checks, of dy * act'(y) if y != nullptr (y: the forward's
 // output, act: the activation whose output the pooling's input is).
-void backward_checked(const MaxPool2dShape& s, const float* g, const std::int32_t* a,
-                      float* d, const float* y, Activation act) {
+void backward_checked(const MaxPool2dShape& s, const float* g, const std::int32_t* a, float* d,
+                      const float* y, Activation act) {
   PoolBackwardPlan p = plan_maxpool2d_backward(s, num_threads());
   const std::int64_t HW = p.g.h * p.g.w, OH = p.g.oh, OHW = p.g.oh * p.g.ow;
   // dy of one plane, scaled into this thread's scratch (after the streaming buffer) if fused.
@@ -313,9 +311,7 @@ void backward_checked(const MaxPool2dShape& s, const float* g, const std::int32_
     const std::int32_t* ap = a + plane * OHW;
     for (std::int64_t o = o0; o < o1; ++o) dp[ap[o]] += gp[o];
   };
-  auto zero = [&](float* dp) {
-    std::memset(dp, 0, static_cast<std::size_t>(HW) * sizeof(float));
-  };
+  auto zero = [&](float* dp) { std::memset(dp, 0, static_cast<std::size_t>(HW) * sizeof(float)); };
   std::atomic<bool> failed{false};
   if (p.one_pass != nullptr) {
 #pragma omp parallel num_threads(p.threads)
@@ -407,8 +403,7 @@ void maxpool2d_backward(const MaxPool2dShape& s, std::span<const float> dy,
                         std::span<const std::int32_t> argmax, std::span<float> dx) {
   // Every argmax entry is checked before dx is written.
   detail::check_maxpool2d_backward(s, dy, argmax, dx);
-  detail::backward_checked(s, dy.data(), argmax.data(), dx.data(), nullptr,
-                           Activation::identity);
+  detail::backward_checked(s, dy.data(), argmax.data(), dx.data(), nullptr, Activation::identity);
 }
 
 }  // namespace im2gemm

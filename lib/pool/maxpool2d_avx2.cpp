@@ -86,11 +86,11 @@ struct Avx2 {
                      int n, M m, float* top, float* bot) {
     const I av = Full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))
                       : _mm256_maskload_epi32(reinterpret_cast<const int*>(a), m);
-    const F gv = _mm256_add_ps(_mm256_setzero_ps(),
-                               Full ? _mm256_loadu_ps(g) : _mm256_maskload_ps(g, m));
+    const F gv =
+        _mm256_add_ps(_mm256_setzero_ps(), Full ? _mm256_loadu_ps(g) : _mm256_maskload_ps(g, m));
     // offset of each argmax from its window's top-left cell: 0, 1, w or w + 1 if in the window
-    const I d = _mm256_sub_epi32(
-        av, _mm256_add_epi32(splat(cell), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)));
+    const I d = _mm256_sub_epi32(av, _mm256_add_epi32(splat(cell), _mm256_setr_epi32(0, 2, 4, 6, 8,
+                                                                                     10, 12, 14)));
     const I tl = _mm256_cmpeq_epi32(d, _mm256_setzero_si256());
     const I tr = _mm256_cmpeq_epi32(d, _mm256_set1_epi32(1));
     const I bl = _mm256_cmpeq_epi32(d, _mm256_set1_epi32(w));
@@ -128,8 +128,7 @@ struct Avx2 {
 }  // namespace
 
 void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x, float* y,
-                                 std::int32_t* argmax, std::int64_t oh_begin,
-                                 std::int64_t oh_end) {
+                                 std::int32_t* argmax, std::int64_t oh_begin, std::int64_t oh_end) {
   pool_forward_rows<Avx2>(k, g, x, y, argmax, oh_begin, oh_end);
 }
 
@@ -152,8 +151,7 @@ bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom& g, const float* dy,
 
 namespace im2gemm::detail {
 void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x, float* y,
-                                 std::int32_t* argmax, std::int64_t oh_begin,
-                                 std::int64_t oh_end) {
+                                 std::int32_t* argmax, std::int64_t oh_begin, std::int64_t oh_end) {
   maxpool2d_forward_rows_scalar(k, g, x, y, argmax, oh_begin, oh_end);
 }
 bool maxpool2d_backward_2x2_s2_p0_rows_avx2(const PoolGeom&, const float*, const std::int32_t*,

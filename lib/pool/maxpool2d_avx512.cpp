@@ -12,7 +12,8 @@
 // Every function below is compiled for this ISA: gcc by its target pragma, clang (which
 // ignores that pragma) by attaching the same target attribute to each function.
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"))), \
+                             apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
@@ -54,13 +55,13 @@ struct Avx512 {
       const F hi = _mm512_maskz_loadu_ps(mask(c > 16 ? c - 16 : 0), p + 16);
       return even(lo, hi);
     } else {
-      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m,
-                                      lanes(static_cast<std::int32_t>(s)), p, 4);
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lanes(static_cast<std::int32_t>(s)),
+                                      p, 4);
     }
   }
   static I lanes(std::int32_t s) {
-    return _mm512_mullo_epi32(_mm512_set1_epi32(s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8,
-                                                                      9, 10, 11, 12, 13, 14, 15));
+    return _mm512_mullo_epi32(_mm512_set1_epi32(s), _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+                                                                      10, 11, 12, 13, 14, 15));
   }
   static I splat(std::uint32_t v) { return _mm512_set1_epi32(static_cast<std::int32_t>(v)); }
   static I add(I a, I b) { return _mm512_add_epi32(a, b); }
@@ -86,12 +87,13 @@ struct Avx512 {
   static bool bwd2x2(const std::int32_t* a, const float* g, std::uint32_t cell, std::int32_t w,
                      int n, M m, float* top, float* bot) {
     const I av = Full ? _mm512_loadu_si512(a) : _mm512_maskz_loadu_epi32(m, a);
-    const F gv = _mm512_add_ps(_mm512_setzero_ps(),
-                               Full ? _mm512_loadu_ps(g) : _mm512_maskz_loadu_ps(m, g));
+    const F gv =
+        _mm512_add_ps(_mm512_setzero_ps(), Full ? _mm512_loadu_ps(g) : _mm512_maskz_loadu_ps(m, g));
     // offset of each argmax from its window's top-left cell: 0, 1, w or w + 1 if in the window
-    const I d = _mm512_sub_epi32(
-        av, _mm512_add_epi32(splat(cell), _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
-                                                              20, 22, 24, 26, 28, 30)));
+    const I d =
+        _mm512_sub_epi32(av, _mm512_add_epi32(splat(cell),
+                                              _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                                20, 22, 24, 26, 28, 30)));
     const M tl = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_setzero_si512());
     const M tr = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_set1_epi32(1));
     const M bl = _mm512_mask_cmpeq_epi32_mask(m, d, _mm512_set1_epi32(w));

@@ -52,8 +52,7 @@ void maxpool2d_forward_rows_scalar(PoolKernel k, const PoolGeom& g, const float*
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end);
 void maxpool2d_forward_rows_avx2(PoolKernel k, const PoolGeom& g, const float* x, float* y,
-                                 std::int32_t* argmax, std::int64_t oh_begin,
-                                 std::int64_t oh_end);
+                                 std::int32_t* argmax, std::int64_t oh_begin, std::int64_t oh_end);
 void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float* x, float* y,
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end);

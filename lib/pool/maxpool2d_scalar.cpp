@@ -18,9 +18,13 @@ struct Scalar {
   using M = int;
   static M mask(int n) { return n; }
   template <int S>
-  static F load(const float* p, std::int64_t) { return *p; }
+  static F load(const float* p, std::int64_t) {
+    return *p;
+  }
   template <int S>
-  static F load_n(const float* p, std::int64_t, int, M) { return *p; }
+  static F load_n(const float* p, std::int64_t, int, M) {
+    return *p;
+  }
   static I lanes(std::int32_t) { return 0; }
   static I splat(std::uint32_t v) { return v; }
   static I add(I a, I b) { return a + b; }

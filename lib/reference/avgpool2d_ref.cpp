@@ -54,8 +54,7 @@ void avgpool2d_forward(const AvgPool2dShape& s, std::span<const float> x, std::s
   }
 }
 
-void avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy,
-                        std::span<float> dx) {
+void avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy, std::span<float> dx) {
   detail::check_avgpool2d_backward(s, dy, dx);
   const std::int64_t H = s.in_height, W = s.in_width, OH = s.out_height(), OW = s.out_width();
   for (auto& v : dx) v = 0.0f;

@@ -34,8 +34,9 @@ void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<co
                   acc += 0.0 * wv;  // zero padding
                   continue;
                 }
-                acc += double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) *
-                       wv;
+                acc +=
+                    double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) *
+                    wv;
               }
             }
           }
@@ -50,9 +51,9 @@ void conv2d_forward(const Conv2dShape& s, std::span<const float> x, std::span<co
 // The seed's sensitivity map: a 'full' correlation of the stride-expanded dy with the filters
 // rotated by 180 degrees, summed over filters, written as the equivalent gather: input cell
 // (ih, iw) receives w[kh][kw] * dy[oh][ow] wherever oh*S - P + kh*D == ih.
-void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
-                          std::span<const float> w, std::span<float> dx,
-                          Activation input_activation, std::span<const float> x) {
+void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy, std::span<const float> w,
+                          std::span<float> dx, Activation input_activation,
+                          std::span<const float> x) {
   detail::check_conv2d_backward_data(s, dy, w, dx, input_activation, x);
   const std::int64_t OH = s.out_height(), OW = s.out_width();
   const std::int64_t Cg = s.in_channels / s.groups, Fg = s.out_channels / s.groups;
@@ -93,8 +94,7 @@ void conv2d_backward_data(const Conv2dShape& s, std::span<const float> dy,
 // dw[f][c][kh][kw] = sum over n, oh, ow of x[n][c][oh*S-P+kh*D][ow*S-P+kw*D] * dy[n][f][oh][ow]
 // (the padded input correlated with the stride-expanded dy); db[f] = sum of dy[.][f].
 void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
-                             std::span<const float> dy, std::span<float> dw,
-                             std::span<float> db) {
+                             std::span<const float> dy, std::span<float> dw, std::span<float> db) {
   detail::check_conv2d_backward_weights(s, x, dy, dw, db);
   const std::int64_t OH = s.out_height(), OW = s.out_width();
   const std::int64_t Cg = s.in_channels / s.groups, Fg = s.out_channels / s.groups;
@@ -115,7 +115,9 @@ void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
                   acc += 0.0 * d;  // zero padding
                   continue;
                 }
-                acc += double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) * d;
+                acc +=
+                    double(x[((n * s.in_channels + c0 + c) * s.in_height + ih) * s.in_width + iw]) *
+                    d;
               }
             }
           }
@@ -128,7 +130,8 @@ void conv2d_backward_weights(const Conv2dShape& s, std::span<const float> x,
     for (std::int64_t f = 0; f < s.out_channels; ++f) {
       double acc = 0.0;
       for (std::int64_t n = 0; n < s.batch; ++n) {
-        for (std::int64_t p = 0; p < OH * OW; ++p) acc += dy[(n * s.out_channels + f) * OH * OW + p];
+        for (std::int64_t p = 0; p < OH * OW; ++p)
+          acc += dy[(n * s.out_channels + f) * OH * OW + p];
       }
       db[f] = static_cast<float>(acc);
     }

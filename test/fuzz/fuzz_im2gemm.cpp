@@ -48,11 +48,20 @@ class Bytes {
   }
   // A shape field: mostly lo..hi, sometimes 0 or negative or extreme.
   int64_t field(int64_t lo, int64_t hi) {
-    static constexpr int64_t kExtreme[] = {
-        0, -1, std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max(),
-        std::numeric_limits<int64_t>::max() - 1, im2gemm::kMaxStridePadDilation,
-        im2gemm::kMaxStridePadDilation - 1, im2gemm::kMaxStridePadDilation + 1,
-        int64_t{1} << 32, int64_t{1} << 40, int64_t{1} << 59, int64_t{1} << 62, 64, 65};
+    static constexpr int64_t kExtreme[] = {0,
+                                           -1,
+                                           std::numeric_limits<int64_t>::min(),
+                                           std::numeric_limits<int64_t>::max(),
+                                           std::numeric_limits<int64_t>::max() - 1,
+                                           im2gemm::kMaxStridePadDilation,
+                                           im2gemm::kMaxStridePadDilation - 1,
+                                           im2gemm::kMaxStridePadDilation + 1,
+                                           int64_t{1} << 32,
+                                           int64_t{1} << 40,
+                                           int64_t{1} << 59,
+                                           int64_t{1} << 62,
+                                           64,
+                                           65};
     const std::uint8_t v = u8();
     if (v >= 242) return kExtreme[v - 242];
     return lo + v % (hi - lo + 1);
@@ -149,7 +158,8 @@ bool throws_invalid(F&& f) {
 
 im2gemm::Activation activation(Bytes& in) {
   const std::uint8_t v = in.u8();
-  return static_cast<im2gemm::Activation>(v < 250 ? v % 4 : static_cast<int>(v) - 246);  // 4..9: bad
+  return static_cast<im2gemm::Activation>(v < 250 ? v % 4
+                                                  : static_cast<int>(v) - 246);  // 4..9: bad
 }
 
 im2gemm::Conv2dShape conv_shape(Bytes& in) {
@@ -199,8 +209,8 @@ bool valid(const Shape& s) {
 
 // Exact sizes of a valid shape's tensors, or false when they are too large for one run.
 bool small_conv(const im2gemm::Conv2dShape& s) {
-  return s.x_size() <= kMaxElements && s.w_size() <= kMaxElements &&
-         s.y_size() <= kMaxElements && s.macs() <= kMaxMacs;
+  return s.x_size() <= kMaxElements && s.w_size() <= kMaxElements && s.y_size() <= kMaxElements &&
+         s.macs() <= kMaxMacs;
 }
 
 // 0: the public functions (the environment's engine); else one backend on one ISA.
@@ -215,9 +225,8 @@ im2gemm::detail::ConvOptions conv_options() {
   return o;
 }
 
-void conv_forward(const im2gemm::Conv2dShape& s, std::span<const float> x,
-                  std::span<const float> w, std::span<const float> b, std::span<float> y,
-                  im2gemm::Activation act) {
+void conv_forward(const im2gemm::Conv2dShape& s, std::span<const float> x, std::span<const float> w,
+                  std::span<const float> b, std::span<float> y, im2gemm::Activation act) {
   if (g_engine % 3 == 0) return im2gemm::conv2d_forward(s, x, w, b, y, act);
   im2gemm::detail::check_conv2d_forward(s, x, w, b, y, act);  // the _with entries check nothing
   im2gemm::detail::conv2d_forward_with(conv_options(), s, x, w, b, y, act);
@@ -247,10 +256,10 @@ void fuzz_conv(Bytes& in, int pass) {
                  "s%lldx%lld p%lldx%lld d%lldx%lld g%lld\n",
                  pass, g_engine, im2gemm::num_threads(), (long long)s.batch,
                  (long long)s.in_channels, (long long)s.in_height, (long long)s.in_width,
-                 (long long)s.out_channels, (long long)s.kernel_height,
-                 (long long)s.kernel_width, (long long)s.stride_height,
-                 (long long)s.stride_width, (long long)s.pad_height, (long long)s.pad_width,
-                 (long long)s.dilation_height, (long long)s.dilation_width, (long long)s.groups);
+                 (long long)s.out_channels, (long long)s.kernel_height, (long long)s.kernel_width,
+                 (long long)s.stride_height, (long long)s.stride_width, (long long)s.pad_height,
+                 (long long)s.pad_width, (long long)s.dilation_height, (long long)s.dilation_width,
+                 (long long)s.groups);
   }
   const bool ok = valid(s);
   if (ok && !small_conv(s)) return;
@@ -265,22 +274,21 @@ void fuzz_conv(Bytes& in, int pass) {
     const std::vector<float> bias = in.values(lb);
     Out<float> y(ly, kSentinel), y_ref(ly, kSentinel);
     const bool t = throws_invalid([&] { conv_forward(s, x, w, bias, y.span(), act); });
-    const bool t_ref =
-        throws_invalid([&] { im2gemm::reference::conv2d_forward(s, x, w, bias, y_ref.span(), act); });
+    const bool t_ref = throws_invalid(
+        [&] { im2gemm::reference::conv2d_forward(s, x, w, bias, y_ref.span(), act); });
     if (t != t_ref) fail("conv2d_forward: fast and reference disagree on throwing");
     if (t && !y.untouched()) fail("conv2d_forward threw but wrote y");
     if (!y.guards_intact()) fail("conv2d_forward wrote outside y");
-    const float rtol = act == im2gemm::Activation::sigmoid || act == im2gemm::Activation::tanh
-                           ? 1e-5f : 0.0f;
+    const float rtol =
+        act == im2gemm::Activation::sigmoid || act == im2gemm::Activation::tanh ? 1e-5f : 0.0f;
     if (!t && !equal_results(y.inside(), y_ref.inside(), rtol)) fail("conv2d_forward != reference");
   } else if (pass == 1) {
     // dy sized like y; x (for the input activation) like x or empty.
     const std::vector<float> dy = in.values(ly);
-    const std::vector<float> xa = act == im2gemm::Activation::identity && in.u8() < 128
-                                      ? std::vector<float>{} : x;
+    const std::vector<float> xa =
+        act == im2gemm::Activation::identity && in.u8() < 128 ? std::vector<float>{} : x;
     Out<float> dx(lx, kSentinel), dx_ref(lx, kSentinel);
-    const bool t = throws_invalid(
-        [&] { conv_backward_data(s, dy, w, dx.span(), act, xa); });
+    const bool t = throws_invalid([&] { conv_backward_data(s, dy, w, dx.span(), act, xa); });
     const bool t_ref = throws_invalid(
         [&] { im2gemm::reference::conv2d_backward_data(s, dy, w, dx_ref.span(), act, xa); });
     if (t != t_ref) fail("conv2d_backward_data: fast and reference disagree on throwing");
@@ -289,7 +297,8 @@ void fuzz_conv(Bytes& in, int pass) {
     if (!t && !equal_results(dx.inside(), dx_ref.inside(), 1e-5f)) {
       if (g_verbose) {
         for (std::size_t i = 0; i < lx; ++i) {
-          std::fprintf(stderr, "dx[%zu] = %g, reference %g\n", i, dx.inside()[i], dx_ref.inside()[i]);
+          std::fprintf(stderr, "dx[%zu] = %g, reference %g\n", i, dx.inside()[i],
+                       dx_ref.inside()[i]);
         }
       }
       fail("conv2d_backward_data != reference");
@@ -297,10 +306,10 @@ void fuzz_conv(Bytes& in, int pass) {
   } else {
     const std::vector<float> dy = in.values(ly);
     Out<float> dw(lw, kSentinel), dw_ref(lw, kSentinel), db(lb, kSentinel), db_ref(lb, kSentinel);
-    const bool t = throws_invalid(
-        [&] { conv_backward_weights(s, x, dy, dw.span(), db.span()); });
-    const bool t_ref = throws_invalid(
-        [&] { im2gemm::reference::conv2d_backward_weights(s, x, dy, dw_ref.span(), db_ref.span()); });
+    const bool t = throws_invalid([&] { conv_backward_weights(s, x, dy, dw.span(), db.span()); });
+    const bool t_ref = throws_invalid([&] {
+      im2gemm::reference::conv2d_backward_weights(s, x, dy, dw_ref.span(), db_ref.span());
+    });
     if (t != t_ref) fail("conv2d_backward_weights: fast and reference disagree on throwing");
     if (t && !(dw.untouched() && db.untouched())) fail("conv2d_backward_weights threw but wrote");
     if (!dw.guards_intact() || !db.guards_intact()) fail("conv2d_backward_weights wrote outside");
@@ -377,7 +386,9 @@ void fuzz_activation(Bytes& in, bool backward) {
       switch (act) {
         case im2gemm::Activation::identity: break;
         case im2gemm::Activation::relu: x = x > 0.0f ? x : 0.0f; break;
-        case im2gemm::Activation::sigmoid: x = static_cast<float>(1.0 / (1.0 + std::exp(-double(x)))); break;
+        case im2gemm::Activation::sigmoid:
+          x = static_cast<float>(1.0 / (1.0 + std::exp(-double(x))));
+          break;
         case im2gemm::Activation::tanh: x = static_cast<float>(std::tanh(double(x))); break;
       }
     }
@@ -418,10 +429,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   g_engine = in.u8();
   im2gemm::set_num_threads(1 + setup % 3);
   // Small column blocks (many pixel blocks, image runs) and every thread on small shapes.
-  im2gemm::detail::set_block_target_bytes((setup >> 2) % 4 == 0 ? 0 : std::size_t{64} << ((setup >> 4) % 8));
+  im2gemm::detail::set_block_target_bytes(
+      (setup >> 2) % 4 == 0 ? 0 : std::size_t{64} << ((setup >> 4) % 8));
   im2gemm::detail::set_min_macs_per_thread((setup & 0x80) != 0 ? 1 : 0);
   switch (call) {
-    case 0: case 1: case 2: fuzz_conv(in, call); break;
+    case 0:
+    case 1:
+    case 2: fuzz_conv(in, call); break;
     case 3: fuzz_pool(in, false); break;
     case 4: fuzz_pool(in, true); break;
     case 5: fuzz_activation(in, false); break;

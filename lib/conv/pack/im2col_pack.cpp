@@ -43,7 +43,8 @@ i64 build_pack_segments(const PackGeom& g, i64 j0, i64 j1, int nr, i64 panel_str
       const i64 base = segs[s].iw0 + kw * g.DW, len = segs[s].len;
       const i64 lo = first_lane_at_least(base, 0, g.SW, len);
       const i64 hi = std::max(lo, first_lane_at_least(base, g.W, g.SW, len));
-      ranges[s * g.KW + kw] = LaneRange{static_cast<std::int32_t>(lo), static_cast<std::int32_t>(hi)};
+      ranges[s * g.KW + kw] =
+          LaneRange{static_cast<std::int32_t>(lo), static_cast<std::int32_t>(hi)};
     }
   }
   return count;

@@ -18,18 +18,18 @@ namespace im2gemm::detail {
 /// The input of one group as the packer reads it. Pads may be negative (the backward-data
 /// convolution of a layer whose pad exceeds its dilated kernel extent crops instead).
 struct PackGeom {
-  std::int64_t C, H, W;                 ///< channels of the group, input plane
+  std::int64_t C, H, W;  ///< channels of the group, input plane
   std::int64_t KH, KW, SH, SW, PH, PW, DH, DW;
-  std::int64_t OH, OW;                  ///< output plane; P = OH*OW columns per image
-  std::int64_t image_stride;            ///< floats from one image's group input to the next
+  std::int64_t OH, OW;        ///< output plane; P = OH*OW columns per image
+  std::int64_t image_stride;  ///< floats from one image's group input to the next
 };
 
 struct PackSegment {
-  std::int64_t src;   ///< image offset (image * image_stride)
-  std::int64_t ih0;   ///< input row of kh = 0: oh*SH - PH (kNoRow for a zero tail)
-  std::int64_t iw0;   ///< input column of kw = 0, lane 0: ow*SW - PW
-  std::int64_t dst;   ///< offset in the packed block: panel * panel_stride + first lane
-  std::int64_t len;   ///< lanes, 1..NR
+  std::int64_t src;  ///< image offset (image * image_stride)
+  std::int64_t ih0;  ///< input row of kh = 0: oh*SH - PH (kNoRow for a zero tail)
+  std::int64_t iw0;  ///< input column of kw = 0, lane 0: ow*SW - PW
+  std::int64_t dst;  ///< offset in the packed block: panel * panel_stride + first lane
+  std::int64_t len;  ///< lanes, 1..NR
 };
 
 /// Lanes [lo, hi) of a segment read the input row for a given kw; the others are zero.
@@ -44,8 +44,7 @@ inline std::int64_t max_pack_segments(std::int64_t ncols) { return ncols + 1; }
 /// and tabulates their lane ranges (ranges[s*KW + kw]); returns the segment count. Lanes of
 /// the last micro-panel past j1 get a zero segment, so every lane of every panel is written.
 std::int64_t build_pack_segments(const PackGeom& g, std::int64_t j0, std::int64_t j1, int nr,
-                                 std::int64_t panel_stride, PackSegment* segs,
-                                 LaneRange* ranges);
+                                 std::int64_t panel_stride, PackSegment* segs, LaneRange* ranges);
 
 /// Writes rows [k0, k1) of the block: row kk of segment s at dst + s.dst + (kk-k0)*nr.
 /// x points at channel 0 of the group in image 0.

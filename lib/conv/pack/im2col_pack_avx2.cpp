@@ -64,22 +64,24 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
         if (ih < 0 || ih >= g.H) continue;
         const LaneRange r = ranges[s * g.KW + kw];
         if (r.lo >= r.hi) continue;
-        const i64 f = sg.dst & 15;  // panel lane of the segment's lane 0
+        const i64 f = sg.dst & 15;                 // panel lane of the segment's lane 0
         const i64 qlo = f + r.lo, qhi = f + r.hi;  // panel lanes read from the input
         // Panel lane q reads xrow[(q - f) * sw]; addresses are formed as integers, since
         // the row pointer of lane 0 can lie before the input (those lanes are masked off).
-        const std::uintptr_t xrow = reinterpret_cast<std::uintptr_t>(
-            xc + (sg.src + ih * g.W + sg.iw0 + dw));
-        const float* p = reinterpret_cast<const float*>(
-            xrow - static_cast<std::uintptr_t>(f * sw) * sizeof(float));
+        const std::uintptr_t xrow =
+            reinterpret_cast<std::uintptr_t>(xc + (sg.src + ih * g.W + sg.iw0 + dw));
+        const float* p = reinterpret_cast<const float*>(xrow - static_cast<std::uintptr_t>(f * sw) *
+                                                                   sizeof(float));
         if (sw == 1) {
           if (qlo == 0 && qhi == 16) {
             lo8 = _mm256_loadu_ps(p);
             hi8 = _mm256_loadu_ps(p + 8);
           } else {
-            if (qlo < 8) lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(p, lanes_between(qlo, qhi, iota)));
+            if (qlo < 8)
+              lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(p, lanes_between(qlo, qhi, iota)));
             if (qhi > 8) {
-              hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(p + 8, lanes_between(qlo - 8, qhi - 8, iota)));
+              hi8 = _mm256_or_ps(hi8,
+                                 _mm256_maskload_ps(p + 8, lanes_between(qlo - 8, qhi - 8, iota)));
             }
           }
         } else {

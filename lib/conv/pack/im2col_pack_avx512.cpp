@@ -24,9 +24,9 @@ void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* se
   const i64 khw = g.KH * g.KW, plane = g.H * g.W, sw = g.SW;
   const __m512 zero = _mm512_setzero_ps();
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i gather_idx = _mm512_mullo_epi32(
-      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-      _mm512_set1_epi32(static_cast<int>(sw)));
+  const __m512i gather_idx =
+      _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                         _mm512_set1_epi32(static_cast<int>(sw)));
   i64 c = k0 / khw, kh = (k0 % khw) / g.KW, kw = k0 % g.KW;
   for (i64 kk = k0; kk < k1; ++kk) {
     float* drow = dst + (kk - k0) * nr;

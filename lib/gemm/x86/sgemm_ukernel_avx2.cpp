@@ -11,7 +11,8 @@ namespace {
 
 // Lanes [0, n - 8v) of vector v, as a maskload/maskstore mask.
 inline __m256i lane_mask(int n, int v) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8 * v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n - 8 * v),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 template <int MR, int NV>
@@ -44,7 +45,8 @@ inline void ukernel(const Tile& t) {
       const __m256i row = _mm256_set1_epi32(t.accumulate && i < t.m ? -1 : 0);
       for (int v = 0; v < NV; ++v) {
         const __m256i lm = _mm256_and_si256(lane_mask(t.n, v), row);
-        acc[i][v] = _mm256_blendv_ps(b0, _mm256_maskload_ps(cr[i] + 8 * v, lm), _mm256_castsi256_ps(lm));
+        acc[i][v] =
+            _mm256_blendv_ps(b0, _mm256_maskload_ps(cr[i] + 8 * v, lm), _mm256_castsi256_ps(lm));
       }
     }
   }
@@ -68,7 +70,8 @@ inline void ukernel(const Tile& t) {
   const __m256 z = _mm256_setzero_ps();
   const __m256 relu = _mm256_castsi256_ps(_mm256_set1_epi32(t.relu ? -1 : 0));
   for (int i = 0; i < MR; ++i) {
-    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_blendv_ps(acc[i][v], _mm256_max_ps(acc[i][v], z), relu);
+    for (int v = 0; v < NV; ++v)
+      acc[i][v] = _mm256_blendv_ps(acc[i][v], _mm256_max_ps(acc[i][v], z), relu);
   }
   if (full) {
     for (int i = 0; i < MR; ++i) {
