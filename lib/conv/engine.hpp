@@ -24,9 +24,13 @@ ConvOptions default_conv_options();
 /// Which backend a pass of this (valid) shape runs under the options: packed or openblas
 /// (never automatic). The packed engine serves forward, backward data at stride 1 (strided
 /// backward data runs the openblas path on every backend) and the GEMMs of backward weights.
-/// Automatic: packed where it measured ahead (plan.hpp: row length against the micro-panel
-/// width, kMinPackedK, kMinPackedBackwardDataChannels; strides of at most 2) on an AVX2 or
-/// AVX-512 CPU, openblas elsewhere.
+/// Automatic: packed where it measured ahead, on an AVX2 or AVX-512 CPU (openblas elsewhere);
+/// plan.hpp gives the measurements. Forward: output rows of at least 1/3 of a micro-panel,
+/// horizontal stride <= 2, K >= kMinPackedK, 1x1 stride-1 unpadded only on 16-lane panels.
+/// Stride-1 backward data: input rows of kMinPackedRowPixels, kMinPackedBackwardDataChannels
+/// channels a group, F/groups*KH*KW >= kMinPackedK, not 1x1 stride-1 unpadded. Backward
+/// weights: 16-lane panels, C/groups*KH*KW >= kMinPackedK, output planes of at least
+/// kMinPackedWeightsPixels pixels.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
 
 /// Which kind of code runs a pass: the GEMM lowering (im2col / col2im + a GEMM backend) or a

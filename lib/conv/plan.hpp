@@ -77,7 +77,7 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 /// layers ran 1.2-1.3x it: lenet_conv2 92 vs 77 GFLOP/s, resnet_l4_b8 150 vs 114), and
 /// 1x1 stride-1 layers only on panels of at most kMaxNarrowPanelLanes lanes (resnet_1x1 on
 /// AVX2: 129 vs 104). Backward data: rows of at least kMinPackedRowPixels input pixels
-/// (resnet_l4_b1 ran 0.5x the openblas path on AVX2). Both: a GEMM K of at least
+/// (resnet_l4_b1 ran 0.5x the openblas path on AVX2), never 1x1 stride-1 unpadded. Both: a GEMM K of at least
 /// kMinPackedK (below it the set-up and store of a tile weigh: lenet_conv1, K = 25), and for
 /// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
 /// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).

@@ -1,6 +1,7 @@
 #include "conv/pack/im2col_pack.hpp"
 
 #include <algorithm>
+#include <cassert>
 
 namespace im2gemm::detail {
 
@@ -24,6 +25,7 @@ i64 first_lane_at_least(i64 base, i64 bound, i64 step, i64 len) {
 
 i64 build_pack_segments(const PackGeom& g, i64 j0, i64 j1, int nr, i64 panel_stride,
                         PackSegment* segs, LaneRange* ranges) {
+  assert(panel_stride % nr == 0);  // the AVX2 packer reads panel and lane from dst
   const i64 P = g.OH * g.OW;
   i64 count = 0;
   for (i64 j = j0; j < j1;) {

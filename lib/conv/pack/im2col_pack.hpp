@@ -47,7 +47,9 @@ std::int64_t build_pack_segments(const PackGeom& g, std::int64_t j0, std::int64_
                                  std::int64_t panel_stride, PackSegment* segs, LaneRange* ranges);
 
 /// Writes rows [k0, k1) of the block: row kk of segment s at dst + s.dst + (kk-k0)*nr.
-/// x points at channel 0 of the group in image 0.
+/// x points at channel 0 of the group in image 0. panel_stride (of build_pack_segments) must
+/// be a multiple of nr and dst 64-byte aligned: the AVX2 packer finds a segment's panel and
+/// lane from s.dst and writes whole aligned panel rows.
 using PackFn = void (*)(const PackGeom& g, const float* x, const PackSegment* segs,
                         const LaneRange* ranges, std::int64_t nseg, std::int64_t k0,
                         std::int64_t k1, int nr, float* dst);

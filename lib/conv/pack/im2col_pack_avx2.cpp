@@ -29,10 +29,16 @@ inline __m256i lanes_between(i64 lo, i64 hi, __m256i iota) {
   return _mm256_and_si256(ge, lt);
 }
 
-// The 8 even-indexed floats of p[0..16), each loaded only where its bit in m0 / m1 is set
-// (m0 covers p[0..8), m1 p[8..16)).
-inline __m256 load_even(const float* p, __m256i m0, __m256i m1) {
-  const __m256 a = _mm256_maskload_ps(p, m0), b = _mm256_maskload_ps(p + 8, m1);
+// The float `floats` past the address `base`, formed as an integer: the panel's lane 0 can
+// lie before the input, where no pointer may point (its lanes are masked off, never read).
+inline const float* at(std::uintptr_t base, i64 floats) {
+  return reinterpret_cast<const float*>(base + static_cast<std::uintptr_t>(floats) * sizeof(float));
+}
+
+// The 8 even-indexed floats of the 16 at `base` + o, each loaded only where its bit in
+// m0 / m1 is set (m0 covers the first 8, m1 the next 8).
+inline __m256 load_even(std::uintptr_t base, i64 o, __m256i m0, __m256i m1) {
+  const __m256 a = _mm256_maskload_ps(at(base, o), m0), b = _mm256_maskload_ps(at(base, o + 8), m1);
   const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
@@ -66,33 +72,32 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
         if (r.lo >= r.hi) continue;
         const i64 f = sg.dst & 15;                 // panel lane of the segment's lane 0
         const i64 qlo = f + r.lo, qhi = f + r.hi;  // panel lanes read from the input
-        // Panel lane q reads xrow[(q - f) * sw]; addresses are formed as integers, since
-        // the row pointer of lane 0 can lie before the input (those lanes are masked off).
-        const std::uintptr_t xrow =
-            reinterpret_cast<std::uintptr_t>(xc + (sg.src + ih * g.W + sg.iw0 + dw));
-        const float* p = reinterpret_cast<const float*>(xrow - static_cast<std::uintptr_t>(f * sw) *
-                                                                   sizeof(float));
+        // Panel lane q reads input float (row start + (q - f) * sw); p is the address of
+        // lane 0, kept as an integer (see at()).
+        const std::uintptr_t p =
+            reinterpret_cast<std::uintptr_t>(xc) +
+            static_cast<std::uintptr_t>(sg.src + ih * g.W + sg.iw0 + dw - f * sw) * sizeof(float);
         if (sw == 1) {
           if (qlo == 0 && qhi == 16) {
-            lo8 = _mm256_loadu_ps(p);
-            hi8 = _mm256_loadu_ps(p + 8);
+            lo8 = _mm256_loadu_ps(at(p, 0));
+            hi8 = _mm256_loadu_ps(at(p, 8));
           } else {
             if (qlo < 8)
-              lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(p, lanes_between(qlo, qhi, iota)));
+              lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(qlo, qhi, iota)));
             if (qhi > 8) {
-              hi8 = _mm256_or_ps(hi8,
-                                 _mm256_maskload_ps(p + 8, lanes_between(qlo - 8, qhi - 8, iota)));
+              hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8),
+                                                         lanes_between(qlo - 8, qhi - 8, iota)));
             }
           }
         } else {
-          // Float e of p feeds lane e/2 when e is even; lanes 0..7 come from p[0..16),
-          // lanes 8..15 from p[16..32), and odd floats are never loaded.
+          // Float e past p feeds lane e/2 when e is even; lanes 0..7 come from floats
+          // [0, 16), lanes 8..15 from [16, 32), and odd floats are never loaded.
           const __m256i even = _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0);
           const auto m = [&](i64 o) {
             return _mm256_and_si256(even, lanes_between(2 * qlo - o, 2 * qhi - o, iota));
           };
-          if (qlo < 8) lo8 = _mm256_or_ps(lo8, load_even(p, m(0), m(8)));
-          if (qhi > 8) hi8 = _mm256_or_ps(hi8, load_even(p + 16, m(16), m(24)));
+          if (qlo < 8) lo8 = _mm256_or_ps(lo8, load_even(p, 0, m(0), m(8)));
+          if (qhi > 8) hi8 = _mm256_or_ps(hi8, load_even(p, 16, m(16), m(24)));
         }
       }
       _mm256_store_ps(drow + panel, lo8);
