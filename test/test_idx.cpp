@@ -19,19 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("im2gemm_test_idx_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 void write_gz(const fs::path& p, const std::vector<std::uint8_t>& bytes) {
   gzFile f = gzopen(p.c_str(), "wb");
   REQUIRE(f != nullptr);
@@ -68,7 +55,7 @@ std::uint32_t zlib_crc(const std::uint8_t* p, std::size_t n) {
 }  // namespace
 
 TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, broken gzip") {
-  TempDir dir;
+  testutil::TempDir dir("idx");
   const auto p = [&](const char* name) { return (dir.path / name).string(); };
 
   write_gz(p("train-images-idx3-ubyte.gz"), idx_bytes({3, 4, 5}, 60));

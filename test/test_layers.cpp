@@ -51,19 +51,6 @@ void check_gradients(Layer& layer, const std::vector<float>& x, std::int64_t bat
   CHECK(r.kinks * 10 <= r.checked);  // a kink now and then, not the rule
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("im2gemm_test_layers_" + std::to_string(::getpid()) + "_" +
-                                        std::to_string(reinterpret_cast<std::uintptr_t>(this)));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
 template <class F>
 std::string error_of(F&& f) {
   try {
@@ -555,7 +542,7 @@ TEST_CASE("Sequential rejects a layer whose input shape does not match") {
 }
 
 TEST_CASE("parameter files: round trip bit for bit") {
-  TempDir dir;
+  testutil::TempDir dir("layers");
   Sequential a = small_net(), b = small_net();
   a.init(1);
   b.init(2);
@@ -619,7 +606,7 @@ TEST_CASE("parameter files: wrong, truncated or corrupted files are rejected, ne
     fewer.add_conv2d(4, 3, Activation::relu);
     rejected(fewer.save_bytes(), "holds 2 tensors, the network has 4");
   }
-  TempDir dir;
+  testutil::TempDir dir("layers");
   CHECK(error_of([&] { net.load((dir.path / "missing.bin").string()); }).find("cannot open") !=
         std::string::npos);
   CHECK(same(snapshot(net), before));

@@ -7,12 +7,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <random>
 #include <span>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <vector>
+
+#include <unistd.h>
 
 #include <im2gemm/im2gemm.hpp>
 
@@ -21,6 +25,24 @@
 namespace testutil {
 
 inline constexpr float kSentinel = 12345.678f;
+
+/// A fresh folder under the system's temporary directory, removed with its contents at the
+/// end of the scope; `tag` names the suite that made it.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& tag) {
+    path = std::filesystem::temp_directory_path() /
+           ("im2gemm_test_" + tag + "_" + std::to_string(::getpid()) + "_" +
+            std::to_string(reinterpret_cast<std::uintptr_t>(this)));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
 
 /// The ISAs this CPU runs, scalar first.
 inline std::vector<im2gemm::detail::Isa> cpu_isas() {
