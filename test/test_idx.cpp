@@ -38,16 +38,6 @@ std::vector<std::uint8_t> idx_bytes(std::vector<std::uint32_t> dims, std::size_t
   return b;
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-
 std::uint32_t zlib_crc(const std::uint8_t* p, std::size_t n) {
   return static_cast<std::uint32_t>(crc32(crc32(0L, Z_NULL, 0), p, static_cast<uInt>(n)));
 }
@@ -79,7 +69,7 @@ TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, br
         .write(reinterpret_cast<const char*>(b.data()), 4 + 8 + 4);
     CHECK(read_idx(p("plain.idx")).dims == std::vector<std::int64_t>{2, 2});
   }
-  auto msg = [&](const char* name) { return error_of([&] { read_idx(p(name)); }); };
+  auto msg = [&](const char* name) { return testutil::error_of([&] { read_idx(p(name)); }); };
   {
     auto b = idx_bytes({3}, 3);
     b[0] = 0x1f;
@@ -107,13 +97,14 @@ TEST_CASE("IDX reader: valid gzipped files, wrong magic, truncated, trailing, br
   }
   // read_mnist: a missing file says what to install; mismatched counts are caught.
   const std::string missing =
-      error_of([&] { read_mnist((dir.path / "nowhere").string(), "t10k"); });
+      testutil::error_of([&] { read_mnist((dir.path / "nowhere").string(), "t10k"); });
   CHECK(missing.find("cannot open") != std::string::npos);
   CHECK(missing.find("t10k-images-idx3-ubyte.gz") != std::string::npos);
   CHECK(missing.find("apt-get install dataset-fashion-mnist") != std::string::npos);
   write_gz(p("train-labels-idx1-ubyte.gz"), idx_bytes({4}, 4));
-  CHECK(error_of([&] { read_mnist(dir.path.string(), "train"); }).find("holds 3 images but") !=
-        std::string::npos);
+  CHECK(testutil::error_of([&] {
+          read_mnist(dir.path.string(), "train");
+        }).find("holds 3 images but") != std::string::npos);
   CHECK_THROWS_AS(read_mnist(dir.path.string(), "validation"), std::invalid_argument);
 }
 

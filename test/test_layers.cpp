@@ -51,16 +51,6 @@ void check_gradients(Layer& layer, const std::vector<float>& x, std::int64_t bat
   CHECK(r.kinks * 10 <= r.checked);  // a kink now and then, not the rule
 }
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no exception)";
-}
-
 /// The small network of the training and file tests: conv 3x3 4 relu -> pool 2 -> dense 3.
 Sequential small_net(std::int64_t dense_out = 3) {
   Sequential net(Shape3{1, 6, 6});
@@ -195,8 +185,9 @@ TEST_CASE("softmax cross-entropy: gradient, value, stability") {
   CHECK(g[3] == 0.0f);
 
   const std::vector<std::int32_t> bad{0, 2};
-  CHECK(error_of([&] { loss.forward(z2, bad, 2); }).find("label 1 is 2") != std::string::npos);
-  CHECK(error_of([&] { loss.forward(z2, l2, 3); }).find("logits has 4 elements") !=
+  CHECK(testutil::error_of([&] { loss.forward(z2, bad, 2); }).find("label 1 is 2") !=
+        std::string::npos);
+  CHECK(testutil::error_of([&] { loss.forward(z2, l2, 3); }).find("logits has 4 elements") !=
         std::string::npos);
 }
 
@@ -435,7 +426,7 @@ TEST_CASE("Sequential's contiguous views hold every parameter and gradient in pa
   net.set_parameters(other);
   CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
   std::vector<float> short_buf(other.size() - 1, 1.0f);
-  const std::string msg = error_of([&] { net.set_parameters(short_buf); });
+  const std::string msg = testutil::error_of([&] { net.set_parameters(short_buf); });
   CHECK(msg.find(std::to_string(short_buf.size()) + " values for " +
                  std::to_string(other.size())) != std::string::npos);
   CHECK(testutil::bitwise_equal(std::vector<float>(values.begin(), values.end()), other));
@@ -477,7 +468,7 @@ TEST_CASE(
   mixed.add_dense(3, Activation::identity);
   mixed.init(2);
   const auto kept = snapshot(mixed);
-  const std::string msg = error_of([&] { mixed.parameter_values(); });
+  const std::string msg = testutil::error_of([&] { mixed.parameter_values(); });
   CHECK(msg.find("'unplaceable' has parameters but does not implement place_parameters") !=
         std::string::npos);
   CHECK(same(snapshot(mixed), kept));
@@ -519,7 +510,7 @@ TEST_CASE("Sequential rejects a layer whose input shape does not match") {
   Sequential net(Shape3{1, 28, 28});
   net.add_conv2d(20, 5, Activation::relu);  // -> 20x24x24
   net.add_maxpool2d(2);                     // -> 20x12x12
-  const std::string msg = error_of([&] {
+  const std::string msg = testutil::error_of([&] {
     net.add(std::make_unique<Conv2dLayer>(Shape3{10, 12, 12}, 50, 5, Activation::relu));
   });
   CHECK(msg.find("takes 10x12x12") != std::string::npos);
@@ -534,10 +525,12 @@ TEST_CASE("Sequential rejects a layer whose input shape does not match") {
 
   // Wrong sizes at run time.
   std::vector<float> x(2 * 784);
-  CHECK(error_of([&] { net.forward(x, 3); }).find("x has 1568 elements") != std::string::npos);
+  CHECK(testutil::error_of([&] { net.forward(x, 3); }).find("x has 1568 elements") !=
+        std::string::npos);
   Conv2dLayer fresh(Shape3{1, 4, 4}, 1, 3, Activation::relu);
   std::vector<float> dy(4);
-  CHECK(error_of([&] { fresh.backward(dy); }).find("before forward") != std::string::npos);
+  CHECK(testutil::error_of([&] { fresh.backward(dy); }).find("before forward") !=
+        std::string::npos);
   CHECK_THROWS_AS(Conv2dLayer(Shape3{1, 4, 4}, 1, 5, Activation::relu), std::invalid_argument);
 }
 
@@ -575,7 +568,7 @@ TEST_CASE("parameter files: wrong, truncated or corrupted files are rejected, ne
   net.init(2);
   const auto before = snapshot(net);
   auto rejected = [&](const std::vector<std::uint8_t>& bytes, const char* expect) {
-    const std::string msg = error_of([&] { net.load_bytes(bytes); });
+    const std::string msg = testutil::error_of([&] { net.load_bytes(bytes); });
     INFO(msg);
     CHECK(msg.find(expect) != std::string::npos);
     CHECK(same(snapshot(net), before));
@@ -607,8 +600,9 @@ TEST_CASE("parameter files: wrong, truncated or corrupted files are rejected, ne
     rejected(fewer.save_bytes(), "holds 2 tensors, the network has 4");
   }
   testutil::TempDir dir("layers");
-  CHECK(error_of([&] { net.load((dir.path / "missing.bin").string()); }).find("cannot open") !=
-        std::string::npos);
+  CHECK(testutil::error_of([&] {
+          net.load((dir.path / "missing.bin").string());
+        }).find("cannot open") != std::string::npos);
   CHECK(same(snapshot(net), before));
   net.load_bytes(good);  // and the good one still loads
   CHECK(same(snapshot(net), snapshot(src)));
@@ -668,7 +662,7 @@ TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool
     floor.init(2);
     const auto before = snapshot(floor);
     REQUIRE(ceil.parameter_count() == floor.parameter_count());
-    const std::string msg = error_of([&] { floor.load_bytes(ceil.save_bytes()); });
+    const std::string msg = testutil::error_of([&] { floor.load_bytes(ceil.save_bytes()); });
     CHECK(msg.find(
               avg ? "layer 1 is 'avgpool 2x2 ceil' in the file, the network has 'avgpool 2x2'"
                   : "layer 1 is 'maxpool 2x2 ceil' in the file, the network has 'maxpool 2x2'") !=
@@ -682,7 +676,7 @@ TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool
   }
   Sequential incl = pool_net(false, true, true), excl = pool_net(false, true, false);
   incl.init(3);
-  CHECK(error_of([&] {
+  CHECK(testutil::error_of([&] {
           excl.load_bytes(incl.save_bytes());
         }).find("the network has 'avgpool 2x2 excl-pad'") != std::string::npos);
   // A layer list cut short is reported as such, not read past.
@@ -695,8 +689,9 @@ TEST_CASE("parameter files: version 1 files still load; version 2 keeps the pool
   bytes.resize(bytes.size() - 4);
   const std::uint32_t c = crc_of(bytes, bytes.size());
   for (int i = 0; i < 4; ++i) bytes.push_back(static_cast<std::uint8_t>(c >> (8 * i)));
-  CHECK(error_of([&] { cut.load_bytes(bytes); }).find("holds 9 layers, the network has 3") !=
-        std::string::npos);
+  CHECK(testutil::error_of([&] {
+          cut.load_bytes(bytes);
+        }).find("holds 9 layers, the network has 3") != std::string::npos);
 }
 
 TEST_CASE("AvgPool2dLayer: shapes, names, finite differences, global pooling") {

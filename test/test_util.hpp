@@ -12,6 +12,7 @@
 #include <random>
 #include <span>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -25,6 +26,17 @@
 namespace testutil {
 
 inline constexpr float kSentinel = 12345.678f;
+
+/// The message of the std::invalid_argument that f() throws, or "(no exception)".
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no exception)";
+}
 
 /// A fresh folder under the system's temporary directory, removed with its contents at the
 /// end of the scope; `tag` names the suite that made it.
