@@ -486,20 +486,22 @@ ConvOptions default_conv_options() {
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
   const bool vector_isa = isa_clamp(o.isa) != Isa::scalar;
   const i64 khw = s.kernel_height * s.kernel_width;
+  // The micro-panel width of the ISA (16 lanes on AVX2, 48 on AVX-512): the rules below were
+  // measured per width.
+  const i64 nr = gemm::config(o.isa).nr;
+  const bool narrow_panels = nr <= kMaxNarrowPanelLanes;
   switch (pass) {
     case ConvPass::forward: {
       if (o.backend != GemmBackend::automatic) return o.backend;
       // The packed engine where its packer and tiles pay: output rows of at least a third
       // of a micro-panel (AVX-512's 48 lanes: 16 pixels; AVX2's 16 lanes: 6, so lenet_conv2's
-      // 8-pixel and the 7x7 layers' rows qualify), strides of at most 2 (wider ones gather)
-      // and a K that amortises a tile's set-up. With 48-lane panels, 1x1 stride-1 shapes run
-      // on the openblas path, which skips im2col for them; with 16-lane panels the packed
-      // engine measured ahead there too (plan.hpp).
-      const gemm::Config& cfg = gemm::config(o.isa);
-      const bool wide_panels = cfg.nr > kMaxNarrowPanelLanes;
-      const bool fits = s.out_width() * kMinPackedRowPanelFraction >= cfg.nr &&
-                        s.stride_width <= 2 && s.in_channels / s.groups * khw >= kMinPackedK &&
-                        !(wide_panels && is_conv1x1_s1_p0_d1(s));
+      // 8-pixel and the 7x7 layers' rows qualify), horizontal strides of at most 2 (wider ones
+      // gather) and a K that amortises a tile's set-up. With 48-lane panels, 1x1 stride-1
+      // shapes run on the openblas path, which skips im2col for them; with 16-lane panels the
+      // packed engine measured ahead there too (plan.hpp).
+      const bool fits = s.out_width() * kMinPackedRowPanelFraction >= nr && s.stride_width <= 2 &&
+                        s.in_channels / s.groups * khw >= kMinPackedK &&
+                        (narrow_panels || !is_conv1x1_s1_p0_d1(s));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_data: {
@@ -521,8 +523,7 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // 16-lane panels only: on AVX-512's 48-lane panels it was measured behind (before the
       // AVX2 transposing pack; not re-measured, that machine was not available).
       if (o.backend != GemmBackend::automatic) return o.backend;
-      const bool narrow = gemm::config(o.isa).nr <= kMaxNarrowPanelLanes;
-      const bool fits = narrow && s.in_channels / s.groups * khw >= kMinPackedK &&
+      const bool fits = narrow_panels && s.in_channels / s.groups * khw >= kMinPackedK &&
                         s.out_height() * s.out_width() >= kMinPackedWeightsPixels;
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
