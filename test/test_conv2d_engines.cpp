@@ -201,3 +201,51 @@ TEST_CASE(
     CHECK(bww(lenet2) == GemmBackend::openblas);
   }
 }
+
+TEST_CASE(
+    "engines: backward data leaves the packed engine where its full correlation inflates "
+    "the work") {
+  // The packed engine's backward data does H*W/(OH*OW) times the GEMM's work. A kernel nearly
+  // as large as the plane (the fuzzer's 65x64 over 65x65: 2 output pixels, 4225 input ones)
+  // takes the openblas path even when the packed backend is asked for; 'same' padding stays.
+  Conv2dShape big_kernel{.batch = 1,
+                         .in_channels = 1,
+                         .in_height = 65,
+                         .in_width = 65,
+                         .out_channels = 1,
+                         .kernel_height = 65,
+                         .kernel_width = 64};
+  Conv2dShape same{.batch = 1,
+                   .in_channels = 32,
+                   .in_height = 20,
+                   .in_width = 20,
+                   .out_channels = 32,
+                   .kernel_height = 3,
+                   .kernel_width = 3,
+                   .pad_height = 1,
+                   .pad_width = 1};
+  Conv2dShape lenet2{.batch = 64,
+                     .in_channels = 20,
+                     .in_height = 12,
+                     .in_width = 12,
+                     .out_channels = 50,
+                     .kernel_height = 5,
+                     .kernel_width = 5};  // 144 / 64 = 2.25
+  for (Isa isa : cpu_isas()) {
+    CAPTURE(static_cast<int>(isa));
+    const ConvOptions o{GemmBackend::packed, isa, 2};
+    const auto bwd = [&](const Conv2dShape& s) {
+      return im2gemm::detail::conv_backend(s, ConvPass::backward_data, o);
+    };
+    CHECK(bwd(big_kernel) == GemmBackend::openblas);
+    CHECK(bwd(lenet2) == GemmBackend::openblas);
+    CHECK(bwd(same) == GemmBackend::packed);
+    // The result is the reference's (small integers: exact).
+    const std::vector<float> dy = testutil::random_ints(big_kernel.y_size(), 3);
+    const std::vector<float> w = testutil::random_ints(big_kernel.w_size(), 4);
+    std::vector<float> dx(big_kernel.x_size(), -7.0f), want(big_kernel.x_size(), -9.0f);
+    im2gemm::detail::conv2d_backward_data_with(o, big_kernel, dy, w, dx, Activation::identity, {});
+    im2gemm::reference::conv2d_backward_data(big_kernel, dy, w, want, Activation::identity, {});
+    CHECK(dx == want);
+  }
+}

@@ -506,6 +506,14 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
     }
     case ConvPass::backward_data: {
       if (s.stride_height != 1 || s.stride_width != 1) return GemmBackend::openblas;
+      // The packed engine forms every dx cell from a full KH x KW window of dy (its zero
+      // border included): H*W/(OH*OW) times the GEMM's work, e.g. 2100x on a 65x64 kernel over
+      // a 65x65 plane (the fuzzer's find, 38 s). Past kMaxPackedBackwardDataInflation such
+      // shapes run the openblas path (col2im), whichever backend was asked for.
+      if (s.in_height * s.in_width >
+          kMaxPackedBackwardDataInflation * s.out_height() * s.out_width()) {
+        return GemmBackend::openblas;
+      }
       if (o.backend != GemmBackend::automatic) return o.backend;
       // The transposed problem: M = input channels per group (few of them fill too few rows
       // of a tile; the openblas path with col2im is far ahead there), rows of in_width pixels,

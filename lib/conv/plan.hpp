@@ -92,6 +92,10 @@ inline constexpr std::int64_t kMinPackedK = 64;
 /// 77.6 vs 78.2) and on lenet_conv1 (K = 25: 32.5 vs 37.0).
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
+/// Backward data on the packed engine computes H*W/(OH*OW) times the GEMM's multiply-adds (a
+/// full correlation over dy's zero border); above this factor every backend takes the openblas
+/// path (lenet_conv2, 12x12 -> 8x8, is 2.25; 'same'-padded layers are 1).
+inline constexpr std::int64_t kMaxPackedBackwardDataInflation = 2;
 
 struct ConvPlan {
   ConvPass pass = ConvPass::forward;
