@@ -10,6 +10,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/isa.hpp"
 #include "common/scratch.hpp"
 #include "conv/lowering.hpp"
 #include "conv/plan.hpp"
@@ -46,7 +47,7 @@ struct Settings {
   ~Settings() {
     im2gemm::set_num_threads(0);
     im2gemm::detail::set_block_target_bytes(0);
-    im2gemm::detail::set_avx512_lowering(true);
+    im2gemm::detail::set_vector_lowering(true);
     im2gemm::detail::set_min_macs_per_thread(0);
     im2gemm::detail::set_k_chunk_rows(0);
   }
@@ -141,7 +142,7 @@ TEST_CASE(
     const bool with_bias = i % 3 != 2;
     // Odd shapes run the portable (target_clones) im2col/col2im, even ones the AVX-512 kernels
     // where the CPU has them.
-    im2gemm::detail::set_avx512_lowering(i % 2 == 0);
+    im2gemm::detail::set_vector_lowering(i % 2 == 0);
     INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act)
                   << " avx512 lowering allowed " << (i % 2 == 0));
     // Integer data: exact at 1 and 2 threads, with the default blocks and with tiny blocks
@@ -207,9 +208,9 @@ TEST_CASE(
         testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
                               static_cast<std::uint32_t>(i));
     std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
-    im2gemm::detail::set_avx512_lowering(false);
+    im2gemm::detail::set_vector_lowering(false);
     im2gemm::detail::im2col_block(g, x.data(), s.in_channels, q0, q1, want.data(), ld);
-    im2gemm::detail::set_avx512_lowering(true);
+    im2gemm::detail::set_vector_lowering(true);
     if (!im2gemm::detail::im2col_small_plane(g, q0, q1)) continue;
     ++taken;
     planes_33_to_64 += s.in_height * s.in_width > 32;
@@ -225,9 +226,9 @@ TEST_CASE(
     auto dx_want = testutil::random_ints(x.size() + 16, static_cast<std::uint32_t>(i) + 8888);
     auto dx_got = dx_want;
     auto col_a = colv, col_b = colv;  // col2im may use its column block as scratch
-    im2gemm::detail::set_avx512_lowering(false);
+    im2gemm::detail::set_vector_lowering(false);
     im2gemm::detail::col2im_add_block(g, col_a.data(), ld, s.in_channels, q0, q1, dx_want.data());
-    im2gemm::detail::set_avx512_lowering(true);
+    im2gemm::detail::set_vector_lowering(true);
     im2gemm::detail::col2im_add_block(g, col_b.data(), ld, s.in_channels, q0, q1, dx_got.data());
     REQUIRE(std::memcmp(dx_got.data(), dx_want.data(), dx_got.size() * sizeof(float)) == 0);
   }
@@ -248,6 +249,72 @@ TEST_CASE(
   CHECK(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 36));
   big.pad_height = big.pad_width = 60;  // 126 x 126 output pixels: 9 taps x 993 chunks
   CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 126 * 126));
+}
+
+TEST_CASE(
+    "fast conv: the vector im2col and col2im (AVX2 or AVX-512) equal the portable loops bitwise "
+    "and write only their block") {
+  Settings restore;
+  if (im2gemm::detail::isa_active() == im2gemm::detail::Isa::scalar) {
+    MESSAGE("no AVX2 on this CPU (or IM2GEMM_ISA=scalar): only the portable loops run");
+    return;
+  }
+  std::mt19937 rng(2026);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  int blocks = 0, narrow = 0, strided = 0;
+  for (int i = 0; i < 2000; ++i) {
+    Conv2dShape s;
+    s.in_height = pick(1, 20);
+    s.in_width = pick(1, 40);
+    s.kernel_height = pick(1, 5);
+    s.kernel_width = pick(1, 5);
+    s.stride_height = pick(1, 3);
+    s.stride_width = pick(1, 3);
+    s.dilation_height = pick(1, 2);
+    s.dilation_width = pick(1, 2);
+    s.pad_height = pick(0, 3);
+    s.pad_width = pick(0, 3);
+    if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
+        (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
+      continue;
+    }
+    s.in_channels = pick(1, 3);
+    const im2gemm::detail::ConvGeom g(s);
+    const int64_t P = g.OH * g.OW;
+    // Whole images half the time, else a block cutting rows at random places.
+    const int64_t q0 = i % 2 ? 0 : pick(0, static_cast<int>(P - 1));
+    const int64_t q1 = i % 2 ? P : pick(static_cast<int>(q0 + 1), static_cast<int>(P));
+    const int64_t ld = (q1 - q0) + pick(0, 5);
+    const int64_t rows = s.in_channels * s.kernel_height * s.kernel_width;
+    // The planes sit exactly at the end of their buffer: a read past them is caught by ASan.
+    const auto xv =
+        testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
+                              i);
+    std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
+    im2gemm::detail::set_vector_lowering(false);
+    im2gemm::detail::im2col_block(g, xv.data(), s.in_channels, q0, q1, want.data(), ld);
+    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::im2col_block(g, xv.data(), s.in_channels, q0, q1, got.data(), ld);
+    INFO(testutil::describe(s) << " pixels [" << q0 << ", " << q1 << ") ldcol " << ld);
+    REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+    const auto colv = testutil::random_ints(want.size(), static_cast<std::uint32_t>(i) + 5555);
+    auto dx_want = testutil::random_ints(xv.size(), static_cast<std::uint32_t>(i) + 6666);
+    auto dx_got = dx_want;
+    auto col_a = colv, col_b = colv;  // col2im may use its column block as scratch
+    im2gemm::detail::set_vector_lowering(false);
+    im2gemm::detail::col2im_add_block(g, col_a.data(), ld, s.in_channels, q0, q1, dx_want.data());
+    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::col2im_add_block(g, col_b.data(), ld, s.in_channels, q0, q1, dx_got.data());
+    REQUIRE(std::memcmp(dx_got.data(), dx_want.data(), dx_got.size() * sizeof(float)) == 0);
+    ++blocks;
+    narrow += g.OW <= 8;
+    strided += g.SW == 2;
+  }
+  MESSAGE(blocks << " blocks compared, " << narrow << " with rows of at most 8 pixels, " << strided
+                 << " at horizontal stride 2");
+  CHECK(blocks > 1000);
+  CHECK(narrow > 200);
+  CHECK(strided > 200);
 }
 
 TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size shapes") {
@@ -359,7 +426,7 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
       for (int threads : {1, 2, 3}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
           Settings::apply(threads, block, block ? 100 : 0);
-          im2gemm::detail::set_avx512_lowering(threads != 3);
+          im2gemm::detail::set_vector_lowering(threads != 3);
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
           compare(s, run_fast(s, d, act, true), want, true);
         }

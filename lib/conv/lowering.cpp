@@ -714,15 +714,198 @@ IM2GEMM_AVX512 void col2im_add_block_small_plane_avx512(const ConvGeom& g, const
 }  // namespace
 #endif
 
+// ---- AVX2: row segments as 8-wide copies (strides 1 and 2), col2im adds (stride 1) ---------
+// The target_clones loops pay a vectorised loop's set-up and tail on every output-row segment:
+// on rows of 8 pixels (lenet_conv2) their im2col cost as much as the GEMM it fed. These copy
+// whole rows with 8-, then 4-wide moves and single floats for the last 0-3, reading and
+// writing only the segment's own elements (no masks: masked stores are slow on AMD Zen).
+#if defined(__GNUC__) && defined(__x86_64__)
+#define IM2GEMM_HAVE_AVX2_LOWERING 1
+#define IM2GEMM_AVX2 __attribute__((target("avx2")))
+
 namespace {
-std::atomic<bool> g_allow_avx512{true};
+
+IM2GEMM_AVX2 inline void zero_n_avx2(float* d, i64 n) {
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_setzero_ps());
+  if (i + 4 <= n) {
+    _mm_storeu_ps(d + i, _mm_setzero_ps());
+    i += 4;
+  }
+  for (; i < n; ++i) d[i] = 0.0f;
+}
+
+// d[i] = s[i * SW] for i < n, reading s[0 .. (n-1)*SW] only (SW 1 or 2).
+template <int SW>
+IM2GEMM_AVX2 inline void copy_n_avx2(float* d, const float* s, i64 n) {
+  i64 i = 0;
+  if constexpr (SW == 1) {
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_loadu_ps(s + i));
+    if (i + 4 <= n) {
+      _mm_storeu_ps(d + i, _mm_loadu_ps(s + i));
+      i += 4;
+    }
+  } else {
+    // Outputs i..i+7 come from s[2i .. 2i+15], one float past the last they need: the loop
+    // stops while that float is still inside the segment (i + 9 <= n), likewise for 4.
+    for (; i + 9 <= n; i += 8) {
+      const __m256 a = _mm256_loadu_ps(s + 2 * i), b = _mm256_loadu_ps(s + 2 * i + 8);
+      const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4..
+      _mm256_storeu_ps(d + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even),
+                                                                     _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    if (i + 5 <= n) {
+      const __m128 a = _mm_loadu_ps(s + 2 * i), b = _mm_loadu_ps(s + 2 * i + 4);
+      _mm_storeu_ps(d + i, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+      i += 4;
+    }
+  }
+  for (; i < n; ++i) d[i] = s[i * SW];
+}
+
+// d[i] += s[i] for i < n.
+IM2GEMM_AVX2 inline void add_n_avx2(float* d, const float* s, i64 n) {
+  i64 i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(d + i, _mm256_add_ps(_mm256_loadu_ps(d + i), _mm256_loadu_ps(s + i)));
+  }
+  if (i + 4 <= n) {
+    _mm_storeu_ps(d + i, _mm_add_ps(_mm_loadu_ps(d + i), _mm_loadu_ps(s + i)));
+    i += 4;
+  }
+  for (; i < n; ++i) d[i] += s[i];
+}
+
+// The block's output rows of one kernel tap (c, kh, kw): the first and last may be cut by
+// [q0, q1) (segment), the full rows between are zeros where the kernel row lies in the
+// vertical padding and otherwise one row operation each. Input positions are formed as
+// integer offsets from the plane (a row's base may lie before it in the padding).
+struct TapRows {
+  i64 oh_first, oh_last, full_a, full_b;
+  TapRows(const ConvGeom& g, i64 q0, i64 q1)
+      : oh_first(q0 / g.OW), oh_last((q1 - 1) / g.OW),
+        full_a(q0 % g.OW == 0 ? q0 / g.OW : q0 / g.OW + 1),
+        full_b(q1 % g.OW == 0 ? (q1 - 1) / g.OW + 1 : (q1 - 1) / g.OW) {}
+};
+
+template <int SW>
+IM2GEMM_AVX2 void im2col_block_avx2(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1,
+                                    float* col, i64 ldcol) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH;
+  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const TapRows t(g, q0, q1);
+  const ValidRows rows_of(g);
+  const ValidColumns cols_of(g);
+  for (i64 c = 0; c < nch; ++c) {
+    const float* xc = x + c * H * W;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      for (i64 kw = 0; kw < KW; ++kw) {
+        const i64 off_w = kw * DW - PW;
+        const ValidCols v = cols_of.v[kw];
+        float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
+        // Output row oh, columns [a, b), into dst[a .. b).
+        auto segment = [&](i64 oh, i64 a, i64 b, float* dst) IM2GEMM_AVX2 {
+          const i64 ih = oh * SH - PH + kh * DH;
+          if (ih < 0 || ih >= H) return zero_n_avx2(dst + a, b - a);
+          const i64 lo = std::clamp(v.lo, a, b), hi = std::clamp(v.hi, lo, b);
+          zero_n_avx2(dst + a, lo - a);
+          if (hi > lo) copy_n_avx2<SW>(dst + lo, xc + (ih * W + lo * SW + off_w), hi - lo);
+          zero_n_avx2(dst + hi, b - hi);
+        };
+        if (t.full_a > t.full_b || t.oh_first == t.oh_last) {  // one (partial) row
+          const i64 a = q0 - t.oh_first * OW;
+          segment(t.oh_first, a, q1 - t.oh_first * OW, row - a);
+          continue;
+        }
+        if (t.full_a > t.oh_first) {
+          const i64 a = q0 - t.oh_first * OW;
+          segment(t.oh_first, a, OW, row - a);
+        }
+        float* dst = row + (t.full_a * OW - q0);
+        const i64 va = std::max(t.full_a, std::min(t.full_b, rows_of.lo[kh]));
+        const i64 vb = std::max(va, std::min(t.full_b, rows_of.hi[kh]));
+        zero_n_avx2(dst, (va - t.full_a) * OW);
+        dst += (va - t.full_a) * OW;
+        // Offset of the row's first valid column in the plane.
+        i64 src = (va * SH - PH + kh * DH) * W + v.lo * SW + off_w;
+        if (v.lo == 0 && v.hi == OW) {
+          for (i64 oh = va; oh < vb; ++oh, dst += OW, src += SH * W) {
+            copy_n_avx2<SW>(dst, xc + src, OW);
+          }
+        } else {
+          for (i64 oh = va; oh < vb; ++oh, dst += OW, src += SH * W) {
+            zero_n_avx2(dst, v.lo);
+            if (v.hi > v.lo) copy_n_avx2<SW>(dst + v.lo, xc + src, v.hi - v.lo);
+            zero_n_avx2(dst + v.hi, OW - v.hi);
+          }
+        }
+        zero_n_avx2(dst, (t.full_b - vb) * OW);
+        dst += (t.full_b - vb) * OW;
+        if (t.full_b <= t.oh_last) segment(t.oh_last, 0, q1 - t.oh_last * OW, dst);
+      }
+    }
+  }
+}
+
+// Stride 1 (horizontally): the adjoint, row by row.
+IM2GEMM_AVX2 void col2im_add_block_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                        i64 q0, i64 q1, float* dx) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SH = g.SH;
+  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const TapRows t(g, q0, q1);
+  const ValidRows rows_of(g);
+  const ValidColumns cols_of(g);
+  for (i64 c = 0; c < nch; ++c) {
+    float* xc = dx + c * H * W;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      for (i64 kw = 0; kw < KW; ++kw) {
+        const i64 off_w = kw * DW - PW;
+        const ValidCols v = cols_of.v[kw];
+        const float* row = col + ((c * KH + kh) * KW + kw) * ldcol;
+        auto segment = [&](i64 oh, i64 a, i64 b, const float* src) IM2GEMM_AVX2 {
+          const i64 ih = oh * SH - PH + kh * DH;
+          if (ih < 0 || ih >= H) return;
+          const i64 lo = std::clamp(v.lo, a, b), hi = std::clamp(v.hi, lo, b);
+          if (hi > lo) add_n_avx2(xc + (ih * W + lo + off_w), src + lo, hi - lo);
+        };
+        if (t.full_a > t.full_b || t.oh_first == t.oh_last) {
+          const i64 a = q0 - t.oh_first * OW;
+          segment(t.oh_first, a, q1 - t.oh_first * OW, row - a);
+          continue;
+        }
+        if (t.full_a > t.oh_first) {
+          const i64 a = q0 - t.oh_first * OW;
+          segment(t.oh_first, a, OW, row - a);
+        }
+        const float* src = row + (t.full_a * OW - q0);
+        const i64 va = std::max(t.full_a, std::min(t.full_b, rows_of.lo[kh]));
+        const i64 vb = std::max(va, std::min(t.full_b, rows_of.hi[kh]));
+        src += (va - t.full_a) * OW;
+        if (v.hi > v.lo) {
+          i64 d = (va * SH - PH + kh * DH) * W + v.lo + off_w;
+          for (i64 oh = va; oh < vb; ++oh, d += SH * W) {
+            add_n_avx2(xc + d, src + (oh - va) * OW + v.lo, v.hi - v.lo);
+          }
+        }
+        src += (t.full_b - va) * OW;
+        if (t.full_b <= t.oh_last) segment(t.oh_last, 0, q1 - t.oh_last * OW, src);
+      }
+    }
+  }
+}
+
+}  // namespace
+#endif
+
+namespace {
+std::atomic<bool> g_allow_vector_lowering{true};
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
 // The CPU has AVX-512 and the test hook has not turned the hand-written kernels off.
 bool avx512_allowed() {
   // The library-wide cap (IM2GEMM_ISA) holds the hand-written AVX-512 kernels back too; the
   // target_clones loops are chosen by the loader from the CPU alone.
   static const bool cpu = isa_active() == Isa::avx512;
-  return cpu && g_allow_avx512.load(std::memory_order_relaxed);
+  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed);
 }
 #endif
 bool avx512_lowering(const ConvGeom& g) {
@@ -742,9 +925,24 @@ bool avx512_im2col(const ConvGeom& g) {
   return avx512_lowering(g) && (g.OW < kWideRow || g.SW == 4);
 }
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
+// The AVX2 kernels on a CPU (or under an IM2GEMM_ISA cap) whose best ISA is AVX2: im2col at
+// horizontal strides 1 and 2, col2im at stride 1. AVX-512 CPUs keep their measured choices.
+bool avx2_lowering(const ConvGeom& g) {
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  static const bool cpu = isa_active() == Isa::avx2;
+  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) &&
+         (g.SW == 1 || g.SW == 2) && g.KH <= ValidRows::kMaxKernelHeight &&
+         g.KW <= ValidColumns::kMaxKernelWidth;
+#else
+  (void)g;
+  return false;
+#endif
+}
 }  // namespace
 
-void set_avx512_lowering(bool allow) { g_allow_avx512.store(allow, std::memory_order_relaxed); }
+void set_vector_lowering(bool allow) {
+  g_allow_vector_lowering.store(allow, std::memory_order_relaxed);
+}
 
 bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
@@ -771,6 +969,12 @@ void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, fl
   }
   if (avx512_im2col(g)) return im2col_block_avx512(g, x, nch, q0, q1, col, ldcol);
 #endif
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  if (avx2_lowering(g)) {
+    return g.SW == 1 ? im2col_block_avx2<1>(g, x, nch, q0, q1, col, ldcol)
+                     : im2col_block_avx2<2>(g, x, nch, q0, q1, col, ldcol);
+  }
+#endif
   im2col_block_generic(g, x, nch, q0, q1, col, ldcol);
 }
 
@@ -791,6 +995,9 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
     return col2im_add_block_small_plane_avx512(g, col, ldcol, nch, q0, q1, dx);
   }
   if (avx512_col2im(g)) return col2im_add_block_avx512(g, col, ldcol, nch, q0, q1, dx);
+#endif
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  if (avx2_lowering(g) && g.SW == 1) return col2im_add_block_avx2(g, col, ldcol, nch, q0, q1, dx);
 #endif
   col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);
 }

@@ -51,7 +51,7 @@ bool col2im_image_overwrite(const ConvGeom& g, const float* col, std::int64_t ld
 
 /// Test hook: false makes im2col/col2im use the target_clones loops even on an AVX-512 CPU
 /// (true, the default, uses the AVX-512 kernels for strides 1 and 2 where the CPU has them).
-void set_avx512_lowering(bool allow);
+void set_vector_lowering(bool allow);
 
 /// rows x cols block of y (row stride ldy), in place: y = act(y + bias[r]); bias may be null.
 void bias_act_rows(float* y, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
