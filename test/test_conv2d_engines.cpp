@@ -1,7 +1,10 @@
 // Every convolution backend on every ISA this CPU has, at 1 and 2 threads, against the
 // reference loops: the packed engine (im2col fused into the GEMM's packing) and openblas.
+#include "conv/lowering.hpp"
+#include "conv/pack/im2col_pack.hpp"
 #include "conv/packed_conv.hpp"
 #include "conv_cases.hpp"
+#include "gemm/gemm.hpp"
 
 namespace {
 
@@ -193,12 +196,19 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
-    // Backward weights: packed on 16-lane panels for planes of >= 256 pixels only.
+    // Backward weights: packed on 16-lane panels wherever B is packed straight from x
+    // (stride 1, not 1x1 s1 p0), else for planes of >= 256 pixels only.
     const auto bww = [&](const Conv2dShape& s) {
       return im2gemm::detail::conv_backend(s, ConvPass::backward_weights, o);
     };
+    CHECK(im2gemm::detail::weights_fused_pack(lenet2, isa));
+    CHECK_FALSE(im2gemm::detail::weights_fused_pack(one, isa));
     CHECK(bww(vgg) == narrow);
-    CHECK(bww(lenet2) == GemmBackend::openblas);
+    CHECK(bww(lenet2) == narrow);
+    Conv2dShape small_strided = lenet2;  // 4x4 output planes, stride 2: no fused pack
+    small_strided.stride_height = small_strided.stride_width = 2;
+    CHECK_FALSE(im2gemm::detail::weights_fused_pack(small_strided, isa));
+    CHECK(bww(small_strided) == GemmBackend::openblas);
   }
 }
 
@@ -248,4 +258,75 @@ TEST_CASE(
     im2gemm::reference::conv2d_backward_data(big_kernel, dy, w, want, Activation::identity, {});
     CHECK(dx == want);
   }
+}
+
+TEST_CASE(
+    "engines: the transposed im2col pack of backward weights equals im2col + transposing "
+    "pack, bitwise") {
+  // pack_im2col_transposed_avx2 reads B = col^T straight from x. Its reference: each image's
+  // column block by im2col_block, side by side, then gemm::pack_b_transposed. Random geometry
+  // (padding: masked taps; dilation; rows of 1-20 pixels: chunks of fewer than 8), blocks of
+  // pixels crossing images and of columns crossing channels, panels of 16 and 48 lanes.
+  if (!__builtin_cpu_supports("avx2")) {
+    MESSAGE("no AVX2 on this CPU: the transposed packer is never used");
+    return;
+  }
+  std::mt19937 rng(77);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  int checked = 0, padded = 0, short_rows = 0;
+  for (int i = 0; i < 600; ++i) {
+    Conv2dShape s;
+    s.batch = pick(1, 3);
+    s.in_channels = pick(1, 12);
+    s.in_height = pick(1, 14);
+    s.in_width = pick(1, 20);
+    s.kernel_height = pick(1, 4);
+    s.kernel_width = pick(1, 4);
+    s.stride_height = pick(1, 2);
+    s.dilation_height = pick(1, 2);
+    s.dilation_width = pick(1, 2);
+    s.pad_height = pick(0, 2);
+    s.pad_width = pick(0, 2);
+    if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
+        (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
+      continue;
+    }
+    const im2gemm::detail::ConvGeom g(s);
+    const int64_t P = g.OH * g.OW, rows = s.in_channels * g.KH * g.KW, cols = s.batch * P;
+    const auto x = testutil::random_ints(static_cast<std::size_t>(s.x_size()), i);
+    std::vector<float> col(static_cast<std::size_t>(rows * cols));
+    for (int64_t n = 0; n < s.batch; ++n) {
+      im2gemm::detail::im2col_block(g, x.data() + n * s.in_channels * g.H * g.W, s.in_channels, 0,
+                                    P, col.data() + n * P, cols);
+    }
+    const int nr = i % 2 ? 16 : 48;
+    const int64_t k0 = pick(0, static_cast<int>(cols - 1)), k1 = pick(k0 + 1, cols);
+    const int64_t j0 = pick(0, static_cast<int>(rows - 1)), j1 = pick(j0 + 1, rows);
+    const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 8;
+    const im2gemm::detail::PackGeom pg{
+        s.in_channels, g.H,  g.W,  g.KH, g.KW, g.SH, g.SW,
+        g.PH,          g.PW, g.DH, g.DW, g.OH, g.OW, s.in_channels * g.H * g.W};
+    // Both packs 64-byte aligned (the packer's stores are aligned), sentinels between panels.
+    const auto n = static_cast<std::size_t>(panels * stride);
+    std::vector<float> want_buf(n + 16, -5.0f), got_buf = want_buf;
+    auto aligned = [](std::vector<float>& v) {
+      const auto a = reinterpret_cast<std::uintptr_t>(v.data());
+      return v.data() + ((64 - a % 64) % 64) / sizeof(float);
+    };
+    float* want = aligned(want_buf);
+    float* got = aligned(got_buf);
+    im2gemm::detail::gemm::pack_b_transposed(col.data(), cols, k0, k1, j0, j1, nr, want, stride);
+    im2gemm::detail::pack_im2col_transposed_avx2(pg, x.data(), k0, k1, j0, j1, nr, got, stride);
+    INFO(testutil::describe(s) << " k [" << k0 << ", " << k1 << ") j [" << j0 << ", " << j1
+                               << ") nr " << nr);
+    REQUIRE(std::memcmp(got, want, n * sizeof(float)) == 0);
+    ++checked;
+    padded += s.pad_width > 0;
+    short_rows += g.OW < 8;
+  }
+  MESSAGE(checked << " blocks, " << padded << " with horizontal padding, " << short_rows
+                  << " with rows under 8 pixels");
+  CHECK(checked > 300);
+  CHECK(padded > 100);
+  CHECK(short_rows > 100);
 }

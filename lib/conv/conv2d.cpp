@@ -20,6 +20,7 @@
 #include "conv/depthwise.hpp"
 #include "conv/engine.hpp"
 #include "conv/lowering.hpp"
+#include "conv/pack/im2col_pack.hpp"
 #include "conv/packed_conv.hpp"
 #include "conv/plan.hpp"
 #include "gemm/gemm.hpp"
@@ -261,7 +262,25 @@ struct WeightsCtx {
   const float* x;
   const float* dy;
   const detail::gemm::Config* packed;  ///< the packed engine's kernels, or null: OpenBLAS
+  /// Packed engine, dW (not dW^T) orientation: im2col fused into the B pack (no column block).
+  bool fused = false;
 };
+
+// The fused B pack of backward weights (pack_im2col_transposed_avx2): B = col^T over a run of
+// images, read straight from x. Without it the column block of a run of images (lenet_conv2:
+// 7 images, 896 KB) left L2 between its im2col and the transposing pack, and the im2col's
+// stores took a third of the GEMM's time.
+struct FusedPackCtx {
+  detail::PackGeom geom;
+  const float* x;  ///< image n0's first channel of the block
+  int nr;
+};
+
+void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst,
+                            i64 panel_stride) {
+  const auto& c = *static_cast<const FusedPackCtx*>(vctx);
+  detail::pack_im2col_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
+}
 
 // Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
 // c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride
@@ -293,6 +312,30 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
       sgemm(false, true, d.Fg, rows, n, dyb, lddy, colb, ldcol, beta, c_out, d.K);
     }
   };
+  if (cx.fused) {
+    // dW (Fg x rows) += dy-run (Fg x pixels of the run) * col^T, B packed from x.
+    const i64 cols = (n1 - n0) * d.P;
+    const float* a = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
+    i64 lda = d.P;
+    if (n1 - n0 > 1) {  // the run's dy rows side by side
+      for (i64 i = 0; i < n1 - n0; ++i) {
+        for (i64 f = 0; f < d.Fg; ++f) {
+          detail::copy_floats(sc.tmp + f * cols + i * d.P,
+                              cx.dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+        }
+      }
+      a = sc.tmp;
+      lda = cols;
+    }
+    const ConvGeom& g = cx.geo;
+    const FusedPackCtx pc{detail::PackGeom{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH,
+                                           g.DW, g.OH, g.OW, d.C * d.HW},
+                          cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW, cx.packed->nr};
+    detail::gemm::sgemm_nt_with(*cx.packed, d.Fg, rows, cols, a, lda, &pack_im2col_transposed, &pc,
+                                c_out, d.K, !first, sc.pack);
+    bias_sums(a, lda, cols);
+    return;
+  }
   if (n1 - n0 == 1) {
     const float* xg = cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW;
     const float* dyg = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
@@ -324,10 +367,10 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
 }
 
 void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const float* dy,
-                           float* dw, float* db, const detail::gemm::Config* packed) {
+                           float* dw, float* db, const detail::gemm::Config* packed, bool fused) {
   const ConvGeom geo(s);
   const Dims d(s, p);
-  const WeightsCtx cx{geo, d, p, x, dy, packed};
+  const WeightsCtx cx{geo, d, p, x, dy, packed, fused};
   const i64 wsize = d.F * d.K;
   std::vector<float*> partials(static_cast<std::size_t>(p.threads), nullptr);
   // Bias gradient: per-thread sums over its images (image split) or the sums of the first
@@ -483,6 +526,12 @@ ConvOptions default_conv_options() {
   return ConvOptions{gemm_backend_env(), isa_env_cap(), num_threads()};
 }
 
+bool weights_fused_pack(const Conv2dShape& s, Isa isa) {
+  const gemm::Config& cfg = gemm::config(isa);
+  return cfg.isa != Isa::scalar && cfg.nr % 8 == 0 && s.stride_width == 1 &&
+         !is_conv1x1_s1_p0_d1(s);
+}
+
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
   const bool vector_isa = isa_clamp(o.isa) != Isa::scalar;
   const i64 khw = s.kernel_height * s.kernel_width;
@@ -524,15 +573,19 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_weights: {
-      // The openblas path's im2col blocks, partial sums and reductions; the GEMM of each block
-      // on the chosen backend (gemm::sgemm_nt on the packed engine, whose B pack transposes
-      // with AVX2). Automatic: packed for a K that amortises a tile's set-up and planes of at
-      // least kMinPackedWeightsPixels output pixels (the per-image GEMM's summed index), on
-      // 16-lane panels only: on AVX-512's 48-lane panels it was measured behind (before the
-      // AVX2 transposing pack; not re-measured, that machine was not available).
+      // The openblas path's image runs, partial sums and reductions; the GEMM of each run on
+      // the chosen backend: on the packed engine gemm::sgemm_nt_with, its B = col^T packed
+      // straight from x where weights_fused_pack holds, else sgemm_nt on im2col blocks.
+      // Automatic, on 16-lane panels only (on AVX-512's 48-lane panels the packed engine was
+      // measured behind before either pack existed; not re-measured, no such machine): packed
+      // wherever the fused pack applies (measured ahead on every such suite layer: lenet_conv2
+      // 101 vs 66 GFLOP/s, vgg_conv3_b1 138 vs 104), and elsewhere for a K that amortises a
+      // tile's set-up and planes of at least kMinPackedWeightsPixels output pixels.
       if (o.backend != GemmBackend::automatic) return o.backend;
-      const bool fits = narrow_panels && s.in_channels / s.groups * khw >= kMinPackedK &&
-                        s.out_height() * s.out_width() >= kMinPackedWeightsPixels;
+      const bool fits = narrow_panels &&
+                        (weights_fused_pack(s, o.isa) ||
+                         (s.in_channels / s.groups * khw >= kMinPackedK &&
+                          s.out_height() * s.out_width() >= kMinPackedWeightsPixels));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
   }
@@ -635,11 +688,13 @@ void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
     return depthwise_backward_weights(o.isa, o.threads, s, x.data(), dy.data(), dw.data(),
                                       db.empty() ? nullptr : db.data());
   }
-  const ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
+  ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
   const bool packed = conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
+  const bool fused = packed && weights_fused_pack(s, o.isa);
+  if (fused) p.weights_transposed = false;
   if (!packed && !fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
   backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data(),
-                        packed ? &gemm::config(o.isa) : nullptr);
+                        packed ? &gemm::config(o.isa) : nullptr, fused);
 }
 
 }  // namespace im2gemm::detail

@@ -28,10 +28,17 @@ ConvOptions default_conv_options();
 /// plan.hpp gives the measurements. Forward: output rows of at least 1/3 of a micro-panel,
 /// horizontal stride <= 2, K >= kMinPackedK, 1x1 stride-1 unpadded only on 16-lane panels.
 /// Stride-1 backward data: input rows of kMinPackedRowPixels, kMinPackedBackwardDataChannels
-/// channels a group, F/groups*KH*KW >= kMinPackedK, not 1x1 stride-1 unpadded. Backward
-/// weights: 16-lane panels, C/groups*KH*KW >= kMinPackedK, output planes of at least
-/// kMinPackedWeightsPixels pixels.
+/// channels a group, F/groups*KH*KW >= kMinPackedK, not 1x1 stride-1 unpadded, input plane
+/// at most kMaxPackedBackwardDataInflation times the output's (on every backend). Backward
+/// weights: 16-lane panels, and either weights_fused_pack or C/groups*KH*KW >= kMinPackedK
+/// with output planes of at least kMinPackedWeightsPixels pixels.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
+
+/// True when backward weights on the packed engine (configuration of `isa`) packs its B =
+/// col^T straight from x (pack_im2col_transposed_avx2, dW = dy * col^T, no column block):
+/// AVX2 or AVX-512 configuration, horizontal stride 1, not 1x1 stride-1 unpadded (whose
+/// input planes are the column block already).
+bool weights_fused_pack(const Conv2dShape& s, Isa isa);
 
 /// Which kind of code runs a pass: the GEMM lowering (im2col / col2im + a GEMM backend) or a
 /// direct kernel named by the shapes it serves.

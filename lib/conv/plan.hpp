@@ -85,11 +85,11 @@ inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
-/// Backward weights on the packed engine (sgemm_nt) needs output planes of at least this many
-/// pixels: on AVX2 (Zen 3, bench_conv, GFLOP/s packed vs openblas) it was ahead on the suite's
-/// large planes (resnet_conv1 98.7 vs 83.9, resnet_1x1 117.4 vs 92.6, vgg_conv1_2 120.9 vs
-/// 104.2) and level or behind on 8x8 and 7x7 planes (lenet_conv2 48.2 vs 50.5, resnet_l4_b1
-/// 77.6 vs 78.2) and on lenet_conv1 (K = 25: 32.5 vs 37.0).
+/// Backward weights on the packed engine without the fused pack (sgemm_nt on im2col blocks:
+/// strided and 1x1 shapes) needs output planes of at least this many pixels: on AVX2 (Zen 3,
+/// bench_conv, GFLOP/s packed vs openblas) it was ahead on the suite's large planes
+/// (resnet_conv1 98.7 vs 83.9, resnet_1x1 117.4 vs 92.6) and level or behind on 8x8 and 7x7
+/// planes (before the fused pack: lenet_conv2 48.2 vs 50.5, resnet_l4_b1 77.6 vs 78.2).
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
 /// Backward data on the packed engine computes H*W/(OH*OW) times the GEMM's multiply-adds (a

@@ -85,17 +85,16 @@ void pack_b_transposed(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, 
   }
 }
 
-namespace {
-// Columns of one packed B block of sgemm_nt: a multiple of nr, about b_bytes with kc rows.
+namespace {}  // namespace
+
 i64 nt_block_cols(const Config& cfg) {
   return std::max<i64>(cfg.nr, cfg.b_bytes / (4 * cfg.kc) / cfg.nr * cfg.nr);
 }
-}  // namespace
 
 i64 nt_pack_floats(const Config& cfg) { return cfg.kc * nt_block_cols(cfg); }
 
-void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* x,
-              i64 ldx, float* c, i64 ldc, bool accumulate, float* pack) {
+void sgemm_nt_with(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, PackBFn pack_b,
+                   const void* ctx, float* c, i64 ldc, bool accumulate, float* pack) {
   const i64 nc = nt_block_cols(cfg);
   const i64 k_blocks = (k + cfg.kc - 1) / cfg.kc;
   const i64 kc = (k + k_blocks - 1) / k_blocks;  // <= cfg.kc
@@ -103,10 +102,7 @@ void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, c
     const i64 j1 = std::min(n, j0 + nc);
     for (i64 k0 = 0; k0 < k; k0 += kc) {
       const i64 k1 = std::min(k, k0 + kc);
-      // The configured ISA's CPU has AVX2 unless it is the scalar row.
-      (cfg.isa == Isa::scalar ? pack_b_transposed : pack_b_transposed_avx2)(x, ldx, k0, k1, j0, j1,
-                                                                            cfg.nr, pack,
-                                                                            kc * cfg.nr);
+      pack_b(ctx, k0, k1, j0, j1, pack, kc * cfg.nr);
       BlockArgs g;
       g.a = a + k0;
       g.lda = lda;
@@ -121,6 +117,28 @@ void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, c
       multiply_block(cfg, g);
     }
   }
+}
+
+namespace {
+struct TransposedX {
+  const float* x;
+  i64 ldx;
+  const Config* cfg;
+};
+void pack_transposed_x(const void* ctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst,
+                       i64 panel_stride) {
+  const auto& t = *static_cast<const TransposedX*>(ctx);
+  // The configured ISA's CPU has AVX2 unless it is the scalar row.
+  (t.cfg->isa == Isa::scalar ? pack_b_transposed : pack_b_transposed_avx2)(t.x, t.ldx, k0, k1, j0,
+                                                                           j1, t.cfg->nr, dst,
+                                                                           panel_stride);
+}
+}  // namespace
+
+void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* x,
+              i64 ldx, float* c, i64 ldc, bool accumulate, float* pack) {
+  const TransposedX t{x, ldx, &cfg};
+  sgemm_nt_with(cfg, m, n, k, a, lda, &pack_transposed_x, &t, c, ldc, accumulate, pack);
 }
 
 void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b, i64 ldb,

@@ -90,6 +90,8 @@ void pack_b_transposed_avx2(const float* x, std::int64_t ldx, std::int64_t k0, s
                             std::int64_t j0, std::int64_t j1, int nr, float* dst,
                             std::int64_t panel_stride);
 
+/// Columns of one packed B block of sgemm_nt (nc): a multiple of nr, about b_bytes with kc rows.
+std::int64_t nt_block_cols(const Config& cfg);
 /// Floats of packing buffer sgemm_nt needs (kc x nc of the configuration).
 std::int64_t nt_pack_floats(const Config& cfg);
 
@@ -101,6 +103,16 @@ void sgemm_nt(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k,
               std::int64_t lda, const float* x, std::int64_t ldx, float* c, std::int64_t ldc,
               bool accumulate, float* pack);
 
+/// A caller's B packer for sgemm_nt_with: fills rows [k0, k1) and columns [j0, j1) of B into
+/// micro-panels exactly as pack_b_transposed does (panel p at dst + p*panel_stride, row kk at
+/// + (kk-k0)*nr, lanes past j1 zero). Backward weights passes one that runs im2col on a few
+/// pixels at a time into a small buffer and transposes from there (no column block).
+using PackBFn = void (*)(const void* ctx, std::int64_t k0, std::int64_t k1, std::int64_t j0,
+                         std::int64_t j1, float* dst, std::int64_t panel_stride);
+/// sgemm_nt with B = X^T supplied block by block by pack_b(ctx, ...) instead of read from X.
+void sgemm_nt_with(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k,
+                   const float* a, std::int64_t lda, PackBFn pack_b, const void* ctx, float* c,
+                   std::int64_t ldc, bool accumulate, float* pack);
 /// Plain row-major C (m x n) = A (m x k) * B (k x n) on the packed engine with `threads`
 /// OpenMP threads (columns split over threads): the yardstick against OpenBLAS's sgemm in the
 /// tests and benchmarks. Throws std::bad_alloc (C untouched) if scratch cannot be had.

@@ -64,4 +64,16 @@ void pack_im2col_avx512(const PackGeom&, const float*, const PackSegment*, const
 /// The packer for `isa` (clamped to the CPU).
 PackFn pack_im2col_fn(Isa isa);
 
+/// The transposed packer of backward weights: B = col^T for sgemm_nt_with (lib/gemm/gemm.hpp).
+/// Rows [k0, k1) of B are output pixels of a run of images (k: image k / (OH*OW), pixel
+/// k % (OH*OW), images image_stride floats apart), columns [j0, j1) are rows
+/// j = (c*KH + kh)*KW + kw of the column matrix. Written as gemm::pack_b_transposed writes its
+/// panels: panel p at dst + p*panel_stride, row kk at + (kk-k0)*nr, lanes past j1 zero. Eight
+/// taps by up to eight pixels of one output row at a time: eight loads from x (masked where a
+/// tap reaches into the padding), one register transpose, aligned stores. Horizontal stride 1,
+/// nr a multiple of 8, dst 32-byte aligned; a CPU with AVX2. x: channel 0 in image 0.
+void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, std::int64_t k0,
+                                 std::int64_t k1, std::int64_t j0, std::int64_t j1, int nr,
+                                 float* dst, std::int64_t panel_stride);
+
 }  // namespace im2gemm::detail

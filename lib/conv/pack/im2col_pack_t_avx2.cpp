@@ -1,0 +1,126 @@
+// The transposed im2col packer of backward weights (im2col_pack.hpp): column-matrix rows
+// (kernel taps) become the panel's lanes, output pixels its rows, read straight from the input
+// without a column block. Compiled with -mavx2 -mfma (meson: the avx2 kernel library).
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "conv/pack/im2col_pack.hpp"
+
+namespace im2gemm::detail {
+
+namespace {
+
+using i64 = std::int64_t;
+
+// r[i] = row i of an 8x8 block in, column i out.
+inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Lanes q of 8 with lo <= q < hi, as a maskload mask.
+inline __m256i lanes_between(i64 lo, i64 hi) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i ge = _mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int>(lo - 1)));
+  const __m256i lt = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hi)), iota);
+  return _mm256_and_si256(ge, lt);
+}
+
+// The float `floats` past `base`, formed as an integer: a tap's first pixel can lie before the
+// input (its lanes are masked off, never read), where no pointer may point.
+inline const float* at(std::uintptr_t base, i64 floats) {
+  return reinterpret_cast<const float*>(base + static_cast<std::uintptr_t>(floats) * sizeof(float));
+}
+
+}  // namespace
+
+void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0,
+                                 i64 j1, int nr, float* dst, i64 panel_stride) {
+  const i64 khw = g.KH * g.KW, plane = g.H * g.W, W = g.W, OW = g.OW, OH = g.OH;
+  const auto base = reinterpret_cast<std::uintptr_t>(x);
+  for (i64 p = 0; j0 + p * nr < j1; ++p) {
+    float* d = dst + p * panel_stride;
+    for (i64 l0 = 0; l0 < nr; l0 += 8) {
+      // The 8 taps of this lane group: their offset from (ih0, iw0) of a pixel, their row and
+      // column displacement; lanes past j1 read nothing (zero).
+      i64 off[8], dh[8], dw[8];
+      bool live[8];
+      i64 dh_min = 0, dh_max = 0, dw_min = 0, dw_max = 0;
+      bool all_live = true;
+      for (int l = 0; l < 8; ++l) {
+        const i64 j = j0 + p * nr + l0 + l;
+        live[l] = j < j1;
+        if (!live[l]) {
+          all_live = false;
+          off[l] = dh[l] = dw[l] = 0;
+          continue;
+        }
+        const i64 c = j / khw, r = j % khw, kh = r / g.KW, kw = r % g.KW;
+        dh[l] = kh * g.DH;
+        dw[l] = kw * g.DW;
+        off[l] = c * plane + dh[l] * W + dw[l];
+        dh_min = l == 0 ? dh[l] : std::min(dh_min, dh[l]);
+        dh_max = l == 0 ? dh[l] : std::max(dh_max, dh[l]);
+        dw_min = l == 0 ? dw[l] : std::min(dw_min, dw[l]);
+        dw_max = l == 0 ? dw[l] : std::max(dw_max, dw[l]);
+      }
+      // The pixel kk = k0 as (image, oh, ow), then stepped (no division per chunk).
+      const i64 P = OH * OW;
+      i64 img = k0 / P, oh = (k0 % P) / OW, ow = k0 % OW;
+      for (i64 kk = k0; kk < k1;) {
+        const i64 n = std::min({i64{8}, OW - ow, k1 - kk});  // pixels of one output row
+        const i64 ih0 = oh * g.SH - g.PH, iw0 = ow - g.PW;
+        const i64 pix = img * g.image_stride + ih0 * W + iw0;
+        __m256 r[8];
+        if (all_live && n == 8 && ih0 + dh_min >= 0 && ih0 + dh_max < g.H && iw0 + dw_min >= 0 &&
+            iw0 + dw_max + 8 <= W) {
+          for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(at(base, pix + off[l]));
+        } else {
+          for (int l = 0; l < 8; ++l) {
+            const i64 ih = ih0 + dh[l], iw = iw0 + dw[l];
+            if (!live[l] || ih < 0 || ih >= g.H) {
+              r[l] = _mm256_setzero_ps();
+              continue;
+            }
+            // Pixels t < n whose column iw + t lies in [0, W).
+            const i64 lo = std::clamp<i64>(-iw, 0, 8), hi = std::clamp<i64>(W - iw, lo, n);
+            r[l] = _mm256_maskload_ps(at(base, pix + off[l]), lanes_between(lo, hi));
+          }
+        }
+        transpose8x8(r);
+        float* drow = d + (kk - k0) * nr + l0;
+        for (i64 t = 0; t < n; ++t) _mm256_store_ps(drow + t * nr, r[t]);
+        kk += n;
+        if ((ow += n) == OW) {
+          ow = 0;
+          if (++oh == OH) {
+            oh = 0;
+            ++img;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace im2gemm::detail
