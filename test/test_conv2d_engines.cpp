@@ -209,15 +209,26 @@ TEST_CASE(
     small_strided.stride_height = small_strided.stride_width = 2;
     CHECK_FALSE(im2gemm::detail::weights_fused_pack(small_strided, isa));
     CHECK(bww(small_strided) == GemmBackend::openblas);
+    // Backward data: lenet_conv2 (input plane 2.25x its output's) by col2im with the engine's
+    // GEMMs on 16-lane panels; a 3-channel strided layer on openblas.
+    const auto bwd = [&](const Conv2dShape& s) {
+      return im2gemm::detail::conv_backend(s, ConvPass::backward_data, o);
+    };
+    CHECK(bwd(lenet2) == narrow);
+    Conv2dShape rgb = vgg;
+    rgb.in_channels = 3;
+    rgb.stride_height = rgb.stride_width = 2;
+    CHECK(bwd(rgb) == GemmBackend::openblas);
   }
 }
 
 TEST_CASE(
-    "engines: backward data leaves the packed engine where its full correlation inflates "
-    "the work") {
-  // The packed engine's backward data does H*W/(OH*OW) times the GEMM's work. A kernel nearly
-  // as large as the plane (the fuzzer's 65x64 over 65x65: 2 output pixels, 4225 input ones)
-  // takes the openblas path even when the packed backend is asked for; 'same' padding stays.
+    "engines: backward data on the packed engine takes col2im where the transposed "
+    "convolution would inflate the work") {
+  // The transposed convolution does H*W/(OH*OW) times the GEMM's work. A kernel nearly as
+  // large as the plane (the fuzzer's 65x64 over 65x65: 2 output pixels, 4225 input ones),
+  // lenet_conv2 (2.25) and strided shapes take col2im with the engine's GEMMs; 'same'
+  // padding keeps the transposed convolution. Results equal the reference's (integers).
   Conv2dShape big_kernel{.batch = 1,
                          .in_channels = 1,
                          .in_height = 65,
@@ -225,7 +236,7 @@ TEST_CASE(
                          .out_channels = 1,
                          .kernel_height = 65,
                          .kernel_width = 64};
-  Conv2dShape same{.batch = 1,
+  Conv2dShape same{.batch = 2,
                    .in_channels = 32,
                    .in_height = 20,
                    .in_width = 20,
@@ -234,29 +245,37 @@ TEST_CASE(
                    .kernel_width = 3,
                    .pad_height = 1,
                    .pad_width = 1};
-  Conv2dShape lenet2{.batch = 64,
+  Conv2dShape lenet2{.batch = 5,
                      .in_channels = 20,
                      .in_height = 12,
                      .in_width = 12,
                      .out_channels = 50,
                      .kernel_height = 5,
                      .kernel_width = 5};  // 144 / 64 = 2.25
+  Conv2dShape strided = same;
+  strided.stride_height = strided.stride_width = 2;
+  CHECK_FALSE(im2gemm::detail::backward_data_transposed(big_kernel));
+  CHECK_FALSE(im2gemm::detail::backward_data_transposed(lenet2));
+  CHECK_FALSE(im2gemm::detail::backward_data_transposed(strided));
+  CHECK(im2gemm::detail::backward_data_transposed(same));
   for (Isa isa : cpu_isas()) {
-    CAPTURE(static_cast<int>(isa));
-    const ConvOptions o{GemmBackend::packed, isa, 2};
-    const auto bwd = [&](const Conv2dShape& s) {
-      return im2gemm::detail::conv_backend(s, ConvPass::backward_data, o);
-    };
-    CHECK(bwd(big_kernel) == GemmBackend::openblas);
-    CHECK(bwd(lenet2) == GemmBackend::openblas);
-    CHECK(bwd(same) == GemmBackend::packed);
-    // The result is the reference's (small integers: exact).
-    const std::vector<float> dy = testutil::random_ints(big_kernel.y_size(), 3);
-    const std::vector<float> w = testutil::random_ints(big_kernel.w_size(), 4);
-    std::vector<float> dx(big_kernel.x_size(), -7.0f), want(big_kernel.x_size(), -9.0f);
-    im2gemm::detail::conv2d_backward_data_with(o, big_kernel, dy, w, dx, Activation::identity, {});
-    im2gemm::reference::conv2d_backward_data(big_kernel, dy, w, want, Activation::identity, {});
-    CHECK(dx == want);
+    for (int threads : {1, 2}) {
+      CAPTURE(static_cast<int>(isa));
+      CAPTURE(threads);
+      const ConvOptions o{GemmBackend::packed, isa, threads};
+      for (const Conv2dShape& s : {big_kernel, lenet2, strided, same}) {
+        CHECK(im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed);
+        const std::vector<float> dy = testutil::random_ints(s.y_size(), 3);
+        const std::vector<float> w = testutil::random_ints(s.w_size(), 4);
+        const std::vector<float> x = testutil::random_ints(s.x_size(), 5);
+        for (Activation act : {Activation::identity, Activation::relu}) {
+          std::vector<float> dx(s.x_size(), -7.0f), want(s.x_size(), -9.0f);
+          im2gemm::detail::conv2d_backward_data_with(o, s, dy, w, dx, act, x);
+          im2gemm::reference::conv2d_backward_data(s, dy, w, want, act, x);
+          CHECK(dx == want);
+        }
+      }
+    }
   }
 }
 

@@ -57,7 +57,7 @@ struct Scratch {
   float* col = nullptr;
   float* tmp = nullptr;
   float* partial = nullptr;
-  float* pack = nullptr;  ///< backward weights on the packed engine: gemm::sgemm_nt's B blocks
+  float* pack = nullptr;  ///< backward passes on the packed engine: its B blocks
 };
 
 i64 round16(i64 floats) { return (floats + 15) / 16 * 16; }
@@ -164,13 +164,35 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
 // first touch; a dx row is final once no later pixel block reaches it, and the input
 // activation's derivative is applied to it then (while it is still in cache).
 
+// packed: the GEMMs on the engine (gemm::sgemm_nn) with A = W^T from wt, the weights transposed
+// per group (wt[g][j][f], j < K, f < Fg; filled here by all threads), else OpenBLAS.
 void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy, const float* w,
-                        float* dx, Activation act, const float* x) {
+                        float* dx, Activation act, const float* x,
+                        const detail::gemm::Config* packed = nullptr, float* wt = nullptr) {
   const ConvGeom geo(s);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
+    if (packed != nullptr) {
+      const i64 units = d.G * d.K;  // rows (g, j) of wt
+      for (i64 u = part_begin(t, nthr, units); u < part_begin(t + 1, nthr, units); ++u) {
+        const float* src = w + (u / d.K) * d.Fg * d.K + u % d.K;
+        for (i64 f = 0; f < d.Fg; ++f) wt[u * d.Fg + f] = src[f * d.K];
+      }
+#pragma omp barrier
+    }
+    // dcol (rows x n, row stride ldc) = rows [j0, j0 + rows) of group gi's W^T (x Fg) * dy
+    // block (Fg x n, row stride ldb).
+    auto dcol_gemm = [&](i64 gi, i64 j0, i64 rows, i64 n, const float* b, i64 ldb, float* c,
+                         i64 ldc) {
+      if (packed != nullptr) {
+        detail::gemm::sgemm_nn(*packed, rows, n, d.Fg, wt + (gi * d.K + j0) * d.Fg, d.Fg, b, ldb, c,
+                               ldc, false, sc.pack);
+      } else {
+        sgemm(true, false, rows, n, d.Fg, w + gi * d.Fg * d.K + j0, d.K, b, ldb, 0.0f, c, ldc);
+      }
+    };
     for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
       const i64 cbk = it % p.channel_blocks;
       const i64 gi = (it / p.channel_blocks) % d.G;
@@ -180,7 +202,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
       const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
       const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
       const i64 nch = c1 - c0, rows = nch * d.khw;
-      const float* wg = w + gi * d.Fg * d.K + c0 * d.khw;  // A = wg^T: rows x Fg, lda K
+      const i64 j0 = c0 * d.khw;  // the block's first row of the group's W^T
       if (n1 - n0 == 1) {
         const i64 plane0 = (n0 * d.C + gi * d.Cg + c0) * d.HW;
         float* dxg = dx + plane0;
@@ -190,7 +212,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
         for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
           const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
           if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
-            sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, dxg + q0, d.HW);
+            dcol_gemm(gi, j0, rows, q1 - q0, dyg + q0, d.P, dxg + q0, d.HW);
             if (act != Activation::identity) {
               for (i64 c = 0; c < nch; ++c) {
                 detail::act_backward(act, xg + c * d.HW + q0, dxg + c * d.HW + q0, q1 - q0);
@@ -198,7 +220,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
             }
             continue;
           }
-          sgemm(true, false, rows, q1 - q0, d.Fg, wg, d.K, dyg + q0, d.P, 0.0f, sc.col, q1 - q0);
+          dcol_gemm(gi, j0, rows, q1 - q0, dyg + q0, d.P, sc.col, q1 - q0);
           if (p.pixel_blocks == 1 &&
               detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
             continue;  // the whole image in one block: dx written once, act' applied
@@ -226,23 +248,34 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
           finished = std::max(finished, done);
         }
       } else {
-        const i64 cols = (n1 - n0) * d.P;
-        for (i64 i = 0; i < n1 - n0; ++i) {
-          for (i64 f = 0; f < d.Fg; ++f) {
-            detail::copy_floats(sc.tmp + f * cols + i * d.P,
-                                dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+        // OpenBLAS: one GEMM over the run's dy gathered side by side. The engine: one GEMM per
+        // image (its tiles cost the same at 64 pixels), whose column block stays in L2 until
+        // col2im reads it (lenet_conv2: a run's block of 896 KB did not, and col2im took half
+        // the GEMM's time).
+        const bool per_image = packed != nullptr;
+        const i64 cols = per_image ? d.P : (n1 - n0) * d.P;
+        if (!per_image) {
+          for (i64 i = 0; i < n1 - n0; ++i) {
+            for (i64 f = 0; f < d.Fg; ++f) {
+              detail::copy_floats(sc.tmp + f * cols + i * d.P,
+                                  dy + ((n0 + i) * d.F + gi * d.Fg + f) * d.P, d.P);
+            }
           }
+          dcol_gemm(gi, j0, rows, cols, sc.tmp, cols, sc.col, cols);
         }
-        sgemm(true, false, rows, cols, d.Fg, wg, d.K, sc.tmp, cols, 0.0f, sc.col, cols);
         for (i64 i = 0; i < n1 - n0; ++i) {
           const i64 plane0 = ((n0 + i) * d.C + gi * d.Cg + c0) * d.HW;
           float* dxi = dx + plane0;
-          if (detail::col2im_image_overwrite(geo, sc.col + i * d.P, cols, nch, dxi, act,
+          const float* coli = per_image ? sc.col : sc.col + i * d.P;
+          if (per_image) {
+            dcol_gemm(gi, j0, rows, d.P, dy + ((n0 + i) * d.F + gi * d.Fg) * d.P, d.P, sc.col, d.P);
+          }
+          if (detail::col2im_image_overwrite(geo, coli, cols, nch, dxi, act,
                                              x ? x + plane0 : nullptr)) {
             continue;
           }
           std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));
-          detail::col2im_add_block(geo, sc.col + i * d.P, cols, nch, 0, d.P, dxi);
+          detail::col2im_add_block(geo, const_cast<float*>(coli), cols, nch, 0, d.P, dxi);
           if (act != Activation::identity) {
             detail::act_backward(act, x + plane0, dxi, nch * d.HW);
           }
@@ -526,6 +559,15 @@ ConvOptions default_conv_options() {
   return ConvOptions{gemm_backend_env(), isa_env_cap(), num_threads()};
 }
 
+bool backward_data_transposed(const Conv2dShape& s) {
+  // Every dx cell is formed from a full KH x KW window of dy (its zero border included):
+  // H*W/(OH*OW) times the GEMM's work, e.g. 2100x on a 65x64 kernel over a 65x65 plane (the
+  // fuzzer's find, 38 s under ASan).
+  return s.stride_height == 1 && s.stride_width == 1 &&
+         s.in_height * s.in_width <=
+             kMaxPackedBackwardDataInflation * s.out_height() * s.out_width();
+}
+
 bool weights_fused_pack(const Conv2dShape& s, Isa isa) {
   const gemm::Config& cfg = gemm::config(isa);
   return cfg.isa != Isa::scalar && cfg.nr % 8 == 0 && s.stride_width == 1 &&
@@ -554,22 +596,20 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_data: {
-      if (s.stride_height != 1 || s.stride_width != 1) return GemmBackend::openblas;
-      // The packed engine forms every dx cell from a full KH x KW window of dy (its zero
-      // border included): H*W/(OH*OW) times the GEMM's work, e.g. 2100x on a 65x64 kernel over
-      // a 65x65 plane (the fuzzer's find, 38 s). Past kMaxPackedBackwardDataInflation such
-      // shapes run the openblas path (col2im), whichever backend was asked for.
-      if (s.in_height * s.in_width >
-          kMaxPackedBackwardDataInflation * s.out_height() * s.out_width()) {
-        return GemmBackend::openblas;
-      }
       if (o.backend != GemmBackend::automatic) return o.backend;
+      const bool wide = s.in_channels / s.groups >= kMinPackedBackwardDataChannels &&
+                        s.out_channels / s.groups * khw >= kMinPackedK;
+      if (!backward_data_transposed(s)) {
+        // col2im with the engine's GEMMs (M = C/groups*KH*KW, one image's pixels a GEMM):
+        // measured on 16-lane panels only, ahead with enough input channels (lenet_conv2 72-85
+        // vs 53-75 GFLOP/s, resnet_3x3s2 90-96 vs 72-91), behind with 3 (alexnet_conv1,
+        // resnet_conv1: 49-70 vs 72-78).
+        return vector_isa && narrow_panels && wide ? GemmBackend::packed : GemmBackend::openblas;
+      }
       // The transposed problem: M = input channels per group (few of them fill too few rows
       // of a tile; the openblas path with col2im is far ahead there), rows of in_width pixels,
       // K = filters per group * KH * KW.
-      const bool fits = s.in_channels / s.groups >= kMinPackedBackwardDataChannels &&
-                        s.in_width >= kMinPackedRowPixels &&
-                        s.out_channels / s.groups * khw >= kMinPackedK && !is_conv1x1_s1_p0_d1(s);
+      const bool fits = wide && s.in_width >= kMinPackedRowPixels && !is_conv1x1_s1_p0_d1(s);
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
     case ConvPass::backward_weights: {
@@ -658,10 +698,12 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
     return depthwise_backward_data(o.isa, o.threads, s, dy.data(), w.data(), dx.data(),
                                    input_activation, xp);
   }
-  // The packed engine computes dx as a 'full' correlation of dy, whose zero border meets every
-  // weight: a non-finite weight would make cells NaN that W^T dy leaves finite (0 * inf). Such
-  // weights take the col2im path, which writes no padding cell (the reference's result).
-  if (conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed && all_finite(w)) {
+  // The packed engine computes dx as a 'full' correlation of dy where backward_data_transposed
+  // holds; its zero border meets every weight: a non-finite weight would make cells NaN that
+  // W^T dy leaves finite (0 * inf). Such weights, and the other shapes, take the col2im path
+  // (which writes no padding cell: the reference's result) with the engine's GEMMs.
+  const bool packed = conv_backend(s, ConvPass::backward_data, o) == GemmBackend::packed;
+  if (packed && backward_data_transposed(s) && all_finite(w)) {
     if (t_weights_bd.size() < w.size())
       t_weights_bd.resize(w.size());  // may throw: nothing written yet
     PackedConv pc = packed_backward_data_problem(s);
@@ -675,8 +717,14 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
     return;
   }
   const ConvPlan p = plan_conv(s, ConvPass::backward_data, o.threads);
-  if (!fits_blas_int(p)) {
+  if (!packed && !fits_blas_int(p)) {
     return reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
+  }
+  if (packed) {
+    if (t_weights_bd.size() < w.size())
+      t_weights_bd.resize(w.size());  // may throw: nothing written yet
+    return backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation, xp,
+                              &gemm::config(o.isa), t_weights_bd.data());
   }
   backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation, xp);
 }

@@ -22,17 +22,23 @@ struct ConvOptions {
 ConvOptions default_conv_options();
 
 /// Which backend a pass of this (valid) shape runs under the options: packed or openblas
-/// (never automatic). The packed engine serves forward, backward data at stride 1 (strided
-/// backward data runs the openblas path on every backend) and the GEMMs of backward weights.
+/// (never automatic). The packed engine serves forward, backward data (as a transposed
+/// convolution where backward_data_transposed holds, else col2im with its GEMMs on the engine)
+/// and the GEMMs of backward weights.
 /// Automatic: packed where it measured ahead, on an AVX2 or AVX-512 CPU (openblas elsewhere);
 /// plan.hpp gives the measurements. Forward: output rows of at least 1/3 of a micro-panel,
 /// horizontal stride <= 2, K >= kMinPackedK, 1x1 stride-1 unpadded only on 16-lane panels.
-/// Stride-1 backward data: input rows of kMinPackedRowPixels, kMinPackedBackwardDataChannels
-/// channels a group, F/groups*KH*KW >= kMinPackedK, not 1x1 stride-1 unpadded, input plane
-/// at most kMaxPackedBackwardDataInflation times the output's (on every backend). Backward
-/// weights: 16-lane panels, and either weights_fused_pack or C/groups*KH*KW >= kMinPackedK
-/// with output planes of at least kMinPackedWeightsPixels pixels.
+/// Backward data: kMinPackedBackwardDataChannels channels a group, F/groups*KH*KW >=
+/// kMinPackedK, and where backward_data_transposed holds input rows of kMinPackedRowPixels and
+/// not 1x1 stride-1 unpadded, elsewhere (col2im) 16-lane panels. Backward weights: 16-lane panels, and either weights_fused_pack or
+/// C/groups*KH*KW >= kMinPackedK with output planes of at least kMinPackedWeightsPixels pixels.
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
+
+/// True when backward data on the packed engine runs as the forward machinery on dy with the
+/// filters transposed and flipped (stride 1, input plane at most kMaxPackedBackwardDataInflation
+/// times the output's); else, and for non-finite weights, it runs the col2im path with its
+/// GEMMs on the engine (gemm::sgemm_nn).
+bool backward_data_transposed(const Conv2dShape& s);
 
 /// True when backward weights on the packed engine (configuration of `isa`) packs its B =
 /// col^T straight from x (pack_im2col_transposed_avx2, dW = dy * col^T, no column block):

@@ -177,6 +177,10 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       const std::int64_t cols = p.images_per_block * p.block_pixels;
       p.col_floats = p.skips_im2col() ? 0 : rows * cols;
       p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
+      // On the packed engine (gemm::sgemm_nn) the GEMMs pack dy into this buffer.
+      for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
+        p.pack_floats = std::max(p.pack_floats, gemm::nt_pack_floats(gemm::config(isa)));
+      }
       break;
     }
     case ConvPass::backward_weights: {

@@ -141,6 +141,24 @@ void sgemm_nt(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, c
   sgemm_nt_with(cfg, m, n, k, a, lda, &pack_transposed_x, &t, c, ldc, accumulate, pack);
 }
 
+namespace {
+struct RowsB {
+  const float* b;
+  i64 ldb;
+  int nr;
+};
+void pack_rows_b(const void* ctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst, i64 panel_stride) {
+  const auto& r = *static_cast<const RowsB*>(ctx);
+  pack_b_rows(r.b, r.ldb, k0, k1, j0, j1, r.nr, dst, panel_stride);
+}
+}  // namespace
+
+void sgemm_nn(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b,
+              i64 ldb, float* c, i64 ldc, bool accumulate, float* pack) {
+  const RowsB r{b, ldb, cfg.nr};
+  sgemm_nt_with(cfg, m, n, k, a, lda, &pack_rows_b, &r, c, ldc, accumulate, pack);
+}
+
 void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b, i64 ldb,
                   float* c, i64 ldc, int threads) {
   const Config& cfg = config(isa);

@@ -113,6 +113,13 @@ using PackBFn = void (*)(const void* ctx, std::int64_t k0, std::int64_t k1, std:
 void sgemm_nt_with(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k,
                    const float* a, std::int64_t lda, PackBFn pack_b, const void* ctx, float* c,
                    std::int64_t ldc, bool accumulate, float* pack);
+/// C (m x n, row stride ldc) = (accumulate ? C : 0) + A (m x k, row stride lda) * B (k x n,
+/// row-major, row stride ldb) on the calling thread, B packed block by block (pack_b_rows) into
+/// `pack` (nt_pack_floats(cfg) floats, 64-byte aligned). The GEMM of backward data's column
+/// blocks: dcol = W^T dy with W^T transposed beforehand.
+void sgemm_nn(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
+              std::int64_t lda, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
+              bool accumulate, float* pack);
 /// Plain row-major C (m x n) = A (m x k) * B (k x n) on the packed engine with `threads`
 /// OpenMP threads (columns split over threads): the yardstick against OpenBLAS's sgemm in the
 /// tests and benchmarks. Throws std::bad_alloc (C untouched) if scratch cannot be had.

@@ -54,8 +54,8 @@ inline const float* at(std::uintptr_t base, i64 floats) {
 
 }  // namespace
 
-void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0,
-                                 i64 j1, int nr, float* dst, i64 panel_stride) {
+void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0, i64 j1,
+                                 int nr, float* dst, i64 panel_stride) {
   const i64 khw = g.KH * g.KW, plane = g.H * g.W, W = g.W, OW = g.OW, OH = g.OH;
   const auto base = reinterpret_cast<std::uintptr_t>(x);
   for (i64 p = 0; j0 + p * nr < j1; ++p) {
