@@ -152,11 +152,17 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
   auto pick = [&](int64_t lo, int64_t hi) {
     return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
   };
-  int tried = 0;
-  while (tried < 200) {
+  // Every other geometry has rows of a multiple of 8 pixels at stride 1 and a block starting
+  // on a panel and ending on a half panel: the AVX2 packer's segment-major loop (whole
+  // aligned half panels).
+  int tried = 0, halves = 0;
+  while (tried < 300) {
+    const bool aligned = tried % 2 == 0;
     const int64_t N = pick(1, 3), C = pick(1, 3), KH = pick(1, 5), KW = pick(1, 5);
-    const int64_t SH = pick(1, 3), SW = pick(1, 5), DH = pick(1, 2), DW = pick(1, 2);
-    const int64_t PH = pick(-2, 3), PW = pick(-2, 3), H = pick(1, 12), W = pick(1, 50);
+    const int64_t SH = pick(1, 3), SW = aligned ? 1 : pick(1, 5), DH = pick(1, 2), DW = pick(1, 2);
+    const int64_t PH = pick(-2, 3), PW = pick(-2, 3), H = pick(1, 12);
+    const int64_t W = aligned ? 8 * pick(1, 5) + (KW - 1) * DW - 2 * PW : pick(1, 50);
+    if (W < 1) continue;
     const int64_t eh = H + 2 * PH - ((KH - 1) * DH + 1), ew = W + 2 * PW - ((KW - 1) * DW + 1);
     if (eh < 0 || ew < 0) continue;
     ++tried;
@@ -176,7 +182,11 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
       INFO("N" << N << " C" << C << " " << H << "x" << W << " k" << KH << "x" << KW << " s" << SH
                << "x" << SW << " p" << PH << "x" << PW << " d" << DH << "x" << DW << " "
                << im2gemm::detail::isa_name(isa));
-      const int64_t j0 = pick(0, cols - 1), j1 = pick(j0 + 1, cols);
+      int64_t j0 = pick(0, cols - 1), j1 = pick(j0 + 1, cols);
+      if (aligned) {
+        j0 = pick(0, (cols - 1) / 16) * 16;
+        j1 = std::min(cols, j0 + 8 * pick(1, 12));
+      }
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
       const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
       std::vector<im2gemm::detail::PackSegment> segs(
@@ -185,6 +195,13 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
       const int64_t nseg =
           im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride, segs.data(), ranges.data());
       REQUIRE(nseg <= static_cast<int64_t>(segs.size()));
+      bool all_halves = nr == 16 && SW == 1, some_half = false;
+      for (int64_t sg = 0; sg < nseg; ++sg) {
+        const int64_t f = segs[sg].dst % 16, len = segs[sg].len;
+        all_halves = all_halves && ((f == 0 && len == 16) || ((f == 0 || f == 8) && len == 8));
+        some_half = some_half || len == 8;
+      }
+      halves += isa != Isa::scalar && all_halves && some_half;
       Aligned dst(static_cast<std::size_t>(panels * stride),
                   std::numeric_limits<float>::quiet_NaN());
       im2gemm::detail::pack_im2col_fn(isa)(pg, x.data(), segs.data(), ranges.data(), nseg, k0, k1,
@@ -210,4 +227,6 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
       CHECK(ok);
     }
   }
+  MESSAGE(halves << " blocks of whole aligned half panels on a vector ISA");
+  if (im2gemm::detail::isa_active() != Isa::scalar) CHECK(halves > 30);
 }
