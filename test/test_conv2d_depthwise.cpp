@@ -326,3 +326,118 @@ TEST_CASE("depthwise: outputs of 8 MiB and more (non-temporal stores) are exact 
     CHECK(convcases::compare(s, got, want, true) == 3);
   }
 }
+
+TEST_CASE("depthwise: the flat kernels of every ISA agree with their reference twins") {
+  using im2gemm::detail::DwFlat;
+  using im2gemm::detail::DwFlatDots;
+  std::mt19937 rng(11);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  for (int trial = 0; trial < 400; ++trial) {
+    const bool ints = trial % 2 == 0;
+    auto fill = [&](std::size_t n, std::uint32_t seed) {
+      return ints ? testutil::random_ints(n, seed) : testutil::random_floats(n, seed);
+    };
+    const auto seed = static_cast<std::uint32_t>(trial * 50 + 3);
+    const int kh = trial % 3 == 0 ? 3 : pick(1, 5), kw = trial % 3 == 0 ? 3 : pick(1, 5);
+    const int dh = pick(1, 4) == 1 ? 2 : 1, dw = pick(1, 4) == 1 ? 2 : 1;
+    // Widths around the vector widths and the odd ones (1, 2, 5, 7), shifts past the row too.
+    const int64_t W = trial % 4 == 0 ? pick(1, 9) : pick(1, 40), rows = pick(1, 9);
+    const int64_t n = rows * W, ph = pick(0, kh), pw = pick(0, kw * dw);
+    std::vector<int64_t> ro(static_cast<std::size_t>(kh)), co(static_cast<std::size_t>(kw));
+    const int64_t sign = trial % 5 == 1 ? -1 : 1;  // backward data's direction
+    for (int k = 0; k < kh; ++k) ro[static_cast<std::size_t>(k)] = sign * (k * dh - ph) * W;
+    for (int k = 0; k < kw; ++k) co[static_cast<std::size_t>(k)] = sign * (k * dw - pw);
+    const int64_t lo = *std::min_element(ro.begin(), ro.end()) +
+                       *std::min_element(co.begin(), co.end());
+    const int64_t hi = *std::max_element(ro.begin(), ro.end()) +
+                       *std::max_element(co.begin(), co.end());
+    const int64_t lead = std::max<int64_t>(0, -lo);
+    const auto src =
+        fill(static_cast<std::size_t>(lead + (n + 15) / 16 * 16 + std::max<int64_t>(0, hi)),
+             seed + 1);
+    const float* s0 = src.data() + lead;
+    const auto w = fill(static_cast<std::size_t>(kh * kw), seed + 2);
+    const auto dy = fill(static_cast<std::size_t>(n), seed + 3);
+    const auto start_out = fill(static_cast<std::size_t>(n + 5), seed + 4);  // 5 past n untouched
+    const bool accumulate = trial % 4 == 1;
+    const float init = ints ? static_cast<float>(pick(-3, 3)) : 0.25f;
+    std::vector<float> want = start_out;
+    im2gemm::detail::dw_flat_twin(
+        DwFlat{want.data(), n, s0, W, w.data(), kh, kw, ro.data(), co.data(), init, accumulate});
+    std::vector<float> dwant(static_cast<std::size_t>(16 * (kh * kw + 1)), 0.0f);
+    im2gemm::detail::dw_flat_dots_twin(
+        DwFlatDots{dy.data(), n, s0, W, kh, kw, ro.data(), co.data(), dwant.data()});
+    for (Isa isa : cpu_isas()) {
+      INFO("trial " << trial << " " << im2gemm::detail::isa_name(isa) << " kh " << kh << " kw "
+                    << kw << " W " << W << " rows " << rows << " ints " << ints);
+      const auto& k = im2gemm::detail::dw_kernels(isa);
+      std::vector<float> got = start_out;
+      k.flat(
+          DwFlat{got.data(), n, s0, W, w.data(), kh, kw, ro.data(), co.data(), init, accumulate});
+      CHECK(testutil::first_mismatch(got, want, ints ? 0.0f : 1e-5f, ints ? 0.0f : 1e-5f) == -1);
+      std::vector<float> dgot(dwant.size(), 0.0f);
+      k.flat_dots(DwFlatDots{dy.data(), n, s0, W, kh, kw, ro.data(), co.data(), dgot.data()});
+      for (int t = 0; t <= kh * kw; ++t) {
+        float sum = 0.0f;
+        for (int l = 0; l < 16; ++l) sum += dgot[static_cast<std::size_t>(16 * t + l)];
+        const float ref = dwant[static_cast<std::size_t>(16 * t)];
+        CHECK(std::fabs(sum - ref) <= (ints ? 0.0f : 1e-4f * (1.0f + std::fabs(ref))));
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "depthwise: flat planes (stride 1, same row width) on every ISA, 1 and 2 threads, exact on integers") {
+  // {N, C, H, W, F, KH, KW, PH, PW, DH, DW, G}: planes 1x1, 2x2, 7x7, 9x5, 28x28 and 5x63,
+  // vertical padding apart from the rows' (OH != H), dilation, channel multiplier 2, narrow
+  // groups.
+  const int64_t L[][12] = {
+      {2, 3, 1, 1, 3, 3, 3, 1, 1, 1, 1, 3},   {1, 4, 2, 2, 8, 3, 3, 1, 1, 1, 1, 4},
+      {3, 5, 7, 7, 5, 3, 3, 1, 1, 1, 1, 5},   {2, 3, 9, 5, 6, 3, 3, 0, 1, 1, 1, 3},
+      {1, 2, 9, 5, 2, 5, 5, 2, 2, 1, 1, 2},   {2, 3, 7, 7, 3, 3, 3, 2, 2, 2, 2, 3},
+      {1, 3, 7, 7, 3, 1, 3, 0, 1, 1, 1, 3},   {2, 6, 7, 9, 6, 3, 3, 1, 1, 1, 1, 3},
+      {1, 4, 28, 28, 4, 3, 3, 1, 1, 1, 1, 4}, {1, 2, 5, 63, 4, 3, 3, 3, 1, 1, 1, 2},
+      {2, 3, 7, 7, 3, 3, 5, 1, 2, 1, 1, 3},   {1, 2, 1, 9, 2, 3, 3, 1, 1, 1, 1, 2}};
+  im2gemm::detail::set_min_macs_per_thread(1);
+  int i = 0;
+  for (const auto& r : L) {
+    Conv2dShape s{.batch = r[0],
+                  .in_channels = r[1],
+                  .in_height = r[2],
+                  .in_width = r[3],
+                  .out_channels = r[4],
+                  .kernel_height = r[5],
+                  .kernel_width = r[6],
+                  .pad_height = r[7],
+                  .pad_width = r[8],
+                  .dilation_height = r[9],
+                  .dilation_width = r[10],
+                  .groups = r[11]};
+    s.validate();
+    INFO(testutil::describe(s));
+    REQUIRE(s.out_width() == s.in_width);
+    for (int pass = 0; pass < 3; ++pass) {
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2).flat == (pass < 2 || s.in_width < 16));
+    }
+    const Activation act = convcases::kActs[i % 4];
+    const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 500, true);
+    const auto ri = convcases::run_ref(s, di, act, true);
+    const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i) + 900, false);
+    const auto rf = convcases::run_ref(s, df, act, i % 2 == 0);
+    for (Isa isa : cpu_isas()) {
+      for (int threads : {1, 2}) {
+        const ConvOptions o{GemmBackend::automatic, isa, threads};
+        INFO(im2gemm::detail::isa_name(isa) << " threads " << threads);
+        for (ConvPass pass : kPasses) {
+          REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
+        }
+        CHECK(convcases::compare(s, convcases::run_with(o, s, di, act, true), ri, true) == 3);
+        CHECK(convcases::compare(s, convcases::run_with(o, s, df, act, i % 2 == 0), rf, false) ==
+              3);
+      }
+    }
+    ++i;
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+}

@@ -80,7 +80,25 @@ void prepare_dy_plane(const DwPlan& p, const Geo& g, DwCopyFn copy, const float*
 
 // A prepared plane of the plan, and its margin, all zeros.
 void plane_zero(const DwPlan& p, float* out) {
-  std::fill(out, out + p.planes * p.rows * p.ld + kVec, 0.0f);
+  std::fill(out, out + p.planes * p.psize + kVec, 0.0f);
+}
+
+/// Widest filter side the flat planes take (their tap tables on the stack).
+constexpr i64 kFlatMaxTaps = 16;
+
+// The flat planes' tap tables (DwFlat): row offsets and column shifts. Forward and backward
+// weights read the x plane at (kh * DH - PH) rows and (kw * DW - PW) columns from the output;
+// backward data reads the dy plane at (PH - kh * DH) rows and (PW - kw * DW) columns from dx.
+void flat_taps(const Geo& g, int pass, i64* row_off, i64* col) {
+  const i64 sign = pass == 1 ? -1 : 1;
+  for (i64 kh = 0; kh < g.KH; ++kh) row_off[kh] = sign * (kh * g.DH - g.PH) * g.W;
+  for (i64 kw = 0; kw < g.KW; ++kw) col[kw] = sign * (kw * g.DW - g.PW);
+}
+
+// Flat planes where the output rows are as wide as the source rows (stride 1, "same" padding
+// along the rows) and the filter fits the tap tables.
+bool flat_eligible(const Geo& g) {
+  return g.SH == 1 && g.SW == 1 && g.OW == g.W && g.KH <= kFlatMaxTaps && g.KW <= kFlatMaxTaps;
 }
 
 template <class Body>
@@ -125,6 +143,27 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   const i64 taps = g.KH * g.KW;
   const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
   p.stream = pass != 2 && (pass == 0 ? g.Cg : g.Fg) == 1 && out_bytes >= kDwStreamMinBytes;
+  p.flat = flat_eligible(g) && g.W < (pass == 2 ? kDwFlatMaxWidthWeights : kDwFlatMaxWidth);
+  if (p.flat) {
+    // Source plane (x, or dy for backward data) of n_src floats, outputs n_out; reads from
+    // i + lo to i + hi for i < round_up(n_out, kVec).
+    i64 ro[kFlatMaxTaps], co[kFlatMaxTaps];
+    flat_taps(g, pass, ro, co);
+    const i64 n_src = pass == 1 ? g.OH * g.W : g.H * g.W,
+              n_out = pass == 1 ? g.H * g.W : g.OH * g.W;
+    const i64 lo = *std::min_element(ro, ro + g.KH) + *std::min_element(co, co + g.KW);
+    const i64 hi = *std::max_element(ro, ro + g.KH) + *std::max_element(co, co + g.KW);
+    p.flat_lead = round_up(std::max<i64>(0, -lo), 16);
+    p.psize =
+        round_up(p.flat_lead + std::max(round_up(n_src, kVec), round_up(n_out, kVec) + hi), 16);
+    p.planes = pass == 1 ? g.Fg : g.Cg;
+    p.scratch_floats = p.planes * p.psize + kVec + table_floats(g.KH + g.KW);
+    if (pass == 2) {
+      p.chunk = std::max<i64>(1, kDwWeightsChunkFilters / (g.Fg * g.Cg));
+      p.scratch_floats += p.chunk * g.Fg * g.Cg * (taps + 1) * 16;
+    }
+    return p;
+  }
   if (pass == 1) {
     // The group's Fg zero-stuffed dy planes; each dx plane sums over them.
     p.rows = g.H + (g.KH - 1) * g.DH;
@@ -132,7 +171,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
     p.row_q = round_up(g.W, kVec) + (g.KW - 1) * g.DW;
     p.ld = round_up(p.row_q, 16);
     p.planes = g.Fg;
-    p.scratch_floats = p.planes * p.rows * p.ld + kVec + round_up(g.Fg * g.Cg * taps, 16) +
+    p.psize = p.rows * p.ld;
+    p.scratch_floats = p.planes * p.psize + kVec + round_up(g.Fg * g.Cg * taps, 16) +
                        table_floats(g.KW);
   } else {
     // The group's Cg prepared x planes.
@@ -141,7 +181,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
     p.row_q = round_up(g.OW, kVec) + (g.KW - 1) * g.DW / g.SW;
     p.ld = round_up(p.phases * p.row_q, 16);
     p.planes = g.Cg;
-    p.scratch_floats = p.planes * p.rows * p.ld + kVec + table_floats(g.KW);
+    p.psize = p.rows * p.ld;
+    p.scratch_floats = p.planes * p.psize + kVec + table_floats(g.KW);
     if (pass == 2) {
       // Per-lane sums of a chunk of groups, whose planes are read image by image.
       p.chunk = std::max<i64>(1, kDwWeightsChunkFilters / (g.Fg * g.Cg));
@@ -156,10 +197,35 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 0, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.rows * p.ld;
+  const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.psize;
   const bool relu = act == Activation::relu;  // fused into the store
   // Non-temporal stores unless another activation reads the plane back.
   const bool stream = p.stream && (act == Activation::identity || relu);
+  if (p.flat) {
+    run_items(p, [&](i64 it, float* scratch, bool first) {
+      const i64 n = it / g.G, gi = it % g.G;
+      float* planes = scratch;  // the group's Cg x planes, each whole between zero margins
+      auto* ro = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
+      i64* co = ro + g.KH;
+      if (first) plane_zero(p, planes);
+      flat_taps(g, 0, ro, co);
+      for (i64 c = 0; c < g.Cg; ++c) {
+        kern.copy(planes + c * psize + p.flat_lead, x + (n * g.C + gi * g.Cg + c) * g.H * g.W,
+                  g.H * g.W, 1);
+      }
+      for (i64 j = 0; j < g.Fg; ++j) {
+        const i64 f = gi * g.Fg + j;
+        float* yf = y + (n * g.F + f) * P;
+        for (i64 c = 0; c < g.Cg; ++c) {
+          kern.flat(DwFlat{yf, P, planes + c * psize + p.flat_lead, g.W, w + (f * g.Cg + c) * taps,
+                           static_cast<int>(g.KH), static_cast<int>(g.KW), ro, co,
+                           bias != nullptr ? bias[f] : 0.0f, c > 0, stream, relu && c == g.Cg - 1});
+        }
+        if (!relu) activation_forward_unchecked(act, yf, P);
+      }
+    });
+    return;
+  }
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
     float* planes = scratch;  // the group's Cg prepared planes
@@ -188,8 +254,33 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 1, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.rows * p.ld;
+  const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
+  if (p.flat) {
+    run_items(p, [&](i64 it, float* scratch, bool first) {
+      const i64 n = it / g.G, gi = it % g.G;
+      float* planes = scratch;  // the group's Fg dy planes, each whole between zero margins
+      auto* ro = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
+      i64* co = ro + g.KH;
+      if (first) plane_zero(p, planes);
+      flat_taps(g, 1, ro, co);
+      for (i64 j = 0; j < g.Fg; ++j) {
+        kern.copy(planes + j * psize + p.flat_lead, dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW,
+                  g.OH * g.OW, 1);
+      }
+      const float* wg = w + gi * g.Fg * g.Cg * taps;
+      for (i64 c = 0; c < g.Cg; ++c) {
+        const i64 plane0 = (n * g.C + gi * g.Cg + c) * HW;
+        for (i64 j = 0; j < g.Fg; ++j) {
+          kern.flat(DwFlat{dx + plane0, HW, planes + j * psize + p.flat_lead, g.W,
+                           wg + (j * g.Cg + c) * taps, static_cast<int>(g.KH),
+                           static_cast<int>(g.KW), ro, co, 0.0f, j > 0, stream});
+        }
+        if (act != Activation::identity) act_backward(act, x + plane0, dx + plane0, HW);
+      }
+    });
+    return;
+  }
   run_items(p, [&](i64 it, float* scratch, bool first) {
     const i64 n = it / g.G, gi = it % g.G;
     float* planes = scratch;                          // the group's Fg prepared dy planes
@@ -220,14 +311,21 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const Geo g(s);
   const DwPlan p = plan_depthwise(s, 2, threads);
   const DwKernels& kern = dw_kernels(isa);
-  const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.rows * p.ld;
+  const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
   run_with_scratch(
       p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
         float* planes = scratch;
         auto* off = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
-        float* vacc = reinterpret_cast<float*>(off) + table_floats(g.KW);  // [group][j][c] slots
-        for (i64 kw = 0; kw < g.KW; ++kw) off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
+        float* vacc = reinterpret_cast<float*>(off) +
+                      table_floats(p.flat ? g.KH + g.KW : g.KW);  // [group][j][c] slots
+        i64* co = off + g.KH;  // flat: off the row offsets, co the column shifts
+        if (p.flat) {
+          flat_taps(g, 2, off, co);
+        } else {
+          for (i64 kw = 0; kw < g.KW; ++kw)
+            off[kw] = (kw * g.DW % g.SW) * p.row_q + kw * g.DW / g.SW;
+        }
         plane_zero(p, planes);
         const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
         // Chunks of groups, image by image: the planes of a chunk are adjacent in memory. Each
@@ -238,12 +336,23 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
           for (i64 n = 0; n < g.N; ++n) {
             for (i64 gi = g0; gi < g1; ++gi) {
               for (i64 c = 0; c < g.Cg; ++c) {
-                prepare_plane(p, g, kern.copy, x + (n * g.C + gi * g.Cg + c) * g.H * g.W,
-                              planes + c * psize);
+                const float* xc = x + (n * g.C + gi * g.Cg + c) * g.H * g.W;
+                if (p.flat) {
+                  kern.copy(planes + c * psize + p.flat_lead, xc, g.H * g.W, 1);
+                } else {
+                  prepare_plane(p, g, kern.copy, xc, planes + c * psize);
+                }
               }
               for (i64 j = 0; j < g.Fg; ++j) {
                 const float* dyf = dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW;
                 for (i64 c = 0; c < g.Cg; ++c) {
+                  float* vjc = vacc + (gi - g0) * per_group + (j * g.Cg + c) * slots * 16;
+                  if (p.flat) {
+                    kern.flat_dots(DwFlatDots{dyf, g.OH * g.OW, planes + c * psize + p.flat_lead,
+                                              g.W, static_cast<int>(g.KH), static_cast<int>(g.KW),
+                                              off, co, vjc});
+                    continue;
+                  }
                   kern.dots(DwDots{dyf, planes + c * psize, g.OH, g.OW, p.ld, g.SH, g.DH,
                                    static_cast<int>(g.KH), static_cast<int>(g.KW), off,
                                    vacc + (gi - g0) * per_group + (j * g.Cg + c) * slots * 16});

@@ -19,6 +19,12 @@
 //                                   dy[n][c*k+j] . (x-plane shifted by the tap); db the sums of dy
 // With Cg channels a group (1: depthwise), an output plane sums Cg (forward) or Fg (backward
 // data) plane correlations, added in order into the plane while it is in cache.
+// Stride 1 with output rows as wide as the source rows (3x3 pad 1, 5x5 pad 2, ...) and rows
+// narrower than kDwFlatMaxWidth take "flat" planes instead (DwFlat): the source plane copied
+// whole between zero margins, read as one run of floats (vectors cross the row ends, the taps
+// at flat offsets, the lanes whose tap column falls outside the row masked to zero): no
+// per-row set-up, no idle lanes at the row ends (a 7x7 plane: 7 vectors, not 7 rows of 7
+// lanes each).
 // Work items are (image, group) (backward weights: groups, images summed in order for each
 // group, chunks of groups read image by image), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
 // and the result does not depend on the thread count at all.
@@ -72,8 +78,47 @@ struct DwDots {
   float* vacc;  ///< (KH * KW + 1) slots of 16 floats
 };
 
+/// One output plane of the flat kernels (stride 1, output rows as wide as the source rows,
+/// W): the planes are runs of floats, output i at row i / W, column i % W, and tap (kh, kw)
+/// reads the source at the flat offset row_off[kh] + col[kw], masked by the column:
+///   out[i] = (accumulate ? out[i] : init) + sum over kh < KH, kw < KW of w[kh * KW + kw] *
+///            (0 <= i % W + col[kw] < W ? src[i + row_off[kh] + col[kw]] : 0)
+/// for i < n. The masked taps multiply a zero, as the padding does. src must be readable over
+/// [i + row_off[kh] + col[kw]] for every tap and every i < round_up(n, 16) (zero margins
+/// around the prepared plane); out is written at i < n only.
+struct DwFlat {
+  float* out;
+  i64 n;
+  const float* src;
+  i64 W;
+  const float* w;
+  int KH, KW;
+  const i64* row_off;
+  const i64* col;
+  float init;
+  bool accumulate;
+  bool stream = false;  ///< as DwPlane::stream
+  bool relu = false;    ///< as DwPlane::relu
+};
+
+/// Backward weights of one flat plane: vacc[16 * (kh * KW + kw) + lane] += the lane's share of
+/// the sum over i < n of dy[i] * (the masked source of DwFlat at tap (kh, kw)), and
+/// vacc[16 * KH * KW + lane] the lane's share of the sum of dy (lanes: as DwDots).
+struct DwFlatDots {
+  const float* dy;
+  i64 n;
+  const float* src;
+  i64 W;
+  int KH, KW;
+  const i64* row_off;
+  const i64* col;
+  float* vacc;  ///< (KH * KW + 1) slots of 16 floats
+};
+
 using DwPlaneFn = void (*)(const DwPlane&);
 using DwDotsFn = void (*)(const DwDots&);
+using DwFlatFn = void (*)(const DwFlat&);
+using DwFlatDotsFn = void (*)(const DwFlatDots&);
 /// d[q] = src[q * stride] for q < n, the data of one prepared row (or stride phase of a row);
 /// may also write zeros to d[n, round_up(n, 16)) (the prepared planes' padding is zero, and
 /// later rows and phases are written after: the spill is harmless there).
@@ -83,6 +128,8 @@ struct DwKernels {
   DwPlaneFn plane;
   DwDotsFn dots;
   DwCopyFn copy;
+  DwFlatFn flat;
+  DwFlatDotsFn flat_dots;
   const char* isa;
 };
 
@@ -98,6 +145,8 @@ const DwKernels& dw_kernels_avx512();
 void dw_plane_twin(const DwPlane& a);
 void dw_dots_twin(const DwDots& a);
 void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
+void dw_flat_twin(const DwFlat& a);
+void dw_flat_dots_twin(const DwFlatDots& a);
 
 /// Outputs from this size on are written with non-temporal stores (larger than the 8 MiB that
 /// the suite's layers in cache fill; mbv1_dw1's 12.8 MB y, mbv1_dw2_s2's 25.7 MB dx).
@@ -107,6 +156,14 @@ inline constexpr i64 kDwStreamMinBytes = i64{8} << 20;
 /// (adjacent in memory, unlike one channel's planes of successive images), their per-lane
 /// sums in scratch (64 x 10 slots x 64 bytes for 3x3: 40 KiB).
 inline constexpr i64 kDwWeightsChunkFilters = 64;
+
+/// Flat planes (DwFlat) for stride 1 and rows as wide in the output as in the source, up to
+/// these widths (exclusive): narrower rows leave most lanes of their last vector idle in the
+/// row kernels, and their per-row set-up is a large part of a small plane. Backward weights
+/// only for the narrowest rows: its flat kernel masks nine loads a vector, the row kernel none
+/// (measured on the grouped suite: mbv1_dw_7 and _28, mbv2_dw_b1).
+inline constexpr i64 kDwFlatMaxWidth = 64;
+inline constexpr i64 kDwFlatMaxWidthWeights = 16;
 
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
@@ -131,6 +188,12 @@ struct DwPlan {
   /// Prepared source plane: rows x (phases * row_q) floats, row stride ld.
   i64 rows = 0, phases = 1, row_q = 0, ld = 0;
   i64 scratch_floats = 0;  ///< per thread: prepared plane + flipped taps / sums + offsets
+  /// Flat planes (DwFlat; stride 1 and rows as wide in the output as in the source): each
+  /// prepared plane is the source plane copied whole, flat_lead zeros before it and zeros
+  /// after it up to psize floats.
+  bool flat = false;
+  i64 flat_lead = 0;
+  i64 psize = 0;  ///< floats of one prepared plane (rows * ld, or the flat plane)
   /// Forward and backward data with one plane correlation an output plane (depthwise, k = 1
   /// for backward data) and an output above kDwStreamMinBytes: non-temporal stores (a write
   /// without its read for ownership; the output is not read back soon).

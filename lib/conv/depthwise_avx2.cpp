@@ -13,12 +13,14 @@ namespace {
 
 struct Avx2 {
   static constexpr int N = 8;
-  static constexpr int kRows = 4, kVecs = 1;
+  static constexpr int kRows = 4, kVecs = 1, kFlatVecs = 2;
   using F = __m256;
+  using M = __m256;  ///< a lane mask: all ones or all zeros
   static __m256i mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static F zero() { return _mm256_setzero_ps(); }
+  static F iota() { return _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F loadu(const float* p) { return _mm256_loadu_ps(p); }
   static F load_n(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
@@ -60,6 +62,9 @@ struct Avx2 {
     if (n >= 1) _mm_store_ss(p, h);
   }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static F mask_and(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, +0 elsewhere
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(F v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -73,11 +78,14 @@ struct Avx2 {
 void plane_avx2(const DwPlane& a) { plane<Avx2>(a); }
 void dots_avx2(const DwDots& a) { dots<Avx2>(a); }
 void copy_avx2(float* d, const float* src, i64 n, i64 stride) { copy_row<Avx2>(d, src, n, stride); }
+void flat_avx2(const DwFlat& a) { flat<Avx2>(a); }
+void flat_dots_avx2(const DwFlatDots& a) { flat_dots<Avx2>(a); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_avx2() {
-  static const DwKernels k{&plane_avx2, &dots_avx2, &copy_avx2, "avx2"};
+  static const DwKernels k{&plane_avx2, &dots_avx2,      &copy_avx2,
+                           &flat_avx2,  &flat_dots_avx2, "avx2"};
   return k;
 }
 

@@ -13,10 +13,12 @@ namespace {
 
 struct Avx512 {
   static constexpr int N = 16;
-  static constexpr int kRows = 4, kVecs = 2;
+  static constexpr int kRows = 4, kVecs = 2, kFlatVecs = 2;
   using F = __m512;
+  using M = __mmask16;
   static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static F zero() { return _mm512_setzero_ps(); }
+  static F iota() { return _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static F loadu(const float* p) { return _mm512_loadu_ps(p); }
   static F load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
@@ -43,6 +45,9 @@ struct Avx512 {
   static void storeu(float* p, F v) { _mm512_storeu_ps(p, v); }
   static void store_n(float* p, F v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
   static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  static F mask_and(M m, F v) { return _mm512_maskz_mov_ps(m, v); }  // v where m, +0 elsewhere
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(F v) {  // once per plane: through memory (the reduce intrinsics trip
                             // -Wmaybe-uninitialized in GCC 12)
@@ -61,11 +66,14 @@ void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
 void copy_avx512(float* d, const float* src, i64 n, i64 stride) {
   copy_row<Avx512>(d, src, n, stride);
 }
+void flat_avx512(const DwFlat& a) { flat<Avx512>(a); }
+void flat_dots_avx512(const DwFlatDots& a) { flat_dots<Avx512>(a); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_avx512() {
-  static const DwKernels k{&plane_avx512, &dots_avx512, &copy_avx512, "avx512"};
+  static const DwKernels k{&plane_avx512, &dots_avx512,      &copy_avx512,
+                           &flat_avx512,  &flat_dots_avx512, "avx512"};
   return k;
 }
 

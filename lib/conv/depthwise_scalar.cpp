@@ -10,9 +10,11 @@ namespace {
 
 struct Scalar {
   static constexpr int N = 1;
-  static constexpr int kRows = 2, kVecs = 4;
+  static constexpr int kRows = 2, kVecs = 4, kFlatVecs = 4;
   using F = float;
+  using M = bool;
   static F zero() { return 0.0f; }
+  static F iota() { return 0.0f; }
   static F set1(float v) { return v; }
   static F loadu(const float* p) { return *p; }
   static F load_n(const float* p, int) { return *p; }
@@ -23,6 +25,9 @@ struct Scalar {
   static void storeu(float* p, F v) { *p = v; }
   static void store_n(float* p, F v, int) { *p = v; }
   static F add(F a, F b) { return a + b; }
+  static F sub(F a, F b) { return a - b; }
+  static M ge(F a, F b) { return a >= b; }
+  static F mask_and(M m, F v) { return m ? v : 0.0f; }
   static F fma(F a, F b, F c) { return a * b + c; }
   static float hsum(F v) { return v; }
 };
@@ -34,11 +39,14 @@ void dots_scalar(const DwDots& a) { dots<Scalar>(a); }
 void copy_scalar(float* d, const float* src, i64 n, i64 stride) {
   copy_row<Scalar>(d, src, n, stride);
 }
+void flat_scalar(const DwFlat& a) { flat<Scalar>(a); }
+void flat_dots_scalar(const DwFlatDots& a) { flat_dots<Scalar>(a); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_scalar() {
-  static const DwKernels k{&plane_scalar, &dots_scalar, &copy_scalar, "scalar"};
+  static const DwKernels k{&plane_scalar, &dots_scalar,      &copy_scalar,
+                           &flat_scalar,  &flat_dots_scalar, "scalar"};
   return k;
 }
 
@@ -69,6 +77,37 @@ void dw_dots_twin(const DwDots& a) {
   }
   double b = 0.0;
   for (i64 i = 0; i < a.OH * a.OW; ++i) b += a.dy[i];
+  a.vacc[16 * a.KH * a.KW] += static_cast<float>(b);
+}
+
+void dw_flat_twin(const DwFlat& a) {
+  for (i64 i = 0; i < a.n; ++i) {
+    float acc = a.accumulate ? a.out[i] : a.init;
+    const i64 c = i % a.W;
+    for (int kh = 0; kh < a.KH; ++kh) {
+      for (int kw = 0; kw < a.KW; ++kw) {
+        const bool in = c + a.col[kw] >= 0 && c + a.col[kw] < a.W;
+        acc += a.w[kh * a.KW + kw] * (in ? a.src[i + a.row_off[kh] + a.col[kw]] : 0.0f);
+      }
+    }
+    a.out[i] = acc;
+  }
+}
+
+void dw_flat_dots_twin(const DwFlatDots& a) {
+  for (int kh = 0; kh < a.KH; ++kh) {
+    for (int kw = 0; kw < a.KW; ++kw) {
+      double acc = 0.0;
+      for (i64 i = 0; i < a.n; ++i) {
+        const i64 c = i % a.W;
+        const bool in = c + a.col[kw] >= 0 && c + a.col[kw] < a.W;
+        acc += double(a.dy[i]) * (in ? double(a.src[i + a.row_off[kh] + a.col[kw]]) : 0.0);
+      }
+      a.vacc[16 * (kh * a.KW + kw)] += static_cast<float>(acc);
+    }
+  }
+  double b = 0.0;
+  for (i64 i = 0; i < a.n; ++i) b += a.dy[i];
   a.vacc[16 * a.KH * a.KW] += static_cast<float>(b);
 }
 
