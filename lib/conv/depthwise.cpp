@@ -96,9 +96,11 @@ void flat_taps(const Geo& g, int pass, i64* row_off, i64* col) {
 }
 
 // Flat planes where the output rows are as wide as the source rows (stride 1, "same" padding
-// along the rows) and the filter fits the tap tables.
+// along the rows), the filter fits the tap tables, and the groups are depthwise (ResNeXt's
+// 4-channel groups measured some 5% slower flat than in rows: not taken).
 bool flat_eligible(const Geo& g) {
-  return g.SH == 1 && g.SW == 1 && g.OW == g.W && g.KH <= kFlatMaxTaps && g.KW <= kFlatMaxTaps;
+  return g.Cg == 1 && g.SH == 1 && g.SW == 1 && g.OW == g.W && g.KH <= kFlatMaxTaps &&
+         g.KW <= kFlatMaxTaps;
 }
 
 template <class Body>

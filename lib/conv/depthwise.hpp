@@ -19,12 +19,12 @@
 //                                   dy[n][c*k+j] . (x-plane shifted by the tap); db the sums of dy
 // With Cg channels a group (1: depthwise), an output plane sums Cg (forward) or Fg (backward
 // data) plane correlations, added in order into the plane while it is in cache.
-// Stride 1 with output rows as wide as the source rows (3x3 pad 1, 5x5 pad 2, ...) and rows
-// narrower than kDwFlatMaxWidth take "flat" planes instead (DwFlat): the source plane copied
-// whole between zero margins, read as one run of floats (vectors cross the row ends, the taps
-// at flat offsets, the lanes whose tap column falls outside the row masked to zero): no
-// per-row set-up, no idle lanes at the row ends (a 7x7 plane: 7 vectors, not 7 rows of 7
-// lanes each).
+// Depthwise groups with stride 1, output rows as wide as the source rows (3x3 pad 1, 5x5 pad
+// 2, ...) and rows narrower than kDwFlatMaxWidth take "flat" planes instead (DwFlat): the
+// source plane copied whole between zero margins, read as one run of floats (vectors cross
+// the row ends, the taps at flat offsets, the lanes whose tap column falls outside the row
+// masked to zero): no per-row set-up, no idle lanes at the row ends (a 7x7 plane: 7 vectors,
+// not 7 rows of 7 lanes each).
 // Work items are (image, group) (backward weights: groups, images summed in order for each
 // group, chunks of groups read image by image), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
 // and the result does not depend on the thread count at all.
