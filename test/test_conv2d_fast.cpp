@@ -130,6 +130,30 @@ int64_t work_items(const im2gemm::detail::ConvPlan& p) {
 
 }  // namespace
 
+namespace {
+
+// A random plane for the lowering tests (height h, width w given): kernels up to 5x5, strides
+// 1-3, dilations 1-2, pads 0-3, 1-3 channels; false when the dilated kernel does not fit the
+// padded plane.
+template <class Pick>
+bool random_lowering_shape(Pick& pick, int h, int w, Conv2dShape& s) {
+  s.in_height = h;
+  s.in_width = w;
+  s.kernel_height = pick(1, 5);
+  s.kernel_width = pick(1, 5);
+  s.stride_height = pick(1, 3);
+  s.stride_width = pick(1, 3);
+  s.dilation_height = pick(1, 2);
+  s.dilation_width = pick(1, 2);
+  s.pad_height = pick(0, 3);
+  s.pad_width = pick(0, 3);
+  s.in_channels = pick(1, 3);
+  return (s.kernel_height - 1) * s.dilation_height + 1 <= s.in_height + 2 * s.pad_height &&
+         (s.kernel_width - 1) * s.dilation_width + 1 <= s.in_width + 2 * s.pad_width;
+}
+
+}  // namespace
+
 TEST_CASE(
     "fast conv: random shapes, every pass, exact on integers and close on floats, 1 and 2 threads") {
   Settings restore;
@@ -183,21 +207,8 @@ TEST_CASE(
   int taken = 0, planes_33_to_64 = 0, adjoint_taken = 0;
   for (int i = 0; i < 3000; ++i) {
     Conv2dShape s;
-    s.in_height = pick(1, 9);
-    s.in_width = pick(1, 64 / s.in_height);
-    s.kernel_height = pick(1, 5);
-    s.kernel_width = pick(1, 5);
-    s.stride_height = pick(1, 3);
-    s.stride_width = pick(1, 3);
-    s.dilation_height = pick(1, 2);
-    s.dilation_width = pick(1, 2);
-    s.pad_height = pick(0, 3);
-    s.pad_width = pick(0, 3);
-    if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
-        (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
-      continue;
-    }
-    s.in_channels = pick(1, 3);
+    const int h = pick(1, 9);
+    if (!random_lowering_shape(pick, h, pick(1, 64 / h), s)) continue;
     const im2gemm::detail::ConvGeom g(s);
     const int64_t P = g.OH * g.OW;
     const int64_t q0 = pick(0, static_cast<int>(P - 1));
@@ -264,21 +275,7 @@ TEST_CASE(
   int blocks = 0, narrow = 0, strided = 0;
   for (int i = 0; i < 2000; ++i) {
     Conv2dShape s;
-    s.in_height = pick(1, 20);
-    s.in_width = pick(1, 40);
-    s.kernel_height = pick(1, 5);
-    s.kernel_width = pick(1, 5);
-    s.stride_height = pick(1, 3);
-    s.stride_width = pick(1, 3);
-    s.dilation_height = pick(1, 2);
-    s.dilation_width = pick(1, 2);
-    s.pad_height = pick(0, 3);
-    s.pad_width = pick(0, 3);
-    if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
-        (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
-      continue;
-    }
-    s.in_channels = pick(1, 3);
+    if (!random_lowering_shape(pick, pick(1, 20), pick(1, 40), s)) continue;
     const im2gemm::detail::ConvGeom g(s);
     const int64_t P = g.OH * g.OW;
     // Whole images half the time, else a block cutting rows at random places.
