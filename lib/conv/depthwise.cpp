@@ -103,6 +103,25 @@ bool flat_eligible(const Geo& g) {
          g.KW <= kFlatMaxTaps;
 }
 
+// An item's flat planes in the thread's scratch: `count` source planes of n floats each (src,
+// contiguous) copied between zero margins (zeroed on the thread's first item), and the tap
+// tables of `pass` after them.
+struct FlatStage {
+  float* planes;
+  i64* ro;
+  i64* co;
+};
+
+FlatStage flat_stage(const DwPlan& p, const Geo& g, const DwKernels& kern, int pass, float* scratch,
+                     bool first, const float* src, i64 count, i64 n) {
+  FlatStage st{scratch, reinterpret_cast<i64*>(scratch + p.planes * p.psize + kVec), nullptr};
+  st.co = st.ro + g.KH;
+  if (first) plane_zero(p, scratch);
+  flat_taps(g, pass, st.ro, st.co);
+  for (i64 c = 0; c < count; ++c) kern.copy(scratch + c * p.psize + p.flat_lead, src + c * n, n, 1);
+  return st;
+}
+
 template <class Body>
 void run_items(const DwPlan& p, Body&& body) {
   run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
@@ -206,15 +225,11 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   if (p.flat) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 n = it / g.G, gi = it % g.G;
-      float* planes = scratch;  // the group's Cg x planes, each whole between zero margins
-      auto* ro = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
-      i64* co = ro + g.KH;
-      if (first) plane_zero(p, planes);
-      flat_taps(g, 0, ro, co);
-      for (i64 c = 0; c < g.Cg; ++c) {
-        kern.copy(planes + c * psize + p.flat_lead, x + (n * g.C + gi * g.Cg + c) * g.H * g.W,
-                  g.H * g.W, 1);
-      }
+      // The group's Cg x planes, each whole between zero margins.
+      const FlatStage st = flat_stage(p, g, kern, 0, scratch, first,
+                                      x + (n * g.C + gi * g.Cg) * g.H * g.W, g.Cg, g.H * g.W);
+      float* planes = st.planes;
+      const i64 *ro = st.ro, *co = st.co;
       for (i64 j = 0; j < g.Fg; ++j) {
         const i64 f = gi * g.Fg + j;
         float* yf = y + (n * g.F + f) * P;
@@ -261,15 +276,11 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   if (p.flat) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 n = it / g.G, gi = it % g.G;
-      float* planes = scratch;  // the group's Fg dy planes, each whole between zero margins
-      auto* ro = reinterpret_cast<i64*>(planes + p.planes * psize + kVec);
-      i64* co = ro + g.KH;
-      if (first) plane_zero(p, planes);
-      flat_taps(g, 1, ro, co);
-      for (i64 j = 0; j < g.Fg; ++j) {
-        kern.copy(planes + j * psize + p.flat_lead, dy + (n * g.F + gi * g.Fg + j) * g.OH * g.OW,
-                  g.OH * g.OW, 1);
-      }
+      // The group's Fg dy planes, each whole between zero margins.
+      const FlatStage st = flat_stage(p, g, kern, 1, scratch, first,
+                                      dy + (n * g.F + gi * g.Fg) * g.OH * g.OW, g.Fg, g.OH * g.OW);
+      float* planes = st.planes;
+      const i64 *ro = st.ro, *co = st.co;
       const float* wg = w + gi * g.Fg * g.Cg * taps;
       for (i64 c = 0; c < g.Cg; ++c) {
         const i64 plane0 = (n * g.C + gi * g.Cg + c) * HW;
