@@ -75,6 +75,14 @@ bool pack_halves(const PackGeom& g, const float* x, const PackSegment* segs,
     const i64 len = sg.len;
     float* d = dst + sg.dst;  // row kk at d + (kk - k0) * 16
     const LaneRange* r = ranges + s * g.KW;
+    if (sg.ih0 + (g.KH - 1) * g.DH < 0 || sg.ih0 >= g.H) {
+      // No tap row in the input (the zero tail past j1 among them, whose ih0 is far below any
+      // row: no input position may be formed from it).
+      for (i64 kk = k0; kk < k1; ++kk, d += 16) {
+        for (i64 h = 0; h < len; h += 8) _mm256_store_ps(d + h, _mm256_setzero_ps());
+      }
+      continue;
+    }
     bool inside = sg.ih0 >= 0 && sg.ih0 + (g.KH - 1) * g.DH < g.H;
     for (i64 kw = 0; kw < g.KW && inside; ++kw) inside = r[kw].lo == 0 && r[kw].hi == len;
     // Input position of tap 0 of channel c0, as an integer (see at()).
