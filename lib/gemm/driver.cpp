@@ -85,8 +85,6 @@ void pack_b_transposed(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, 
   }
 }
 
-namespace {}  // namespace
-
 i64 nt_block_cols(const Config& cfg) {
   return std::max<i64>(cfg.nr, cfg.b_bytes / (4 * cfg.kc) / cfg.nr * cfg.nr);
 }
