@@ -248,6 +248,33 @@ TEST_CASE("dedicated paths on odd sizes cover their tails") {
   }
 }
 
+TEST_CASE("2x2 quads: rows of 4 to 32 outputs, odd quad counts, row blocks, 1 and 2 threads") {
+  // pool_2x2_quads (AVX2) takes rows of whole quads up to 32 outputs; an odd quad count ends
+  // in a vector overlapping the one before. Batch 1 with a few channels cuts planes into row
+  // blocks (oh_begin > 0); odd widths and heights leave a last column or row no window reads.
+  const std::vector<std::int64_t> widths{8, 9, 16, 24, 25, 40, 41, 56, 64, 65, 66};
+  const std::vector<std::int64_t> heights{2, 3, 6, 7, 25, 64};
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (std::int64_t n : {1, 3}) {
+        for (std::int64_t h : heights) {
+          for (std::int64_t w : widths) {
+            const auto s = pool(n, 2, h, w, 2, 2, 2, 2, 0, 0);
+            CAPTURE(detail::pool_isa_name(isa));
+            CAPTURE(threads);
+            CAPTURE(testutil::describe(s));
+            for (Fill fill : {Fill::floats, Fill::ties, Fill::special}) {
+              check_against_reference(s, static_cast<std::uint32_t>(h * 977 + w + n), fill);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("general path: stride > kernel, kernel = input, pad = kernel-1, 1x1") {
   const std::vector<MaxPool2dShape> shapes{
       pool(2, 3, 17, 37, 2, 2, 3, 3, 0, 0),  // stride > kernel: skipped cells

@@ -33,6 +33,22 @@ struct Avx2 {
     const F s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  // Quads (pool_2x2_quads): lanes 0-3 from pa, 4-7 from pb, 8 floats each; lane l gets
+  // float 2*(l % 4) in `even` and 2*(l % 4) + 1 in `odd`.
+  static void quads(const float* pa, const float* pb, F& even_out, F& odd_out) {
+    const F a = _mm256_loadu_ps(pa), b = _mm256_loadu_ps(pb);
+    const F e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
+    const F o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    even_out =
+        _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
+    odd_out = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  // Input index of each lane's top-left cell: a + 2*(l % 4) for lanes 0-3, b + ... for 4-7.
+  static I quad_index(std::uint32_t a, std::uint32_t b) {
+    return _mm256_add_epi32(_mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6),
+                            _mm256_set_m128i(_mm_set1_epi32(static_cast<std::int32_t>(b)),
+                                             _mm_set1_epi32(static_cast<std::int32_t>(a))));
+  }
   template <int S>
   static F load(const float* p, std::int64_t s) {
     if constexpr (S == 1) {
