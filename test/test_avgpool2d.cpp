@@ -533,6 +533,33 @@ TEST_CASE("dedicated paths on odd sizes cover their tails, both modes") {
   }
 }
 
+TEST_CASE("2x2 quads: rows of 4 to 32 outputs, odd quad counts, row blocks, both modes") {
+  // avg_2x2_quads (AVX2) takes rows of whole quads up to 32 outputs (odd quad counts end in an
+  // overlapping vector); batch 1 cuts planes into row blocks; ceil mode's partial last window
+  // (odd sizes) keeps its rows on the row loops.
+  const std::vector<std::int64_t> widths{8, 9, 16, 24, 25, 40, 41, 56, 64, 65, 66};
+  const std::vector<std::int64_t> heights{2, 3, 6, 7, 25, 64};
+  for (PoolIsa isa : isas()) {
+    IsaScope scope(isa);
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      for (std::int64_t n : {1, 3}) {
+        for (std::int64_t h : heights) {
+          for (std::int64_t w : widths) {
+            for (int mode = 0; mode < 4; ++mode) {
+              const auto s = avg(n, 2, h, w, 2, 2, 2, 2, 0, 0, (mode & 1) != 0, (mode & 2) != 0);
+              CAPTURE(detail::pool_isa_name(isa));
+              CAPTURE(threads);
+              CAPTURE(describe(s));
+              check_against_reference(s, static_cast<std::uint32_t>(h * 977 + w + n + mode));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("the suite's pools and global shapes match the reference; threads agree bitwise") {
   const std::vector<AvgPool2dShape> shapes{
       avg(2, 3, 24, 24, 2, 2, 2, 2, 0, 0),                 // lenet_pool

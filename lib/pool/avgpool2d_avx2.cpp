@@ -17,6 +17,8 @@
 #pragma GCC target("avx2,fma")
 #endif
 
+#include "pool/pool_quads_avx2.hpp"
+
 namespace im2gemm::detail {
 namespace {
 
@@ -58,6 +60,9 @@ struct Avx2 {
       return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, lanes(static_cast<std::int32_t>(s)),
                                       _mm256_castsi256_ps(m), 4);
     }
+  }
+  static void quads(const float* pa, const float* pb, F& even, F& odd) {
+    load_quads_avx2(pa, pb, even, odd);
   }
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float v) { return _mm256_set1_ps(v); }

@@ -10,6 +10,7 @@
 
 #include "im2gemm/avgpool2d.hpp"
 #include "pool/maxpool2d_impl.hpp"  // PoolIsa, pool_isa_active()
+#include "pool/pool_quads.hpp"
 
 namespace im2gemm::detail {
 

@@ -17,6 +17,8 @@
 #pragma GCC target("avx2,fma")
 #endif
 
+#include "pool/pool_quads_avx2.hpp"
+
 namespace im2gemm::detail {
 namespace {
 
@@ -33,15 +35,8 @@ struct Avx2 {
     const F s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
-  // Quads (pool_2x2_quads): lanes 0-3 from pa, 4-7 from pb, 8 floats each; lane l gets
-  // float 2*(l % 4) in `even` and 2*(l % 4) + 1 in `odd`.
-  static void quads(const float* pa, const float* pb, F& even_out, F& odd_out) {
-    const F a = _mm256_loadu_ps(pa), b = _mm256_loadu_ps(pb);
-    const F e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));  // a0 a2 b0 b2 | a4 a6 b4 b6
-    const F o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-    even_out =
-        _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
-    odd_out = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+  static void quads(const float* pa, const float* pb, F& even, F& odd) {
+    load_quads_avx2(pa, pb, even, odd);
   }
   // Input index of each lane's top-left cell: a + 2*(l % 4) for lanes 0-3, b + ... for 4-7.
   static I quad_index(std::uint32_t a, std::uint32_t b) {

@@ -10,6 +10,7 @@
 #include "common/isa.hpp"
 #include "im2gemm/common.hpp"
 #include "im2gemm/maxpool2d.hpp"
+#include "pool/pool_quads.hpp"
 
 namespace im2gemm::detail {
 
