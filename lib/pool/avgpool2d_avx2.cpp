@@ -64,6 +64,12 @@ struct Avx2 {
   static void quads(const float* pa, const float* pb, F& even, F& odd) {
     load_quads_avx2(pa, pb, even, odd);
   }
+  // Lanes 0-3 of v, each twice, into qa; lanes 4-7 into qb (a quad's 8 cells of one row).
+  static void spread_quads(F v, F& qa, F& qb) {
+    const F lo = _mm256_unpacklo_ps(v, v), hi = _mm256_unpackhi_ps(v, v);  // 0 0 1 1 | 4 4 5 5
+    qa = _mm256_permute2f128_ps(lo, hi, 0x20);
+    qb = _mm256_permute2f128_ps(lo, hi, 0x31);
+  }
   static F zero() { return _mm256_setzero_ps(); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
