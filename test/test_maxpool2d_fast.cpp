@@ -737,8 +737,9 @@ TEST_CASE("one-pass 2x2 backward: out-of-window argmax falls back exactly") {
   // there, possibly on top of another window's); those planes are zeroed and scattered, the
   // others keep the one-pass path. Small, two-thread and streamed (> 32 MiB) tensors.
   const std::vector<MaxPool2dShape> shapes{
-      pool2x2(2, 3, 9, 11), pool2x2(4, 4, 130, 131),
-      pool2x2(2, 24, 513, 515),  // dx 50.7 MB: streamed
+      pool2x2(2, 3, 9, 11),     pool2x2(4, 4, 130, 131),
+      pool2x2(6, 5, 24, 24),    pool2x2(3, 4, 15, 9),  // rows of whole quads (odd count, odd sizes)
+      pool2x2(2, 24, 513, 515),                        // dx 50.7 MB: streamed
   };
   for (const auto& s : shapes) {
     CAPTURE(testutil::describe(s));
