@@ -419,8 +419,12 @@ TEST_CASE(
     REQUIRE(s.out_width() == s.in_width);
     for (int pass = 0; pass < 3; ++pass) {
       const bool depthwise = s.groups == s.in_channels;  // narrow groups stay in rows
-      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2).flat ==
-            (depthwise && (pass < 2 || s.in_width < 16)));
+      const auto p = im2gemm::detail::plan_depthwise(s, pass, 2);
+      // k = 1 planes narrower than kDwLanesMaxWidth: channels on lanes instead
+      const bool lanes = depthwise && s.out_channels == s.in_channels &&
+                         s.in_width < im2gemm::detail::kDwLanesMaxWidth;
+      CHECK(p.lanes == lanes);
+      CHECK(p.flat == (depthwise && !lanes && (pass < 2 || s.in_width < 16)));
     }
     const Activation act = convcases::kActs[i % 4];
     const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 500, true);
@@ -442,4 +446,162 @@ TEST_CASE(
     ++i;
   }
   im2gemm::detail::set_min_macs_per_thread(0);
+}
+
+TEST_CASE("depthwise: the lanes kernels of every ISA agree with the scalar twin") {
+  using im2gemm::detail::DwLanesConv;
+  using im2gemm::detail::DwLanesDots;
+  using im2gemm::detail::DwLanesIn;
+  using im2gemm::detail::DwLanesOut;
+  std::mt19937 rng(13);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const auto& twin = im2gemm::detail::dw_kernels_scalar();
+  for (int trial = 0; trial < 300; ++trial) {
+    const bool ints = trial % 2 == 0;
+    auto fill = [&](std::size_t n, std::uint32_t seed) {
+      return ints ? testutil::random_ints(n, seed) : testutil::random_floats(n, seed);
+    };
+    const auto seed = static_cast<std::uint32_t>(trial * 50 + 7);
+    const int kh = trial % 3 == 0 ? 3 : pick(1, 5), kw = trial % 3 == 0 ? 3 : pick(1, 5);
+    const int sh = pick(1, 2), sw = pick(1, 2), dh = pick(1, 2), dw = pick(1, 2);
+    const int64_t OH = pick(1, 9), OW = pick(1, 15);
+    const int64_t R = (OH - 1) * sh + (kh - 1) * dh + 1, Q = (OW - 1) * sw + (kw - 1) * dw + 1;
+    const auto tile = fill(static_cast<std::size_t>(R * Q * 8), seed + 1);
+    const auto w = fill(static_cast<std::size_t>(kh * kw * 8), seed + 2);
+    const auto init = fill(8, seed + 3);
+    const auto dy = fill(static_cast<std::size_t>(OH * OW * 8), seed + 4);
+    const auto acc0 = fill(static_cast<std::size_t>((kh * kw + 1) * 8), seed + 5);
+    const bool relu = trial % 4 == 1;
+    std::vector<float> want(static_cast<std::size_t>(OH * OW * 8), testutil::kSentinel);
+    twin.lanes_conv(DwLanesConv{want.data(), OH, OW, tile.data(), Q, sh, sw, dh, dw, w.data(), kh,
+                                kw, init.data(), relu});
+    std::vector<float> dwant = acc0;
+    twin.lanes_dots(
+        DwLanesDots{dy.data(), OH, OW, tile.data(), Q, sh, sw, dh, dw, kh, kw, dwant.data()});
+    // Transposes: H x W planes of nch channels (stride H * W + 3) into a tile of Q columns, and
+    // back.
+    const int64_t H = pick(1, 9), W = pick(1, 15), Qt = W + pick(0, 3), stride = H * W + 3;
+    const int nch = pick(1, 8);
+    const auto planes = fill(static_cast<std::size_t>(8 * stride), seed + 6);
+    std::vector<float> twant(static_cast<std::size_t>((H * Qt + 8) * 8), testutil::kSentinel);
+    twin.lanes_in(DwLanesIn{twant.data(), Qt, planes.data(), stride, H, W, nch});
+    const auto otile = fill(static_cast<std::size_t>(H * W * 8), seed + 7);
+    std::vector<float> owant(static_cast<std::size_t>(8 * stride), testutil::kSentinel);
+    twin.lanes_out(DwLanesOut{owant.data(), stride, H * W, otile.data(), nch});
+    for (int64_t p = 0; p < H * W; ++p) {  // the twin's transposes are what they say
+      for (int l = 0; l < 8; ++l) {
+        const float tv = twant[static_cast<std::size_t>(((p / W) * Qt + p % W) * 8 + l)];
+        CHECK(tv == (l < nch ? planes[static_cast<std::size_t>(l * stride + p)] : 0.0f));
+        if (l < nch) {
+          CHECK(owant[static_cast<std::size_t>(l * stride + p)] ==
+                otile[static_cast<std::size_t>(p * 8 + l)]);
+        }
+      }
+    }
+    for (Isa isa : cpu_isas()) {
+      INFO("trial " << trial << " " << im2gemm::detail::isa_name(isa) << " kh " << kh << " kw "
+                    << kw << " OH " << OH << " OW " << OW << " ints " << ints);
+      const auto& k = im2gemm::detail::dw_kernels(isa);
+      std::vector<float> got(want.size(), testutil::kSentinel);
+      k.lanes_conv(DwLanesConv{got.data(), OH, OW, tile.data(), Q, sh, sw, dh, dw, w.data(), kh, kw,
+                               init.data(), relu});
+      CHECK(testutil::first_mismatch(got, want, ints ? 0.0f : 1e-5f, ints ? 0.0f : 1e-5f) == -1);
+      std::vector<float> dgot = acc0;
+      k.lanes_dots(
+          DwLanesDots{dy.data(), OH, OW, tile.data(), Q, sh, sw, dh, dw, kh, kw, dgot.data()});
+      CHECK(testutil::first_mismatch(dgot, dwant, ints ? 0.0f : 1e-4f, ints ? 0.0f : 1e-4f) == -1);
+      std::vector<float> tgot(twant.size(), testutil::kSentinel);
+      k.lanes_in(DwLanesIn{tgot.data(), Qt, planes.data(), stride, H, W, nch});
+      CHECK(testutil::bitwise_equal(tgot, twant));
+      std::vector<float> ogot(owant.size(), testutil::kSentinel);
+      k.lanes_out(DwLanesOut{ogot.data(), stride, H * W, otile.data(), nch});
+      CHECK(testutil::bitwise_equal(ogot, owant));
+    }
+  }
+}
+
+TEST_CASE(
+    "depthwise: channels on lanes (small planes, k = 1) on every ISA, 1 and 2 threads, exact on integers, bitwise the same at 1 and 2 threads") {
+  // {N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW}: C below 8, a multiple of 8 and not, planes
+  // 1x1 to 15x15, stride 2 (backward data then in planes), dilation, pads 0 to past the
+  // kernel's reach, 5x5 and 1x3 filters.
+  const int64_t L[][12] = {
+      {3, 3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},    {2, 8, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+      {2, 20, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},   {1, 17, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1},
+      {2, 11, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1}, {1, 9, 9, 15, 3, 3, 2, 1, 0, 1, 1, 1},
+      {2, 5, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1},    {1, 12, 2, 3, 3, 3, 1, 1, 2, 3, 1, 1},
+      {2, 10, 7, 7, 5, 5, 1, 1, 2, 2, 1, 1},   {1, 9, 8, 8, 3, 3, 1, 1, 2, 2, 2, 2},
+      {2, 7, 6, 9, 1, 3, 1, 1, 0, 1, 1, 1},    {1, 16, 10, 7, 3, 3, 3, 3, 0, 0, 1, 1},
+      {3, 2, 5, 5, 3, 3, 1, 1, 0, 0, 1, 1}};
+  im2gemm::detail::set_min_macs_per_thread(1);
+  int i = 0;
+  for (const auto& r : L) {
+    Conv2dShape s{.batch = r[0],
+                  .in_channels = r[1],
+                  .in_height = r[2],
+                  .in_width = r[3],
+                  .out_channels = r[1],
+                  .kernel_height = r[4],
+                  .kernel_width = r[5],
+                  .stride_height = r[6],
+                  .stride_width = r[7],
+                  .pad_height = r[8],
+                  .pad_width = r[9],
+                  .dilation_height = r[10],
+                  .dilation_width = r[11],
+                  .groups = r[1]};
+    s.validate();
+    INFO(testutil::describe(s));
+    const bool stride1 = s.stride_height == 1 && s.stride_width == 1;
+    for (int pass = 0; pass < 3; ++pass) {
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2).lanes == (pass != 1 || stride1));
+    }
+    for (int k = 0; k < 4; ++k) {
+      const Activation act = convcases::kActs[(i + k) % 4];
+      const bool bias = (i + k) % 3 != 2;
+      const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i * 4 + k) + 1500, true);
+      const auto ri = convcases::run_ref(s, di, act, bias);
+      const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i * 4 + k) + 1900, false);
+      const auto rf = convcases::run_ref(s, df, act, bias);
+      for (Isa isa : cpu_isas()) {
+        INFO(im2gemm::detail::isa_name(isa) << " act " << static_cast<int>(act));
+        convcases::Outputs f1;
+        for (int threads : {1, 2}) {
+          const ConvOptions o{GemmBackend::automatic, isa, threads};
+          for (ConvPass pass : kPasses) {
+            REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
+          }
+          CHECK(convcases::compare(s, convcases::run_with(o, s, di, act, bias), ri, true) == 3);
+          const auto f = convcases::run_with(o, s, df, act, bias);
+          CHECK(convcases::compare(s, f, rf, false) == 3);
+          if (threads == 1) {
+            f1 = f;
+          } else {
+            CHECK(testutil::bitwise_equal(f.y, f1.y));
+            CHECK(testutil::bitwise_equal(f.dx, f1.dx));
+            CHECK(testutil::bitwise_equal(f.dw, f1.dw));
+            CHECK(testutil::bitwise_equal(f.db, f1.db));
+          }
+        }
+      }
+    }
+    ++i;
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+  // Narrow but tall planes: the per-plane paths (the lanes tile would not be bounded).
+  Conv2dShape tall{.batch = 1,
+                   .in_channels = 8,
+                   .in_height = 3000,
+                   .in_width = 8,
+                   .out_channels = 8,
+                   .kernel_height = 3,
+                   .kernel_width = 3,
+                   .pad_height = 1,
+                   .pad_width = 1,
+                   .groups = 8};
+  for (int pass = 0; pass < 3; ++pass) {
+    const auto p = im2gemm::detail::plan_depthwise(tall, pass, 2);
+    CHECK_FALSE(p.lanes);
+    CHECK(p.scratch_bytes() <= im2gemm::detail::kMaxScratchBytesPerThread);
+  }
 }

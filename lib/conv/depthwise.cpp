@@ -83,6 +83,12 @@ void plane_zero(const DwPlan& p, float* out) {
   std::fill(out, out + p.planes * p.psize + kVec, 0.0f);
 }
 
+/// Most pixels of a lanes tile (8 floats each: 128 KiB), and of its output tile.
+constexpr i64 kDwLanesMaxTilePixels = 4096;
+
+/// Most taps the lanes kernels take (their offset table on the stack).
+constexpr i64 kDwLanesMaxTaps = 64;
+
 /// Widest filter side the flat planes take (their tap tables on the stack).
 constexpr i64 kFlatMaxTaps = 16;
 
@@ -120,6 +126,37 @@ FlatStage flat_stage(const DwPlan& p, const Geo& g, const DwKernels& kern, int p
   flat_taps(g, pass, st.ro, st.co);
   for (i64 c = 0; c < count; ++c) kern.copy(scratch + c * p.psize + p.flat_lead, src + c * n, n, 1);
   return st;
+}
+
+// Channels on lanes (DwLanes*): depthwise with one filter a channel, planes narrower than
+// kDwLanesMaxWidth; backward data only at stride 1 (its zero-stuffed dy: the per-plane path).
+// Channel multipliers k > 1 keep the per-plane path (a channel's planes would not be 8
+// adjacent channels of one tensor on both sides).
+bool lanes_eligible(const Geo& g, int pass) {
+  return g.Cg == 1 && g.Fg == 1 && g.W < kDwLanesMaxWidth &&
+         (pass != 1 || (g.SH == 1 && g.SW == 1)) && g.KH * g.KW <= kDwLanesMaxTaps;
+}
+
+// A lanes item's scratch: the tile (zeroed on the thread's first item), the output (or dy)
+// tile, the [tap][8] weights (or sums) and the 8 inits.
+struct LanesStage {
+  float* tile;
+  float* out;
+  float* w;
+  float* init;
+};
+
+LanesStage lanes_stage(const DwPlan& p, const Geo& g, float* scratch, bool first, i64 out_pixels) {
+  LanesStage st{scratch, scratch + p.psize, nullptr, nullptr};
+  st.w = st.out + round_up(out_pixels, 8) * kDwLanes;
+  st.init = st.w + (g.KH * g.KW + 1) * kDwLanes;
+  if (first) std::fill(scratch, scratch + p.psize, 0.0f);
+  return st;
+}
+
+// Brings n floats at p towards the cache (the lanes path's next item).
+void prefetch_planes(const float* p, i64 n) {
+  for (i64 i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
 }
 
 template <class Body>
@@ -164,6 +201,37 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   const i64 taps = g.KH * g.KW;
   const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
   p.stream = pass != 2 && (pass == 0 ? g.Cg : g.Fg) == 1 && out_bytes >= kDwStreamMinBytes;
+  if (lanes_eligible(g, pass)) {
+    DwPlan q = p;
+    q.lanes = true;
+    q.stream = false;
+    q.cgroups = (g.C + kDwLanes - 1) / kDwLanes;
+    q.items = pass == 2 ? q.cgroups : g.N * q.cgroups;
+    q.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, q.items,
+                                                                 macs / min_macs_per_thread()})));
+    q.run_inline = q.threads == 1 && macs <= kMaxMacsInline;
+    // Output pixels (o1, o2) read tile pixels (o1 * S1 + read_r0 + k1 * D1, ...); the source
+    // plane of Hs x Ws sits at (tile_r0, tile_c0).
+    i64 Hs = g.H, Ws = g.W, Ho = g.OH, Wo = g.OW;
+    if (pass == 1) {  // dx = stride-1 correlation of dy with the flipped filter
+      const i64 base_h = g.PH - (g.KH - 1) * g.DH, base_w = g.PW - (g.KW - 1) * g.DW;
+      Hs = g.OH, Ws = g.OW, Ho = g.H, Wo = g.W;
+      q.tile_r0 = std::max<i64>(0, -base_h), q.tile_c0 = std::max<i64>(0, -base_w);
+      q.read_r0 = std::max<i64>(0, base_h), q.read_c0 = std::max<i64>(0, base_w);
+    } else {
+      q.tile_r0 = g.PH, q.tile_c0 = g.PW;
+    }
+    const i64 S1 = pass == 1 ? 1 : g.SH, S2 = pass == 1 ? 1 : g.SW;
+    q.tile_rows = std::max(Hs + q.tile_r0, q.read_r0 + (Ho - 1) * S1 + (g.KH - 1) * g.DH + 1);
+    q.tile_q = std::max(Ws + q.tile_c0, q.read_c0 + (Wo - 1) * S2 + (g.KW - 1) * g.DW + 1);
+    q.psize = q.tile_rows * q.tile_q * kDwLanes;
+    // Tile, output (backward weights: dy) tile, [tap][8] weights or sums, 8 inits.
+    q.scratch_floats = q.psize + round_up(Ho * Wo, 8) * kDwLanes + (taps + 2) * kDwLanes + 16;
+    // Tall planes (narrow but many rows): the per-plane paths, whose scratch stays bounded.
+    if (q.tile_rows * q.tile_q <= kDwLanesMaxTilePixels && Ho * Wo <= kDwLanesMaxTilePixels) {
+      return q;
+    }
+  }
   p.flat = flat_eligible(g) && g.W < (pass == 2 ? kDwFlatMaxWidthWeights : kDwFlatMaxWidth);
   if (p.flat) {
     // Source plane (x, or dy for backward data) of n_src floats, outputs n_out; reads from
@@ -222,6 +290,36 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   const bool relu = act == Activation::relu;  // fused into the store
   // Non-temporal stores unless another activation reads the plane back.
   const bool stream = p.stream && (act == Activation::identity || relu);
+  if (p.lanes) {
+    const i64 HW = g.H * g.W;
+    run_items(p, [&](i64 it, float* scratch, bool first) {
+      const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
+      const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
+      const LanesStage st = lanes_stage(p, g, scratch, first, P);
+      if (first || n == 0) {  // the group's [tap][8] weights and biases (zeros past C)
+        for (i64 t = 0; t < taps; ++t) {
+          for (int l = 0; l < kDwLanes; ++l)
+            st.w[t * kDwLanes + l] = l < nch ? w[(c0 + l) * taps + t] : 0.0f;
+        }
+        for (int l = 0; l < kDwLanes; ++l)
+          st.init[l] = l < nch && bias != nullptr ? bias[c0 + l] : 0.0f;
+      }
+      kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes, p.tile_q,
+                              x + (n * g.C + c0) * HW, HW, g.H, g.W, nch});
+      if (it + 1 < p.items) {  // the next item's planes are not adjacent (groups major)
+        const i64 nn = (it + 1) % g.N, nc0 = (it + 1) / g.N * kDwLanes;
+        prefetch_planes(x + (nn * g.C + nc0) * HW, std::min<i64>(kDwLanes, g.C - nc0) * HW);
+      }
+      kern.lanes_conv(DwLanesConv{st.out, g.OH, g.OW,
+                                  st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
+                                  g.SH, g.SW, g.DH, g.DW, st.w, static_cast<int>(g.KH),
+                                  static_cast<int>(g.KW), st.init, relu});
+      // sigmoid, tanh: on the cached output tile, before the store
+      if (!relu) activation_forward_unchecked(act, st.out, P * kDwLanes);
+      kern.lanes_out(DwLanesOut{y + (n * g.F + c0) * P, P, P, st.out, nch});
+    });
+    return;
+  }
   if (p.flat) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 n = it / g.G, gi = it % g.G;
@@ -273,6 +371,38 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
+  if (p.lanes) {
+    const i64 OP = g.OH * g.OW;
+    run_items(p, [&](i64 it, float* scratch, bool first) {
+      const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
+      const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
+      const LanesStage st = lanes_stage(p, g, scratch, first, HW);
+      if (first || n == 0) {  // the group's filters rotated by 180 degrees, [tap][8]
+        for (i64 t = 0; t < taps; ++t) {
+          for (int l = 0; l < kDwLanes; ++l)
+            st.w[t * kDwLanes + l] = l < nch ? w[(c0 + l) * taps + taps - 1 - t] : 0.0f;
+        }
+        std::fill(st.init, st.init + kDwLanes, 0.0f);
+      }
+      kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes, p.tile_q,
+                              dy + (n * g.F + c0) * OP, OP, g.OH, g.OW, nch});
+      if (it + 1 < p.items) {  // the next item's planes are not adjacent (groups major)
+        const i64 nn = (it + 1) % g.N, nc0 = (it + 1) / g.N * kDwLanes;
+        prefetch_planes(dy + (nn * g.F + nc0) * OP, std::min<i64>(kDwLanes, g.C - nc0) * OP);
+      }
+      kern.lanes_conv(DwLanesConv{st.out, g.H, g.W,
+                                  st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
+                                  1, 1, g.DH, g.DW, st.w, static_cast<int>(g.KH),
+                                  static_cast<int>(g.KW), st.init, false});
+      float* dxc = dx + (n * g.C + c0) * HW;
+      kern.lanes_out(DwLanesOut{dxc, HW, HW, st.out, nch});
+      if (act != Activation::identity) {  // on the cached planes
+        for (int l = 0; l < nch; ++l)
+          act_backward(act, x + (n * g.C + c0 + l) * HW, dxc + l * HW, HW);
+      }
+    });
+    return;
+  }
   if (p.flat) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 n = it / g.G, gi = it % g.G;
@@ -326,6 +456,38 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
+  if (p.lanes) {
+    const i64 HW = g.H * g.W, OP = g.OH * g.OW;
+    run_with_scratch(
+        p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
+          const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+          for (i64 cb = a; cb < b; ++cb) {
+            const i64 c0 = cb * kDwLanes;
+            const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
+            const LanesStage st = lanes_stage(p, g, scratch, cb == a, OP);
+            float* acc = st.w;  // [slot][8]: the taps' sums, then dy's
+            std::fill(acc, acc + slots * kDwLanes, 0.0f);
+            for (i64 n = 0; n < g.N; ++n) {  // images in order: independent of the threads
+              kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes,
+                                      p.tile_q, x + (n * g.C + c0) * HW, HW, g.H, g.W, nch});
+              kern.lanes_in(DwLanesIn{st.out, g.OW, dy + (n * g.F + c0) * OP, OP, g.OH, g.OW, nch});
+              if (n + 1 < g.N) {  // the next image's planes
+                prefetch_planes(x + ((n + 1) * g.C + c0) * HW, nch * HW);
+                prefetch_planes(dy + ((n + 1) * g.F + c0) * OP, nch * OP);
+              }
+              kern.lanes_dots(DwLanesDots{st.out, g.OH, g.OW,
+                                          st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes,
+                                          p.tile_q, g.SH, g.SW, g.DH, g.DW, static_cast<int>(g.KH),
+                                          static_cast<int>(g.KW), acc});
+            }
+            for (int l = 0; l < nch; ++l) {
+              for (i64 tp = 0; tp < taps; ++tp) dw[(c0 + l) * taps + tp] = acc[tp * kDwLanes + l];
+              if (db != nullptr) db[c0 + l] = acc[taps * kDwLanes + l];
+            }
+          }
+        });
+    return;
+  }
   run_with_scratch(
       p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float* scratch) {
         float* planes = scratch;

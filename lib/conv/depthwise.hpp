@@ -25,6 +25,15 @@
 // the row ends, the taps at flat offsets, the lanes whose tap column falls outside the row
 // masked to zero): no per-row set-up, no idle lanes at the row ends (a 7x7 plane: 7 vectors,
 // not 7 rows of 7 lanes each).
+// Small planes of depthwise layers with one filter a channel (k = 1) take "channels on lanes"
+// (DwLanes*, DwPlan::lanes) instead: 8 channels at a time, their planes transposed into a
+// channel-interleaved, zero-padded tile (tile[(r * Q + q) * 8 + lane]), so that every tap of
+// every output pixel is one vector FMA with the 8 channels' weights of that tap (transposed
+// per channel group into [tap][8]): no masks, no per-row or per-plane set-up. The 8 outputs
+// of a pixel go to an interleaved output tile, transposed back to NCHW planes. Work items:
+// (group of 8 channels, image), groups major (backward weights: groups, images summed in
+// order); the last group's lanes past C hold zeros. Channel multipliers k > 1 and backward
+// data with a stride > 1 keep the per-plane path.
 // Work items are (image, group) (backward weights: groups, images summed in order for each
 // group, chunks of groups read image by image), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
 // and the result does not depend on the thread count at all.
@@ -115,6 +124,60 @@ struct DwFlatDots {
   float* vacc;  ///< (KH * KW + 1) slots of 16 floats
 };
 
+/// Lanes of the channel-interleaved tiles (DwLanes*): channels a group, floats a tile pixel.
+inline constexpr int kDwLanes = 8;
+
+/// Planes into a tile: tile[((p / W) * Q + p % W) * 8 + l] = l < nch ? src[l * stride + p] : 0
+/// for p < H * W, l < 8 (tile: at the plane's first pixel; nothing else written).
+struct DwLanesIn {
+  float* tile;
+  i64 Q;
+  const float* src;
+  i64 stride, H, W;
+  int nch;
+};
+
+/// A tile back to planes: dst[l * stride + p] = tile[p * 8 + l] for p < n, l < nch (tile
+/// readable up to round_up(n, 8) pixels).
+struct DwLanesOut {
+  float* dst;
+  i64 stride, n;
+  const float* tile;
+  int nch;
+};
+
+/// Forward (and backward data on the dy tile with the flipped filter) over a tile, overwriting:
+///   out[(oh * OW + ow) * 8 + l] = act(init[l] + sum over kh < KH, kw < KW, in that order, of
+///     w[(kh * KW + kw) * 8 + l] * tile[((oh * SH + kh * DH) * Q + ow * SW + kw * DW) * 8 + l])
+/// (act: relu if set, else none).
+struct DwLanesConv {
+  float* out;
+  i64 OH, OW;
+  const float* tile;
+  i64 Q, SH, SW, DH, DW;
+  const float* w;  ///< [tap][8]
+  int KH, KW;
+  const float* init;  ///< 8 floats
+  bool relu;
+};
+
+/// Backward weights over a tile, accumulating, pixels in order (oh, then ow) for every lane:
+///   acc[t * 8 + l] += dy[p * 8 + l] * tile[(tap t's position of pixel p, as DwLanesConv) * 8 + l]
+///   acc[KH * KW * 8 + l] += dy[p * 8 + l]
+struct DwLanesDots {
+  const float* dy;  ///< OH * OW pixels of 8
+  i64 OH, OW;
+  const float* tile;
+  i64 Q, SH, SW, DH, DW;
+  int KH, KW;
+  float* acc;  ///< (KH * KW + 1) x 8 floats
+};
+
+using DwLanesInFn = void (*)(const DwLanesIn&);
+using DwLanesOutFn = void (*)(const DwLanesOut&);
+using DwLanesConvFn = void (*)(const DwLanesConv&);
+using DwLanesDotsFn = void (*)(const DwLanesDots&);
+
 using DwPlaneFn = void (*)(const DwPlane&);
 using DwDotsFn = void (*)(const DwDots&);
 using DwFlatFn = void (*)(const DwFlat&);
@@ -130,6 +193,10 @@ struct DwKernels {
   DwCopyFn copy;
   DwFlatFn flat;
   DwFlatDotsFn flat_dots;
+  DwLanesInFn lanes_in;
+  DwLanesOutFn lanes_out;
+  DwLanesConvFn lanes_conv;
+  DwLanesDotsFn lanes_dots;
   const char* isa;
 };
 
@@ -138,6 +205,11 @@ const DwKernels& dw_kernels(Isa isa);
 const DwKernels& dw_kernels_scalar();
 const DwKernels& dw_kernels_avx2();
 const DwKernels& dw_kernels_avx512();
+/// The AVX2 lanes kernels (8 lanes), which the AVX-512 table reuses.
+void dw_lanes_in_avx2(const DwLanesIn& a);
+void dw_lanes_out_avx2(const DwLanesOut& a);
+void dw_lanes_conv_avx2(const DwLanesConv& a);
+void dw_lanes_dots_avx2(const DwLanesDots& a);
 
 /// The reference twins of the kernels: the same contract, one scalar multiply-add at a time
 /// in the obvious order (the tests compare every ISA's kernels against them; dots: in double,
@@ -147,6 +219,8 @@ void dw_dots_twin(const DwDots& a);
 void dw_copy_twin(float* d, const float* src, i64 n, i64 stride);
 void dw_flat_twin(const DwFlat& a);
 void dw_flat_dots_twin(const DwFlatDots& a);
+// The lanes kernels' twins are the scalar ISA's (dw_kernels_scalar().lanes_*): the same
+// algorithm over 8 floats in arrays, the same order of operations in every lane.
 
 /// Outputs from this size on are written with non-temporal stores (larger than the 8 MiB that
 /// the suite's layers in cache fill; mbv1_dw1's 12.8 MB y, mbv1_dw2_s2's 25.7 MB dx).
@@ -164,6 +238,10 @@ inline constexpr i64 kDwWeightsChunkFilters = 64;
 /// (measured on the grouped suite: mbv1_dw_7 and _28, mbv2_dw_b1).
 inline constexpr i64 kDwFlatMaxWidth = 64;
 inline constexpr i64 kDwFlatMaxWidthWeights = 16;
+
+/// Channels on lanes (DwLanes*) for depthwise k = 1 planes narrower than this (stride 1 for
+/// backward data): measured on the grouped suite (mbv1_dw_7).
+inline constexpr i64 kDwLanesMaxWidth = 16;
 
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
@@ -198,6 +276,13 @@ struct DwPlan {
   /// for backward data) and an output above kDwStreamMinBytes: non-temporal stores (a write
   /// without its read for ownership; the output is not read back soon).
   bool stream = false;
+  /// Channels on lanes (DwLanes*): items are (group of 8 channels, image), groups major
+  /// (backward weights: groups). The source plane (x; backward data: dy) sits in a zeroed
+  /// tile_rows x tile_q tile at (tile_r0, tile_c0); output pixel (0, 0)'s first tap reads tile
+  /// pixel (read_r0, read_c0).
+  bool lanes = false;
+  i64 cgroups = 0;
+  i64 tile_rows = 0, tile_q = 0, tile_r0 = 0, tile_c0 = 0, read_r0 = 0, read_c0 = 0;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };
 DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd weights*/,

@@ -72,8 +72,12 @@ void flat_dots_avx512(const DwFlatDots& a) { flat_dots<Avx512>(a); }
 }  // namespace
 
 const DwKernels& dw_kernels_avx512() {
-  static const DwKernels k{&plane_avx512, &dots_avx512,      &copy_avx512,
-                           &flat_avx512,  &flat_dots_avx512, "avx512"};
+  // The lanes kernels: AVX2's (8 channels a tile pixel on every ISA).
+  static const DwKernels k{&plane_avx512,       &dots_avx512,
+                           &copy_avx512,        &flat_avx512,
+                           &flat_dots_avx512,   &dw_lanes_in_avx2,
+                           &dw_lanes_out_avx2,  &dw_lanes_conv_avx2,
+                           &dw_lanes_dots_avx2, "avx512"};
   return k;
 }
 

@@ -2,6 +2,7 @@
 // IM2GEMM_ISA=scalar runs. Also the kernels' reference twins.
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "conv/depthwise.hpp"
 
@@ -34,6 +35,52 @@ struct Scalar {
 
 #include "conv/depthwise_kernels.inc"
 
+// The lanes kernels' type: 8 floats in an array, one lane at a time.
+struct Lanes8 {
+  struct F {
+    float v[8];
+  };
+  static F zero() { return F{}; }
+  static F loadu(const float* p) {
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static F load_n(const float* p, int n) {
+    F r{};
+    for (int l = 0; l < n; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static void storeu(float* p, const F& v) {
+    for (int l = 0; l < 8; ++l) p[l] = v.v[l];
+  }
+  static void store_n(float* p, const F& v, int n) {
+    for (int l = 0; l < n; ++l) p[l] = v.v[l];
+  }
+  static F add(const F& a, const F& b) {
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] + b.v[l];
+    return r;
+  }
+  static F fma(const F& a, const F& b, const F& c) {
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l];
+    return r;
+  }
+  static F relu(const F& a) {  // activation_forward: NaN -> 0
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] > 0.0f ? a.v[l] : 0.0f;
+    return r;
+  }
+  static void transpose8(F* v) {
+    for (int i = 0; i < 8; ++i) {
+      for (int j = i + 1; j < 8; ++j) std::swap(v[i].v[j], v[j].v[i]);
+    }
+  }
+};
+
+#include "conv/depthwise_lanes.inc"
+
 void plane_scalar(const DwPlane& a) { plane<Scalar>(a); }
 void dots_scalar(const DwDots& a) { dots<Scalar>(a); }
 void copy_scalar(float* d, const float* src, i64 n, i64 stride) {
@@ -41,12 +88,18 @@ void copy_scalar(float* d, const float* src, i64 n, i64 stride) {
 }
 void flat_scalar(const DwFlat& a) { flat<Scalar>(a); }
 void flat_dots_scalar(const DwFlatDots& a) { flat_dots<Scalar>(a); }
+void lanes_in_scalar(const DwLanesIn& a) { lanes_in<Lanes8>(a); }
+void lanes_out_scalar(const DwLanesOut& a) { lanes_out<Lanes8>(a); }
+void lanes_conv_scalar(const DwLanesConv& a) { lanes_conv<Lanes8>(a); }
+void lanes_dots_scalar(const DwLanesDots& a) { lanes_dots<Lanes8>(a); }
 
 }  // namespace
 
 const DwKernels& dw_kernels_scalar() {
-  static const DwKernels k{&plane_scalar, &dots_scalar,      &copy_scalar,
-                           &flat_scalar,  &flat_dots_scalar, "scalar"};
+  static const DwKernels k{&plane_scalar,     &dots_scalar,       &copy_scalar,
+                           &flat_scalar,      &flat_dots_scalar,  &lanes_in_scalar,
+                           &lanes_out_scalar, &lanes_conv_scalar, &lanes_dots_scalar,
+                           "scalar"};
   return k;
 }
 
