@@ -235,13 +235,16 @@ inline constexpr i64 kDwWeightsChunkFilters = 64;
 /// these widths (exclusive): narrower rows leave most lanes of their last vector idle in the
 /// row kernels, and their per-row set-up is a large part of a small plane. Backward weights
 /// only for the narrowest rows: its flat kernel masks nine loads a vector, the row kernel none
-/// (measured on the grouped suite: mbv1_dw_7 and _28, mbv2_dw_b1).
+/// (measured on the grouped suite: mbv1_dw_7 and _28, mbv2_dw_b1). Depthwise k = 1 planes
+/// that fit a lanes tile take channels on lanes instead (kDwLanesMaxWidth).
 inline constexpr i64 kDwFlatMaxWidth = 64;
 inline constexpr i64 kDwFlatMaxWidthWeights = 16;
 
 /// Channels on lanes (DwLanes*) for depthwise k = 1 planes narrower than this (stride 1 for
-/// backward data): measured on the grouped suite (mbv1_dw_7).
-inline constexpr i64 kDwLanesMaxWidth = 16;
+/// backward data; the tile also bounded in pixels, depthwise.cpp): measured ahead of the flat
+/// and row paths on the grouped suite's 7x7, 28x28 and 56x56 layers (mbv1_dw_7, mbv1_dw_28,
+/// mbv2_dw_b1), all three passes.
+inline constexpr i64 kDwLanesMaxWidth = 64;
 
 /// Widest stride the prepared planes split into phases (wider: the GEMM path, conv_path).
 inline constexpr i64 kDwMaxStrideWidth = 16;
