@@ -605,3 +605,40 @@ TEST_CASE(
     CHECK(p.scratch_bytes() <= im2gemm::detail::kMaxScratchBytesPerThread);
   }
 }
+
+TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes nothing") {
+  Conv2dShape s{.batch = 2,
+                .in_channels = 20,
+                .in_height = 7,
+                .in_width = 7,
+                .out_channels = 20,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = 20};
+  const auto d = convcases::make_data(s, 19, true);
+  im2gemm::detail::set_min_macs_per_thread(1);
+  const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2};
+  for (int pass = 0; pass < 3; ++pass) REQUIRE(im2gemm::detail::plan_depthwise(s, pass, 2).lanes);
+  for (int bad : {0, 1}) {
+    im2gemm::detail::set_fail_scratch_thread(bad);
+    std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
+    std::vector<float> dx(static_cast<std::size_t>(s.x_size()), testutil::kSentinel);
+    std::vector<float> dw(static_cast<std::size_t>(s.w_size()), testutil::kSentinel);
+    std::vector<float> db(static_cast<std::size_t>(s.out_channels), testutil::kSentinel);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_forward_with(o, s, d.x, d.w, d.bias, y,
+                                                         Activation::sigmoid),
+                    std::bad_alloc);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_data_with(o, s, d.dy, d.w, dx,
+                                                               Activation::relu, d.xact),
+                    std::bad_alloc);
+    CHECK_THROWS_AS(im2gemm::detail::conv2d_backward_weights_with(o, s, d.x, d.dy, dw, db),
+                    std::bad_alloc);
+    im2gemm::detail::set_fail_scratch_thread(-1);
+    for (const auto* v : {&y, &dx, &dw, &db}) {
+      CHECK(std::all_of(v->begin(), v->end(), [](float f) { return f == testutil::kSentinel; }));
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+}
