@@ -196,6 +196,9 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
+    Conv2dShape strided = vgg;  // stride 2: the openblas path (kMaxPackedForwardStride)
+    strided.stride_height = strided.stride_width = 2;
+    CHECK(fwd(strided) == GemmBackend::openblas);
     // Backward weights: packed on 16-lane panels wherever B is packed straight from x
     // (stride 1, not 1x1 s1 p0), else for planes of >= 256 pixels only.
     const auto bww = [&](const Conv2dShape& s) {

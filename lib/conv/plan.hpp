@@ -82,6 +82,11 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 /// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
 /// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).
 inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
+/// Forward on the packed engine only up to this horizontal stride. Stride 2 was measured
+/// behind the openblas path (bench_conv, GFLOP/s, 4 alternating runs, medians, AVX2 on Zen 3:
+/// resnet_conv1 84.6 vs 105, resnet_3x3s2 100.7 vs 111; on AVX-512 earlier, 155 vs 151 and
+/// 162 vs 167): its packer's strided loads cost 0.4-0.6 of the micro-kernel's time there.
+inline constexpr std::int64_t kMaxPackedForwardStride = 1;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
