@@ -159,6 +159,22 @@ void prefetch_planes(const float* p, i64 n) {
   for (i64 i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
 }
 
+// Item `it` (channel group it / N, image it % N) of a lanes pass: its up to 8 source planes
+// (src: channels x rows x cols per image) into the tile, then the next item's planes towards
+// the cache (they are not adjacent: groups major).
+void lanes_load(const DwPlan& p, const DwKernels& kern, const LanesStage& st, const float* src,
+                i64 channels, i64 rows, i64 cols, i64 N, i64 it) {
+  const i64 plane = rows * cols, c0 = it / N * kDwLanes, n = it % N;
+  kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes, p.tile_q,
+                          src + (n * channels + c0) * plane, plane, rows, cols,
+                          static_cast<int>(std::min<i64>(kDwLanes, channels - c0))});
+  if (it + 1 < p.items) {
+    const i64 nn = (it + 1) % N, nc0 = (it + 1) / N * kDwLanes;
+    prefetch_planes(src + (nn * channels + nc0) * plane,
+                    std::min<i64>(kDwLanes, channels - nc0) * plane);
+  }
+}
+
 template <class Body>
 void run_items(const DwPlan& p, Body&& body) {
   run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(),
@@ -291,7 +307,6 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   // Non-temporal stores unless another activation reads the plane back.
   const bool stream = p.stream && (act == Activation::identity || relu);
   if (p.lanes) {
-    const i64 HW = g.H * g.W;
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
       const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
@@ -304,12 +319,7 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
         for (int l = 0; l < kDwLanes; ++l)
           st.init[l] = l < nch && bias != nullptr ? bias[c0 + l] : 0.0f;
       }
-      kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes, p.tile_q,
-                              x + (n * g.C + c0) * HW, HW, g.H, g.W, nch});
-      if (it + 1 < p.items) {  // the next item's planes are not adjacent (groups major)
-        const i64 nn = (it + 1) % g.N, nc0 = (it + 1) / g.N * kDwLanes;
-        prefetch_planes(x + (nn * g.C + nc0) * HW, std::min<i64>(kDwLanes, g.C - nc0) * HW);
-      }
+      lanes_load(p, kern, st, x, g.C, g.H, g.W, g.N, it);
       kern.lanes_conv(DwLanesConv{st.out, g.OH, g.OW,
                                   st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
                                   g.SH, g.SW, g.DH, g.DW, st.w, static_cast<int>(g.KH),
@@ -372,7 +382,6 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
   if (p.lanes) {
-    const i64 OP = g.OH * g.OW;
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
       const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
@@ -384,12 +393,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
         }
         std::fill(st.init, st.init + kDwLanes, 0.0f);
       }
-      kern.lanes_in(DwLanesIn{st.tile + (p.tile_r0 * p.tile_q + p.tile_c0) * kDwLanes, p.tile_q,
-                              dy + (n * g.F + c0) * OP, OP, g.OH, g.OW, nch});
-      if (it + 1 < p.items) {  // the next item's planes are not adjacent (groups major)
-        const i64 nn = (it + 1) % g.N, nc0 = (it + 1) / g.N * kDwLanes;
-        prefetch_planes(dy + (nn * g.F + nc0) * OP, std::min<i64>(kDwLanes, g.C - nc0) * OP);
-      }
+      lanes_load(p, kern, st, dy, g.F, g.OH, g.OW, g.N, it);
       kern.lanes_conv(DwLanesConv{st.out, g.H, g.W,
                                   st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
                                   1, 1, g.DH, g.DW, st.w, static_cast<int>(g.KH),
