@@ -159,6 +159,18 @@ void prefetch_planes(const float* p, i64 n) {
   for (i64 i = 0; i < n; i += 16) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T0);
 }
 
+// A lanes group's filters, [tap][8] (rotated by 180 degrees for backward data), and the 8
+// inits (bias, or zero); lanes past nch zero.
+void lanes_filters(const LanesStage& st, const float* w, const float* bias, i64 c0, int nch,
+                   i64 taps, bool rotated) {
+  for (i64 t = 0; t < taps; ++t) {
+    const i64 tap = rotated ? taps - 1 - t : t;
+    for (int l = 0; l < kDwLanes; ++l)
+      st.w[t * kDwLanes + l] = l < nch ? w[(c0 + l) * taps + tap] : 0.0f;
+  }
+  for (int l = 0; l < kDwLanes; ++l) st.init[l] = l < nch && bias != nullptr ? bias[c0 + l] : 0.0f;
+}
+
 // Item `it` (channel group it / N, image it % N) of a lanes pass: its up to 8 source planes
 // (src: channels x rows x cols per image) into the tile, then the next item's planes towards
 // the cache (they are not adjacent: groups major).
@@ -311,14 +323,7 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
       const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
       const LanesStage st = lanes_stage(p, g, scratch, first, P);
-      if (first || n == 0) {  // the group's [tap][8] weights and biases (zeros past C)
-        for (i64 t = 0; t < taps; ++t) {
-          for (int l = 0; l < kDwLanes; ++l)
-            st.w[t * kDwLanes + l] = l < nch ? w[(c0 + l) * taps + t] : 0.0f;
-        }
-        for (int l = 0; l < kDwLanes; ++l)
-          st.init[l] = l < nch && bias != nullptr ? bias[c0 + l] : 0.0f;
-      }
+      if (first || n == 0) lanes_filters(st, w, bias, c0, nch, taps, false);
       lanes_load(p, kern, st, x, g.C, g.H, g.W, g.N, it);
       kern.lanes_conv(DwLanesConv{st.out, g.OH, g.OW,
                                   st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
@@ -386,13 +391,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
       const int nch = static_cast<int>(std::min<i64>(kDwLanes, g.C - c0));
       const LanesStage st = lanes_stage(p, g, scratch, first, HW);
-      if (first || n == 0) {  // the group's filters rotated by 180 degrees, [tap][8]
-        for (i64 t = 0; t < taps; ++t) {
-          for (int l = 0; l < kDwLanes; ++l)
-            st.w[t * kDwLanes + l] = l < nch ? w[(c0 + l) * taps + taps - 1 - t] : 0.0f;
-        }
-        std::fill(st.init, st.init + kDwLanes, 0.0f);
-      }
+      if (first || n == 0) lanes_filters(st, w, nullptr, c0, nch, taps, true);
       lanes_load(p, kern, st, dy, g.F, g.OH, g.OW, g.N, it);
       kern.lanes_conv(DwLanesConv{st.out, g.H, g.W,
                                   st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
