@@ -20,6 +20,13 @@ inline bool quads_apply(std::int64_t h, std::int64_t w, std::int64_t ow, std::in
          (oh_end - oh_begin) * (ow / 4) >= 2;
 }
 
+/// A pooling kernel type with the two-quad load: V::quads(pa, pb, even, odd) puts lanes
+/// [0, N/2) from pa and [N/2, N) from pb, floats 2*i in `even` and 2*i + 1 in `odd`.
+template <class V>
+concept HasQuads = requires(const float* p, typename V::F& f) {
+  V::quads(p, p, f, f);
+};
+
 /// Calls f(a, b, out) for each vector of two quads over output rows [oh_begin, oh_end) of a
 /// plane of width w: a and b are the input indices of the two quads' top-left cells (quad
 /// q: output row oh_begin + q / (ow/4), columns from 4 * (q % (ow/4)), input cell 2*oh*w +
