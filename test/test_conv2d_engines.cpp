@@ -46,7 +46,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   std::mt19937 rng(20261202);
   constexpr int kShapes = 320, kWide = 40;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
-  int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0;
+  int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0;
   for (int i = 0; i < kShapes + kWide; ++i) {
     const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
     const Activation act = convcases::kActs[i % 4];
@@ -69,6 +69,10 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
           if (threads == 2)
             convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false);
           ++runs;
+          phases +=
+              be == GemmBackend::packed &&
+              im2gemm::detail::plan_packed(im2gemm::detail::packed_forward_problem(s), isa, threads)
+                  .phases;
           packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) ==
                         GemmBackend::packed;
           packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) ==
@@ -82,7 +86,9 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
                             << ", packed backward data " << packed_bwd
-                            << ", packed backward weights " << packed_w);
+                            << ", packed backward weights " << packed_w
+                            << "; packed forward from column phases " << phases);
+  CHECK(phases > runs / 8);  // strides 2..4 of unfolded plans: the scalar and AVX2 phases
   CHECK(packed_fwd ==
         runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
@@ -196,9 +202,22 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
-    Conv2dShape strided = vgg;  // stride 2: the openblas path (kMaxPackedForwardStride)
-    strided.stride_height = strided.stride_width = 2;
+    // Strides 2..4: packed where the plan packs from column phases (AVX2), openblas where
+    // it would pack with strided loads (AVX-512, folded images); stride 5: openblas.
+    const GemmBackend phases = im2gemm::detail::phase_packer(isa).pack != nullptr
+                                   ? GemmBackend::packed
+                                   : GemmBackend::openblas;
+    Conv2dShape strided = vgg;
+    for (int64_t st : {2, 3, 4}) {
+      strided.stride_height = strided.stride_width = st;
+      CHECK(fwd(strided) == phases);
+    }
+    strided.stride_height = strided.stride_width = 5;
     CHECK(fwd(strided) == GemmBackend::openblas);
+    Conv2dShape folded = vgg;  // 14x14 -> 7x7 at stride 2: 49-pixel images side by side
+    folded.in_height = folded.in_width = 14;
+    folded.stride_height = folded.stride_width = 2;
+    CHECK(fwd(folded) == GemmBackend::openblas);
     // Backward weights: packed on 16-lane panels wherever B is packed straight from x
     // (stride 1, not 1x1 s1 p0), else for planes of >= 256 pixels only.
     const auto bww = [&](const Conv2dShape& s) {

@@ -27,7 +27,8 @@ ConvOptions default_conv_options();
 /// and the GEMMs of backward weights.
 /// Automatic: packed where it measured ahead, on an AVX2 or AVX-512 CPU (openblas elsewhere);
 /// plan.hpp gives the measurements. Forward: output rows of at least 1/3 of a micro-panel,
-/// horizontal stride 1, K >= kMinPackedK, 1x1 stride-1 unpadded only on 16-lane panels.
+/// horizontal stride 1 (or up to 4 where the plan packs from column phases), K >= kMinPackedK,
+/// 1x1 stride-1 unpadded only on 16-lane panels.
 /// Backward data: kMinPackedBackwardDataChannels channels a group, F/groups*KH*KW >=
 /// kMinPackedK, and where backward_data_transposed holds input rows of kMinPackedRowPixels and
 /// not 1x1 stride-1 unpadded, elsewhere (col2im) 16-lane panels. Backward weights: 16-lane panels, and either weights_fused_pack or

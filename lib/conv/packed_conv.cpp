@@ -26,6 +26,15 @@ constexpr i64 kMaxCBufBytes = i64{2} << 20;
 /// The busiest thread may have at most this much more work than the mean; a split that
 /// cannot meet it runs on fewer threads.
 constexpr double kMaxImbalance = 1.10;
+/// Largest per-thread copy of an image's group input split into column phases; a larger
+/// image packs from x with strided loads.
+constexpr i64 kMaxPhaseBytes = i64{4} << 20;
+
+PackGeom pack_geom(const PackedConv& pc) {
+  const i64 Cg = pc.C / pc.G, HW = pc.H * pc.W;
+  return PackGeom{Cg,    pc.H,  pc.W,  pc.KH, pc.KW, pc.SH, pc.SW,
+                  pc.PH, pc.PW, pc.DH, pc.DW, pc.OH, pc.OW, pc.C * HW};
+}
 
 // Work of the busiest thread under a plan (and, in *total, of all threads), in units of one
 // tile row (NR columns x MR filters x one k): each item costs its column panels times (its
@@ -123,8 +132,9 @@ double PackedPlan::imbalance(const PackedConv& pc) const {
 std::size_t PackedPlan::scratch_bytes() const {
   const i64 seg_bytes = round_up(segments * static_cast<i64>(sizeof(PackSegment)), 64);
   const i64 range_bytes = round_up(range_entries * static_cast<i64>(sizeof(LaneRange)), 64);
-  return static_cast<std::size_t>((floats64(b_floats) + floats64(c_floats)) * 4 + seg_bytes +
-                                  range_bytes);
+  return static_cast<std::size_t>(
+      (floats64(b_floats) + floats64(c_floats) + floats64(phase_floats)) * 4 + seg_bytes +
+      range_bytes);
 }
 
 namespace {
@@ -247,6 +257,10 @@ PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
   }
   p.b_floats = p.kc * p.nc;
   p.c_floats = p.fold ? block_filters() * p.nc : 0;
+  const i64 phase_bytes = phase_floats(pack_geom(pc)) * 4;
+  p.phases = pc.SW > 1 && !p.fold && phase_packer(p.isa).pack != nullptr &&
+             phase_bytes <= kMaxPhaseBytes;
+  p.phase_floats = p.phases ? phase_floats(pack_geom(pc)) : 0;
   p.segments = max_pack_segments(p.nc);
   p.range_entries = p.segments * pc.KW;
   return p;
@@ -260,8 +274,8 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
   const i64 nr = cfg.nr, mr = cfg.mr;
   const i64 G = pc.G, Cg = pc.C / G, Fg = pc.F / G, P = pc.OH * pc.OW;
   const i64 K = Cg * pc.KH * pc.KW, HW = pc.H * pc.W;
-  const PackGeom geo{Cg,    pc.H,  pc.W,  pc.KH, pc.KW, pc.SH, pc.SW,
-                     pc.PH, pc.PW, pc.DH, pc.DW, pc.OH, pc.OW, pc.C * HW};
+  const PackGeom geo = pack_geom(pc);
+  const PhasePacker phases = phase_packer(p.isa);
   const i64 outer = p.fold ? p.col_blocks : pc.N * p.col_blocks;
   const i64 items = p.items(pc);
   const i64 filter_panels = ceil_div(Fg, mr);
@@ -276,10 +290,11 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
     }
     float* bpack = base;
     float* cbuf = bpack + floats64(p.b_floats);
-    auto* segs = reinterpret_cast<PackSegment*>(cbuf + floats64(p.c_floats));
+    float* xs = cbuf + floats64(p.c_floats);  // phase planes of image split_key
+    auto* segs = reinterpret_cast<PackSegment*>(xs + floats64(p.phase_floats));
     auto* ranges = reinterpret_cast<LaneRange*>(
         reinterpret_cast<char*>(segs) + round_up(p.segments * i64{sizeof(PackSegment)}, 64));
-    i64 seg_key = -1, packed_key = -1, nseg = 0;
+    i64 seg_key = -1, packed_key = -1, split_key = -1, nseg = 0;
     for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
       const i64 fb = it % p.filter_blocks, key = it / p.filter_blocks;
       const i64 ob = key % outer, g = key / outer;
@@ -298,14 +313,23 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
       const float* xg = pc.x + g * Cg * HW;
       if (key != seg_key) {
         nseg = build_pack_segments(geo, j0, j1, static_cast<int>(nr), panel_stride, segs, ranges);
+        if (p.phases) to_phase_segments(geo, segs, nseg);
         seg_key = key;
+      }
+      if (p.phases && split_key != n * G + g) {
+        phases.split(geo, xg + n * pc.C * HW, xs);
+        split_key = n * G + g;
       }
       float* yb = p.fold ? cbuf : pc.y + (n * pc.F + g * Fg + f0) * P + (j0 - n * P);
       const i64 ldy = p.fold ? p.nc : P;
       for (i64 kb = 0; kb < p.k_blocks; ++kb) {
         const i64 k0 = kb * p.kc, k1 = std::min(K, k0 + p.kc);
         if (p.k_blocks > 1 || packed_key != key) {
-          pack(geo, xg, segs, ranges, nseg, k0, k1, static_cast<int>(nr), bpack);
+          if (p.phases) {
+            phases.pack(geo, xs, segs, nseg, k0, k1, static_cast<int>(nr), bpack);
+          } else {
+            pack(geo, xg, segs, ranges, nseg, k0, k1, static_cast<int>(nr), bpack);
+          }
           packed_key = key;
         }
         gemm::BlockArgs a;

@@ -54,7 +54,10 @@ struct PackedPlan {
   std::int64_t col_blocks = 1;        ///< blocks per group (fold) or per image
   std::int64_t filter_blocks = 1;     ///< filters of a group split into this many MR-aligned parts
   std::int64_t kc = 1, k_blocks = 1;  ///< K blocking: the B block holds kc rows
-  std::int64_t b_floats = 0, c_floats = 0, segments = 0, range_entries = 0;
+  /// Horizontal stride > 1, one image per block: each thread splits the image it packs into
+  /// column phases (phase_floats of its scratch) and packs runs of consecutive floats.
+  bool phases = false;
+  std::int64_t b_floats = 0, c_floats = 0, phase_floats = 0, segments = 0, range_entries = 0;
   /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks.
   std::int64_t items(const PackedConv& pc) const;
   /// Work of the busiest thread over the mean (1: perfectly balanced), items weighed by size.

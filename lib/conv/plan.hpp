@@ -82,11 +82,15 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 /// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
 /// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).
 inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
-/// Forward on the packed engine only up to this horizontal stride. Stride 2 was measured
-/// behind the openblas path (bench_conv, GFLOP/s, 4 alternating runs, medians, AVX2 on Zen 3:
-/// resnet_conv1 84.6 vs 105, resnet_3x3s2 100.7 vs 111; on AVX-512 earlier, 155 vs 151 and
-/// 162 vs 167): its packer's strided loads cost 0.4-0.6 of the micro-kernel's time there.
-inline constexpr std::int64_t kMaxPackedForwardStride = 1;
+/// Forward on the packed engine up to this horizontal stride, and above stride 1 only where
+/// the plan packs from column phases (PackedPlan::phases: one image per block, the split
+/// image within its bound, an ISA with a phase packer). Packing with strided loads measured
+/// behind the openblas path (AVX2 on Zen 3, GFLOP/s, 4 alternated runs, medians:
+/// resnet_conv1 84.6 vs 105, resnet_3x3s2 100.7 vs 111: the strided loads cost 0.4-0.6 of
+/// the micro-kernel's time). From the phases, alternated with the openblas path in the same
+/// runs (bench_conv): alexnet_conv1 (stride 4) 137-157 vs 113-142, resnet_conv1 145-152 vs
+/// 118-143, resnet_3x3s2 level (medians of 8 pairs 140 vs 142).
+inline constexpr std::int64_t kMaxPackedForwardStride = 4;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;

@@ -56,6 +56,48 @@ i64 build_pack_segments(const PackGeom& g, i64 j0, i64 j1, int nr, i64 panel_str
 #include "conv/pack/im2col_pack_generic.inc"
 #undef PACK_FN_NAME
 
+i64 phase_width(const PackGeom& g) { return g.OW + (g.KW - 1) * g.DW / g.SW; }
+
+i64 phase_floats(const PackGeom& g) { return g.C * g.SW * g.H * phase_width(g); }
+
+void split_phases_scalar(const PackGeom& g, const float* x, float* xs) {
+  const i64 wp = phase_width(g);
+  for (i64 c = 0; c < g.C; ++c) {
+    for (i64 p = 0; p < g.SW; ++p) {
+      // Phase columns j whose input column j*SW + p - PW lies in [0, W): [jlo, jhi).
+      const i64 jlo = std::min(wp, first_lane_at_least(p - g.PW, 0, g.SW, wp));
+      const i64 jhi = std::max(jlo, first_lane_at_least(p - g.PW, g.W, g.SW, wp));
+      for (i64 ih = 0; ih < g.H; ++ih) {
+        const float* __restrict src = x + (c * g.H + ih) * g.W;
+        float* __restrict d = xs + ((c * g.SW + p) * g.H + ih) * wp;
+        i64 j = 0;
+        for (; j < jlo; ++j) d[j] = 0.0f;
+        for (; j < jhi; ++j) d[j] = src[j * g.SW + p - g.PW];
+        for (; j < wp; ++j) d[j] = 0.0f;
+      }
+    }
+  }
+}
+
+void to_phase_segments(const PackGeom& g, PackSegment* segs, i64 nseg) {
+  for (i64 s = 0; s < nseg; ++s) {
+    if (segs[s].ih0 != kNoRow) segs[s].iw0 = (segs[s].iw0 + g.PW) / g.SW;
+  }
+}
+
+#define PHASE_FN_NAME pack_phases_scalar
+#include "conv/pack/im2col_phases_generic.inc"
+#undef PHASE_FN_NAME
+
+PhasePacker phase_packer(Isa isa) {
+  switch (isa_clamp(isa)) {
+    case Isa::avx512: return {};
+    case Isa::avx2: return {&split_phases_avx2, &pack_phases_avx2};
+    case Isa::scalar: break;
+  }
+  return {&split_phases_scalar, &pack_phases_scalar};
+}
+
 PackFn pack_im2col_fn(Isa isa) {
   switch (isa_clamp(isa)) {
     case Isa::avx512: return &pack_im2col_avx512;

@@ -64,6 +64,44 @@ void pack_im2col_avx512(const PackGeom&, const float*, const PackSegment*, const
 /// The packer for `isa` (clamped to the CPU).
 PackFn pack_im2col_fn(Isa isa);
 
+// Horizontal stride > 1 by column phases. One image's group input is first split so that
+// every tap reads a contiguous run: phase plane (c, p) holds, in row ih, the input columns
+// j*SW + p - PW for j in [0, phase_width), zeros where they fall in the padding. Tap kw
+// (q = kw*DW) then reads plane (c, q % SW) at column ow + q / SW: the packer copies runs of
+// consecutive floats, as at stride 1, with no lane outside the plane and no horizontal
+// bounds check. Rows keep the order of the lowered matrix, so the weights are unchanged.
+
+/// Columns of a phase plane: OW + (KW-1)*DW / SW.
+std::int64_t phase_width(const PackGeom& g);
+/// Floats of an image's phase planes (C*SW*H*phase_width).
+std::int64_t phase_floats(const PackGeom& g);
+/// Splits one image's group input x (channel 0 of the group) into xs (phase_floats(g)).
+using SplitFn = void (*)(const PackGeom& g, const float* x, float* xs);
+void split_phases_scalar(const PackGeom& g, const float* x, float* xs);
+/// Stride 2 deinterleaves 16 floats into two phase rows per step; other strides: the scalar.
+void split_phases_avx2(const PackGeom& g, const float* x, float* xs);
+/// Rewrites the segments of build_pack_segments for the phase packers: iw0 becomes the
+/// output column of the segment's lane 0 (its phase column at kw = 0).
+void to_phase_segments(const PackGeom& g, PackSegment* segs, std::int64_t nseg);
+
+/// Writes rows [k0, k1) of a block from the phase planes xs of the block's image, as PackFn
+/// does from x (segments of one image, rewritten by to_phase_segments; ranges unused).
+using PhasePackFn = void (*)(const PackGeom& g, const float* xs, const PackSegment* segs,
+                             std::int64_t nseg, std::int64_t k0, std::int64_t k1, int nr,
+                             float* dst);
+void pack_phases_scalar(const PackGeom&, const float*, const PackSegment*, std::int64_t,
+                        std::int64_t, std::int64_t, int, float*);
+void pack_phases_avx2(const PackGeom&, const float*, const PackSegment*, std::int64_t, std::int64_t,
+                      std::int64_t, int, float*);
+struct PhasePacker {
+  SplitFn split = nullptr;
+  PhasePackFn pack = nullptr;
+};
+/// The phase split and packer for `isa` (clamped to the CPU); null functions on AVX-512,
+/// whose strided packer gathers (measured level with the openblas path there, before the
+/// phases existed).
+PhasePacker phase_packer(Isa isa);
+
 /// The transposed packer of backward weights: B = col^T for sgemm_nt_with (lib/gemm/gemm.hpp).
 /// Rows [k0, k1) of B are output pixels of a run of images (k: image k / (OH*OW), pixel
 /// k % (OH*OW), images image_stride floats apart), columns [j0, j1) are rows

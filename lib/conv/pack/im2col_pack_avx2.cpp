@@ -8,6 +8,7 @@
 // Compiled with -mavx2 -mfma (meson: the avx2 kernel library).
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "conv/pack/im2col_pack.hpp"
@@ -17,6 +18,10 @@ namespace im2gemm::detail {
 #define PACK_FN_NAME pack_im2col_avx2_portable
 #include "conv/pack/im2col_pack_generic.inc"
 #undef PACK_FN_NAME
+
+#define PHASE_FN_NAME pack_phases_avx2_portable
+#include "conv/pack/im2col_phases_generic.inc"
+#undef PHASE_FN_NAME
 
 namespace {
 
@@ -178,6 +183,102 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
           };
           if (qlo < 8) lo8 = _mm256_or_ps(lo8, load_even(p, 0, m(0), m(8)));
           if (qhi > 8) hi8 = _mm256_or_ps(hi8, load_even(p, 16, m(16), m(24)));
+        }
+      }
+      _mm256_store_ps(drow + panel, lo8);
+      _mm256_store_ps(drow + panel + 8, hi8);
+    }
+    if (++kw == g.KW) {
+      kw = 0;
+      if (++kh == g.KH) {
+        kh = 0;
+        ++c;
+      }
+    }
+  }
+}
+
+void split_phases_avx2(const PackGeom& g, const float* x, float* xs) {
+  if (g.SW != 2) {
+    split_phases_scalar(g, x, xs);
+    return;
+  }
+  // Phase p, column j reads input column 2j + p - PW. Columns j with both phases' 16-float
+  // source [2j - PW, 2j - PW + 16) inside the row deinterleave 8 at a time; the rest are
+  // copied one by one.
+  const i64 wp = phase_width(g), pw = g.PW;
+  // First j with 2j - PW >= 0, and one past the last j whose 16 floats end inside the row
+  // (2j - PW + 16 <= W); steps of 8 start in [jv0, jv1) and end inside the phase row.
+  const i64 jv0 = std::min(wp, (pw + 1) / 2);
+  const i64 jv1 = g.W - 16 + pw >= 0 ? (g.W - 16 + pw) / 2 + 1 : 0;
+  for (i64 c = 0; c < g.C; ++c) {
+    for (i64 ih = 0; ih < g.H; ++ih) {
+      const float* src = x + (c * g.H + ih) * g.W;
+      float* d0 = xs + ((c * 2) * g.H + ih) * wp;
+      float* d1 = d0 + g.H * wp;
+      const auto one = [&](i64 j) {
+        const i64 e = 2 * j - pw;
+        d0[j] = e >= 0 && e < g.W ? src[e] : 0.0f;
+        d1[j] = e + 1 >= 0 && e + 1 < g.W ? src[e + 1] : 0.0f;
+      };
+      i64 j = 0;
+      for (; j < jv0; ++j) one(j);
+      for (; j < jv1 && j + 8 <= wp; j += 8) {
+        const float* s = src + 2 * j - pw;
+        const __m256 a = _mm256_loadu_ps(s), b = _mm256_loadu_ps(s + 8);
+        // a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7, then lanes in order.
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(d0 + j, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e),
+                                                                        _MM_SHUFFLE(3, 1, 2, 0))));
+        _mm256_storeu_ps(d1 + j, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o),
+                                                                        _MM_SHUFFLE(3, 1, 2, 0))));
+      }
+      for (; j < wp; ++j) one(j);
+    }
+  }
+}
+
+// Column phases (im2col_pack.hpp): every segment row is a run of consecutive floats of a
+// phase plane, so a panel row is the stride-1 assembly above without the horizontal bounds:
+// whole panels are two plain loads, partial segments masked loads, two aligned stores.
+void pack_phases_avx2(const PackGeom& g, const float* xs, const PackSegment* segs, i64 nseg, i64 k0,
+                      i64 k1, int nr, float* dst) {
+  if (nr != 16) {
+    pack_phases_avx2_portable(g, xs, segs, nseg, k0, k1, nr, dst);
+    return;
+  }
+  const i64 khw = g.KH * g.KW, wp = phase_width(g);
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  i64 c = k0 / khw, kh = (k0 % khw) / g.KW, kw = k0 % g.KW;
+  for (i64 kk = k0; kk < k1; ++kk) {
+    float* drow = dst + (kk - k0) * 16;
+    const i64 q = kw * g.DW, dh = kh * g.DH;
+    // Row 0 of the tap's phase plane, moved by the tap's column, as an integer (see at()).
+    const std::uintptr_t plane =
+        reinterpret_cast<std::uintptr_t>(xs) +
+        static_cast<std::uintptr_t>((c * g.SW + q % g.SW) * g.H * wp + q / g.SW) * sizeof(float);
+    for (i64 s = 0; s < nseg;) {
+      const i64 panel = segs[s].dst - (segs[s].dst & 15);
+      __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
+      for (; s < nseg && segs[s].dst - (segs[s].dst & 15) == panel; ++s) {
+        const PackSegment& sg = segs[s];
+        const i64 ih = sg.ih0 + dh;
+        if (ih < 0 || ih >= g.H) continue;
+        const i64 f = sg.dst & 15, len = sg.len;
+        // Panel lane q reads float (q - f) of the run: p is the address of lane 0.
+        const std::uintptr_t p = plane +
+                                 static_cast<std::uintptr_t>(ih * wp + sg.iw0 - f) * sizeof(float);
+        if (len == 16) {
+          lo8 = _mm256_loadu_ps(at(p, 0));
+          hi8 = _mm256_loadu_ps(at(p, 8));
+        } else {
+          if (f < 8)
+            lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(f, f + len, iota)));
+          if (f + len > 8) {
+            hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8),
+                                                       lanes_between(f - 8, f + len - 8, iota)));
+          }
         }
       }
       _mm256_store_ps(drow + panel, lo8);
