@@ -142,7 +142,7 @@ bool random_lowering_shape(Pick& pick, int h, int w, Conv2dShape& s) {
   s.kernel_height = pick(1, 5);
   s.kernel_width = pick(1, 5);
   s.stride_height = pick(1, 3);
-  s.stride_width = pick(1, 3);
+  s.stride_width = pick(1, 4);
   s.dilation_height = pick(1, 2);
   s.dilation_width = pick(1, 2);
   s.pad_height = pick(0, 3);
@@ -272,7 +272,7 @@ TEST_CASE(
   }
   std::mt19937 rng(2026);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  int blocks = 0, narrow = 0, strided = 0;
+  int blocks = 0, narrow = 0, strided = 0, stride3 = 0, stride4 = 0;
   for (int i = 0; i < 2000; ++i) {
     Conv2dShape s;
     if (!random_lowering_shape(pick, pick(1, 20), pick(1, 40), s)) continue;
@@ -306,12 +306,16 @@ TEST_CASE(
     ++blocks;
     narrow += g.OW <= 8;
     strided += g.SW == 2;
+    stride3 += g.SW == 3;
+    stride4 += g.SW == 4;
   }
   MESSAGE(blocks << " blocks compared, " << narrow << " with rows of at most 8 pixels, " << strided
-                 << " at horizontal stride 2");
+                 << " at horizontal stride 2, " << stride3 << " at 3, " << stride4 << " at 4");
   CHECK(blocks > 1000);
   CHECK(narrow > 200);
   CHECK(strided > 200);
+  CHECK(stride3 > 200);  // AVX2: col2im by column phases at strides 2-4 (vector merge: 2, 4)
+  CHECK(stride4 > 200);
 }
 
 TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size shapes") {

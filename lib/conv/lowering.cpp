@@ -894,6 +894,94 @@ IM2GEMM_AVX2 void col2im_add_block_avx2(const ConvGeom& g, const float* col, i64
   }
 }
 
+// col2im at horizontal stride > 1 by column phases (as the packed forward's packer,
+// conv/pack/im2col_pack.hpp). For one output row oh and kernel row kh, the taps of every kw
+// land in a row buffer split by phase: tap kw adds its run of the col row, contiguous, to
+// phase (kw*DW) % SW from column (kw*DW) / SW. The buffer is then added into input row ih
+// once, phase by phase: one strided add per input column instead of one per (kw, ow)
+// (alexnet_conv1, KW = 11 at stride 4: 227 instead of 605 per row). Input column iw is
+// phase column j = (iw + PW) / SW of phase (iw + PW) % SW.
+constexpr i64 kMaxPhaseRowFloats = 4096;
+inline i64 phase_row_width(const ConvGeom& g) { return g.OW + (g.KW - 1) * g.DW / g.SW; }
+
+IM2GEMM_AVX2 void col2im_add_block_phases_avx2(const ConvGeom& g, const float* col, i64 ldcol,
+                                               i64 nch, i64 q0, i64 q1, float* dx) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, SW = g.SW, PW = g.PW;
+  const i64 wp = phase_row_width(g), reach = (KW - 1) * g.DW / SW;
+  const i64 oh_first = q0 / OW, oh_last = (q1 - 1) / OW;
+  alignas(32) float buf[kMaxPhaseRowFloats];
+  for (i64 c = 0; c < nch; ++c) {
+    float* xc = dx + c * H * W;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      const float* taps = col + (c * KH + kh) * KW * ldcol;  // row of kw = 0
+      i64 j = 0;
+      for (i64 oh = oh_first; oh <= oh_last; ++oh) {
+        const i64 a = oh == oh_first ? q0 - oh * OW : 0;
+        const i64 b = oh == oh_last ? q1 - oh * OW : OW;
+        const i64 base = j - a;  // the col rows' column of output column ow is base + ow
+        j += b - a;
+        const i64 ih = oh * g.SH - g.PH + kh * g.DH;
+        if (ih < 0 || ih >= H) continue;
+        // Phase columns [a, end) of every phase: zero, then the taps' runs.
+        const i64 end = b + reach;
+        for (i64 p = 0; p < SW; ++p) zero_n_avx2(buf + p * wp + a, end - a);
+        for (i64 kw = 0; kw < KW; ++kw) {
+          const i64 q = kw * g.DW;
+          add_n_avx2(buf + (q % SW) * wp + q / SW + a, taps + kw * ldcol + base + a, b - a);
+        }
+        float* d = xc + ih * W;
+        // Strides 2 and 4: phase columns whose SW input columns all lie in the row are
+        // interleaved 8 at a time (SW vectors in, SW vectors added to the row).
+        i64 va = end, vb = end;  // [va, vb): phase columns merged by vectors
+        if (SW == 2 || SW == 4) {
+          va = std::min(end, std::max(a, (PW + SW - 1) / SW));
+          vb = std::max(va, std::min(end, (W + PW) / SW));  // j*SW + SW-1 - PW < W
+          vb = va + (vb - va) / 8 * 8;
+          for (i64 jj = va; jj < vb; jj += 8) {
+            float* o = d + jj * SW - PW;
+            if (SW == 2) {
+              const __m256 r0 = _mm256_loadu_ps(buf + jj), r1 = _mm256_loadu_ps(buf + wp + jj);
+              const __m256 lo = _mm256_unpacklo_ps(r0, r1), hi = _mm256_unpackhi_ps(r0, r1);
+              // lo: pairs 0 1 | 4 5, hi: pairs 2 3 | 6 7.
+              const __m256 v0 = _mm256_permute2f128_ps(lo, hi, 0x20);
+              const __m256 v1 = _mm256_permute2f128_ps(lo, hi, 0x31);
+              _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), v0));
+              _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), v1));
+            } else {
+              const __m256 r0 = _mm256_loadu_ps(buf + jj), r1 = _mm256_loadu_ps(buf + wp + jj);
+              const __m256 r2 = _mm256_loadu_ps(buf + 2 * wp + jj);
+              const __m256 r3 = _mm256_loadu_ps(buf + 3 * wp + jj);
+              // Quads (r0[i], r1[i], r2[i], r3[i]) for i = 0..7, in order.
+              const __m256 a01 = _mm256_unpacklo_ps(r0, r1), b01 = _mm256_unpackhi_ps(r0, r1);
+              const __m256 a23 = _mm256_unpacklo_ps(r2, r3), b23 = _mm256_unpackhi_ps(r2, r3);
+              const __m256 q0 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(1, 0, 1, 0));  // 0 | 4
+              const __m256 q1 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 2, 3, 2));  // 1 | 5
+              const __m256 q2 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(1, 0, 1, 0));  // 2 | 6
+              const __m256 q3 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(3, 2, 3, 2));  // 3 | 7
+              const __m256 v[4] = {_mm256_permute2f128_ps(q0, q1, 0x20),
+                                   _mm256_permute2f128_ps(q2, q3, 0x20),
+                                   _mm256_permute2f128_ps(q0, q1, 0x31),
+                                   _mm256_permute2f128_ps(q2, q3, 0x31)};
+              for (int u = 0; u < 4; ++u) {
+                _mm256_storeu_ps(o + 8 * u, _mm256_add_ps(_mm256_loadu_ps(o + 8 * u), v[u]));
+              }
+            }
+          }
+        }
+        for (i64 p = 0; p < SW; ++p) {
+          // Phase columns whose input column j*SW + p - PW lies in [0, W), within [a, end),
+          // less the vector ones.
+          const i64 jlo = std::max(a, PW - p > 0 ? (PW - p + SW - 1) / SW : i64{0});
+          const i64 jhi = std::min(end, (W + PW - p + SW - 1) / SW);
+          const float* src = buf + p * wp;
+          for (i64 jj = jlo; jj < std::min(jhi, va); ++jj) d[jj * SW + p - PW] += src[jj];
+          for (i64 jj = std::max(jlo, vb); jj < jhi; ++jj) d[jj * SW + p - PW] += src[jj];
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 #endif
 
@@ -927,6 +1015,18 @@ bool avx512_im2col(const ConvGeom& g) {
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
 // The AVX2 kernels on a CPU (or under an IM2GEMM_ISA cap) whose best ISA is AVX2: im2col at
 // horizontal strides 1 and 2, col2im at stride 1. AVX-512 CPUs keep their measured choices.
+// col2im at horizontal strides > 1 on AVX2 CPUs: by column phases, where SW phase rows fit
+// the stack buffer.
+bool avx2_col2im_phases(const ConvGeom& g) {
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  static const bool cpu = isa_active() == Isa::avx2;
+  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) && g.SW > 1 &&
+         g.SW * phase_row_width(g) <= kMaxPhaseRowFloats;
+#else
+  (void)g;
+  return false;
+#endif
+}
 bool avx2_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   static const bool cpu = isa_active() == Isa::avx2;
@@ -998,6 +1098,7 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   if (avx2_lowering(g) && g.SW == 1) return col2im_add_block_avx2(g, col, ldcol, nch, q0, q1, dx);
+  if (avx2_col2im_phases(g)) return col2im_add_block_phases_avx2(g, col, ldcol, nch, q0, q1, dx);
 #endif
   col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);
 }
