@@ -1,5 +1,8 @@
 // Every convolution backend on every ISA this CPU has, at 1 and 2 threads, against the
 // reference loops: the packed engine (im2col fused into the GEMM's packing) and openblas.
+#include <algorithm>
+#include <array>
+
 #include "conv/lowering.hpp"
 #include "conv/pack/im2col_pack.hpp"
 #include "conv/packed_conv.hpp"
@@ -46,7 +49,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   std::mt19937 rng(20261202);
   constexpr int kShapes = 320, kWide = 40;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
-  int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0;
+  int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0, weight_phases = 0;
   for (int i = 0; i < kShapes + kWide; ++i) {
     const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
     const Activation act = convcases::kActs[i % 4];
@@ -73,6 +76,10 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
               be == GemmBackend::packed &&
               im2gemm::detail::plan_packed(im2gemm::detail::packed_forward_problem(s), isa, threads)
                   .phases;
+          weight_phases +=
+              be == GemmBackend::packed &&
+              im2gemm::detail::weights_fused_phases(
+                  s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads), isa);
           packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) ==
                         GemmBackend::packed;
           packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) ==
@@ -87,8 +94,10 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
                             << ", packed backward data " << packed_bwd
                             << ", packed backward weights " << packed_w
-                            << "; packed forward from column phases " << phases);
+                            << "; packed forward from column phases " << phases
+                            << ", backward weights " << weight_phases);
   CHECK(phases > runs / 8);  // strides 2..4 of unfolded plans: the scalar and AVX2 phases
+  CHECK(weight_phases > 0);  // on AVX2; the shapes that fill the panels: the next test
   CHECK(packed_fwd ==
         runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
@@ -159,6 +168,52 @@ TEST_CASE(
       }
     }
   }
+}
+
+TEST_CASE("engines: backward weights packed from column phases, strides 2-4, exact on integers") {
+  // Strided shapes whose taps (channels x KH x KW) fill 16-lane panels, where backward
+  // weights on the AVX2 engine packs col^T from column phases (weights_fused_phases).
+  if (std::find(cpu_isas().begin(), cpu_isas().end(), Isa::avx2) == cpu_isas().end()) {
+    MESSAGE("no AVX2 on this CPU (or IM2GEMM_ISA=scalar): the phase pack does not run");
+    return;
+  }
+  std::mt19937 rng(4242);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  // (channels, kernel) with channels * KH * KW a multiple of 16.
+  const std::array<std::array<int, 3>, 5> taps{
+      {{16, 1, 1}, {16, 3, 3}, {3, 4, 4}, {8, 2, 2}, {1, 4, 4}}};
+  im2gemm::detail::set_min_macs_per_thread(1);
+  int fused = 0;
+  for (int i = 0; i < 40; ++i) {
+    const auto& t = taps[static_cast<std::size_t>(i) % taps.size()];
+    Conv2dShape s;
+    s.batch = pick(1, 3);
+    s.in_channels = t[0];
+    s.kernel_height = t[1];
+    s.kernel_width = t[2];
+    s.out_channels = pick(1, 20);
+    s.stride_height = pick(1, 3);
+    s.stride_width = pick(2, 4);
+    s.pad_height = pick(0, t[1] / 2);
+    s.pad_width = pick(0, t[2] / 2);
+    s.in_height = pick(t[1], 20);
+    s.in_width = pick(t[2], 70);
+    s.validate();
+    INFO("shape " << i << ": " << testutil::describe(s));
+    const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 900, true);
+    const auto ri = convcases::run_ref(s, di, Activation::identity, true);
+    for (int threads : {1, 2}) {
+      const ConvOptions o{GemmBackend::packed, Isa::avx2, threads};
+      const bool phases = im2gemm::detail::weights_fused_phases(
+          s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads), Isa::avx2);
+      fused += phases;
+      convcases::compare(s, convcases::run_with(o, s, di, Activation::identity, true), ri, true);
+    }
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+  // The rest: split images larger than the column block's room (1x1 kernels at stride 2-4).
+  MESSAGE(fused << " of 80 runs packed backward weights from column phases");
+  CHECK(fused > 30);
 }
 
 TEST_CASE(

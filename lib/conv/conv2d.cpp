@@ -305,14 +305,19 @@ struct WeightsCtx {
 // stores took a third of the GEMM's time.
 struct FusedPackCtx {
   detail::PackGeom geom;
-  const float* x;  ///< image n0's first channel of the block
+  const float* x;  ///< image n0's first channel of the block, or its column phases
   int nr;
+  bool phases;  ///< x holds the run's images split into column phases (horizontal stride > 1)
 };
 
 void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst,
                             i64 panel_stride) {
   const auto& c = *static_cast<const FusedPackCtx*>(vctx);
-  detail::pack_im2col_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
+  if (c.phases) {
+    detail::pack_phases_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
+  } else {
+    detail::pack_im2col_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
+  }
 }
 
 // Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
@@ -361,9 +366,17 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
       lda = cols;
     }
     const ConvGeom& g = cx.geo;
-    const FusedPackCtx pc{detail::PackGeom{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH,
-                                           g.DW, g.OH, g.OW, d.C * d.HW},
-                          cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW, cx.packed->nr};
+    FusedPackCtx pc{detail::PackGeom{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW,
+                                     g.OH, g.OW, d.C * d.HW},
+                    cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW, cx.packed->nr, g.SW > 1};
+    if (pc.phases) {  // the run's images split into column phases, in the column block's room
+      const i64 per_image = detail::phase_floats(pc.geom);
+      const detail::SplitFn split = detail::phase_packer(cx.packed->isa).split;
+      for (i64 i = 0; i < n1 - n0; ++i)
+        split(pc.geom, pc.x + i * d.C * d.HW, sc.col + i * per_image);
+      pc.geom.image_stride = per_image;
+      pc.x = sc.col;
+    }
     detail::gemm::sgemm_nt_with(*cx.packed, d.Fg, rows, cols, a, lda, &pack_im2col_transposed, &pc,
                                 c_out, d.K, !first, sc.pack);
     bias_sums(a, lda, cols);
@@ -574,6 +587,26 @@ bool weights_fused_pack(const Conv2dShape& s, Isa isa) {
          !is_conv1x1_s1_p0_d1(s);
 }
 
+bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
+  const gemm::Config& cfg = gemm::config(isa);
+  if (cfg.isa != Isa::avx2 || cfg.nr % 8 != 0 || s.stride_width < 2 ||
+      s.stride_width > kMaxPackedForwardStride || p.skips_im2col()) {
+    return false;
+  }
+  // The most channels a run packs: all of a group's (image split) or a channel block's.
+  const i64 nch = p.weight_partials ? p.Cg : (p.Cg + p.channel_blocks - 1) / p.channel_blocks;
+  // The fused pack computes dW (taps on the panels' lanes), not dW^T: taps that leave more
+  // than 1/kMinLaneFill of the last panels empty keep the im2col blocks (resnet_conv1's 147
+  // taps on 160 lanes measured 97-100 GFLOP/s fused against 91-122, alexnet_conv1's 363 on
+  // 368 lanes 131-141 against 119-131, resnet_3x3s2's 1152 113-122 against 107-113).
+  constexpr i64 kMinLaneFill = 32;
+  const i64 rows = nch * p.khw, lanes = (rows + cfg.nr - 1) / cfg.nr * cfg.nr;
+  if ((lanes - rows) * kMinLaneFill > rows) return false;
+  const ConvGeom g(s);
+  const PackGeom pg{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.OH, g.OW, 0};
+  return p.images_per_block * phase_floats(pg) <= p.col_floats;
+}
+
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
   const bool vector_isa = isa_clamp(o.isa) != Isa::scalar;
   const i64 khw = s.kernel_height * s.kernel_width;
@@ -743,7 +776,7 @@ void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
   }
   ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
   const bool packed = conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
-  const bool fused = packed && weights_fused_pack(s, o.isa);
+  const bool fused = packed && (weights_fused_pack(s, o.isa) || weights_fused_phases(s, p, o.isa));
   if (fused) p.weights_transposed = false;
   if (!packed && !fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
   backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data(),

@@ -113,5 +113,10 @@ PhasePacker phase_packer(Isa isa);
 void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, std::int64_t k0,
                                  std::int64_t k1, std::int64_t j0, std::int64_t j1, int nr,
                                  float* dst, std::int64_t panel_stride);
+/// The same from column phases: xs holds each image's phase planes (split_phases), images
+/// g.image_stride floats apart; any horizontal stride and padding (g as of the layer).
+void pack_phases_transposed_avx2(const PackGeom& g, const float* xs, std::int64_t k0,
+                                 std::int64_t k1, std::int64_t j0, std::int64_t j1, int nr,
+                                 float* dst, std::int64_t panel_stride);
 
 }  // namespace im2gemm::detail

@@ -29,11 +29,13 @@ inline const float* at(std::uintptr_t base, i64 floats) {
   return reinterpret_cast<const float*>(base + static_cast<std::uintptr_t>(floats) * sizeof(float));
 }
 
-}  // namespace
-
-void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0, i64 j1,
-                                 int nr, float* dst, i64 panel_stride) {
-  const i64 khw = g.KH * g.KW, plane = g.H * g.W, W = g.W, OW = g.OW, OH = g.OH;
+// Phases: x holds column phases (im2col_pack.hpp), rows of phase_width floats; a tap
+// (c, kh, kw) reads plane (c, kw*DW % SW) from column ow + kw*DW / SW, no horizontal padding.
+template <bool Phases>
+void pack_transposed(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0, i64 j1, int nr,
+                     float* dst, i64 panel_stride) {
+  const i64 khw = g.KH * g.KW, W = Phases ? phase_width(g) : g.W, plane = g.H * W;
+  const i64 OW = g.OW, OH = g.OH;
   const auto base = reinterpret_cast<std::uintptr_t>(x);
   for (i64 p = 0; j0 + p * nr < j1; ++p) {
     float* d = dst + p * panel_stride;
@@ -54,8 +56,14 @@ void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 
         }
         const i64 c = j / khw, r = j % khw, kh = r / g.KW, kw = r % g.KW;
         dh[l] = kh * g.DH;
-        dw[l] = kw * g.DW;
-        off[l] = c * plane + dh[l] * W + dw[l];
+        if constexpr (Phases) {
+          const i64 q = kw * g.DW;
+          dw[l] = q / g.SW;
+          off[l] = (c * g.SW + q % g.SW) * plane + dh[l] * W + dw[l];
+        } else {
+          dw[l] = kw * g.DW;
+          off[l] = c * plane + dh[l] * W + dw[l];
+        }
         dh_min = l == 0 ? dh[l] : std::min(dh_min, dh[l]);
         dh_max = l == 0 ? dh[l] : std::max(dh_max, dh[l]);
         dw_min = l == 0 ? dw[l] : std::min(dw_min, dw[l]);
@@ -66,7 +74,7 @@ void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 
       i64 img = k0 / P, oh = (k0 % P) / OW, ow = k0 % OW;
       for (i64 kk = k0; kk < k1;) {
         const i64 n = std::min({i64{8}, OW - ow, k1 - kk});  // pixels of one output row
-        const i64 ih0 = oh * g.SH - g.PH, iw0 = ow - g.PW;
+        const i64 ih0 = oh * g.SH - g.PH, iw0 = Phases ? ow : ow - g.PW;
         const i64 pix = img * g.image_stride + ih0 * W + iw0;
         __m256 r[8];
         if (all_live && n == 8 && ih0 + dh_min >= 0 && ih0 + dh_max < g.H && iw0 + dw_min >= 0 &&
@@ -98,6 +106,18 @@ void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 
       }
     }
   }
+}
+
+}  // namespace
+
+void pack_im2col_transposed_avx2(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0, i64 j1,
+                                 int nr, float* dst, i64 panel_stride) {
+  pack_transposed<false>(g, x, k0, k1, j0, j1, nr, dst, panel_stride);
+}
+
+void pack_phases_transposed_avx2(const PackGeom& g, const float* xs, i64 k0, i64 k1, i64 j0, i64 j1,
+                                 int nr, float* dst, i64 panel_stride) {
+  pack_transposed<true>(g, xs, k0, k1, j0, j1, nr, dst, panel_stride);
 }
 
 }  // namespace im2gemm::detail
