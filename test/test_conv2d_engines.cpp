@@ -257,21 +257,28 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
-    // Strides 2..4: packed where the plan packs from column phases (AVX2), openblas where
-    // it would pack with strided loads (AVX-512, folded images); stride 5: openblas.
+    // Strides 2..4: packed where the plan packs from column phases (AVX2; openblas where it
+    // would pack with strided loads: AVX-512, folded images) and each input float feeds
+    // F*KH*KW/(SH*SW) >= 512 multiply-adds; stride 5: openblas.
     const GemmBackend phases = im2gemm::detail::phase_packer(isa).pack != nullptr
                                    ? GemmBackend::packed
                                    : GemmBackend::openblas;
-    Conv2dShape strided = vgg;
-    for (int64_t st : {2, 3, 4}) {
-      strided.stride_height = strided.stride_width = st;
-      CHECK(fwd(strided) == phases);
-    }
-    strided.stride_height = strided.stride_width = 5;
-    CHECK(fwd(strided) == GemmBackend::openblas);
-    Conv2dShape folded = vgg;  // 14x14 -> 7x7 at stride 2: 49-pixel images side by side
+    const auto strided = [&](int64_t f, int64_t k, int64_t st) {
+      Conv2dShape t = vgg;
+      t.out_channels = f;
+      t.kernel_height = t.kernel_width = k;
+      t.stride_height = t.stride_width = st;
+      t.pad_height = t.pad_width = k / 2;
+      return t;
+    };
+    CHECK(fwd(strided(64, 7, 2)) == phases);                  // resnet_conv1's kernel: 784
+    CHECK(fwd(strided(96, 11, 4)) == phases);                 // alexnet_conv1's: 726
+    CHECK(fwd(strided(256, 3, 2)) == phases);                 // 576
+    CHECK(fwd(strided(128, 3, 2)) == GemmBackend::openblas);  // resnet_3x3s2's: 288
+    CHECK(fwd(strided(256, 3, 3)) == GemmBackend::openblas);  // 256
+    CHECK(fwd(strided(256, 5, 5)) == GemmBackend::openblas);  // stride 5
+    Conv2dShape folded = strided(64, 7, 2);  // 14x14 -> 7x7: 49-pixel images side by side
     folded.in_height = folded.in_width = 14;
-    folded.stride_height = folded.stride_width = 2;
     CHECK(fwd(folded) == GemmBackend::openblas);
     // Backward weights: packed on 16-lane panels wherever B is packed straight from x
     // (stride 1, not 1x1 s1 p0), else for planes of >= 256 pixels only.

@@ -620,8 +620,8 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // The packed engine where its packer and tiles pay: output rows of at least a third
       // of a micro-panel (AVX-512's 48 lanes: 16 pixels; AVX2's 16 lanes: 6, so lenet_conv2's
       // 8-pixel and the 7x7 layers' rows qualify), horizontal stride 1 or, up to
-      // kMaxPackedForwardStride, packed from column phases, and a K that amortises a tile's
-      // set-up. With 48-lane panels, 1x1 stride-1 shapes run on the openblas path, which
+      // kMaxPackedForwardStride, packed from column phases where they pay
+      // (kMinPhaseMacsPerInput), and a K that amortises a tile's set-up. With 48-lane panels, 1x1 stride-1 shapes run on the openblas path, which
       // skips im2col for them; with 16-lane panels the packed engine measured ahead there
       // too (plan.hpp).
       const bool fits = s.out_width() * kMinPackedRowPanelFraction >= nr &&
@@ -629,7 +629,10 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
                         s.in_channels / s.groups * khw >= kMinPackedK &&
                         (narrow_panels || !is_conv1x1_s1_p0_d1(s));
       if (!vector_isa || !fits) return GemmBackend::openblas;
-      return s.stride_width == 1 || plan_packed(packed_forward_problem(s), o.isa, o.threads).phases
+      if (s.stride_width == 1) return GemmBackend::packed;
+      const bool phases_pay = s.out_channels / s.groups * khw >=
+                              kMinPhaseMacsPerInput * s.stride_height * s.stride_width;
+      return phases_pay && plan_packed(packed_forward_problem(s), o.isa, o.threads).phases
                  ? GemmBackend::packed
                  : GemmBackend::openblas;
     }

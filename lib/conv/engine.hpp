@@ -27,7 +27,8 @@ ConvOptions default_conv_options();
 /// and the GEMMs of backward weights.
 /// Automatic: packed where it measured ahead, on an AVX2 or AVX-512 CPU (openblas elsewhere);
 /// plan.hpp gives the measurements. Forward: output rows of at least 1/3 of a micro-panel,
-/// horizontal stride 1 (or up to 4 where the plan packs from column phases), K >= kMinPackedK,
+/// horizontal stride 1 (or up to 4 where the plan packs from column phases and
+/// F/groups*KH*KW/(SH*SW) >= kMinPhaseMacsPerInput), K >= kMinPackedK,
 /// 1x1 stride-1 unpadded only on 16-lane panels.
 /// Backward data: kMinPackedBackwardDataChannels channels a group, F/groups*KH*KW >=
 /// kMinPackedK, and where backward_data_transposed holds input rows of kMinPackedRowPixels and

@@ -91,6 +91,12 @@ inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
 /// runs (bench_conv): alexnet_conv1 (stride 4) 137-157 vs 113-142, resnet_conv1 145-152 vs
 /// 118-143, resnet_3x3s2 level (medians of 8 pairs 140 vs 142).
 inline constexpr std::int64_t kMaxPackedForwardStride = 4;
+/// ... and where each float of the split image feeds at least this many multiply-adds,
+/// F/groups*KH*KW / (SH*SW): the split's cost is over the input, the GEMM's over this
+/// factor. In a quiet window (3-5 alternated runs, GFLOP/s, packed vs openblas, AVX2 on
+/// Zen 3): alexnet_conv1 (726) 157.7 vs 144.0, resnet_conv1 (784) 151.6 vs 145.6,
+/// resnet_3x3s2 (288, its split image 1.7 MB, past L2) 155.4 vs 161.9.
+inline constexpr std::int64_t kMinPhaseMacsPerInput = 512;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
