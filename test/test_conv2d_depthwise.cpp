@@ -523,16 +523,27 @@ TEST_CASE("depthwise: the lanes kernels of every ISA agree with the scalar twin"
 TEST_CASE(
     "depthwise: channels on lanes (small planes, k = 1) on every ISA, 1 and 2 threads, exact on integers, bitwise the same at 1 and 2 threads") {
   // {N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW}: C below 8, a multiple of 8 and not, planes
-  // 1x1 to 15x15, stride 2 (backward data then in planes), dilation, pads 0 to past the
+  // 1x1 to 59x59, stride 2 (backward data then in planes), dilation, pads 0 to past the
   // kernel's reach, 5x5 and 1x3 filters.
   const int64_t L[][12] = {
-      {3, 3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},    {2, 8, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
-      {2, 20, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},   {1, 17, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1},
-      {2, 11, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1}, {1, 9, 9, 15, 3, 3, 2, 1, 0, 1, 1, 1},
-      {2, 5, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1},    {1, 12, 2, 3, 3, 3, 1, 1, 2, 3, 1, 1},
-      {2, 10, 7, 7, 5, 5, 1, 1, 2, 2, 1, 1},   {1, 9, 8, 8, 3, 3, 1, 1, 2, 2, 2, 2},
-      {2, 7, 6, 9, 1, 3, 1, 1, 0, 1, 1, 1},    {1, 16, 10, 7, 3, 3, 3, 3, 0, 0, 1, 1},
-      {3, 2, 5, 5, 3, 3, 1, 1, 0, 0, 1, 1}};
+      {3, 3, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+      {2, 8, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+      {2, 20, 7, 7, 3, 3, 1, 1, 1, 1, 1, 1},
+      {1, 17, 14, 14, 3, 3, 1, 1, 1, 1, 1, 1},
+      {2, 11, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1},
+      {1, 9, 9, 15, 3, 3, 2, 1, 0, 1, 1, 1},
+      {2, 5, 1, 1, 3, 3, 1, 1, 1, 1, 1, 1},
+      {1, 12, 2, 3, 3, 3, 1, 1, 2, 3, 1, 1},
+      {2, 10, 7, 7, 5, 5, 1, 1, 2, 2, 1, 1},
+      {1, 9, 8, 8, 3, 3, 1, 1, 2, 2, 2, 2},
+      {2, 7, 6, 9, 1, 3, 1, 1, 0, 1, 1, 1},
+      {1, 16, 10, 7, 3, 3, 3, 3, 0, 0, 1, 1},
+      {3, 2, 5, 5, 3, 3, 1, 1, 0, 0, 1, 1},
+      // Planes of several row chunks (lanes_by_row_chunks, about 256 pixels): 30x30 at
+      // stride 2 (chunks of 8 rows, 240 pixels), 20x45 (chunks of 5 rows, 225 pixels: odd
+      // offsets, a partial last 8-group).
+      {1, 9, 59, 59, 3, 3, 2, 2, 1, 1, 1, 1},
+      {1, 10, 20, 45, 3, 3, 1, 1, 1, 1, 1, 1}};
   im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0;
   for (const auto& r : L) {

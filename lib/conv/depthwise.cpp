@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 
 #include <xmmintrin.h>
 
@@ -309,6 +310,20 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   return p;
 }
 
+// Channels on lanes: the output tile is convolved and transposed back to planes in chunks of
+// rows (about kLanesChunkPixels pixels, 8 KiB of tile), so that lanes_out reads what
+// lanes_conv has just written from L1 rather than a whole plane's tile from L2. A chunk is a
+// whole number of 8-pixel groups where the row width allows, so its transposes need no
+// partial store. body(oh0, oh1, out) runs the chunk's conv into out, the tile's start.
+constexpr i64 kLanesChunkPixels = 256;
+template <class Body>
+void lanes_by_row_chunks(i64 OH, i64 OW, Body&& body) {
+  i64 rows = std::max<i64>(1, kLanesChunkPixels / OW);
+  const i64 unit = 8 / std::gcd<i64>(OW, 8);  // rows whose pixels make whole 8-groups
+  if (rows >= unit) rows -= rows % unit;
+  for (i64 oh0 = 0; oh0 < OH; oh0 += rows) body(oh0, std::min(OH, oh0 + rows));
+}
+
 void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
                        const float* bias, float* y, Activation act) {
   const Geo g(s);
@@ -325,13 +340,17 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
       const LanesStage st = lanes_stage(p, g, scratch, first, P);
       if (first || n == 0) lanes_filters(st, w, bias, c0, nch, taps, false);
       lanes_load(p, kern, st, x, g.C, g.H, g.W, g.N, it);
-      kern.lanes_conv(DwLanesConv{st.out, g.OH, g.OW,
-                                  st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
-                                  g.SH, g.SW, g.DH, g.DW, st.w, static_cast<int>(g.KH),
-                                  static_cast<int>(g.KW), st.init, relu});
-      // sigmoid, tanh: on the cached output tile, before the store
-      if (!relu) activation_forward_unchecked(act, st.out, P * kDwLanes);
-      kern.lanes_out(DwLanesOut{y + (n * g.F + c0) * P, P, P, st.out, nch});
+      const float* tile0 = st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes;
+      lanes_by_row_chunks(g.OH, g.OW, [&](i64 oh0, i64 oh1) {
+        const i64 n_px = (oh1 - oh0) * g.OW;
+        kern.lanes_conv(DwLanesConv{st.out, oh1 - oh0, g.OW,
+                                    tile0 + oh0 * g.SH * p.tile_q * kDwLanes, p.tile_q, g.SH, g.SW,
+                                    g.DH, g.DW, st.w, static_cast<int>(g.KH),
+                                    static_cast<int>(g.KW), st.init, relu});
+        // sigmoid, tanh: on the cached output tile, before the store
+        if (!relu) activation_forward_unchecked(act, st.out, n_px * kDwLanes);
+        kern.lanes_out(DwLanesOut{y + (n * g.F + c0) * P + oh0 * g.OW, P, n_px, st.out, nch});
+      });
     });
     return;
   }
@@ -393,12 +412,14 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
       const LanesStage st = lanes_stage(p, g, scratch, first, HW);
       if (first || n == 0) lanes_filters(st, w, nullptr, c0, nch, taps, true);
       lanes_load(p, kern, st, dy, g.F, g.OH, g.OW, g.N, it);
-      kern.lanes_conv(DwLanesConv{st.out, g.H, g.W,
-                                  st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes, p.tile_q,
-                                  1, 1, g.DH, g.DW, st.w, static_cast<int>(g.KH),
-                                  static_cast<int>(g.KW), st.init, false});
+      const float* tile0 = st.tile + (p.read_r0 * p.tile_q + p.read_c0) * kDwLanes;
       float* dxc = dx + (n * g.C + c0) * HW;
-      kern.lanes_out(DwLanesOut{dxc, HW, HW, st.out, nch});
+      lanes_by_row_chunks(g.H, g.W, [&](i64 ih0, i64 ih1) {
+        kern.lanes_conv(DwLanesConv{st.out, ih1 - ih0, g.W, tile0 + ih0 * p.tile_q * kDwLanes,
+                                    p.tile_q, 1, 1, g.DH, g.DW, st.w, static_cast<int>(g.KH),
+                                    static_cast<int>(g.KW), st.init, false});
+        kern.lanes_out(DwLanesOut{dxc + ih0 * g.W, HW, (ih1 - ih0) * g.W, st.out, nch});
+      });
       if (act != Activation::identity) {  // on the cached planes
         for (int l = 0; l < nch; ++l)
           act_backward(act, x + (n * g.C + c0 + l) * HW, dxc + l * HW, HW);
