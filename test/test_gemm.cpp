@@ -27,6 +27,64 @@ struct Aligned {
   }
 };
 
+// The segments and lane ranges of a block of columns [j0, j1) (build_pack_segments).
+struct BlockSegments {
+  std::vector<im2gemm::detail::PackSegment> segs;
+  std::vector<im2gemm::detail::LaneRange> ranges;
+  int64_t n = 0;
+  BlockSegments(const im2gemm::detail::PackGeom& g, int64_t j0, int64_t j1, int nr, int64_t stride)
+      : segs(static_cast<std::size_t>(im2gemm::detail::max_pack_segments(j1 - j0))),
+        ranges(segs.size() * static_cast<std::size_t>(g.KW)) {
+    n = im2gemm::detail::build_pack_segments(g, j0, j1, nr, stride, segs.data(), ranges.data());
+  }
+};
+
+// Uniform integers in [lo, hi] drawn from rng.
+auto picker(std::mt19937& rng) {
+  return [&rng](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+}
+
+// Element (kk, j) of the lowered matrix of images x (channel-major, g.image_stride floats
+// apart: g.C * H * W), by its definition.
+float lowered_at(const im2gemm::detail::PackGeom& g, const std::vector<float>& x, int64_t kk,
+                 int64_t j) {
+  const int64_t P = g.OH * g.OW, n = j / P, oh = j % P / g.OW, ow = j % g.OW;
+  const int64_t c = kk / (g.KH * g.KW), kh = kk % (g.KH * g.KW) / g.KW, kw = kk % g.KW;
+  const int64_t ih = oh * g.SH - g.PH + kh * g.DH, iw = ow * g.SW - g.PW + kw * g.DW;
+  if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) return 0.0f;
+  return x[static_cast<std::size_t>(((n * g.C + c) * g.H + ih) * g.W + iw)];
+}
+
+// Every lane of the packed panels of columns [j0, j1), rows [k0, k1) (panel p at
+// p * stride, row kk at + (kk - k0) * nr) holds the lowered matrix's element, lanes past j1
+// zero, and the gap between a panel's rows and the next panel is untouched (NaN).
+bool panels_hold_lowered(const im2gemm::detail::PackGeom& g, const std::vector<float>& x,
+                         const float* dst, int64_t j0, int64_t j1, int64_t k0, int64_t k1, int nr,
+                         int64_t stride) {
+  const int64_t panels = (j1 - j0 + nr - 1) / nr;
+  for (int64_t p = 0; p < panels; ++p) {
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      for (int64_t l = 0; l < nr; ++l) {
+        const int64_t j = j0 + p * nr + l;
+        const float want = j < j1 ? lowered_at(g, x, kk, j) : 0.0f;
+        const float got = dst[p * stride + (kk - k0) * nr + l];
+        if (!(got == want)) {
+          INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want "
+                        << want);
+          CHECK(got == want);
+          return false;
+        }
+      }
+    }
+    for (int64_t e = (k1 - k0) * nr; e < stride; ++e) {
+      if (!std::isnan(dst[p * stride + e])) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 TEST_CASE(
@@ -150,9 +208,7 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
   // Every packer against the definition of the lowered matrix on odd geometries, blocks that
   // cross output rows, images and panels, and negative pads (backward data's cropping).
   std::mt19937 rng(7);
-  auto pick = [&](int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-  };
+  const auto pick = picker(rng);
   // Every other geometry has rows of a multiple of 8 pixels at stride 1 and a block starting
   // on a panel and ending on a half panel: the AVX2 packer's segment-major loop (whole
   // aligned half panels).
@@ -170,13 +226,6 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
     const int64_t OH = eh / SH + 1, OW = ew / SW + 1, P = OH * OW, HW = H * W, K = C * KH * KW;
     const im2gemm::detail::PackGeom pg{C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, C * HW};
     const auto x = testutil::random_ints(static_cast<std::size_t>(N * C * HW), 100 + tried);
-    auto lowered = [&](int64_t kk, int64_t j) {
-      const int64_t n = j / P, oh = j % P / OW, ow = j % OW;
-      const int64_t c = kk / (KH * KW), kh = kk % (KH * KW) / KW, kw = kk % KW;
-      const int64_t ih = oh * SH - PH + kh * DH, iw = ow * SW - PW + kw * DW;
-      if (ih < 0 || ih >= H || iw < 0 || iw >= W) return 0.0f;
-      return x[static_cast<std::size_t>(((n * C + c) * H + ih) * W + iw)];
-    };
     const int64_t cols = N * P;
     for (Isa isa : cpu_isas()) {
       const int nr = gemm::config(isa).nr;
@@ -190,11 +239,9 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
       }
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
       const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
-      std::vector<im2gemm::detail::PackSegment> segs(
-          static_cast<std::size_t>(im2gemm::detail::max_pack_segments(j1 - j0)));
-      std::vector<im2gemm::detail::LaneRange> ranges(segs.size() * static_cast<std::size_t>(KW));
-      const int64_t nseg =
-          im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride, segs.data(), ranges.data());
+      const BlockSegments bs(pg, j0, j1, nr, stride);
+      const auto& segs = bs.segs;
+      const int64_t nseg = bs.n;
       REQUIRE(nseg <= static_cast<int64_t>(segs.size()));
       bool all_halves = nr == 16 && SW == 1, some_half = false;
       for (int64_t sg = 0; sg < nseg; ++sg) {
@@ -205,27 +252,9 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
       halves += isa != Isa::scalar && all_halves && some_half;
       Aligned dst(static_cast<std::size_t>(panels * stride),
                   std::numeric_limits<float>::quiet_NaN());
-      im2gemm::detail::pack_im2col_fn(isa)(pg, x.data(), segs.data(), ranges.data(), nseg, k0, k1,
-                                           nr, dst.p);
-      bool ok = true;
-      for (int64_t p = 0; p < panels && ok; ++p) {
-        for (int64_t kk = k0; kk < k1 && ok; ++kk) {
-          for (int64_t l = 0; l < nr && ok; ++l) {
-            const int64_t j = j0 + p * nr + l;
-            const float want = j < j1 ? lowered(kk, j) : 0.0f;
-            const float got = dst.p[p * stride + (kk - k0) * nr + l];
-            if (!(got == want)) {
-              INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want "
-                            << want);
-              ok = false;
-            }
-          }
-        }
-        // The gap between panels (stride past the rows) is never written.
-        for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e)
-          ok = std::isnan(dst.p[p * stride + e]);
-      }
-      CHECK(ok);
+      im2gemm::detail::pack_im2col_fn(isa)(pg, x.data(), segs.data(), bs.ranges.data(), nseg, k0,
+                                           k1, nr, dst.p);
+      CHECK(panels_hold_lowered(pg, x, dst.p, j0, j1, k0, k1, nr, stride));
     }
   }
   MESSAGE(halves << " blocks of whole aligned half panels on a vector ISA");
@@ -237,9 +266,7 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
   // block of its columns, compare with the definition of the lowered matrix. Widths up to 70
   // reach the AVX2 split's 16-float steps at stride 2 on both sides of the padding.
   std::mt19937 rng(11);
-  auto pick = [&](int64_t lo, int64_t hi) {
-    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-  };
+  const auto pick = picker(rng);
   int tried = 0, vector_split = 0;
   while (tried < 300) {
     const int64_t N = pick(1, 3), C = pick(1, 3), KH = pick(1, 5), KW = pick(1, 7);
@@ -252,13 +279,6 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
     const im2gemm::detail::PackGeom pg{C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW, C * HW};
     vector_split += SW == 2 && W >= 16 + PW;
     const auto x = testutil::random_ints(static_cast<std::size_t>(N * C * HW), 500 + tried);
-    auto lowered = [&](int64_t kk, int64_t j) {
-      const int64_t n = j / P, oh = j % P / OW, ow = j % OW;
-      const int64_t c = kk / (KH * KW), kh = kk % (KH * KW) / KW, kw = kk % KW;
-      const int64_t ih = oh * SH - PH + kh * DH, iw = ow * SW - PW + kw * DW;
-      if (ih < 0 || ih >= H || iw < 0 || iw >= W) return 0.0f;
-      return x[static_cast<std::size_t>(((n * C + c) * H + ih) * W + iw)];
-    };
     for (Isa isa : cpu_isas()) {
       const im2gemm::detail::PhasePacker phases = im2gemm::detail::phase_packer(isa);
       if (phases.pack == nullptr) continue;
@@ -271,12 +291,8 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
       const int64_t j0 = n * P + a, j1 = n * P + b;
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
       const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
-      std::vector<im2gemm::detail::PackSegment> segs(
-          static_cast<std::size_t>(im2gemm::detail::max_pack_segments(j1 - j0)));
-      std::vector<im2gemm::detail::LaneRange> ranges(segs.size() * static_cast<std::size_t>(KW));
-      const int64_t nseg =
-          im2gemm::detail::build_pack_segments(pg, j0, j1, nr, stride, segs.data(), ranges.data());
-      im2gemm::detail::to_phase_segments(pg, segs.data(), nseg);
+      BlockSegments bs(pg, j0, j1, nr, stride);
+      im2gemm::detail::to_phase_segments(pg, bs.segs.data(), bs.n);
       // Exactly sized (the sanitizer builds catch a read or write past it); every float set.
       std::vector<float> xs(static_cast<std::size_t>(im2gemm::detail::phase_floats(pg)),
                             std::numeric_limits<float>::quiet_NaN());
@@ -284,25 +300,8 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
       CHECK(std::none_of(xs.begin(), xs.end(), [](float v) { return std::isnan(v); }));
       Aligned dst(static_cast<std::size_t>(panels * stride),
                   std::numeric_limits<float>::quiet_NaN());
-      phases.pack(pg, xs.data(), segs.data(), nseg, k0, k1, nr, dst.p);
-      bool ok = true;
-      for (int64_t p = 0; p < panels && ok; ++p) {
-        for (int64_t kk = k0; kk < k1 && ok; ++kk) {
-          for (int64_t l = 0; l < nr && ok; ++l) {
-            const int64_t j = j0 + p * nr + l;
-            const float want = j < j1 ? lowered(kk, j) : 0.0f;
-            const float got = dst.p[p * stride + (kk - k0) * nr + l];
-            if (!(got == want)) {
-              INFO("panel " << p << " row " << kk << " lane " << l << " got " << got << " want "
-                            << want);
-              ok = false;
-            }
-          }
-        }
-        for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e)
-          ok = std::isnan(dst.p[p * stride + e]);
-      }
-      CHECK(ok);
+      phases.pack(pg, xs.data(), bs.segs.data(), bs.n, k0, k1, nr, dst.p);
+      CHECK(panels_hold_lowered(pg, x, dst.p, j0, j1, k0, k1, nr, stride));
     }
   }
   MESSAGE(vector_split << " geometries reach the AVX2 split's 16-float steps");

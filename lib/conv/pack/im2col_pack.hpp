@@ -32,6 +32,17 @@ struct PackSegment {
   std::int64_t len;  ///< lanes, 1..NR
 };
 
+/// The next row k + 1 of the lowered matrix as (c, kh, kw), k = (c*KH + kh)*KW + kw.
+inline void next_tap(const PackGeom& g, std::int64_t& c, std::int64_t& kh, std::int64_t& kw) {
+  if (++kw == g.KW) {
+    kw = 0;
+    if (++kh == g.KH) {
+      kh = 0;
+      ++c;
+    }
+  }
+}
+
 /// Lanes [lo, hi) of a segment read the input row for a given kw; the others are zero.
 struct LaneRange {
   std::int32_t lo, hi;

@@ -48,6 +48,25 @@ inline __m256 load_even(std::uintptr_t base, i64 o, __m256i m0, __m256i m1) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+// One k row of a block in 16-lane panels: each panel row assembled in two registers from the
+// segments that share it (in order, covering its 16 lanes) and written with two aligned
+// stores. seg(s, ih, lo8, hi8) ors segment s's lanes in; segments whose input row ih
+// (ih0 + dh) lies outside the input stay zero.
+template <class Seg>
+inline void assemble_panel_rows(const PackGeom& g, const PackSegment* segs, i64 nseg, i64 dh,
+                                float* drow, Seg&& seg) {
+  for (i64 s = 0; s < nseg;) {
+    const i64 panel = segs[s].dst - (segs[s].dst & 15);
+    __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
+    for (; s < nseg && segs[s].dst - (segs[s].dst & 15) == panel; ++s) {
+      const i64 ih = segs[s].ih0 + dh;
+      if (ih >= 0 && ih < g.H) seg(s, ih, lo8, hi8);
+    }
+    _mm256_store_ps(drow + panel, lo8);
+    _mm256_store_ps(drow + panel + 8, hi8);
+  }
+}
+
 // The taps' offsets kh*DH*W + kw*DW, tabulated for the segment-major loop (larger kernels
 // keep the row-major one).
 constexpr i64 kMaxTabulatedTaps = 256;
@@ -145,56 +164,41 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
     float* drow = dst + (kk - k0) * nr;
     const i64 dh = kh * g.DH, dw = kw * g.DW;
     const float* xc = x + c * plane;
-    for (i64 s = 0; s < nseg;) {
-      const i64 panel = segs[s].dst - (segs[s].dst & 15);
-      __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
-      // Every segment of this panel (they cover its 16 lanes, in order).
-      for (; s < nseg && segs[s].dst - (segs[s].dst & 15) == panel; ++s) {
-        const PackSegment& sg = segs[s];
-        const i64 ih = sg.ih0 + dh;
-        if (ih < 0 || ih >= g.H) continue;
-        const LaneRange r = ranges[s * g.KW + kw];
-        if (r.lo >= r.hi) continue;
-        const i64 f = sg.dst & 15;                 // panel lane of the segment's lane 0
-        const i64 qlo = f + r.lo, qhi = f + r.hi;  // panel lanes read from the input
-        // Panel lane q reads input float (row start + (q - f) * sw); p is the address of
-        // lane 0, kept as an integer (see at()).
-        const std::uintptr_t p =
-            reinterpret_cast<std::uintptr_t>(xc) +
-            static_cast<std::uintptr_t>(sg.src + ih * g.W + sg.iw0 + dw - f * sw) * sizeof(float);
-        if (sw == 1) {
-          if (qlo == 0 && qhi == 16) {
-            lo8 = _mm256_loadu_ps(at(p, 0));
-            hi8 = _mm256_loadu_ps(at(p, 8));
-          } else {
-            if (qlo < 8)
-              lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(qlo, qhi, iota)));
-            if (qhi > 8) {
-              hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8),
-                                                         lanes_between(qlo - 8, qhi - 8, iota)));
-            }
-          }
+    assemble_panel_rows(g, segs, nseg, dh, drow, [&](i64 s, i64 ih, __m256& lo8, __m256& hi8) {
+      const PackSegment& sg = segs[s];
+      const LaneRange r = ranges[s * g.KW + kw];
+      if (r.lo >= r.hi) return;
+      const i64 f = sg.dst & 15;                 // panel lane of the segment's lane 0
+      const i64 qlo = f + r.lo, qhi = f + r.hi;  // panel lanes read from the input
+      // Panel lane q reads input float (row start + (q - f) * sw); p is the address of
+      // lane 0, kept as an integer (see at()).
+      const std::uintptr_t p =
+          reinterpret_cast<std::uintptr_t>(xc) +
+          static_cast<std::uintptr_t>(sg.src + ih * g.W + sg.iw0 + dw - f * sw) * sizeof(float);
+      if (sw == 1) {
+        if (qlo == 0 && qhi == 16) {
+          lo8 = _mm256_loadu_ps(at(p, 0));
+          hi8 = _mm256_loadu_ps(at(p, 8));
         } else {
-          // Float e past p feeds lane e/2 when e is even; lanes 0..7 come from floats
-          // [0, 16), lanes 8..15 from [16, 32), and odd floats are never loaded.
-          const __m256i even = _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0);
-          const auto m = [&](i64 o) {
-            return _mm256_and_si256(even, lanes_between(2 * qlo - o, 2 * qhi - o, iota));
-          };
-          if (qlo < 8) lo8 = _mm256_or_ps(lo8, load_even(p, 0, m(0), m(8)));
-          if (qhi > 8) hi8 = _mm256_or_ps(hi8, load_even(p, 16, m(16), m(24)));
+          if (qlo < 8)
+            lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(qlo, qhi, iota)));
+          if (qhi > 8) {
+            hi8 = _mm256_or_ps(hi8,
+                               _mm256_maskload_ps(at(p, 8), lanes_between(qlo - 8, qhi - 8, iota)));
+          }
         }
+      } else {
+        // Float e past p feeds lane e/2 when e is even; lanes 0..7 come from floats
+        // [0, 16), lanes 8..15 from [16, 32), and odd floats are never loaded.
+        const __m256i even = _mm256_setr_epi32(-1, 0, -1, 0, -1, 0, -1, 0);
+        const auto m = [&](i64 o) {
+          return _mm256_and_si256(even, lanes_between(2 * qlo - o, 2 * qhi - o, iota));
+        };
+        if (qlo < 8) lo8 = _mm256_or_ps(lo8, load_even(p, 0, m(0), m(8)));
+        if (qhi > 8) hi8 = _mm256_or_ps(hi8, load_even(p, 16, m(16), m(24)));
       }
-      _mm256_store_ps(drow + panel, lo8);
-      _mm256_store_ps(drow + panel + 8, hi8);
-    }
-    if (++kw == g.KW) {
-      kw = 0;
-      if (++kh == g.KH) {
-        kh = 0;
-        ++c;
-      }
-    }
+    });
+    next_tap(g, c, kh, kw);
   }
 }
 
@@ -258,39 +262,25 @@ void pack_phases_avx2(const PackGeom& g, const float* xs, const PackSegment* seg
     const std::uintptr_t plane =
         reinterpret_cast<std::uintptr_t>(xs) +
         static_cast<std::uintptr_t>((c * g.SW + q % g.SW) * g.H * wp + q / g.SW) * sizeof(float);
-    for (i64 s = 0; s < nseg;) {
-      const i64 panel = segs[s].dst - (segs[s].dst & 15);
-      __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
-      for (; s < nseg && segs[s].dst - (segs[s].dst & 15) == panel; ++s) {
-        const PackSegment& sg = segs[s];
-        const i64 ih = sg.ih0 + dh;
-        if (ih < 0 || ih >= g.H) continue;
-        const i64 f = sg.dst & 15, len = sg.len;
-        // Panel lane q reads float (q - f) of the run: p is the address of lane 0.
-        const std::uintptr_t p = plane +
-                                 static_cast<std::uintptr_t>(ih * wp + sg.iw0 - f) * sizeof(float);
-        if (len == 16) {
-          lo8 = _mm256_loadu_ps(at(p, 0));
-          hi8 = _mm256_loadu_ps(at(p, 8));
-        } else {
-          if (f < 8)
-            lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(f, f + len, iota)));
-          if (f + len > 8) {
-            hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8),
-                                                       lanes_between(f - 8, f + len - 8, iota)));
-          }
+    assemble_panel_rows(g, segs, nseg, dh, drow, [&](i64 s, i64 ih, __m256& lo8, __m256& hi8) {
+      const PackSegment& sg = segs[s];
+      const i64 f = sg.dst & 15, len = sg.len;
+      // Panel lane q reads float (q - f) of the run: p is the address of lane 0.
+      const std::uintptr_t p = plane +
+                               static_cast<std::uintptr_t>(ih * wp + sg.iw0 - f) * sizeof(float);
+      if (len == 16) {
+        lo8 = _mm256_loadu_ps(at(p, 0));
+        hi8 = _mm256_loadu_ps(at(p, 8));
+      } else {
+        if (f < 8)
+          lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(f, f + len, iota)));
+        if (f + len > 8) {
+          hi8 = _mm256_or_ps(hi8,
+                             _mm256_maskload_ps(at(p, 8), lanes_between(f - 8, f + len - 8, iota)));
         }
       }
-      _mm256_store_ps(drow + panel, lo8);
-      _mm256_store_ps(drow + panel + 8, hi8);
-    }
-    if (++kw == g.KW) {
-      kw = 0;
-      if (++kh == g.KH) {
-        kh = 0;
-        ++c;
-      }
-    }
+    });
+    next_tap(g, c, kh, kw);
   }
 }
 

@@ -69,13 +69,7 @@ void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* se
         _mm512_mask_storeu_ps(d + 16 * v, st, val);
       }
     }
-    if (++kw == g.KW) {
-      kw = 0;
-      if (++kh == g.KH) {
-        kh = 0;
-        ++c;
-      }
-    }
+    next_tap(g, c, kh, kw);
   }
 }
 
