@@ -299,21 +299,28 @@ struct WeightsCtx {
   bool fused = false;
 };
 
+// The packers' view of nch channels of a layer's input, images image_stride floats apart.
+detail::PackGeom pack_geom(const ConvGeom& g, i64 nch, i64 image_stride) {
+  return detail::PackGeom{nch,  g.H,  g.W,  g.KH, g.KW, g.SH, g.SW,
+                          g.PH, g.PW, g.DH, g.DW, g.OH, g.OW, image_stride};
+}
+
 // The fused B pack of backward weights (pack_im2col_transposed_avx2): B = col^T over a run of
 // images, read straight from x. Without it the column block of a run of images (lenet_conv2:
 // 7 images, 896 KB) left L2 between its im2col and the transposing pack, and the im2col's
 // stores took a third of the GEMM's time.
 struct FusedPackCtx {
   detail::PackGeom geom;
-  const float* x;  ///< image n0's first channel of the block, or its column phases
+  /// Image n0's first channel of the block; at horizontal stride > 1 the run's images split
+  /// into column phases.
+  const float* x;
   int nr;
-  bool phases;  ///< x holds the run's images split into column phases (horizontal stride > 1)
 };
 
 void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst,
                             i64 panel_stride) {
   const auto& c = *static_cast<const FusedPackCtx*>(vctx);
-  if (c.phases) {
+  if (c.geom.SW > 1) {
     detail::pack_phases_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
   } else {
     detail::pack_im2col_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
@@ -366,10 +373,9 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
       lda = cols;
     }
     const ConvGeom& g = cx.geo;
-    FusedPackCtx pc{detail::PackGeom{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW,
-                                     g.OH, g.OW, d.C * d.HW},
-                    cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW, cx.packed->nr, g.SW > 1};
-    if (pc.phases) {  // the run's images split into column phases, in the column block's room
+    FusedPackCtx pc{pack_geom(g, nch, d.C * d.HW), cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW,
+                    cx.packed->nr};
+    if (g.SW > 1) {  // the run's images split into column phases, in the column block's room
       const i64 per_image = detail::phase_floats(pc.geom);
       const detail::SplitFn split = detail::phase_packer(cx.packed->isa).split;
       for (i64 i = 0; i < n1 - n0; ++i)
@@ -602,9 +608,7 @@ bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
   constexpr i64 kMinLaneFill = 32;
   const i64 rows = nch * p.khw, lanes = (rows + cfg.nr - 1) / cfg.nr * cfg.nr;
   if ((lanes - rows) * kMinLaneFill > rows) return false;
-  const ConvGeom g(s);
-  const PackGeom pg{nch, g.H, g.W, g.KH, g.KW, g.SH, g.SW, g.PH, g.PW, g.DH, g.DW, g.OH, g.OW, 0};
-  return p.images_per_block * phase_floats(pg) <= p.col_floats;
+  return p.images_per_block * phase_floats(pack_geom(ConvGeom(s), nch, 0)) <= p.col_floats;
 }
 
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o) {
@@ -621,9 +625,9 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // of a micro-panel (AVX-512's 48 lanes: 16 pixels; AVX2's 16 lanes: 6, so lenet_conv2's
       // 8-pixel and the 7x7 layers' rows qualify), horizontal stride 1 or, up to
       // kMaxPackedForwardStride, packed from column phases where they pay
-      // (kMinPhaseMacsPerInput), and a K that amortises a tile's set-up. With 48-lane panels, 1x1 stride-1 shapes run on the openblas path, which
-      // skips im2col for them; with 16-lane panels the packed engine measured ahead there
-      // too (plan.hpp).
+      // (kMinPhaseMacsPerInput), and a K that amortises a tile's set-up. With 48-lane panels,
+      // 1x1 stride-1 shapes run on the openblas path, which skips im2col for them; with
+      // 16-lane panels the packed engine measured ahead there too (plan.hpp).
       const bool fits = s.out_width() * kMinPackedRowPanelFraction >= nr &&
                         s.stride_width <= kMaxPackedForwardStride &&
                         s.in_channels / s.groups * khw >= kMinPackedK &&

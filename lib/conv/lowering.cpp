@@ -8,6 +8,7 @@
 
 #include "common/activation_impl.hpp"
 #include "common/isa.hpp"
+#include "conv/pack/im2col_pack.hpp"
 
 // Runtime dispatch: GCC emits one body per target and an ifunc resolver that picks the best
 // one for the CPU at load time.
@@ -902,7 +903,35 @@ IM2GEMM_AVX2 void col2im_add_block_avx2(const ConvGeom& g, const float* col, i64
 // (alexnet_conv1, KW = 11 at stride 4: 227 instead of 605 per row). Input column iw is
 // phase column j = (iw + PW) / SW of phase (iw + PW) % SW.
 constexpr i64 kMaxPhaseRowFloats = 4096;
-inline i64 phase_row_width(const ConvGeom& g) { return g.OW + (g.KW - 1) * g.DW / g.SW; }
+inline i64 phase_row_width(const ConvGeom& g) { return phase_columns(g.OW, g.KW, g.DW, g.SW); }
+
+// o[0 .. 8*SW) += phase columns jj .. jj+7 of the SW phase rows (wp floats apart) at buf + jj,
+// interleaved: o[i*SW + p] += row p's column jj + i. SW is 2 or 4.
+IM2GEMM_AVX2 inline void add_interleaved_avx2(float* o, const float* buf, i64 wp, i64 SW) {
+  auto add = [o](int u, __m256 v) IM2GEMM_AVX2 {
+    _mm256_storeu_ps(o + 8 * u, _mm256_add_ps(_mm256_loadu_ps(o + 8 * u), v));
+  };
+  const __m256 r0 = _mm256_loadu_ps(buf), r1 = _mm256_loadu_ps(buf + wp);
+  if (SW == 2) {
+    const __m256 lo = _mm256_unpacklo_ps(r0, r1), hi = _mm256_unpackhi_ps(r0, r1);
+    // lo: pairs 0 1 | 4 5, hi: pairs 2 3 | 6 7.
+    add(0, _mm256_permute2f128_ps(lo, hi, 0x20));
+    add(1, _mm256_permute2f128_ps(lo, hi, 0x31));
+    return;
+  }
+  const __m256 r2 = _mm256_loadu_ps(buf + 2 * wp), r3 = _mm256_loadu_ps(buf + 3 * wp);
+  // Quads (r0[i], r1[i], r2[i], r3[i]) for i = 0..7, in order.
+  const __m256 a01 = _mm256_unpacklo_ps(r0, r1), b01 = _mm256_unpackhi_ps(r0, r1);
+  const __m256 a23 = _mm256_unpacklo_ps(r2, r3), b23 = _mm256_unpackhi_ps(r2, r3);
+  const __m256 q0 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(1, 0, 1, 0));  // 0 | 4
+  const __m256 q1 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 2, 3, 2));  // 1 | 5
+  const __m256 q2 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(1, 0, 1, 0));  // 2 | 6
+  const __m256 q3 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(3, 2, 3, 2));  // 3 | 7
+  add(0, _mm256_permute2f128_ps(q0, q1, 0x20));
+  add(1, _mm256_permute2f128_ps(q2, q3, 0x20));
+  add(2, _mm256_permute2f128_ps(q0, q1, 0x31));
+  add(3, _mm256_permute2f128_ps(q2, q3, 0x31));
+}
 
 IM2GEMM_AVX2 void col2im_add_block_phases_avx2(const ConvGeom& g, const float* col, i64 ldcol,
                                                i64 nch, i64 q0, i64 q1, float* dx) {
@@ -937,36 +966,8 @@ IM2GEMM_AVX2 void col2im_add_block_phases_avx2(const ConvGeom& g, const float* c
           va = std::min(end, std::max(a, (PW + SW - 1) / SW));
           vb = std::max(va, std::min(end, (W + PW) / SW));  // j*SW + SW-1 - PW < W
           vb = va + (vb - va) / 8 * 8;
-          for (i64 jj = va; jj < vb; jj += 8) {
-            float* o = d + jj * SW - PW;
-            if (SW == 2) {
-              const __m256 r0 = _mm256_loadu_ps(buf + jj), r1 = _mm256_loadu_ps(buf + wp + jj);
-              const __m256 lo = _mm256_unpacklo_ps(r0, r1), hi = _mm256_unpackhi_ps(r0, r1);
-              // lo: pairs 0 1 | 4 5, hi: pairs 2 3 | 6 7.
-              const __m256 v0 = _mm256_permute2f128_ps(lo, hi, 0x20);
-              const __m256 v1 = _mm256_permute2f128_ps(lo, hi, 0x31);
-              _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), v0));
-              _mm256_storeu_ps(o + 8, _mm256_add_ps(_mm256_loadu_ps(o + 8), v1));
-            } else {
-              const __m256 r0 = _mm256_loadu_ps(buf + jj), r1 = _mm256_loadu_ps(buf + wp + jj);
-              const __m256 r2 = _mm256_loadu_ps(buf + 2 * wp + jj);
-              const __m256 r3 = _mm256_loadu_ps(buf + 3 * wp + jj);
-              // Quads (r0[i], r1[i], r2[i], r3[i]) for i = 0..7, in order.
-              const __m256 a01 = _mm256_unpacklo_ps(r0, r1), b01 = _mm256_unpackhi_ps(r0, r1);
-              const __m256 a23 = _mm256_unpacklo_ps(r2, r3), b23 = _mm256_unpackhi_ps(r2, r3);
-              const __m256 q0 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(1, 0, 1, 0));  // 0 | 4
-              const __m256 q1 = _mm256_shuffle_ps(a01, a23, _MM_SHUFFLE(3, 2, 3, 2));  // 1 | 5
-              const __m256 q2 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(1, 0, 1, 0));  // 2 | 6
-              const __m256 q3 = _mm256_shuffle_ps(b01, b23, _MM_SHUFFLE(3, 2, 3, 2));  // 3 | 7
-              const __m256 v[4] = {_mm256_permute2f128_ps(q0, q1, 0x20),
-                                   _mm256_permute2f128_ps(q2, q3, 0x20),
-                                   _mm256_permute2f128_ps(q0, q1, 0x31),
-                                   _mm256_permute2f128_ps(q2, q3, 0x31)};
-              for (int u = 0; u < 4; ++u) {
-                _mm256_storeu_ps(o + 8 * u, _mm256_add_ps(_mm256_loadu_ps(o + 8 * u), v[u]));
-              }
-            }
-          }
+          for (i64 jj = va; jj < vb; jj += 8)
+            add_interleaved_avx2(d + jj * SW - PW, buf + jj, wp, SW);
         }
         for (i64 p = 0; p < SW; ++p) {
           // Phase columns whose input column j*SW + p - PW lies in [0, W), within [a, end),
@@ -1013,8 +1014,6 @@ bool avx512_im2col(const ConvGeom& g) {
   return avx512_lowering(g) && (g.OW < kWideRow || g.SW == 4);
 }
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
-// The AVX2 kernels on a CPU (or under an IM2GEMM_ISA cap) whose best ISA is AVX2: im2col at
-// horizontal strides 1 and 2, col2im at stride 1. AVX-512 CPUs keep their measured choices.
 // col2im at horizontal strides > 1 on AVX2 CPUs: by column phases, where SW phase rows fit
 // the stack buffer.
 bool avx2_col2im_phases(const ConvGeom& g) {
@@ -1027,6 +1026,8 @@ bool avx2_col2im_phases(const ConvGeom& g) {
   return false;
 #endif
 }
+// The AVX2 kernels on a CPU (or under an IM2GEMM_ISA cap) whose best ISA is AVX2: im2col at
+// horizontal strides 1 and 2, col2im at stride 1. AVX-512 CPUs keep their measured choices.
 bool avx2_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   static const bool cpu = isa_active() == Isa::avx2;

@@ -257,10 +257,10 @@ PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
   }
   p.b_floats = p.kc * p.nc;
   p.c_floats = p.fold ? block_filters() * p.nc : 0;
-  const i64 phase_bytes = phase_floats(pack_geom(pc)) * 4;
+  const i64 split_floats = phase_floats(pack_geom(pc));
   p.phases = pc.SW > 1 && !p.fold && phase_packer(p.isa).pack != nullptr &&
-             phase_bytes <= kMaxPhaseBytes;
-  p.phase_floats = p.phases ? phase_floats(pack_geom(pc)) : 0;
+             split_floats * 4 <= kMaxPhaseBytes;
+  p.phase_floats = p.phases ? split_floats : 0;
   p.segments = max_pack_segments(p.nc);
   p.range_entries = p.segments * pc.KW;
   return p;

@@ -56,8 +56,6 @@ i64 build_pack_segments(const PackGeom& g, i64 j0, i64 j1, int nr, i64 panel_str
 #include "conv/pack/im2col_pack_generic.inc"
 #undef PACK_FN_NAME
 
-i64 phase_width(const PackGeom& g) { return g.OW + (g.KW - 1) * g.DW / g.SW; }
-
 i64 phase_floats(const PackGeom& g) { return g.C * g.SW * g.H * phase_width(g); }
 
 void split_phases_scalar(const PackGeom& g, const float* x, float* xs) {

@@ -82,8 +82,13 @@ PackFn pack_im2col_fn(Isa isa);
 // consecutive floats, as at stride 1, with no lane outside the plane and no horizontal
 // bounds check. Rows keep the order of the lowered matrix, so the weights are unchanged.
 
-/// Columns of a phase plane: OW + (KW-1)*DW / SW.
-std::int64_t phase_width(const PackGeom& g);
+/// Columns of a phase row: the output row plus the widest tap's column, OW + (KW-1)*DW / SW
+/// (also col2im's phase rows, lib/conv/lowering.cpp).
+inline std::int64_t phase_columns(std::int64_t OW, std::int64_t KW, std::int64_t DW,
+                                  std::int64_t SW) {
+  return OW + (KW - 1) * DW / SW;
+}
+inline std::int64_t phase_width(const PackGeom& g) { return phase_columns(g.OW, g.KW, g.DW, g.SW); }
 /// Floats of an image's phase planes (C*SW*H*phase_width).
 std::int64_t phase_floats(const PackGeom& g);
 /// Splits one image's group input x (channel 0 of the group) into xs (phase_floats(g)).

@@ -48,6 +48,21 @@ inline __m256 load_even(std::uintptr_t base, i64 o, __m256i m0, __m256i m1) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+// Panel lanes [qlo, qhi) of a 16-lane panel row from consecutive floats, lane q reading the
+// float (q past p; lanes outside never touched): two plain loads for a whole panel, else
+// masked loads or'd into lo8 / hi8.
+inline void or_run16(std::uintptr_t p, i64 qlo, i64 qhi, __m256i iota, __m256& lo8, __m256& hi8) {
+  if (qlo == 0 && qhi == 16) {
+    lo8 = _mm256_loadu_ps(at(p, 0));
+    hi8 = _mm256_loadu_ps(at(p, 8));
+    return;
+  }
+  if (qlo < 8) lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(qlo, qhi, iota)));
+  if (qhi > 8) {
+    hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8), lanes_between(qlo - 8, qhi - 8, iota)));
+  }
+}
+
 // One k row of a block in 16-lane panels: each panel row assembled in two registers from the
 // segments that share it (in order, covering its 16 lanes) and written with two aligned
 // stores. seg(s, ih, lo8, hi8) ors segment s's lanes in; segments whose input row ih
@@ -176,17 +191,7 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
           reinterpret_cast<std::uintptr_t>(xc) +
           static_cast<std::uintptr_t>(sg.src + ih * g.W + sg.iw0 + dw - f * sw) * sizeof(float);
       if (sw == 1) {
-        if (qlo == 0 && qhi == 16) {
-          lo8 = _mm256_loadu_ps(at(p, 0));
-          hi8 = _mm256_loadu_ps(at(p, 8));
-        } else {
-          if (qlo < 8)
-            lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(qlo, qhi, iota)));
-          if (qhi > 8) {
-            hi8 = _mm256_or_ps(hi8,
-                               _mm256_maskload_ps(at(p, 8), lanes_between(qlo - 8, qhi - 8, iota)));
-          }
-        }
+        or_run16(p, qlo, qhi, iota, lo8, hi8);
       } else {
         // Float e past p feeds lane e/2 when e is even; lanes 0..7 come from floats
         // [0, 16), lanes 8..15 from [16, 32), and odd floats are never loaded.
@@ -264,21 +269,11 @@ void pack_phases_avx2(const PackGeom& g, const float* xs, const PackSegment* seg
         static_cast<std::uintptr_t>((c * g.SW + q % g.SW) * g.H * wp + q / g.SW) * sizeof(float);
     assemble_panel_rows(g, segs, nseg, dh, drow, [&](i64 s, i64 ih, __m256& lo8, __m256& hi8) {
       const PackSegment& sg = segs[s];
-      const i64 f = sg.dst & 15, len = sg.len;
+      const i64 f = sg.dst & 15;
       // Panel lane q reads float (q - f) of the run: p is the address of lane 0.
       const std::uintptr_t p = plane +
                                static_cast<std::uintptr_t>(ih * wp + sg.iw0 - f) * sizeof(float);
-      if (len == 16) {
-        lo8 = _mm256_loadu_ps(at(p, 0));
-        hi8 = _mm256_loadu_ps(at(p, 8));
-      } else {
-        if (f < 8)
-          lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), lanes_between(f, f + len, iota)));
-        if (f + len > 8) {
-          hi8 = _mm256_or_ps(hi8,
-                             _mm256_maskload_ps(at(p, 8), lanes_between(f - 8, f + len - 8, iota)));
-        }
-      }
+      or_run16(p, f, f + sg.len, iota, lo8, hi8);
     });
     next_tap(g, c, kh, kw);
   }
