@@ -37,9 +37,12 @@ void multiply_block(const Config& cfg, const BlockArgs& g) {
   t.accumulate = g.accumulate;
   t.relu = g.relu;
   const i64 nr = cfg.nr;
-  for (i64 i0 = 0; i0 < g.m; i0 += cfg.mr) {
+  // M in the fewest tiles of at most mr rows, their heights as equal as can be (the first
+  // m % tiles one row taller): the kernels run short tiles at the cost of their rows.
+  const i64 tiles = (g.m + cfg.mr - 1) / cfg.mr;
+  for (i64 ti = 0, i0 = 0; ti < tiles; ++ti) {
     t.a = g.a + i0 * g.lda;
-    t.m = static_cast<int>(std::min<i64>(cfg.mr, g.m - i0));
+    t.m = static_cast<int>(g.m / tiles + (ti < g.m % tiles ? 1 : 0));
     t.bias = g.bias ? g.bias + i0 : nullptr;
     float* crow = g.c + i0 * g.ldc;
     for (i64 j0 = 0, p = 0; j0 < g.ncols; j0 += nr, ++p) {
@@ -48,6 +51,7 @@ void multiply_block(const Config& cfg, const BlockArgs& g) {
       t.n = static_cast<int>(std::min<i64>(nr, g.ncols - j0));
       cfg.ukernel(t);
     }
+    i0 += t.m;
   }
 }
 

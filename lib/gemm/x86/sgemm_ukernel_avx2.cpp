@@ -15,8 +15,10 @@ inline __m256i lane_mask(int n, int v) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// noinline: one function per height, each with its own register allocation (inlined into one
+// dispatcher, gcc spilled the 2-row kernel's accumulators).
 template <int MR, int NV>
-inline void ukernel(const Tile& t) {
+__attribute__((noinline)) void ukernel(const Tile& t) {
   static_assert(MR * NV + NV + 1 <= 16, "accumulators and operands must fit in 16 ymm");
   constexpr int NR = 8 * NV;
   // Branch-free edges, so that the accumulators stay in registers (rows past m read row 0 of
@@ -90,6 +92,18 @@ inline void ukernel(const Tile& t) {
 
 }  // namespace
 
-void sgemm_ukernel_6x16_avx2(const Tile& t) { ukernel<6, 2>(t); }
+// A tile of fewer than 6 rows runs an instantiation of that many rows: the FMAs of rows past m
+// would be wasted work (multiply_block splits M into near-equal tiles, so m = 20 runs 5+5+5+5
+// instead of 6+6+6+2 at the cost of 6+6+6+6).
+void sgemm_ukernel_6x16_avx2(const Tile& t) {
+  switch (t.m) {
+    case 6: return ukernel<6, 2>(t);
+    case 5: return ukernel<5, 2>(t);
+    case 4: return ukernel<4, 2>(t);
+    case 3: return ukernel<3, 2>(t);
+    case 2: return ukernel<2, 2>(t);
+    default: return ukernel<1, 2>(t);
+  }
+}
 
 }  // namespace im2gemm::detail::gemm
