@@ -31,9 +31,21 @@ struct Avx2 {
   static M mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static F even(F lo, F hi) {  // lo[0], lo[2], lo[4], lo[6], hi[0], hi[2], hi[4], hi[6]
-    const F s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  // The even floats of lo, hi in the order lo[0], lo[2], hi[0], hi[2], lo[4], lo[6], hi[4],
+  // hi[6]: one in-lane shuffle; s2_order puts any vector in that order back in output order.
+  static F even_s2(F lo, F hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
+  static F s2_order(F v) {
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  static I s2_order(I v) { return _mm256_permute4x64_epi64(v, _MM_SHUFFLE(3, 1, 2, 0)); }
+  static F even(F lo, F hi) { return s2_order(even_s2(lo, hi)); }
+  // Stride-2 loads in the even_s2 order (what load<2> / load_n<2> return before s2_order).
+  static F load_s2(const float* p) { return even_s2(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
+  static F load_n_s2(const float* p, int n) {
+    const int c = 2 * n - 1;  // floats p[0 .. 2n-2]
+    const F lo = _mm256_maskload_ps(p, mask(c < 8 ? c : 8));
+    const F hi = c > 8 ? _mm256_maskload_ps(p + 8, mask(c - 8)) : _mm256_setzero_ps();
+    return even_s2(lo, hi);
   }
   static void quads(const float* pa, const float* pb, F& even, F& odd) {
     load_quads_avx2(pa, pb, even, odd);
@@ -49,7 +61,7 @@ struct Avx2 {
     if constexpr (S == 1) {
       return _mm256_loadu_ps(p);
     } else if constexpr (S == 2) {
-      return even(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8));
+      return s2_order(load_s2(p));
     } else {
       return _mm256_i32gather_ps(p, lanes(static_cast<std::int32_t>(s)), 4);
     }
@@ -59,10 +71,7 @@ struct Avx2 {
     if constexpr (S == 1) {
       return _mm256_maskload_ps(p, m);
     } else if constexpr (S == 2) {
-      const int c = 2 * n - 1;  // floats p[0 .. 2n-2]
-      const F lo = _mm256_maskload_ps(p, mask(c < 8 ? c : 8));
-      const F hi = c > 8 ? _mm256_maskload_ps(p + 8, mask(c - 8)) : _mm256_setzero_ps();
-      return even(lo, hi);
+      return s2_order(load_n_s2(p, n));
     } else {
       return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, lanes(static_cast<std::int32_t>(s)),
                                       _mm256_castsi256_ps(m), 4);
@@ -73,12 +82,12 @@ struct Avx2 {
   }
   static I splat(std::uint32_t v) { return _mm256_set1_epi32(static_cast<std::int32_t>(v)); }
   static I add(I a, I b) { return _mm256_add_epi32(a, b); }
-  static void update(F& best, I& off, F v, std::uint32_t o) {
+  static void update(F& best, I& off, F v, I o) {
     const F m = _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q),
                                  _mm256_cmp_ps(v, best, _CMP_NLE_UQ));
     best = _mm256_blendv_ps(best, v, m);
-    off = _mm256_castps_si256(
-        _mm256_blendv_ps(_mm256_castsi256_ps(off), _mm256_castsi256_ps(splat(o)), m));
+    off =
+        _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(off), _mm256_castsi256_ps(o), m));
   }
   static void store(float* y, std::int32_t* a, F v, I i) {
     _mm256_storeu_ps(y, v);

@@ -65,11 +65,11 @@ struct Avx512 {
   }
   static I splat(std::uint32_t v) { return _mm512_set1_epi32(static_cast<std::int32_t>(v)); }
   static I add(I a, I b) { return _mm512_add_epi32(a, b); }
-  static void update(F& best, I& off, F v, std::uint32_t o) {
+  static void update(F& best, I& off, F v, I o) {
     const M ordered = _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
     const M m = _mm512_mask_cmp_ps_mask(ordered, v, best, _CMP_NLE_UQ);
     best = _mm512_mask_mov_ps(best, m, v);
-    off = _mm512_mask_mov_epi32(off, m, splat(o));
+    off = _mm512_mask_mov_epi32(off, m, o);
   }
   static void store(float* y, std::int32_t* a, F v, I i) {
     _mm512_storeu_ps(y, v);

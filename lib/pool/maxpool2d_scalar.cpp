@@ -28,7 +28,7 @@ struct Scalar {
   static I lanes(std::int32_t) { return 0; }
   static I splat(std::uint32_t v) { return v; }
   static I add(I a, I b) { return a + b; }
-  static void update(F& best, I& off, F v, std::uint32_t o) {
+  static void update(F& best, I& off, F v, I o) {
 #if defined(__SSE2__)
     // Branch-free with SSE2 scalar compares (x86-64 baseline): on random data the outcome is
     // unpredictable and branches cost more than the whole update.
