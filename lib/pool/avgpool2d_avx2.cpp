@@ -33,16 +33,16 @@ struct Avx2 {
   static __m256i lanes(std::int32_t s) {
     return _mm256_mullo_epi32(_mm256_set1_epi32(s), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static F even(F lo, F hi) {  // lo[0], lo[2], lo[4], lo[6], hi[0], hi[2], hi[4], hi[6]
-    const F s = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
+  // Stride-2 loads in shuffle order (pool/pool_quads_avx2.hpp, HasS2Order).
+  static F load_s2(const float* p) { return load_s2_avx2(p); }
+  static F load_n_s2(const float* p, int n) { return load_n_s2_avx2(p, n); }
+  static F s2_order(F v) { return s2_order_avx2(v); }
   template <int S>
   static F load(const float* p, std::int64_t s) {
     if constexpr (S == 1) {
       return _mm256_loadu_ps(p);
     } else if constexpr (S == 2) {
-      return even(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8));
+      return s2_order(load_s2(p));
     } else {
       return _mm256_i32gather_ps(p, lanes(static_cast<std::int32_t>(s)), 4);
     }
@@ -52,10 +52,7 @@ struct Avx2 {
     if constexpr (S == 1) {
       return _mm256_maskload_ps(p, m);
     } else if constexpr (S == 2) {
-      const int c = 2 * n - 1;  // floats p[0 .. 2n-2]
-      const F lo = _mm256_maskload_ps(p, mask(c < 8 ? c : 8));
-      const F hi = c > 8 ? _mm256_maskload_ps(p + 8, mask(c - 8)) : _mm256_setzero_ps();
-      return even(lo, hi);
+      return s2_order(load_n_s2(p, n));
     } else {
       return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p, lanes(static_cast<std::int32_t>(s)),
                                       _mm256_castsi256_ps(m), 4);

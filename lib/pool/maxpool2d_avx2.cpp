@@ -31,22 +31,11 @@ struct Avx2 {
   static M mask(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  // The even floats of lo, hi in the order lo[0], lo[2], hi[0], hi[2], lo[4], lo[6], hi[4],
-  // hi[6]: one in-lane shuffle; s2_order puts any vector in that order back in output order.
-  static F even_s2(F lo, F hi) { return _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0)); }
-  static F s2_order(F v) {
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), _MM_SHUFFLE(3, 1, 2, 0)));
-  }
-  static I s2_order(I v) { return _mm256_permute4x64_epi64(v, _MM_SHUFFLE(3, 1, 2, 0)); }
-  static F even(F lo, F hi) { return s2_order(even_s2(lo, hi)); }
-  // Stride-2 loads in the even_s2 order (what load<2> / load_n<2> return before s2_order).
-  static F load_s2(const float* p) { return even_s2(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8)); }
-  static F load_n_s2(const float* p, int n) {
-    const int c = 2 * n - 1;  // floats p[0 .. 2n-2]
-    const F lo = _mm256_maskload_ps(p, mask(c < 8 ? c : 8));
-    const F hi = c > 8 ? _mm256_maskload_ps(p + 8, mask(c - 8)) : _mm256_setzero_ps();
-    return even_s2(lo, hi);
-  }
+  // Stride-2 loads in shuffle order (pool/pool_quads_avx2.hpp, HasS2Order).
+  static F load_s2(const float* p) { return load_s2_avx2(p); }
+  static F load_n_s2(const float* p, int n) { return load_n_s2_avx2(p, n); }
+  static F s2_order(F v) { return s2_order_avx2(v); }
+  static I s2_order(I v) { return s2_order_avx2(v); }
   static void quads(const float* pa, const float* pb, F& even, F& odd) {
     load_quads_avx2(pa, pb, even, odd);
   }

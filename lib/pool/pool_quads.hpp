@@ -27,6 +27,18 @@ concept HasQuads = requires(const float* p, typename V::F& f) {
   V::quads(p, p, f, f);
 };
 
+/// A pooling kernel type with stride-2 loads whose lanes come in a fixed order of its choosing
+/// (cheaper than output order: AVX2 saves a lane-crossing permute per load): V::load_s2(p) and
+/// V::load_n_s2(p, n) are load<2>(p, 2) and load_n<2>(p, 2, n, m) before V::s2_order, which
+/// puts a vector (floats, or indices where V has them) in that order back in output order.
+/// Lane-wise work (max, sums) can run in that order and be reordered once at the end.
+template <class V>
+concept HasS2Order = requires(const float* p, typename V::F f) {
+  f = V::load_s2(p);
+  f = V::load_n_s2(p, 1);
+  f = V::s2_order(f);
+};
+
 /// Calls f(a, b, out) for each vector of two quads over output rows [oh_begin, oh_end) of a
 /// plane of width w: a and b are the input indices of the two quads' top-left cells (quad
 /// q: output row oh_begin + q / (ow/4), columns from 4 * (q % (ow/4)), input cell 2*oh*w +
