@@ -35,7 +35,7 @@ struct Options {
   std::int64_t limit = 0;       // 0: every training image
   std::int64_t test_limit = 0;  // 0: every test image
   std::string save, load;
-  bool overlap = true;  // distributed: allreduce buckets overlapped with backward
+  bool overlap = false;  // distributed: allreduce buckets overlapped with backward
 };
 
 /// distributed: the options of train_fashion_mnist_mpi (also --overlap).
@@ -61,8 +61,8 @@ inline void usage(FILE* out, bool distributed = false) {
   if (distributed) {
     std::fprintf(
         out,
-        "  --overlap 0|1  start each layer bucket's gradient allreduce during backward (1,\n"
-        "                 default) or allreduce every gradient after backward (0)\n"
+        "  --overlap 0|1  start each layer bucket's gradient allreduce during backward (1)\n"
+        "                 or allreduce every gradient after backward (0, default)\n"
         "Run under mpirun (scripts/demo --ranks N): --batch is the global minibatch, split\n"
         "between the ranks; --threads is per rank.\n");
   }

@@ -116,10 +116,13 @@ std::uint64_t checksum(std::span<const float> values);
 class DataParallel {
  public:
   struct Options {
-    /// train_step starts the allreduce of a bucket of layers (at least bucket_floats
+    /// true: train_step starts the allreduce of a bucket of layers (at least bucket_floats
     /// gradients, or the rest of the network) as soon as their backward is done, and lets MPI
-    /// progress between the later layers; false: one blocking allreduce after backward.
-    bool overlap = true;
+    /// progress between the later layers. false (default): one blocking allreduce after
+    /// backward. MPI progresses a non-blocking collective only inside MPI calls, so the
+    /// overlap is bounded by the calls between layers; on one machine the blocking allreduce
+    /// measured faster (README, "Data-parallel training").
+    bool overlap = false;
     std::int64_t bucket_floats = 1 << 16;
   };
 
