@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -206,6 +207,8 @@ void avgpool2d_backward(const AvgPool2dShape& s, std::span<const float> dy, std:
 #pragma omp parallel num_threads(p.threads)
   {
     float* buf = detail::scratch_for_all(need_scratch, scratch_bytes, failed);
+    // The ring rows' margins are read as zeros and never written (avg_g_row): zeroed once.
+    if (buf != nullptr) std::memset(buf, 0, static_cast<std::size_t>(scratch_bytes));
     const std::int64_t todo = failed.load() ? 0 : p.planes;  // the same for every thread
 #pragma omp for schedule(dynamic, chunk)
     for (std::int64_t plane = 0; plane < todo; ++plane) {

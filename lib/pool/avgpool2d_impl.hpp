@@ -52,7 +52,9 @@ AvgKernel choose_avg_kernel(const AvgGeom& g);
 using AvgRowsFn = void (*)(AvgKernel k, const AvgGeom& g, const float* x, float* y,
                            std::int64_t oh_begin, std::int64_t oh_end);
 /// Backward of one plane: dy [OH][OW] -> dx [H][W] (every cell written once). buf: this
-/// thread's scratch of avg_backward_scratch_floats(g) floats.
+/// thread's scratch of avg_backward_scratch_floats(g) floats, zeroed by the caller before its
+/// first plane; the plane functions write only the value columns of its rows, so the margins
+/// stay zero for the next plane.
 using AvgPlaneBwdFn = void (*)(AvgKernel k, const AvgGeom& g, const float* dy, float* dx,
                                float* buf);
 
