@@ -44,6 +44,9 @@ concept HasS2Order = requires(const float* p, typename V::F f) {
 /// q: output row oh_begin + q / (ow/4), columns from 4 * (q % (ow/4)), input cell 2*oh*w +
 /// 2*ow), out the block's output index of the first quad's first output. An odd quad count
 /// ends with a vector that overlaps the one before it (the same outputs written again).
+/// Callers' f capture by value: f is not always inlined, and a store through a by-reference
+/// capture makes the compiler reload every captured pointer after it (lenet_pool's average
+/// backward ran 11% faster, its forward 13%, max forward 6%).
 template <class F>
 inline void for_each_quad_pair(std::int64_t w, std::int64_t ow, std::int64_t oh_begin,
                                std::int64_t oh_end, F&& f) {
