@@ -33,6 +33,7 @@ struct Avx2 {
   }
   // Stride-2 loads in shuffle order (pool/pool_quads_avx2.hpp, HasS2Order).
   static F load_s2(const float* p) { return load_s2_avx2(p); }
+  static F load_s2_odd(const float* p) { return load_s2_odd_avx2(p); }
   static F load_n_s2(const float* p, int n) { return load_n_s2_avx2(p, n); }
   static F s2_order(F v) { return s2_order_avx2(v); }
   static I s2_order(I v) { return s2_order_avx2(v); }

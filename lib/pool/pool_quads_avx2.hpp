@@ -20,6 +20,11 @@ inline __m256i s2_order_avx2(__m256i v) {
 inline __m256 load_s2_avx2(const float* p) {
   return even_s2_avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8));
 }
+/// p[1], p[3], ..., p[15] in the same shuffle order, from the same two loads as
+/// load_s2_avx2(p): the odd tap after an even one shares its loads (reads p[0, 16)).
+inline __m256 load_s2_odd_avx2(const float* p) {
+  return _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p + 8), _MM_SHUFFLE(3, 1, 3, 1));
+}
 /// The same for lanes [0, n) only (1 <= n <= 8), reading p[0, 2n - 1) and nothing else; the
 /// other lanes zero.
 inline __m256 load_n_s2_avx2(const float* p, int n) {
