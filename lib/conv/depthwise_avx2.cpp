@@ -79,6 +79,12 @@ struct Avx2 {
 // The lanes kernels' type: Avx2 and the shared in-register 8 x 8 transpose.
 struct Avx2Lanes : Avx2 {
   static void transpose8(F* v) { transpose8x8_avx2(v); }
+  static void load_transpose8(const float* src, i64 stride, F* v) {
+    load_transpose8x8_avx2(src, stride, v);
+  }
+  static void transpose8_store(const F* v, float* dst, i64 stride) {
+    transpose8x8_store_avx2(v, dst, stride);
+  }
 };
 
 #include "conv/depthwise_lanes.inc"
