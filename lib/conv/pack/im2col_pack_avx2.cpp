@@ -161,45 +161,43 @@ bool pack_halves(const PackGeom& g, const float* x, const PackSegment* segs,
   return true;
 }
 
-// Column phases, panel by panel: each 16-lane panel's segments (at most kMaxPanelSegments)
-// packed for all k rows of the block, their lane masks and the rows their taps may read worked
-// out once per panel rather than once per k row (the row-major loop of pack_phases_avx2 spent
-// most of its time walking the segments: 8.4% of alexnet_conv1's forward against 53% for the
-// micro-kernel). Returns false, having written nothing, where a panel has more segments.
+// Panel by panel: each 16-lane panel's segments (at most kMaxPanelSegments) packed for all
+// k rows of the block, their lane masks and the taps whose rows lie in the input worked out
+// once per panel rather than once per k row (the row-major loops below walk every segment
+// of the block once per k row: the phase packer's took 8.4% of alexnet_conv1's forward
+// against 53% for the micro-kernel). Tap t = kh * KW + kw of channel c reads
+// src + c * cstride + tap[t] + (segment's ih0 * row + iw0), row floats a row; ranges: the
+// segments' lanes inside the input per kw (stride 1), or null where every lane is (column
+// phases, whose rows hold the padding). Returns false, having written nothing, where a
+// panel has more segments or the filter more taps than the tables hold.
 constexpr i64 kMaxPanelSegments = 4;
+constexpr i64 kMaxPanelKW = 16;
 
-bool pack_phases_by_panel(const PackGeom& g, const float* xs, const PackSegment* segs, i64 nseg,
-                          i64 k0, i64 k1, float* dst) {
+bool pack_by_panel(const PackGeom& g, const float* src, i64 row, i64 cstride, const i64* tap,
+                   bool image_offsets, const PackSegment* segs, const LaneRange* ranges, i64 nseg,
+                   i64 k0, i64 k1, float* dst) {
   const i64 khw = g.KH * g.KW;
-  if (khw > kMaxTabulatedTaps) return false;
+  if (khw > kMaxTabulatedTaps || g.KW > kMaxPanelKW) return false;
   for (i64 s = 0, n = 0; s < nseg; ++s) {
     n = s > 0 && (segs[s].dst & ~i64{15}) == (segs[s - 1].dst & ~i64{15}) ? n + 1 : 1;
     if (n > kMaxPanelSegments) return false;
   }
-  const i64 wp = phase_width(g), cstride = g.SW * g.H * wp;
-  // Tap t = kh * KW + kw of a channel: its plane, row and column within the channel's phase
-  // planes, and kh.
-  i64 tap[kMaxTabulatedTaps], tkh[kMaxTabulatedTaps];
-  for (i64 t = 0; t < khw; ++t) {
-    const i64 kh = t / g.KW, q = (t % g.KW) * g.DW;
-    tap[t] = (q % g.SW) * g.H * wp + kh * g.DH * wp + q / g.SW;
-    tkh[t] = kh;
-  }
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i all = _mm256_set1_epi32(-1);
   const i64 c0 = k0 / khw, t0 = k0 % khw;
-  const auto xs0 = reinterpret_cast<std::uintptr_t>(xs) +
-                   static_cast<std::uintptr_t>(c0 * cstride) * sizeof(float);
+  const auto src0 = reinterpret_cast<std::uintptr_t>(src) +
+                    static_cast<std::uintptr_t>(c0 * cstride) * sizeof(float);
   struct Seg {
-    std::uintptr_t base;  // lane 0 of tap 0 of channel c0 (an integer: see at())
-    i64 kh_lo, kh_hi;     // the taps whose row lies in the input
-    __m256i mlo, mhi;     // the lanes the segment owns
-    bool lo, hi;          // whether it owns any in either half
+    std::uintptr_t base;       // lane 0 of tap 0 of channel c0 (an integer: see at())
+    i64 kh_lo, kh_hi;          // the taps whose row lies in the input
+    __m256i mlo[kMaxPanelKW];  // per kw, the lanes read in the panel's first half
+    __m256i mhi[kMaxPanelKW];  // and second half
+    bool lo, hi;               // whether the segment owns any lane of either half
   };
   for (i64 s = 0; s < nseg;) {
     const i64 panel = segs[s].dst & ~i64{15};
     Seg sg[kMaxPanelSegments];
     int n = 0;
+    bool full = true;  // every lane of every segment inside the input, for every kw
     for (; s < nseg && (segs[s].dst & ~i64{15}) == panel; ++s, ++n) {
       const PackSegment& q = segs[s];
       const i64 f = q.dst & 15;
@@ -208,19 +206,24 @@ bool pack_phases_by_panel(const PackGeom& g, const float* xs, const PackSegment*
       e.kh_lo = q.ih0 >= 0 ? 0 : (-q.ih0 + g.DH - 1) / g.DH;
       e.kh_hi = q.ih0 >= g.H ? 0 : std::min(g.KH, (g.H - 1 - q.ih0) / g.DH + 1);
       if (q.ih0 < -g.KH * g.DH) e.kh_lo = e.kh_hi = 0;
-      e.base = e.kh_lo < e.kh_hi ? xs0 + static_cast<std::uintptr_t>(q.ih0 * wp + q.iw0 - f) *
-                                             sizeof(float)
+      e.base = e.kh_lo < e.kh_hi ? src0 + static_cast<std::uintptr_t>((image_offsets ? q.src : 0) +
+                                                                      q.ih0 * row + q.iw0 - f) *
+                                              sizeof(float)
                                  : 0;
-      e.mlo = f == 0 && q.len >= 8 ? all : lanes_between(f, f + q.len, iota);
-      e.mhi = f == 0 && q.len == 16 ? all : lanes_between(f - 8, f + q.len - 8, iota);
+      for (i64 kw = 0; kw < g.KW; ++kw) {
+        const LaneRange r = ranges ? ranges[s * g.KW + kw] : LaneRange{0, static_cast<int>(q.len)};
+        full = full && r.lo == 0 && r.hi == q.len;
+        e.mlo[kw] = lanes_between(f + r.lo, f + r.hi, iota);
+        e.mhi[kw] = lanes_between(f + r.lo - 8, f + r.hi - 8, iota);
+      }
       e.lo = f < 8;
       e.hi = f + q.len > 8;
     }
     float* d = dst + panel;
-    const bool whole = n == 1 && segs[s - 1].len == 16 && sg[0].kh_lo == 0 && sg[0].kh_hi == g.KH;
     std::uintptr_t cb = 0;  // channel offset, bytes
     const std::uintptr_t cstep = static_cast<std::uintptr_t>(cstride) * sizeof(float);
-    if (whole) {  // one segment, every tap's row in the input: two loads, two stores a row
+    if (n == 1 && full && segs[s - 1].len == 16 && sg[0].kh_lo == 0 && sg[0].kh_hi == g.KH) {
+      // One segment, every tap inside the input: two loads, two stores a row.
       for (i64 kk = k0, t = t0; kk < k1; ++kk, d += 16) {
         const std::uintptr_t p = sg[0].base + cb + static_cast<std::uintptr_t>(tap[t]) * 4;
         _mm256_store_ps(d, _mm256_loadu_ps(at(p, 0)));
@@ -233,13 +236,14 @@ bool pack_phases_by_panel(const PackGeom& g, const float* xs, const PackSegment*
       continue;
     }
     for (i64 kk = k0, t = t0; kk < k1; ++kk, d += 16) {
+      const i64 kh = t / g.KW, kw = t - kh * g.KW;
       __m256 lo8 = _mm256_setzero_ps(), hi8 = _mm256_setzero_ps();
       for (int j = 0; j < n; ++j) {
         const Seg& e = sg[j];
-        if (tkh[t] < e.kh_lo || tkh[t] >= e.kh_hi) continue;
+        if (kh < e.kh_lo || kh >= e.kh_hi) continue;
         const std::uintptr_t p = e.base + cb + static_cast<std::uintptr_t>(tap[t]) * 4;
-        if (e.lo) lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), e.mlo));
-        if (e.hi) hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8), e.mhi));
+        if (e.lo) lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), e.mlo[kw]));
+        if (e.hi) hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8), e.mhi[kw]));
       }
       _mm256_store_ps(d, lo8);
       _mm256_store_ps(d + 8, hi8);
@@ -250,6 +254,32 @@ bool pack_phases_by_panel(const PackGeom& g, const float* xs, const PackSegment*
     }
   }
   return true;
+}
+
+// Column phases panel by panel (pack_by_panel): tap kw (q = kw * DW) reads phase plane
+// q % SW at column q / SW; no lane is outside a phase row.
+bool pack_phases_by_panel(const PackGeom& g, const float* xs, const PackSegment* segs, i64 nseg,
+                          i64 k0, i64 k1, float* dst) {
+  const i64 khw = g.KH * g.KW, wp = phase_width(g);
+  if (khw > kMaxTabulatedTaps) return false;
+  i64 tap[kMaxTabulatedTaps];
+  for (i64 t = 0; t < khw; ++t) {
+    const i64 kh = t / g.KW, q = (t % g.KW) * g.DW;
+    tap[t] = (q % g.SW) * g.H * wp + kh * g.DH * wp + q / g.SW;
+  }
+  return pack_by_panel(g, xs, wp, g.SW * g.H * wp, tap, false, segs, nullptr, nseg, k0, k1, dst);
+}
+
+// Stride 1 panel by panel (pack_by_panel), straight from x: panels shared by segments of
+// several output rows (rows narrower than a panel, or not a multiple of it: resnet_l4's 7
+// pixels).
+bool pack_s1_by_panel(const PackGeom& g, const float* x, const PackSegment* segs,
+                      const LaneRange* ranges, i64 nseg, i64 k0, i64 k1, float* dst) {
+  const i64 khw = g.KH * g.KW;
+  if (g.SW != 1 || khw > kMaxTabulatedTaps) return false;
+  i64 tap[kMaxTabulatedTaps];
+  for (i64 t = 0; t < khw; ++t) tap[t] = (t / g.KW) * g.DH * g.W + (t % g.KW) * g.DW;
+  return pack_by_panel(g, x, g.W, g.H * g.W, tap, true, segs, ranges, nseg, k0, k1, dst);
 }
 
 }  // namespace
@@ -263,6 +293,7 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
     return;
   }
   if (pack_halves(g, x, segs, ranges, nseg, k0, k1, dst)) return;
+  if (pack_s1_by_panel(g, x, segs, ranges, nseg, k0, k1, dst)) return;
   const i64 khw = g.KH * g.KW, plane = g.H * g.W, sw = g.SW;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   i64 c = k0 / khw, kh = (k0 % khw) / g.KW, kw = k0 % g.KW;
