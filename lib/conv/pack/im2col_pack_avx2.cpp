@@ -329,7 +329,49 @@ void pack_im2col_avx2(const PackGeom& g, const float* x, const PackSegment* segs
   }
 }
 
+// Stride 4 (alexnet_conv1): phase p, column j reads input column 4j + p - PW. Columns j
+// whose 32-float source [4j - PW, 4j - PW + 32) lies inside the row take 8 at a time, a 8 x 4
+// transpose (rows of 4 floats, paired by 128-bit loads 16 floats apart, then a 4 x 4
+// transpose within each half); the rest are copied one by one.
+void split_phases_s4_avx2(const PackGeom& g, const float* x, float* xs) {
+  const i64 wp = phase_width(g), pw = g.PW, plane = g.H * wp;
+  const i64 jv0 = std::min(wp, (pw + 3) / 4);
+  const i64 jv1 = g.W - 32 + pw >= 0 ? (g.W - 32 + pw) / 4 + 1 : 0;
+  auto pair = [](const float* p) {  // floats p[0..4) and p[16..20)
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p)), _mm_loadu_ps(p + 16), 1);
+  };
+  for (i64 c = 0; c < g.C; ++c) {
+    for (i64 ih = 0; ih < g.H; ++ih) {
+      const float* src = x + (c * g.H + ih) * g.W;
+      float* d = xs + (c * 4 * g.H + ih) * wp;  // phase p's row at d + p * plane
+      const auto one = [&](i64 j) {
+        for (i64 p = 0; p < 4; ++p) {
+          const i64 e = 4 * j + p - pw;
+          d[p * plane + j] = e >= 0 && e < g.W ? src[e] : 0.0f;
+        }
+      };
+      i64 j = 0;
+      for (; j < jv0; ++j) one(j);
+      for (; j < jv1 && j + 8 <= wp; j += 8) {
+        const float* s = src + 4 * j - pw;
+        const __m256 t0 = pair(s), t1 = pair(s + 4), t2 = pair(s + 8), t3 = pair(s + 12);
+        const __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
+        const __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
+        _mm256_storeu_ps(d + j, _mm256_shuffle_ps(u0, u2, _MM_SHUFFLE(1, 0, 1, 0)));
+        _mm256_storeu_ps(d + plane + j, _mm256_shuffle_ps(u0, u2, _MM_SHUFFLE(3, 2, 3, 2)));
+        _mm256_storeu_ps(d + 2 * plane + j, _mm256_shuffle_ps(u1, u3, _MM_SHUFFLE(1, 0, 1, 0)));
+        _mm256_storeu_ps(d + 3 * plane + j, _mm256_shuffle_ps(u1, u3, _MM_SHUFFLE(3, 2, 3, 2)));
+      }
+      for (; j < wp; ++j) one(j);
+    }
+  }
+}
+
 void split_phases_avx2(const PackGeom& g, const float* x, float* xs) {
+  if (g.SW == 4) {
+    split_phases_s4_avx2(g, x, xs);
+    return;
+  }
   if (g.SW != 2) {
     split_phases_scalar(g, x, xs);
     return;
