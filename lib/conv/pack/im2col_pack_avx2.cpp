@@ -2,9 +2,12 @@
 // registers from the segments that share it and written with two aligned stores, so no lane
 // is written twice and no masked store is issued (a masked store costs about ten cycles on
 // AMD Zen 2/3). A segment's lanes that fall outside the input are masked off in the load
-// (they read as zero and never touch memory). Stride 1: masked loads (plain loads for a
-// whole in-bounds row); stride 2: two loads per 8 lanes and a permute; other strides, and
-// panels of another width, the portable loop.
+// (they read as zero and never touch memory). Stride 1: runs of whole or half panels one run
+// at a time over all k rows (pack_halves), else panel by panel over all k rows
+// (pack_by_panel), else row by row; masked loads, plain ones for a whole in-bounds run.
+// Strides 2-4 from column phases (split 8 columns at a time at strides 2 and 4): panel by
+// panel as at stride 1; stride 2 without phases: two loads per 8 lanes and a permute; other
+// strides, and panels of another width, the portable loop.
 // Compiled with -mavx2 -mfma (meson: the avx2 kernel library).
 #include <immintrin.h>
 
@@ -82,9 +85,13 @@ inline void assemble_panel_rows(const PackGeom& g, const PackSegment* segs, i64 
   }
 }
 
-// The taps' offsets kh*DH*W + kw*DW, tabulated for the segment-major loop (larger kernels
-// keep the row-major one).
+// The taps' offsets kh*DH*W + kw*DW, tabulated for the segment- and panel-major loops
+// (larger kernels keep the row-major one).
 constexpr i64 kMaxTabulatedTaps = 256;
+
+void stride1_taps(const PackGeom& g, i64* tap) {
+  for (i64 t = 0; t < g.KH * g.KW; ++t) tap[t] = (t / g.KW) * g.DH * g.W + (t % g.KW) * g.DW;
+}
 
 // Stride 1, every segment a whole aligned half panel (8 lanes at lane 0 or 8) or a whole
 // panel, some of them halves: each segment owns its lanes in every panel row, so it can be packed alone, all k rows
@@ -102,11 +109,12 @@ bool pack_halves(const PackGeom& g, const float* x, const PackSegment* segs,
     if (!((f == 0 && len == 16) || ((f == 0 || f == 8) && len == 8))) return false;
     halves = halves || len == 8;
   }
-  // Whole-panel segments only (rows of a multiple of 16 pixels): the row-major loop streams
-  // along the input rows, and measured level or ahead there (vgg_conv1_2).
+  // Whole-panel segments only (rows of a multiple of 16 pixels): not taken here (the row-major
+  // loop measured level or ahead of this one on vgg_conv1_2); pack_s1_by_panel takes them, and
+  // measured level with the row-major loop there.
   if (!halves) return false;
   i64 tap[kMaxTabulatedTaps];
-  for (i64 t = 0; t < khw; ++t) tap[t] = (t / g.KW) * g.DH * g.W + (t % g.KW) * g.DW;
+  stride1_taps(g, tap);
   const i64 plane = g.H * g.W, c0 = k0 / khw, t0 = k0 % khw;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (i64 s = 0; s < nseg; ++s) {
@@ -278,7 +286,7 @@ bool pack_s1_by_panel(const PackGeom& g, const float* x, const PackSegment* segs
   const i64 khw = g.KH * g.KW;
   if (g.SW != 1 || khw > kMaxTabulatedTaps) return false;
   i64 tap[kMaxTabulatedTaps];
-  for (i64 t = 0; t < khw; ++t) tap[t] = (t / g.KW) * g.DH * g.W + (t % g.KW) * g.DW;
+  stride1_taps(g, tap);
   return pack_by_panel(g, x, g.W, g.H * g.W, tap, true, segs, ranges, nseg, k0, k1, dst);
 }
 
