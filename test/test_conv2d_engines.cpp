@@ -50,6 +50,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   constexpr int kShapes = 320, kWide = 40;
   im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
   int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0, weight_phases = 0;
+  int phase_isa_runs = 0;  // packed runs on an ISA with a column-phase packer
   for (int i = 0; i < kShapes + kWide; ++i) {
     const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
     const Activation act = convcases::kActs[i % 4];
@@ -72,6 +73,8 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
           if (threads == 2)
             convcases::compare(s, convcases::run_with(o, s, df, act, with_bias), rf, false);
           ++runs;
+          phase_isa_runs += be == GemmBackend::packed &&
+                            im2gemm::detail::phase_packer(isa).pack != nullptr;
           phases +=
               be == GemmBackend::packed &&
               im2gemm::detail::plan_packed(im2gemm::detail::packed_forward_problem(s), isa, threads)
@@ -96,7 +99,9 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
                             << ", packed backward weights " << packed_w
                             << "; packed forward from column phases " << phases
                             << ", backward weights " << weight_phases);
-  CHECK(phases > runs / 8);  // strides 2..4 of unfolded plans: the scalar and AVX2 phases
+  // Strides 2..4 of unfolded plans, on the ISAs with a phase packer (scalar and AVX2): about
+  // a fifth of their runs.
+  CHECK(phases > phase_isa_runs / 6);
   CHECK(weight_phases > 0);  // on AVX2; the shapes that fill the panels: the next test
   CHECK(packed_fwd ==
         runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it

@@ -238,7 +238,9 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
         j1 = std::min(cols, j0 + 8 * pick(1, 12));
       }
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
-      const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
+      // One spare panel row past each panel (NaN, never written); the vector packers read
+      // panel and lane from the destination offset, so the stride is a multiple of nr.
+      const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0 + 1) * nr;
       const BlockSegments bs(pg, j0, j1, nr, stride);
       const auto& segs = bs.segs;
       const int64_t nseg = bs.n;
@@ -290,7 +292,7 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
       const int64_t n = pick(0, N - 1), a = pick(0, P - 1), b = pick(a + 1, P);
       const int64_t j0 = n * P + a, j1 = n * P + b;
       const int64_t k0 = pick(0, K - 1), k1 = pick(k0 + 1, K);
-      const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0) * nr + 16;
+      const int64_t panels = (j1 - j0 + nr - 1) / nr, stride = (k1 - k0 + 1) * nr;
       BlockSegments bs(pg, j0, j1, nr, stride);
       im2gemm::detail::to_phase_segments(pg, bs.segs.data(), bs.n);
       // Exactly sized (the sanitizer builds catch a read or write past it); every float set.
