@@ -661,16 +661,25 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // The openblas path's image runs, partial sums and reductions; the GEMM of each run on
       // the chosen backend: on the packed engine gemm::sgemm_nt_with, its B = col^T packed
       // straight from x where weights_fused_pack holds, else sgemm_nt on im2col blocks.
-      // Automatic, on 16-lane panels only (on AVX-512's 48-lane panels the packed engine was
-      // measured behind before either pack existed; not re-measured, no such machine): packed
-      // wherever the fused pack applies (measured ahead on every such suite layer: lenet_conv2
-      // 101 vs 66 GFLOP/s, vgg_conv3_b1 138 vs 104), and elsewhere for a K that amortises a
-      // tile's set-up and planes of at least kMinPackedWeightsPixels output pixels.
+      // Automatic: packed wherever the fused pack applies (measured ahead on every such suite
+      // layer, on AVX2's 16 lanes: lenet_conv2 101 vs 66 GFLOP/s, vgg_conv3_b1 138 vs 104; on
+      // AVX-512's 48 on Zen 4: lenet_conv2 145 vs 124, vgg_conv3_2 195 vs 171, resnet_l4_b8 195
+      // vs 161), and elsewhere for a K that amortises a tile's set-up and planes of at least
+      // kMinPackedWeightsPixels output pixels. On 48-lane panels both only where the GEMM's
+      // lane dimension (the taps with the fused pack; else the filters when dW^T is
+      // accumulated, the taps otherwise) fills its panels to kMinWidePanelFill (Zen 4:
+      // alexnet_conv1's 96 filters on 96 lanes 166 vs 149, resnet_3x3s2's 128 on 144 154 vs
+      // 149; behind: lenet_conv1's 25 taps on 48, 61 vs 98, resnet_conv1's 64 filters on 96,
+      // 108 vs 145, resnet_1x1's 64 taps on 96, 124 vs 143).
       if (o.backend != GemmBackend::automatic) return o.backend;
-      const bool fits = narrow_panels &&
-                        (weights_fused_pack(s, o.isa) ||
-                         (s.in_channels / s.groups * khw >= kMinPackedK &&
-                          s.out_height() * s.out_width() >= kMinPackedWeightsPixels));
+      const i64 Fg = s.out_channels / s.groups, K = s.in_channels / s.groups * khw;
+      const bool fused = weights_fused_pack(s, o.isa);
+      const i64 lanes = !fused && Fg <= kMaxFiltersTransposedWeights ? Fg : K;
+      const bool fills = narrow_panels || lanes * kMinWidePanelFill.den >=
+                                              (lanes + nr - 1) / nr * nr * kMinWidePanelFill.num;
+      const bool fits =
+          fills && (fused || (K >= kMinPackedK &&
+                              s.out_height() * s.out_width() >= kMinPackedWeightsPixels));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
   }

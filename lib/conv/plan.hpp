@@ -107,6 +107,12 @@ inline constexpr std::int64_t kMinPackedK = 64;
 /// planes (before the fused pack: lenet_conv2 48.2 vs 50.5, resnet_l4_b1 77.6 vs 78.2).
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
+/// Backward weights on panels wider than kMaxNarrowPanelLanes without the fused pack: the
+/// GEMM's lane dimension must fill at least num/den of its panels (conv_backend).
+struct Fraction {
+  std::int64_t num, den;
+};
+inline constexpr Fraction kMinWidePanelFill{7, 8};
 /// Backward data as a transposed convolution computes H*W/(OH*OW) times the GEMM's
 /// multiply-adds (a full correlation over dy's zero border); above this factor the packed
 /// backend runs col2im with the engine's GEMMs instead (lenet_conv2, 12x12 -> 8x8, is 2.25;
