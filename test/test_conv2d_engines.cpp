@@ -262,8 +262,8 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
-    // Strides 2..4: packed where the plan packs from column phases (AVX2; openblas where it
-    // would pack with strided loads: AVX-512, folded images) and each input float feeds
+    // Strides 2..4: packed where the plan packs from column phases (scalar, AVX2, AVX-512; openblas where it
+    // would pack with strided loads: folded images) and each input float feeds
     // F*KH*KW/(SH*SW) >= 512 multiply-adds; stride 5: openblas.
     const GemmBackend phases = im2gemm::detail::phase_packer(isa).pack != nullptr
                                    ? GemmBackend::packed
@@ -276,7 +276,7 @@ TEST_CASE(
       t.pad_height = t.pad_width = k / 2;
       return t;
     };
-    CHECK(fwd(strided(64, 7, 2)) == phases);                  // resnet_conv1's kernel: 784
+    CHECK(fwd(strided(64, 7, 2)) == phases);  // resnet_conv1's kernel: 784
     // alexnet_conv1's kernel (726) over this 56x56 input: 14-pixel output rows, under a
     // third of AVX-512's 48 lanes.
     CHECK(fwd(strided(96, 11, 4)) == (isa == Isa::avx2 ? phases : GemmBackend::openblas));

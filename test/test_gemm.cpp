@@ -266,14 +266,18 @@ TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowe
 TEST_CASE("gemm: the column-phase packers fill every lane of every panel with the lowered matrix") {
   // Horizontal strides 2..5 (forward pads >= 0): split one image into column phases, pack a
   // block of its columns, compare with the definition of the lowered matrix. Widths up to 70
-  // reach the AVX2 split's 16-float steps at stride 2 on both sides of the padding.
+  // reach the AVX2 split's 16-float steps at stride 2 on both sides of the padding; every
+  // fourth geometry is stride 2 over 70-110 columns, so that runs of more than 32 pixels
+  // reach the third vector of AVX-512's 48-lane panels.
   std::mt19937 rng(11);
   const auto pick = picker(rng);
-  int tried = 0, vector_split = 0;
+  int tried = 0, vector_split = 0, long_runs = 0;
   while (tried < 300) {
+    const bool wide = tried % 4 == 3;
     const int64_t N = pick(1, 3), C = pick(1, 3), KH = pick(1, 5), KW = pick(1, 7);
-    const int64_t SH = pick(1, 3), SW = pick(2, 5), DH = pick(1, 2), DW = pick(1, 2);
-    const int64_t PH = pick(0, 3), PW = pick(0, 3), H = pick(1, 12), W = pick(1, 70);
+    const int64_t SH = pick(1, 3), SW = wide ? 2 : pick(2, 5), DH = pick(1, 2), DW = pick(1, 2);
+    const int64_t PH = pick(0, 3), PW = pick(0, 3), H = pick(1, 12);
+    const int64_t W = wide ? pick(70, 110) : pick(1, 70);
     const int64_t eh = H + 2 * PH - ((KH - 1) * DH + 1), ew = W + 2 * PW - ((KW - 1) * DW + 1);
     if (eh < 0 || ew < 0) continue;
     ++tried;
@@ -304,8 +308,11 @@ TEST_CASE("gemm: the column-phase packers fill every lane of every panel with th
                   std::numeric_limits<float>::quiet_NaN());
       phases.pack(pg, xs.data(), bs.segs.data(), bs.n, k0, k1, nr, dst.p);
       CHECK(panels_hold_lowered(pg, x, dst.p, j0, j1, k0, k1, nr, stride));
+      for (int64_t sg = 0; sg < bs.n; ++sg) long_runs += nr == 48 && bs.segs[sg].len > 32;
     }
   }
-  MESSAGE(vector_split << " geometries reach the AVX2 split's 16-float steps");
+  MESSAGE(vector_split << " geometries reach the AVX2 split's 16-float steps; " << long_runs
+                       << " runs of more than 32 lanes on 48-lane panels");
   CHECK(vector_split > 30);
+  if (im2gemm::detail::isa_supported() == Isa::avx512) CHECK(long_runs > 30);
 }

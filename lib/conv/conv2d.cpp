@@ -595,7 +595,7 @@ bool weights_fused_pack(const Conv2dShape& s, Isa isa) {
 
 bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
   const gemm::Config& cfg = gemm::config(isa);
-  if (cfg.isa != Isa::avx2 || cfg.nr % 8 != 0 || s.stride_width < 2 ||
+  if (cfg.isa == Isa::scalar || cfg.nr % 8 != 0 || s.stride_width < 2 ||
       s.stride_width > kMaxPackedForwardStride || p.skips_im2col()) {
     return false;
   }
@@ -677,9 +677,8 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       const i64 lanes = !fused && Fg <= kMaxFiltersTransposedWeights ? Fg : K;
       const bool fills = narrow_panels || lanes * kMinWidePanelFill.den >=
                                               (lanes + nr - 1) / nr * nr * kMinWidePanelFill.num;
-      const bool fits =
-          fills && (fused || (K >= kMinPackedK &&
-                              s.out_height() * s.out_width() >= kMinPackedWeightsPixels));
+      const bool fits = fills && (fused || (K >= kMinPackedK && s.out_height() * s.out_width() >=
+                                                                    kMinPackedWeightsPixels));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;
     }
   }

@@ -49,7 +49,7 @@ bool backward_data_transposed(const Conv2dShape& s);
 /// AVX2 or AVX-512 configuration, horizontal stride 1, not 1x1 stride-1 unpadded (whose
 /// input planes are the column block already).
 bool weights_fused_pack(const Conv2dShape& s, Isa isa);
-/// The same at horizontal strides 2..kMaxPackedForwardStride on the AVX2 configuration, from
+/// The same at horizontal strides 2..kMaxPackedForwardStride on a vector configuration, from
 /// column phases: each run's images are split (split_phases) into the column block's room of
 /// plan p, so where that room holds them (pack_phases_transposed_avx2).
 bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa);

@@ -89,7 +89,7 @@ void to_phase_segments(const PackGeom& g, PackSegment* segs, i64 nseg) {
 
 PhasePacker phase_packer(Isa isa) {
   switch (isa_clamp(isa)) {
-    case Isa::avx512: return {};
+    case Isa::avx512: return {&split_phases_avx2, &pack_phases_avx512};
     case Isa::avx2: return {&split_phases_avx2, &pack_phases_avx2};
     case Isa::scalar: break;
   }

@@ -109,13 +109,14 @@ void pack_phases_scalar(const PackGeom&, const float*, const PackSegment*, std::
                         std::int64_t, std::int64_t, int, float*);
 void pack_phases_avx2(const PackGeom&, const float*, const PackSegment*, std::int64_t, std::int64_t,
                       std::int64_t, int, float*);
+void pack_phases_avx512(const PackGeom&, const float*, const PackSegment*, std::int64_t,
+                        std::int64_t, std::int64_t, int, float*);
 struct PhasePacker {
   SplitFn split = nullptr;
   PhasePackFn pack = nullptr;
 };
-/// The phase split and packer for `isa` (clamped to the CPU); null functions on AVX-512,
-/// whose strided packer gathers (measured level with the openblas path there, before the
-/// phases existed).
+/// The phase split and packer for `isa` (clamped to the CPU); AVX-512 splits with the AVX2
+/// code (its 8-column steps) and packs with masked 16-lane copies.
 PhasePacker phase_packer(Isa isa);
 
 /// The transposed packer of backward weights: B = col^T for sgemm_nt_with (lib/gemm/gemm.hpp).

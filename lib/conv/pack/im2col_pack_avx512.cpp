@@ -1,7 +1,8 @@
 // The AVX-512 im2col packer: every segment row is at most three 16-lane masked loads and
 // stores. Lanes outside the input are masked off in the load (they read as zero and never
 // touch memory). Stride 1: plain masked loads; stride 2: two loads and one two-source permute
-// per 16 lanes; strides 3..64: a masked gather; wider strides: the portable loop.
+// per 16 lanes; strides 3..64: a masked gather; wider strides: the portable loop. Strided
+// forward blocks whose plan splits the image into column phases take pack_phases_avx512.
 // Compiled with -mavx512f/bw/vl/dq -mbmi2 (meson: the avx512 kernel library).
 #include <immintrin.h>
 
@@ -67,6 +68,39 @@ void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* se
           val = _mm512_mask_i32gather_ps(zero, m, gather_idx, xrow + 16 * v * sw, 4);
         }
         _mm512_mask_storeu_ps(d + 16 * v, st, val);
+      }
+    }
+    next_tap(g, c, kh, kw);
+  }
+}
+
+// Column phases (im2col_pack.hpp): every segment row is a run of consecutive floats of a
+// phase plane inside the plane, so at most three masked loads and stores, no bounds per lane.
+void pack_phases_avx512(const PackGeom& g, const float* xs, const PackSegment* segs, i64 nseg,
+                        i64 k0, i64 k1, int nr, float* dst) {
+  const i64 khw = g.KH * g.KW, wp = phase_width(g);
+  const __m512 zero = _mm512_setzero_ps();
+  i64 c = k0 / khw, kh = (k0 % khw) / g.KW, kw = k0 % g.KW;
+  for (i64 kk = k0; kk < k1; ++kk) {
+    float* drow = dst + (kk - k0) * nr;
+    const i64 q = kw * g.DW, dh = kh * g.DH;
+    // Row 0 of the tap's phase plane, moved by the tap's column.
+    const float* plane = xs + (c * g.SW + q % g.SW) * g.H * wp + q / g.SW;
+    for (i64 s = 0; s < nseg; ++s) {
+      const PackSegment& sg = segs[s];
+      float* d = drow + sg.dst;
+      const unsigned long long len_bits = _bzhi_u64(~0ull, static_cast<unsigned>(sg.len));
+      const i64 ih = sg.ih0 + dh;
+      if (ih >= 0 && ih < g.H) {
+        const float* src = plane + ih * wp + sg.iw0;
+        for (i64 v = 0; v * 16 < sg.len; ++v) {
+          const __mmask16 m = static_cast<__mmask16>(len_bits >> (16 * v));
+          _mm512_mask_storeu_ps(d + 16 * v, m, _mm512_maskz_loadu_ps(m, src + 16 * v));
+        }
+      } else {
+        for (i64 v = 0; v * 16 < sg.len; ++v) {
+          _mm512_mask_storeu_ps(d + 16 * v, static_cast<__mmask16>(len_bits >> (16 * v)), zero);
+        }
       }
     }
     next_tap(g, c, kh, kw);
