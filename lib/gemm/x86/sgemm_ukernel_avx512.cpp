@@ -12,10 +12,13 @@ namespace im2gemm::detail::gemm {
 
 namespace {
 
-template <int MR, int NV>
+// NV vectors of C computed, of a panel of NP vectors (the B row stride): a tile whose n
+// leaves the panel's last vectors empty does not multiply them.
+template <int MR, int NV, int NP>
 inline void ukernel(const Tile& t) {
   static_assert(MR * NV + NV + 1 <= 32, "accumulators and operands must fit in 32 zmm");
-  constexpr int NR = 16 * NV;
+  static_assert(NV <= NP);
+  constexpr int NR = 16 * NP;
   __mmask16 mask[NV];
   for (int v = 0; v < NV; ++v) {
     const int r = t.n - 16 * v;
@@ -58,7 +61,10 @@ inline void ukernel(const Tile& t) {
   if (t.relu) {
     const __m512 z = _mm512_setzero_ps();
     for (int i = 0; i < MR; ++i) {
-      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_max_ps(acc[i][v], z);
+      // The masked form: the plain one trips GCC 12's -Wmaybe-uninitialized in its header.
+      for (int v = 0; v < NV; ++v) {
+        acc[i][v] = _mm512_mask_max_ps(z, static_cast<__mmask16>(0xFFFF), acc[i][v], z);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
@@ -68,6 +74,12 @@ inline void ukernel(const Tile& t) {
 
 }  // namespace
 
-void sgemm_ukernel_8x48_avx512(const Tile& t) { ukernel<8, 3>(t); }
+// Tiles of at most 16 or 32 columns (a block's last panel: folded 7x7 images, row ends)
+// run one or two vectors wide.
+void sgemm_ukernel_8x48_avx512(const Tile& t) {
+  if (t.n <= 16) return ukernel<8, 1, 3>(t);
+  if (t.n <= 32) return ukernel<8, 2, 3>(t);
+  ukernel<8, 3, 3>(t);
+}
 
 }  // namespace im2gemm::detail::gemm
