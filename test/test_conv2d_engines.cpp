@@ -328,6 +328,45 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("engines: on AVX-512, auto runs batched short-row forward passes on AVX2's panels") {
+  using im2gemm::detail::forward_engine_options;
+  Conv2dShape lenet2{.batch = 64,
+                     .in_channels = 20,
+                     .in_height = 12,
+                     .in_width = 12,
+                     .out_channels = 50,
+                     .kernel_height = 5,
+                     .kernel_width = 5};  // 8-pixel rows, 64 images
+  Conv2dShape l4_b1{.batch = 1,
+                    .in_channels = 512,
+                    .in_height = 7,
+                    .in_width = 7,
+                    .out_channels = 512,
+                    .kernel_height = 3,
+                    .kernel_width = 3,
+                    .pad_height = 1,
+                    .pad_width = 1};  // 7-pixel rows, one image
+  Conv2dShape l4_b8 = l4_b1;
+  l4_b8.batch = 8;
+  Conv2dShape wide = l4_b8;  // 56-pixel rows: AVX-512's panels
+  wide.in_height = wide.in_width = 56;
+  Conv2dShape tiny = lenet2;  // 4-pixel rows: too short for 16 lanes as well
+  tiny.in_height = tiny.in_width = 8;
+  for (Isa isa : cpu_isas()) {
+    CAPTURE(static_cast<int>(isa));
+    const ConvOptions o{GemmBackend::automatic, isa, 2};
+    const Isa narrow = isa == Isa::avx512 ? Isa::avx2 : isa;
+    CHECK(forward_engine_options(lenet2, o).isa == narrow);
+    CHECK(forward_engine_options(l4_b8, o).isa == narrow);
+    CHECK(forward_engine_options(l4_b1, o).isa == isa);
+    CHECK(forward_engine_options(wide, o).isa == isa);
+    CHECK(forward_engine_options(tiny, o).isa == isa);
+    const ConvOptions forced{GemmBackend::packed, isa, 2};
+    CHECK(forward_engine_options(lenet2, forced).isa == isa);
+    CHECK(forward_engine_options(lenet2, o).threads == 2);
+  }
+}
+
 TEST_CASE(
     "engines: backward data on the packed engine takes col2im where the transposed "
     "convolution would inflate the work") {

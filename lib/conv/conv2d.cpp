@@ -527,12 +527,17 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
       bytes = std::max(bytes, detail::plan_depthwise(s, pass, t).scratch_bytes());
     }
   }
-  // The packed engine's plans too, whichever backend a call takes (its ISA: the active one).
+  // The packed engine's plans too, whichever backend a call takes (its ISA: the active one,
+  // and for forward also the one forward_engine_options may choose instead).
   const detail::Isa isa = detail::isa_active();
-  for (const auto& pc :
-       {detail::packed_forward_problem(s), detail::packed_backward_data_problem(s)}) {
-    bytes = std::max(bytes, detail::plan_packed(pc, isa, t).scratch_bytes());
+  const detail::Isa fwd_isa =
+      detail::forward_engine_options(s, {detail::GemmBackend::automatic, isa, t}).isa;
+  for (detail::Isa i : {isa, fwd_isa}) {
+    bytes = std::max(bytes,
+                     detail::plan_packed(detail::packed_forward_problem(s), i, t).scratch_bytes());
   }
+  bytes = std::max(
+      bytes, detail::plan_packed(detail::packed_backward_data_problem(s), isa, t).scratch_bytes());
   return bytes;
 }
 
@@ -699,13 +704,25 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
   return ConvPath::depthwise;
 }
 
-void conv2d_forward_with(const ConvOptions& o, const Conv2dShape& s, std::span<const float> x,
+ConvOptions forward_engine_options(const Conv2dShape& s, const ConvOptions& o) {
+  if (o.backend != GemmBackend::automatic || isa_clamp(o.isa) != Isa::avx512 ||
+      s.out_width() * kMinPackedRowPanelFraction >= gemm::config(Isa::avx512).nr) {
+    return o;
+  }
+  ConvOptions narrow = o;
+  narrow.isa = Isa::avx2;
+  return s.batch > 1 && conv_backend(s, ConvPass::forward, narrow) == GemmBackend::packed ? narrow
+                                                                                          : o;
+}
+
+void conv2d_forward_with(const ConvOptions& o_in, const Conv2dShape& s, std::span<const float> x,
                          std::span<const float> w, std::span<const float> bias, std::span<float> y,
                          Activation act) {
   const float* b = bias.empty() ? nullptr : bias.data();
-  if (conv_path(s, ConvPass::forward, o) == ConvPath::depthwise) {
-    return depthwise_forward(o.isa, o.threads, s, x.data(), w.data(), b, y.data(), act);
+  if (conv_path(s, ConvPass::forward, o_in) == ConvPath::depthwise) {
+    return depthwise_forward(o_in.isa, o_in.threads, s, x.data(), w.data(), b, y.data(), act);
   }
+  const ConvOptions o = forward_engine_options(s, o_in);
   if (conv_backend(s, ConvPass::forward, o) == GemmBackend::packed) {
     PackedConv pc = packed_forward_problem(s);
     pc.x = x.data();

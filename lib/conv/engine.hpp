@@ -54,6 +54,15 @@ bool weights_fused_pack(const Conv2dShape& s, Isa isa);
 /// plan p, so where that room holds them (pack_phases_transposed_avx2).
 bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa);
 
+/// The options the GEMM lowering of a forward pass runs under: o, except on an AVX-512 CPU
+/// under the automatic backend, where output rows too short for the 48-lane panels
+/// (kMinPackedRowPanelFraction) but on the packed engine under AVX2's rules, in batches of
+/// more than one image, run the AVX2 configuration (16-lane panels, sgemm_ukernel_6x16_avx2,
+/// its packers). Zen 4, alternated (ms, min of 7, 3 rounds): lenet_conv2 1.36-1.56 ->
+/// 1.05-1.21, resnet_l4_b8 10.0-10.8 -> 9.2-11.2; resnet_l4_b1 (one 49-pixel image, whose
+/// last 48-lane tile is one vector wide) measured 1.39-1.58 -> 1.50-1.74 and keeps AVX-512.
+ConvOptions forward_engine_options(const Conv2dShape& s, const ConvOptions& o);
+
 /// Which kind of code runs a pass: the GEMM lowering (im2col / col2im + a GEMM backend) or a
 /// direct kernel named by the shapes it serves.
 enum class ConvPath { gemm, depthwise };
