@@ -43,6 +43,15 @@ Conv2dShape random_wide_shape(std::mt19937& rng) {
   return s;
 }
 
+// lenet_conv2: 8-pixel output rows, 64 images.
+constexpr Conv2dShape kLenet2{.batch = 64,
+                              .in_channels = 20,
+                              .in_height = 12,
+                              .in_width = 12,
+                              .out_channels = 50,
+                              .kernel_height = 5,
+                              .kernel_width = 5};
+
 }  // namespace
 
 TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exact on integers") {
@@ -225,13 +234,7 @@ TEST_CASE(
     "engines: auto gives forward to the packed engine by row length against the panel width") {
   // lenet_conv2 (8-pixel output rows) and a 1x1 stride-1 layer: packed on 16-lane panels
   // (AVX2), openblas on 48-lane ones (AVX-512); vgg_conv3_2: packed on both; scalar never.
-  Conv2dShape lenet2{.batch = 64,
-                     .in_channels = 20,
-                     .in_height = 12,
-                     .in_width = 12,
-                     .out_channels = 50,
-                     .kernel_height = 5,
-                     .kernel_width = 5};
+  Conv2dShape lenet2 = kLenet2;
   Conv2dShape one{.batch = 8,
                   .in_channels = 64,
                   .in_height = 56,
@@ -330,13 +333,7 @@ TEST_CASE(
 
 TEST_CASE("engines: on AVX-512, auto runs batched short-row forward passes on AVX2's panels") {
   using im2gemm::detail::forward_engine_options;
-  Conv2dShape lenet2{.batch = 64,
-                     .in_channels = 20,
-                     .in_height = 12,
-                     .in_width = 12,
-                     .out_channels = 50,
-                     .kernel_height = 5,
-                     .kernel_width = 5};  // 8-pixel rows, 64 images
+  Conv2dShape lenet2 = kLenet2;
   Conv2dShape l4_b1{.batch = 1,
                     .in_channels = 512,
                     .in_height = 7,
