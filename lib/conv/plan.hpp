@@ -107,8 +107,8 @@ inline constexpr std::int64_t kMinPackedK = 64;
 /// planes (before the fused pack: lenet_conv2 48.2 vs 50.5, resnet_l4_b1 77.6 vs 78.2).
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
-/// Backward weights on panels wider than kMaxNarrowPanelLanes without the fused pack: the
-/// GEMM's lane dimension must fill at least num/den of its panels (conv_backend).
+/// Backward weights on panels wider than kMaxNarrowPanelLanes, with the fused pack or not:
+/// the GEMM's lane dimension must fill at least num/den of its panels (conv_backend).
 struct Fraction {
   std::int64_t num, den;
 };
