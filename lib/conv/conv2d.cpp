@@ -681,7 +681,7 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       const bool fused = weights_fused_pack(s, o.isa);
       const i64 lanes = !fused && Fg <= kMaxFiltersTransposedWeights ? Fg : K;
       const bool fills = narrow_panels || lanes * kMinWidePanelFill.den >=
-                                              (lanes + nr - 1) / nr * nr * kMinWidePanelFill.num;
+                                              round_up(lanes, nr) * kMinWidePanelFill.num;
       const bool fits = fills && (fused || (K >= kMinPackedK && s.out_height() * s.out_width() >=
                                                                     kMinPackedWeightsPixels));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;

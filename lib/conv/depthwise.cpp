@@ -17,8 +17,6 @@ namespace im2gemm::detail {
 
 namespace {
 
-i64 round_up(i64 v, i64 m) { return (v + m - 1) / m * m; }
-
 /// Widest vector of any ISA, in floats: every prepared row has this much readable margin past
 /// the last output (kernels compute whole vectors and store only the row's part).
 constexpr i64 kVec = 16;

@@ -12,8 +12,6 @@ namespace {
 
 using i64 = std::int64_t;
 
-i64 ceil_div(i64 a, i64 b) { return (a + b - 1) / b; }
-i64 round_up(i64 a, i64 b) { return ceil_div(a, b) * b; }
 i64 floats64(i64 floats) { return round_up(floats, 16); }  // 64-byte multiples
 
 /// Columns of the last micro-panel of an image left empty, more than this fraction of the

@@ -13,8 +13,6 @@ std::atomic<std::size_t> g_block_target_bytes{0};    // 0: kBlockTargetBytes
 std::atomic<std::int64_t> g_min_macs_per_thread{0};  // 0: kMinMacsPerThread
 std::atomic<std::int64_t> g_k_chunk_rows{0};         // 0: kKChunkRows
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-
 bool balanced(std::int64_t items, std::int64_t threads) {
   return items % threads == 0 || items >= kBalancedItemsPerThread * threads;
 }

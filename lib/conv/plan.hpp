@@ -11,6 +11,10 @@
 
 namespace im2gemm::detail {
 
+/// ceil(a / b) and a rounded up to a multiple of b (a >= 0, b > 0).
+constexpr std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+constexpr std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_div(a, b) * b; }
+
 enum class ConvPass { forward, backward_data, backward_weights };
 
 /// A column block (plus, for images side by side, the gathered output/dy block) is sized to
