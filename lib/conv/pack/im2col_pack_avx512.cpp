@@ -14,6 +14,14 @@ namespace {
 
 using i64 = std::int64_t;
 
+// Zeros in lanes [0, len) of a segment row (len_bits: its low len bits set).
+inline void store_zero_run(float* d, unsigned long long len_bits, i64 len) {
+  for (i64 v = 0; v * 16 < len; ++v) {
+    _mm512_mask_storeu_ps(d + 16 * v, static_cast<__mmask16>(len_bits >> (16 * v)),
+                          _mm512_setzero_ps());
+  }
+}
+
 }  // namespace
 
 void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* segs,
@@ -45,9 +53,7 @@ void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* se
                 ~_bzhi_u64(~0ull, static_cast<unsigned>(r.lo));
       }
       if (valid == 0) {
-        for (i64 v = 0; v * 16 < sg.len; ++v) {
-          _mm512_mask_storeu_ps(d + 16 * v, static_cast<__mmask16>(len_bits >> (16 * v)), zero);
-        }
+        store_zero_run(d, len_bits, sg.len);
         continue;
       }
       // Lane l reads xrow[l*sw]; masked-off lanes are never dereferenced.
@@ -79,7 +85,6 @@ void pack_im2col_avx512(const PackGeom& g, const float* x, const PackSegment* se
 void pack_phases_avx512(const PackGeom& g, const float* xs, const PackSegment* segs, i64 nseg,
                         i64 k0, i64 k1, int nr, float* dst) {
   const i64 khw = g.KH * g.KW, wp = phase_width(g);
-  const __m512 zero = _mm512_setzero_ps();
   i64 c = k0 / khw, kh = (k0 % khw) / g.KW, kw = k0 % g.KW;
   for (i64 kk = k0; kk < k1; ++kk) {
     float* drow = dst + (kk - k0) * nr;
@@ -98,9 +103,7 @@ void pack_phases_avx512(const PackGeom& g, const float* xs, const PackSegment* s
           _mm512_mask_storeu_ps(d + 16 * v, m, _mm512_maskz_loadu_ps(m, src + 16 * v));
         }
       } else {
-        for (i64 v = 0; v * 16 < sg.len; ++v) {
-          _mm512_mask_storeu_ps(d + 16 * v, static_cast<__mmask16>(len_bits >> (16 * v)), zero);
-        }
+        store_zero_run(d, len_bits, sg.len);
       }
     }
     next_tap(g, c, kh, kw);
