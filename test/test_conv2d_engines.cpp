@@ -108,10 +108,10 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
                             << ", packed backward weights " << packed_w
                             << "; packed forward from column phases " << phases
                             << ", backward weights " << weight_phases);
-  // Strides 2..4 of unfolded plans, on the ISAs with a phase packer (scalar and AVX2): about
-  // a fifth of their runs.
+  // Strides 2..4 of unfolded plans, on the ISAs with a phase packer (every one since the
+  // AVX-512 packer): about a fifth of their runs.
   CHECK(phases > phase_isa_runs / 6);
-  CHECK(weight_phases > 0);  // on AVX2; the shapes that fill the panels: the next test
+  CHECK(weight_phases > 0);  // on AVX2 and AVX-512; the shapes that fill the panels: next test
   CHECK(packed_fwd ==
         runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1
@@ -265,9 +265,9 @@ TEST_CASE(
     CHECK(fwd(lenet2) == narrow);
     CHECK(fwd(one) == narrow);
     CHECK(fwd(vgg) == GemmBackend::packed);
-    // Strides 2..4: packed where the plan packs from column phases (scalar, AVX2, AVX-512; openblas where it
-    // would pack with strided loads: folded images) and each input float feeds
-    // F*KH*KW/(SH*SW) >= 512 multiply-adds; stride 5: openblas.
+    // Strides 2..4: packed where the plan packs from column phases (every vector ISA;
+    // openblas where it would pack with strided loads: folded images) and each input float
+    // feeds F*KH*KW/(SH*SW) >= 512 multiply-adds; stride 5: openblas.
     const GemmBackend phases = im2gemm::detail::phase_packer(isa).pack != nullptr
                                    ? GemmBackend::packed
                                    : GemmBackend::openblas;

@@ -532,10 +532,9 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   const detail::Isa isa = detail::isa_active();
   const detail::Isa fwd_isa =
       detail::forward_engine_options(s, {detail::GemmBackend::automatic, isa, t}).isa;
-  for (detail::Isa i : {isa, fwd_isa}) {
-    bytes = std::max(bytes,
-                     detail::plan_packed(detail::packed_forward_problem(s), i, t).scratch_bytes());
-  }
+  const detail::PackedConv fwd = detail::packed_forward_problem(s);
+  bytes = std::max(bytes, detail::plan_packed(fwd, isa, t).scratch_bytes());
+  if (fwd_isa != isa) bytes = std::max(bytes, detail::plan_packed(fwd, fwd_isa, t).scratch_bytes());
   bytes = std::max(
       bytes, detail::plan_packed(detail::packed_backward_data_problem(s), isa, t).scratch_bytes());
   return bytes;
