@@ -41,10 +41,14 @@ bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
 void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol, std::int64_t nch,
                       std::int64_t q0, std::int64_t q1, float* dx);
 
+/// True where col2im_image_overwrite applies: AVX-512 lowering, stride 1, or horizontal
+/// stride 2 and any vertical stride.
+bool col2im_image_gathers(const ConvGeom& g);
+
 /// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
 /// OVERWRITTEN with col2im(col), then multiplied by act'(x) unless act is identity (x: the
 /// same planes of the layer input; may be null for identity). Returns false, writing nothing,
-/// where this kernel does not apply (it needs stride 1 and AVX-512); the caller then zeroes and
+/// where this kernel does not apply (col2im_image_gathers false); the caller then zeroes and
 /// uses col2im_add_block.
 bool col2im_image_overwrite(const ConvGeom& g, const float* col, std::int64_t ldcol,
                             std::int64_t nch, float* dx, Activation act, const float* x);
