@@ -16,6 +16,9 @@ struct ConvOptions {
   GemmBackend backend = GemmBackend::automatic;
   Isa isa = Isa::avx512;  ///< cap (clamped to the CPU)
   int threads = 1;        ///< >= 1
+  /// Tests: the direct kernels wherever they apply (conv_path), over the measured preference
+  /// that gives narrow groups' backward data to the GEMM path on AVX-512.
+  bool prefer_direct = false;
 };
 
 /// The options of a public call: the environment's backend and ISA, num_threads().
@@ -72,7 +75,8 @@ enum class ConvPath { gemm, depthwise };
 /// groups == in_channels > 1 or narrow groups (is_narrow_grouped), stride
 /// width <= kDwMaxStrideWidth, the
 /// automatic backend (a forced backend runs its GEMMs), a prepared plane within
-/// kMaxScratchBytesPerThread, and for backward data finite weights (depthwise.hpp).
+/// kMaxScratchBytesPerThread, and for backward data finite weights (depthwise.hpp); narrow
+/// groups' (not depthwise) backward data under the AVX-512 ISA only with o.prefer_direct.
 ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
                    std::span<const float> w = {});
 
