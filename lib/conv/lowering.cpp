@@ -62,6 +62,33 @@ struct ValidRows {
   }
 };
 
+// Whole-image gathers (col2im_image_*): the kernel rows that reach dx row ih, stepped row by
+// row from ih = 0 (a division a tap and row cost more than the row's loads). Tap kh reaches
+// row ih from output row oh[kh] when rem[kh] == 0, where ih + PH - kh * DH = oh * SH + rem.
+struct GatherRows {
+  i64 oh[ValidRows::kMaxKernelHeight], rem[ValidRows::kMaxKernelHeight];
+  i64 KH, KW, SH, OH, OW;
+  explicit GatherRows(const ConvGeom& g) : KH(g.KH), KW(g.KW), SH(g.SH), OH(g.OH), OW(g.OW) {
+    for (i64 kh = 0; kh < KH; ++kh) {
+      const i64 u = g.PH - kh * g.DH;
+      rem[kh] = (u % SH + SH) % SH;
+      oh[kh] = (u - rem[kh]) / SH;
+    }
+  }
+  // The next dx row's taps: rows[i] the column row (kernel column 0) of channel colc's tap and
+  // its output row; returns how many.
+  int next(const float* colc, i64 ldcol, const float** rows) {
+    int n = 0;
+    for (i64 kh = 0; kh < KH; ++kh) {
+      if (rem[kh] == 0 && oh[kh] >= 0 && oh[kh] < OH) {
+        rows[n++] = colc + kh * KW * ldcol + oh[kh] * OW;
+      }
+      if (++rem[kh] == SH) rem[kh] = 0, ++oh[kh];
+    }
+    return n;
+  }
+};
+
 }  // namespace
 
 IM2GEMM_CLONES
@@ -564,11 +591,10 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
 // ph = (kw * DW - PW) mod 2 only, where column m takes output column m + off with
 // off = (ph + PW - kw * DW) / 2: contiguous masked loads as at stride 1, then one pair of
 // permutes a 32-column chunk (one expanding load a tap and 16 columns measured 2.5x slower on
-// AMD Zen 4). Rows: dx row ih takes the taps kh with (ih + PH - kh * DH) a multiple of SH.
+// AMD Zen 4). Rows: GatherRows.
 IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
                                            float* dx, Activation act, const float* x) {
-  const i64 H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
-  const i64 SH = g.SH, PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
   const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
   std::int32_t ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth];
   __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes m with 2m + ph < W, 0 <= m + off < OW
@@ -590,26 +616,12 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
   const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
-    // Tap kh reaches dx row ih from output row oh[kh] when rem[kh] == 0, where
-    // ih + PH - kh * DH = oh[kh] * SH + rem[kh], stepped with ih (a division a tap and row
-    // cost more than the row's loads).
-    i64 oh[ValidRows::kMaxKernelHeight], rem[ValidRows::kMaxKernelHeight];
-    for (i64 kh = 0; kh < KH; ++kh) {
-      const i64 u = PH - kh * DH;
-      rem[kh] = (u % SH + SH) % SH;
-      oh[kh] = (u - rem[kh]) / SH;
-    }
+    GatherRows taps(g);
     for (i64 ih = 0; ih < H; ++ih) {
       float* drow = dx + (c * H + ih) * W;
       const float* xrow = x ? x + (c * H + ih) * W : nullptr;
-      const float* rows[ValidRows::kMaxKernelHeight];  // the taps kh reaching row ih
-      int nrows = 0;
-      for (i64 kh = 0; kh < KH; ++kh) {
-        if (rem[kh] == 0 && oh[kh] >= 0 && oh[kh] < OH) {
-          rows[nrows++] = colc + kh * KW * ldcol + oh[kh] * OW;
-        }
-        if (++rem[kh] == SH) rem[kh] = 0, ++oh[kh];
-      }
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const int nrows = taps.next(colc, ldcol, rows);
       for (i64 k = 0; k < nchunks; ++k) {
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
         for (int r = 0; r < nrows; ++r) {
@@ -1059,6 +1071,105 @@ IM2GEMM_AVX2 void col2im_add_block_phases_avx2(const ConvGeom& g, const float* c
   }
 }
 
+// dx = v times the input activation's derivative (y: the layer input's 8 floats there).
+IM2GEMM_AVX2 inline __m256 times_act_derivative_avx2(__m256 v, Activation act, __m256 y) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  switch (act) {
+    case Activation::relu:
+      return _mm256_and_ps(v, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
+    case Activation::sigmoid: return _mm256_mul_ps(v, _mm256_mul_ps(y, _mm256_sub_ps(one, y)));
+    case Activation::tanh: return _mm256_mul_ps(v, _mm256_sub_ps(one, _mm256_mul_ps(y, y)));
+    default: return v;
+  }
+}
+
+// Stores the dx floats [j, j + 8) of a row of W (fewer at the row's end, through a stack
+// buffer: masked stores are slow on AMD Zen), times act'(yrow) unless act is identity.
+IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i64 W, __m256 v,
+                                       Activation act) {
+  const i64 n = std::min<i64>(8, W - j);
+  if (n <= 0) return;
+  alignas(32) float buf[8] = {};
+  if (act != Activation::identity) {
+    __m256 y;
+    if (n == 8) {
+      y = _mm256_loadu_ps(yrow + j);
+    } else {
+      for (i64 l = 0; l < n; ++l) buf[l] = yrow[j + l];
+      y = _mm256_load_ps(buf);
+    }
+    v = times_act_derivative_avx2(v, act, y);
+  }
+  if (n == 8) {
+    _mm256_storeu_ps(drow + j, v);
+    return;
+  }
+  _mm256_store_ps(buf, v);
+  for (i64 l = 0; l < n; ++l) drow[j + l] = buf[l];
+}
+
+// Horizontal stride 2, a whole image in the column block, on AVX2: col2im_image_s2_avx512's
+// gather with 8 columns of each phase a chunk (16 dx columns): plain loads where a tap's 8
+// output columns lie inside its column row, masked loads at the row's ends; the two phases
+// interleaved by unpacks and a lane permute.
+IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                       float* dx, Activation act, const float* x) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
+  const i64 nchunks = (W + 15) / 16;
+  // Tap kw: phase ph, output column m + off for phase column m, cols phase columns in the row.
+  i64 ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth],
+      cols[ValidColumns::kMaxKernelWidth];
+  for (i64 kw = 0; kw < KW; ++kw) {
+    ph[kw] = ((kw * DW - PW) % 2 + 2) % 2;
+    off[kw] = (ph[kw] + PW - kw * DW) / 2;
+    cols[kw] = (W - ph[kw] + 1) / 2;
+  }
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * KH * KW * ldcol;
+    GatherRows taps(g);
+    for (i64 ih = 0; ih < H; ++ih) {
+      float* drow = dx + (c * H + ih) * W;
+      const float* yrow = x ? x + (c * H + ih) * W : nullptr;
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const int nrows = taps.next(colc, ldcol, rows);
+      for (i64 k = 0; k < nchunks; ++k) {
+        const i64 m0 = 8 * k;
+        __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+        for (int r = 0; r < nrows; ++r) {
+          for (i64 kw = 0; kw < KW; ++kw) {
+            const i64 a = m0 + off[kw];                       // lane 0's output column
+            const i64 lim = std::min(OW - a, cols[kw] - m0);  // lanes [max(0, -a), lim)
+            const float* row = rows[r] + kw * ldcol;
+            __m256 v;
+            if (a >= 0 && lim >= 8) {
+              v = _mm256_loadu_ps(row + a);
+            } else {
+              const __m256i m = _mm256_and_si256(
+                  _mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int>(-a - 1))),
+                  _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::max<i64>(lim, -1))),
+                                     iota));
+              // The base may lie before the row: only the mask's lanes are read.
+              const auto* p =
+                  reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) +
+                                                 static_cast<std::uintptr_t>(a) * sizeof(float));
+              v = _mm256_maskload_ps(p, m);
+            }
+            if (ph[kw] != 0) {
+              odd = _mm256_add_ps(odd, v);
+            } else {
+              even = _mm256_add_ps(even, v);
+            }
+          }
+        }
+        const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+        store_dx_avx2(drow, yrow, 16 * k, W, _mm256_permute2f128_ps(lo, hi, 0x20), act);
+        store_dx_avx2(drow, yrow, 16 * k + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), act);
+      }
+    }
+  }
+}
+
 }  // namespace
 #endif
 
@@ -1097,6 +1208,17 @@ bool avx2_col2im_phases(const ConvGeom& g) {
   static const bool cpu = isa_active() == Isa::avx2;
   return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) && g.SW > 1 &&
          g.SW * phase_row_width(g) <= kMaxPhaseRowFloats;
+#else
+  (void)g;
+  return false;
+#endif
+}
+// The whole-image gather at horizontal stride 2 on AVX2 CPUs (col2im_image_s2_avx2).
+bool avx2_gather_s2(const ConvGeom& g) {
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  static const bool cpu = isa_active() == Isa::avx2;
+  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) && g.SW == 2 &&
+         g.KH <= ValidRows::kMaxKernelHeight && g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
   return false;
@@ -1181,25 +1303,29 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
 }
 
 bool col2im_image_gathers(const ConvGeom& g) {
-#ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  // Stride 1, or horizontal stride 2 and any vertical stride (a kernel for each).
-  return avx512_lowering(g) && ((g.SH == 1 && g.SW == 1) || g.SW == 2) &&
-         g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps;
-#else
-  (void)g;
-  return false;
-#endif
+  // AVX-512: stride 1, or horizontal stride 2 and any vertical stride (a kernel for each).
+  // AVX2: horizontal stride 2.
+  if (avx512_lowering(g)) {
+    return ((g.SH == 1 && g.SW == 1) || g.SW == 2) && g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps;
+  }
+  return avx2_gather_s2(g);
 }
 
 bool col2im_image_overwrite(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, float* dx,
                             Activation act, const float* x) {
   if (!col2im_image_gathers(g)) return false;
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  if (g.SW == 1) {
-    col2im_image_s1_avx512(g, col, ldcol, nch, dx, act, x);
-  } else {
-    col2im_image_s2_avx512(g, col, ldcol, nch, dx, act, x);
+  if (avx512_lowering(g)) {
+    if (g.SW == 1) {
+      col2im_image_s1_avx512(g, col, ldcol, nch, dx, act, x);
+    } else {
+      col2im_image_s2_avx512(g, col, ldcol, nch, dx, act, x);
+    }
+    return true;
   }
+#endif
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  col2im_image_s2_avx2(g, col, ldcol, nch, dx, act, x);
   return true;
 #else
   (void)col, (void)ldcol, (void)nch, (void)dx, (void)act, (void)x;

@@ -41,8 +41,8 @@ bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
 void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol, std::int64_t nch,
                       std::int64_t q0, std::int64_t q1, float* dx);
 
-/// True where col2im_image_overwrite applies: AVX-512 lowering, stride 1, or horizontal
-/// stride 2 and any vertical stride.
+/// True where col2im_image_overwrite applies: on AVX-512, stride 1 or horizontal stride 2; on
+/// AVX2, horizontal stride 2 (any vertical stride with stride 2).
 bool col2im_image_gathers(const ConvGeom& g);
 
 /// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
