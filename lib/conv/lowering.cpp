@@ -598,6 +598,11 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
   const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
   std::int32_t ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth];
   __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes m with 2m + ph < W, 0 <= m + off < OW
+  // Chunks [k_in, k_out) have every tap's 16 columns inside its column row: plain loads, the
+  // taps in two lists, one a phase, of offsets from a tap row's start (kernel column 0).
+  i64 even_off[ValidColumns::kMaxKernelWidth], odd_off[ValidColumns::kMaxKernelWidth];
+  int n_even = 0, n_odd = 0;
+  i64 k_in = 0, k_out = nchunks;
   for (i64 kw = 0; kw < KW; ++kw) {
     ph[kw] = static_cast<std::int32_t>(((kw * DW - PW) % 2 + 2) % 2);
     off[kw] = static_cast<std::int32_t>((ph[kw] + PW - kw * DW) / 2);
@@ -607,7 +612,12 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
       tap[kw * nchunks + k] = static_cast<__mmask16>(lane_range(-m0 - off[kw], OW - m0 - off[kw]) &
                                                      lane_range(0, cols - m0));
     }
+    (ph[kw] != 0 ? odd_off[n_odd++] : even_off[n_even++]) = kw * ldcol + off[kw];
+    k_in = std::max<i64>(k_in, off[kw] >= 0 ? 0 : (-off[kw] + 15) / 16);
+    const i64 lim = std::min<i64>(OW - off[kw], cols);  // 16k + 16 <= lim
+    k_out = std::min(k_out, lim < 16 ? i64{0} : (lim - 16) / 16 + 1);
   }
+  k_out = std::max(k_out, k_in);
   alignas(64) std::int32_t lo_idx[16], hi_idx[16];  // interleave: phase 0 at even lanes
   for (int l = 0; l < 16; ++l) {
     lo_idx[l] = (l / 2) + (l % 2) * 16;
@@ -624,14 +634,27 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
       const int nrows = taps.next(colc, ldcol, rows);
       for (i64 k = 0; k < nchunks; ++k) {
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
-        for (int r = 0; r < nrows; ++r) {
-          for (i64 kw = 0; kw < KW; ++kw) {
-            const __m512 v = _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
-                                                   offset(rows[r], kw * ldcol + 16 * k + off[kw]));
-            if (ph[kw] != 0) {
-              odd = _mm512_add_ps(odd, v);
-            } else {
-              even = _mm512_add_ps(even, v);
+        if (k >= k_in && k < k_out) {
+          for (int r = 0; r < nrows; ++r) {
+            const float* row = rows[r] + 16 * k;
+            for (int e = 0; e < n_even; ++e) {
+              even = _mm512_add_ps(even, _mm512_loadu_ps(row + even_off[e]));
+            }
+            for (int o = 0; o < n_odd; ++o) {
+              odd = _mm512_add_ps(odd, _mm512_loadu_ps(row + odd_off[o]));
+            }
+          }
+        } else {
+          for (int r = 0; r < nrows; ++r) {
+            for (i64 kw = 0; kw < KW; ++kw) {
+              const __m512 v =
+                  _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
+                                        offset(rows[r], kw * ldcol + 16 * k + off[kw]));
+              if (ph[kw] != 0) {
+                odd = _mm512_add_ps(odd, v);
+              } else {
+                even = _mm512_add_ps(even, v);
+              }
             }
           }
         }
@@ -1119,11 +1142,23 @@ IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 
   // Tap kw: phase ph, output column m + off for phase column m, cols phase columns in the row.
   i64 ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth],
       cols[ValidColumns::kMaxKernelWidth];
+  // Chunks [k_in, k_out) have every tap's 8 columns inside its column row; their taps run as
+  // two lists, one a phase, of offsets from a tap row's start (kernel column 0).
+  i64 even_off[ValidColumns::kMaxKernelWidth], odd_off[ValidColumns::kMaxKernelWidth];
+  int n_even = 0, n_odd = 0;
+  i64 k_in = 0, k_out = nchunks;
   for (i64 kw = 0; kw < KW; ++kw) {
     ph[kw] = ((kw * DW - PW) % 2 + 2) % 2;
     off[kw] = (ph[kw] + PW - kw * DW) / 2;
     cols[kw] = (W - ph[kw] + 1) / 2;
+    (ph[kw] != 0 ? odd_off[n_odd++] : even_off[n_even++]) = kw * ldcol + off[kw];
+    // 8k + off >= 0 and 8k + 8 + off <= min(OW, cols - ... ): k >= ceil(-off / 8), and
+    // 8k + 8 <= min(OW - off, cols).
+    k_in = std::max(k_in, off[kw] >= 0 ? i64{0} : (-off[kw] + 7) / 8);
+    const i64 lim = std::min(OW - off[kw], cols[kw]);
+    k_out = std::min(k_out, lim < 8 ? i64{0} : (lim - 8) / 8 + 1);
   }
+  k_out = std::max(k_out, k_in);
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
@@ -1136,29 +1171,35 @@ IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 
       for (i64 k = 0; k < nchunks; ++k) {
         const i64 m0 = 8 * k;
         __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-        for (int r = 0; r < nrows; ++r) {
-          for (i64 kw = 0; kw < KW; ++kw) {
-            const i64 a = m0 + off[kw];                       // lane 0's output column
-            const i64 lim = std::min(OW - a, cols[kw] - m0);  // lanes [max(0, -a), lim)
-            const float* row = rows[r] + kw * ldcol;
-            __m256 v;
-            if (a >= 0 && lim >= 8) {
-              v = _mm256_loadu_ps(row + a);
-            } else {
-              const __m256i m = _mm256_and_si256(
-                  _mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int>(-a - 1))),
-                  _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::max<i64>(lim, -1))),
-                                     iota));
-              // The base may lie before the row: only the mask's lanes are read.
-              const auto* p =
-                  reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(row) +
-                                                 static_cast<std::uintptr_t>(a) * sizeof(float));
-              v = _mm256_maskload_ps(p, m);
-            }
-            if (ph[kw] != 0) {
-              odd = _mm256_add_ps(odd, v);
-            } else {
-              even = _mm256_add_ps(even, v);
+        if (k >= k_in && k < k_out) {
+          for (int r = 0; r < nrows; ++r) {
+            const float* row = rows[r] + m0;
+            for (int e = 0; e < n_even; ++e)
+              even = _mm256_add_ps(even, _mm256_loadu_ps(row + even_off[e]));
+            for (int o = 0; o < n_odd; ++o)
+              odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + odd_off[o]));
+          }
+        } else {
+          for (int r = 0; r < nrows; ++r) {
+            for (i64 kw = 0; kw < KW; ++kw) {
+              const i64 a = m0 + off[kw];                       // lane 0's output column
+              const i64 lim = std::min(OW - a, cols[kw] - m0);  // lanes [max(0, -a), lim)
+              const __m256i m =
+                  _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int>(
+                                                                std::min<i64>(-a - 1, 8)))),
+                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(
+                                                          std::clamp<i64>(lim, -1, 8))),
+                                                      iota));
+              // The base may lie outside the row: only the mask's lanes are read.
+              const auto* p = reinterpret_cast<const float*>(
+                  reinterpret_cast<std::uintptr_t>(rows[r] + kw * ldcol) +
+                  static_cast<std::uintptr_t>(a) * sizeof(float));
+              const __m256 v = _mm256_maskload_ps(p, m);
+              if (ph[kw] != 0) {
+                odd = _mm256_add_ps(odd, v);
+              } else {
+                even = _mm256_add_ps(even, v);
+              }
             }
           }
         }
