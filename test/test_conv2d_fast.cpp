@@ -439,6 +439,65 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
   }
 }
 
+TEST_CASE(
+    "fast conv: backward data gathers pixel blocks of whole output rows (strides 1 and 2), every activation") {
+  Settings restore;
+  auto shape = [](int64_t c, int64_t h, int64_t w, int64_t f, int64_t kh, int64_t kw, int64_t sh,
+                  int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+    Conv2dShape s;
+    s.batch = 2;
+    s.in_channels = c;
+    s.in_height = h;
+    s.in_width = w;
+    s.out_channels = f;
+    s.kernel_height = kh;
+    s.kernel_width = kw;
+    s.stride_height = sh;
+    s.stride_width = sw;
+    s.pad_height = ph;
+    s.pad_width = pw;
+    s.dilation_height = dh;
+    s.dilation_width = dw;
+    return s;
+  };
+  const Conv2dShape shapes[] = {
+      shape(3, 40, 70, 8, 7, 7, 2, 2, 3, 3, 1, 1),  // resnet_conv1-like
+      shape(5, 23, 31, 6, 3, 3, 2, 2, 1, 1, 1, 1),  // odd sizes: a last phase column alone
+      shape(4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1),  // vertical stride 3, dilated rows
+      shape(2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1),   // rows no tap reaches past the last window
+      shape(2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1),  // stride 1 (the AVX-512 gather)
+  };
+  int gathered = 0, n = 0;
+  for (const auto& s : shapes) {
+    const im2gemm::detail::ConvGeom geo(s);
+    for (Activation act : kActs) {
+      const Data d = make_data(s, 4242u + static_cast<std::uint32_t>(n++), true);
+      const Outputs want = run_ref(s, d, act, true);
+      for (int threads : {1, 2}) {
+        // Column blocks of about 1.5 and 3.7 output rows, and the default.
+        for (double block_rows : {0.0, 1.5, 3.7}) {
+          const auto block = static_cast<std::size_t>(
+              block_rows *
+              static_cast<double>(s.in_channels * s.kernel_height * s.kernel_width * geo.OW * 4));
+          Settings::apply(threads, block);
+          const auto p = im2gemm::detail::plan_conv(s, ConvPass::backward_data, threads);
+          INFO(testutil::describe(s)
+               << " act " << static_cast<int>(act) << " threads " << threads << " block " << block
+               << " pixel blocks " << p.pixel_blocks << " of " << p.block_pixels);
+          if (p.pixel_blocks > 1 && s.stride_width <= 2 && p.block_pixels >= geo.OW) {
+            CHECK(p.block_pixels % geo.OW == 0);
+          }
+          if (p.pixel_blocks > 1 && im2gemm::detail::col2im_gathers(geo)) ++gathered;
+          compare(s, run_fast(s, d, act, true), want, true);
+        }
+      }
+    }
+  }
+  // Every CPU with a vector lowering gathers the stride-2 shapes in several blocks.
+  if (im2gemm::detail::isa_active() != im2gemm::detail::Isa::scalar) CHECK(gathered >= 64);
+  MESSAGE(gathered << " multi-block runs gathered");
+}
+
 TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads within rounding") {
   Settings restore;
   std::mt19937 rng(99);

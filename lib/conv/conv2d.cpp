@@ -173,6 +173,9 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
+  // Pixel blocks of whole output rows (or one block): col2im gathers each block's dx rows.
+  const bool gather_rows = !p.pointwise && detail::col2im_gathers(geo) &&
+                           (p.pixel_blocks == 1 || p.block_pixels % geo.OW == 0);
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
     if (packed != nullptr) {
       const i64 units = d.G * d.K;  // rows (g, j) of wt
@@ -221,9 +224,10 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
             continue;
           }
           dcol_gemm(gi, j0, rows, q1 - q0, dyg + q0, d.P, sc.col, q1 - q0);
-          if (p.pixel_blocks == 1 &&
-              detail::col2im_image_overwrite(geo, sc.col, d.P, nch, dxg, act, xg)) {
-            continue;  // the whole image in one block: dx written once, act' applied
+          if (gather_rows) {  // dx rows stored once (added to across blocks), act' applied
+            detail::col2im_gather_rows(geo, sc.col, q1 - q0, nch, q0 / geo.OW,
+                                       (q1 + geo.OW - 1) / geo.OW, dxg, act, xg);
+            continue;
           }
           const i64 done = q1 == d.P ? H : std::clamp((q1 / geo.OW) * geo.SH - geo.PH, i64{0}, H);
           const i64 touched = q1 == d.P ? H
@@ -270,8 +274,8 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy
           if (per_image) {
             dcol_gemm(gi, j0, rows, d.P, dy + ((n0 + i) * d.F + gi * d.Fg) * d.P, d.P, sc.col, d.P);
           }
-          if (detail::col2im_image_overwrite(geo, coli, cols, nch, dxi, act,
-                                             x ? x + plane0 : nullptr)) {
+          if (detail::col2im_gather_rows(geo, coli, cols, nch, 0, geo.OH, dxi, act,
+                                         x ? x + plane0 : nullptr)) {
             continue;
           }
           std::memset(dxi, 0, static_cast<std::size_t>(nch * d.HW) * sizeof(float));

@@ -62,9 +62,9 @@ struct ValidRows {
   }
 };
 
-// Whole-image gathers (col2im_image_*): the kernel rows that reach dx row ih, stepped row by
-// row from ih = 0 (a division a tap and row cost more than the row's loads). Tap kh reaches
-// row ih from output row oh[kh] when rem[kh] == 0, where ih + PH - kh * DH = oh * SH + rem.
+// Gathers (col2im_gather_*): the kernel rows that reach dx row ih, stepped row by row from
+// ih = 0 (a division a tap and row cost more than the row's loads). Tap kh reaches row ih
+// from output row oh[kh] when rem[kh] == 0, where ih + PH - kh * DH = oh * SH + rem.
 struct GatherRows {
   i64 oh[ValidRows::kMaxKernelHeight], rem[ValidRows::kMaxKernelHeight];
   i64 KH, KW, SH, OH, OW;
@@ -75,18 +75,33 @@ struct GatherRows {
       oh[kh] = (u - rem[kh]) / SH;
     }
   }
-  // The next dx row's taps: rows[i] the column row (kernel column 0) of channel colc's tap and
-  // its output row; returns how many.
-  int next(const float* colc, i64 ldcol, const float** rows) {
-    int n = 0;
+  // The next dx row's taps in the block of output rows [o0, o1) (column j: pixel o0*OW + j):
+  // rows[i] the column row (kernel column 0) of channel colc's tap, at its output row.
+  struct Taps {
+    int n = 0;          ///< taps in the block
+    bool first = true;  ///< no earlier block reaches the row: overwrite it
+    bool final = true;  ///< no later block reaches it: its sum is complete
+    bool none = true;   ///< no output row at all reaches it (a zero row)
+  };
+  Taps next(const float* colc, i64 ldcol, i64 o0, i64 o1, const float** rows) {
+    Taps t;
     for (i64 kh = 0; kh < KH; ++kh) {
       if (rem[kh] == 0 && oh[kh] >= 0 && oh[kh] < OH) {
-        rows[n++] = colc + kh * KW * ldcol + oh[kh] * OW;
+        t.none = false;
+        if (oh[kh] < o0) {
+          t.first = false;
+        } else if (oh[kh] >= o1) {
+          t.final = false;
+        } else {
+          rows[t.n++] = colc + kh * KW * ldcol + (oh[kh] - o0) * OW;
+        }
       }
       if (++rem[kh] == SH) rem[kh] = 0, ++oh[kh];
     }
-    return n;
+    return t;
   }
+  // Whether the block writes the row: it reaches it, or nothing does and it is the first.
+  static bool writes(const Taps& t, i64 o0) { return t.n > 0 || (t.none && o0 == 0); }
 };
 
 }  // namespace
@@ -546,13 +561,13 @@ IM2GEMM_AVX512 inline __m512 times_act_derivative(__m512 acc, Activation act, co
   }
 }
 
-// Stride 1, a whole image in the column block: every dx element is the sum of its KH*KW
-// taps, gathered in a register and stored once (no zeroing, no read-modify-write), times the
-// input activation's derivative.
-IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                           float* dx, Activation act, const float* x) {
-  const i64 H = g.H, W = g.W, OH = g.OH, OW = g.OW, KH = g.KH, KW = g.KW;
-  const i64 PH = g.PH, PW = g.PW, DH = g.DH, DW = g.DW;
+// col2im_gather_rows at stride 1: every dx element is the sum of its KH*KW taps (those of the
+// block's output rows), gathered in a register and stored once (added to the row where an
+// earlier block reached it), times the input activation's derivative where it is complete.
+IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                            i64 o0, i64 o1, float* dx, Activation act,
+                                            const float* x) {
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
   const i64 nchunks = (W + 15) / 16;
   __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes whose source column lies in [0, OW)
   for (i64 kw = 0; kw < KW; ++kw) {
@@ -564,36 +579,39 @@ IM2GEMM_AVX512 void col2im_image_s1_avx512(const ConvGeom& g, const float* col, 
   }
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
+    GatherRows taps(g);
     for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
       float* drow = dx + (c * H + ih) * W;
       const float* xrow = x ? x + (c * H + ih) * W : nullptr;
       for (i64 k = 0; k < nchunks; ++k) {
-        __m512 acc = _mm512_setzero_ps();
-        for (i64 kh = 0; kh < KH; ++kh) {
-          const i64 oh = ih + PH - kh * DH;
-          if (oh < 0 || oh >= OH) continue;
-          const float* base = offset(colc, kh * KW * ldcol + oh * OW + 16 * k + PW);
+        const __mmask16 out = lane_range(0, W - 16 * k);
+        __m512 acc = t.first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(out, drow + 16 * k);
+        for (int r = 0; r < t.n; ++r) {
+          const float* base = offset(rows[r], 16 * k + PW);
           for (i64 kw = 0; kw < KW; ++kw) {
             acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
                                                            offset(base, kw * (ldcol - DW))));
           }
         }
-        const __mmask16 out = lane_range(0, W - 16 * k);
-        acc = times_act_derivative(acc, act, xrow ? xrow + 16 * k : nullptr, out);
+        if (t.final) acc = times_act_derivative(acc, act, xrow ? xrow + 16 * k : nullptr, out);
         _mm512_mask_storeu_ps(drow + 16 * k, out, acc);
       }
     }
   }
 }
 
-// Horizontal stride 2, a whole image in the column block: the same gather, a dx row being
+// col2im_gather_rows at horizontal stride 2 (any vertical stride): the same, a dx row being
 // the interleave of its two column phases (iw = 2m + ph). Tap kw reaches phase
 // ph = (kw * DW - PW) mod 2 only, where column m takes output column m + off with
 // off = (ph + PW - kw * DW) / 2: contiguous masked loads as at stride 1, then one pair of
 // permutes a 32-column chunk (one expanding load a tap and 16 columns measured 2.5x slower on
 // AMD Zen 4). Rows: GatherRows.
-IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                           float* dx, Activation act, const float* x) {
+IM2GEMM_AVX512 void col2im_gather_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                            i64 o0, i64 o1, float* dx, Activation act,
+                                            const float* x) {
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
   const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
   std::int32_t ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth];
@@ -628,10 +646,12 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
     const float* colc = col + c * KH * KW * ldcol;
     GatherRows taps(g);
     for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      const int nrows = t.n;
       float* drow = dx + (c * H + ih) * W;
       const float* xrow = x ? x + (c * H + ih) * W : nullptr;
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const int nrows = taps.next(colc, ldcol, rows);
       for (i64 k = 0; k < nchunks; ++k) {
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
         if (k >= k_in && k < k_out) {
@@ -662,7 +682,8 @@ IM2GEMM_AVX512 void col2im_image_s2_avx512(const ConvGeom& g, const float* col, 
           const i64 j = 32 * k + 16 * half;
           const __mmask16 out = lane_range(0, W - j);
           __m512 v = _mm512_permutex2var_ps(even, half ? hi : lo, odd);
-          v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, out);
+          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(out, drow + j));
+          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, out);
           _mm512_mask_storeu_ps(drow + j, out, v);
         }
       }
@@ -1107,22 +1128,20 @@ IM2GEMM_AVX2 inline __m256 times_act_derivative_avx2(__m256 v, Activation act, _
 }
 
 // Stores the dx floats [j, j + 8) of a row of W (fewer at the row's end, through a stack
-// buffer: masked stores are slow on AMD Zen), times act'(yrow) unless act is identity.
+// buffer: masked stores are slow on AMD Zen): v, plus what is there unless first, times
+// act'(yrow) if final.
 IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i64 W, __m256 v,
-                                       Activation act) {
+                                       bool first, bool final, Activation act) {
   const i64 n = std::min<i64>(8, W - j);
   if (n <= 0) return;
   alignas(32) float buf[8] = {};
-  if (act != Activation::identity) {
-    __m256 y;
-    if (n == 8) {
-      y = _mm256_loadu_ps(yrow + j);
-    } else {
-      for (i64 l = 0; l < n; ++l) buf[l] = yrow[j + l];
-      y = _mm256_load_ps(buf);
-    }
-    v = times_act_derivative_avx2(v, act, y);
-  }
+  auto load = [&](const float* p) IM2GEMM_AVX2 {
+    if (n == 8) return _mm256_loadu_ps(p);
+    for (i64 l = 0; l < n; ++l) buf[l] = p[l];
+    return _mm256_load_ps(buf);
+  };
+  if (!first) v = _mm256_add_ps(v, load(drow + j));
+  if (final && act != Activation::identity) v = times_act_derivative_avx2(v, act, load(yrow + j));
   if (n == 8) {
     _mm256_storeu_ps(drow + j, v);
     return;
@@ -1131,12 +1150,12 @@ IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i6
   for (i64 l = 0; l < n; ++l) drow[j + l] = buf[l];
 }
 
-// Horizontal stride 2, a whole image in the column block, on AVX2: col2im_image_s2_avx512's
+// col2im_gather_rows at horizontal stride 2 on AVX2: col2im_gather_s2_avx512's
 // gather with 8 columns of each phase a chunk (16 dx columns): plain loads where a tap's 8
 // output columns lie inside its column row, masked loads at the row's ends; the two phases
 // interleaved by unpacks and a lane permute.
-IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                       float* dx, Activation act, const float* x) {
+IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                        i64 o0, i64 o1, float* dx, Activation act, const float* x) {
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
   const i64 nchunks = (W + 15) / 16;
   // Tap kw: phase ph, output column m + off for phase column m, cols phase columns in the row.
@@ -1164,10 +1183,12 @@ IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 
     const float* colc = col + c * KH * KW * ldcol;
     GatherRows taps(g);
     for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      const int nrows = t.n;
       float* drow = dx + (c * H + ih) * W;
       const float* yrow = x ? x + (c * H + ih) * W : nullptr;
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const int nrows = taps.next(colc, ldcol, rows);
       for (i64 k = 0; k < nchunks; ++k) {
         const i64 m0 = 8 * k;
         __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
@@ -1204,8 +1225,10 @@ IM2GEMM_AVX2 void col2im_image_s2_avx2(const ConvGeom& g, const float* col, i64 
           }
         }
         const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
-        store_dx_avx2(drow, yrow, 16 * k, W, _mm256_permute2f128_ps(lo, hi, 0x20), act);
-        store_dx_avx2(drow, yrow, 16 * k + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), act);
+        store_dx_avx2(drow, yrow, 16 * k, W, _mm256_permute2f128_ps(lo, hi, 0x20), t.first, t.final,
+                      act);
+        store_dx_avx2(drow, yrow, 16 * k + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first,
+                      t.final, act);
       }
     }
   }
@@ -1254,7 +1277,7 @@ bool avx2_col2im_phases(const ConvGeom& g) {
   return false;
 #endif
 }
-// The whole-image gather at horizontal stride 2 on AVX2 CPUs (col2im_image_s2_avx2).
+// The whole-image gather at horizontal stride 2 on AVX2 CPUs (col2im_gather_s2_avx2).
 bool avx2_gather_s2(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   static const bool cpu = isa_active() == Isa::avx2;
@@ -1343,7 +1366,7 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
   col2im_add_block_generic(g, col, ldcol, nch, q0, q1, dx);
 }
 
-bool col2im_image_gathers(const ConvGeom& g) {
+bool col2im_gathers(const ConvGeom& g) {
   // AVX-512: stride 1, or horizontal stride 2 and any vertical stride (a kernel for each).
   // AVX2: horizontal stride 2.
   if (avx512_lowering(g)) {
@@ -1352,24 +1375,24 @@ bool col2im_image_gathers(const ConvGeom& g) {
   return avx2_gather_s2(g);
 }
 
-bool col2im_image_overwrite(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, float* dx,
-                            Activation act, const float* x) {
-  if (!col2im_image_gathers(g)) return false;
+bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 o0, i64 o1,
+                        float* dx, Activation act, const float* x) {
+  if (!col2im_gathers(g)) return false;
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
   if (avx512_lowering(g)) {
     if (g.SW == 1) {
-      col2im_image_s1_avx512(g, col, ldcol, nch, dx, act, x);
+      col2im_gather_s1_avx512(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
-      col2im_image_s2_avx512(g, col, ldcol, nch, dx, act, x);
+      col2im_gather_s2_avx512(g, col, ldcol, nch, o0, o1, dx, act, x);
     }
     return true;
   }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  col2im_image_s2_avx2(g, col, ldcol, nch, dx, act, x);
+  col2im_gather_s2_avx2(g, col, ldcol, nch, o0, o1, dx, act, x);
   return true;
 #else
-  (void)col, (void)ldcol, (void)nch, (void)dx, (void)act, (void)x;
+  (void)col, (void)ldcol, (void)nch, (void)o0, (void)o1, (void)dx, (void)act, (void)x;
   return false;
 #endif
 }

@@ -41,17 +41,22 @@ bool col2im_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1);
 void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol, std::int64_t nch,
                       std::int64_t q0, std::int64_t q1, float* dx);
 
-/// True where col2im_image_overwrite applies: on AVX-512, stride 1 or horizontal stride 2; on
-/// AVX2, horizontal stride 2 (any vertical stride with stride 2).
-bool col2im_image_gathers(const ConvGeom& g);
+/// True where col2im_gather_rows applies: on AVX-512, stride 1 or horizontal stride 2 (any
+/// vertical stride); on AVX2, horizontal stride 2.
+bool col2im_gathers(const ConvGeom& g);
 
-/// Whole image (the column block holds all OH*OW pixels of nch channels): dx (nch planes) is
-/// OVERWRITTEN with col2im(col), then multiplied by act'(x) unless act is identity (x: the
-/// same planes of the layer input; may be null for identity). Returns false, writing nothing,
-/// where this kernel does not apply (col2im_image_gathers false); the caller then zeroes and
-/// uses col2im_add_block.
-bool col2im_image_overwrite(const ConvGeom& g, const float* col, std::int64_t ldcol,
-                            std::int64_t nch, float* dx, Activation act, const float* x);
+/// col2im of whole output rows [o0, o1) of an image (the column block: nch channels' KH*KW rows
+/// of (o1 - o0) * OW pixels, row stride ldcol; o1 <= OH) into dx (nch planes), each dx row
+/// gathered from its taps and stored once: a row that no earlier output row reaches is
+/// OVERWRITTEN (no zeroing beforehand), one that an earlier output row reaches is added to,
+/// and one that no later output row reaches is complete and multiplied by act'(x) (x: the
+/// same planes of the layer input; may be null for identity). The call with o0 == 0 also
+/// zeroes the rows no output row reaches. So calls over consecutive blocks from o0 = 0 to
+/// OH give col2im with act' applied. Returns false, writing nothing, where
+/// col2im_gathers(g) is false; the caller then zeroes and uses col2im_add_block.
+bool col2im_gather_rows(const ConvGeom& g, const float* col, std::int64_t ldcol, std::int64_t nch,
+                        std::int64_t o0, std::int64_t o1, float* dx, Activation act,
+                        const float* x);
 
 /// Test hook: false makes im2col/col2im use the target_clones loops even on an AVX-512 CPU
 /// (true, the default, uses the AVX-512 kernels for strides 1 and 2 where the CPU has them).
