@@ -440,7 +440,7 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
 }
 
 TEST_CASE(
-    "fast conv: backward data gathers pixel blocks of whole output rows (strides 1 and 2), every activation") {
+    "fast conv: backward data gathers pixel blocks of whole output rows (strides 1, 2, 4), every activation") {
   Settings restore;
   auto shape = [](int64_t c, int64_t h, int64_t w, int64_t f, int64_t kh, int64_t kw, int64_t sh,
                   int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
@@ -461,11 +461,14 @@ TEST_CASE(
     return s;
   };
   const Conv2dShape shapes[] = {
-      shape(3, 40, 70, 8, 7, 7, 2, 2, 3, 3, 1, 1),  // resnet_conv1-like
-      shape(5, 23, 31, 6, 3, 3, 2, 2, 1, 1, 1, 1),  // odd sizes: a last phase column alone
-      shape(4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1),  // vertical stride 3, dilated rows
-      shape(2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1),   // rows no tap reaches past the last window
-      shape(2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1),  // stride 1 (the AVX-512 gather)
+      shape(3, 40, 70, 8, 7, 7, 2, 2, 3, 3, 1, 1),     // resnet_conv1-like
+      shape(5, 23, 31, 6, 3, 3, 2, 2, 1, 1, 1, 1),     // odd sizes: a last phase column alone
+      shape(4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1),     // vertical stride 3, dilated rows
+      shape(2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1),      // rows no tap reaches past the last window
+      shape(2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1),     // stride 1 (the AVX-512 gather)
+      shape(3, 47, 75, 4, 11, 11, 4, 4, 0, 0, 1, 1),   // alexnet_conv1-like, stride 4 (AVX-512)
+      shape(2, 30, 93, 3, 3, 5, 1, 4, 1, 2, 1, 2),     // stride 4 with dilated, padded taps
+      shape(2, 20, 171, 3, 11, 11, 4, 4, 2, 2, 1, 1),  // stride 4, rows with inner chunks
   };
   int gathered = 0, n = 0;
   for (const auto& s : shapes) {
@@ -484,7 +487,7 @@ TEST_CASE(
           INFO(testutil::describe(s)
                << " act " << static_cast<int>(act) << " threads " << threads << " block " << block
                << " pixel blocks " << p.pixel_blocks << " of " << p.block_pixels);
-          if (p.pixel_blocks > 1 && s.stride_width <= 2 && p.block_pixels >= geo.OW) {
+          if (p.pixel_blocks > 1 && s.stride_width <= 4 && p.block_pixels >= geo.OW) {
             CHECK(p.block_pixels % geo.OW == 0);
           }
           if (p.pixel_blocks > 1 && im2gemm::detail::col2im_gathers(geo)) ++gathered;

@@ -603,45 +603,50 @@ IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col,
   }
 }
 
-// col2im_gather_rows at horizontal stride 2 (any vertical stride): the same, a dx row being
-// the interleave of its two column phases (iw = 2m + ph). Tap kw reaches phase
-// ph = (kw * DW - PW) mod 2 only, where column m takes output column m + off with
-// off = (ph + PW - kw * DW) / 2: contiguous masked loads as at stride 1, then one pair of
-// permutes a 32-column chunk (one expanding load a tap and 16 columns measured 2.5x slower on
-// AMD Zen 4). Rows: GatherRows.
-IM2GEMM_AVX512 void col2im_gather_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                            i64 o0, i64 o1, float* dx, Activation act,
-                                            const float* x) {
+// col2im_gather_rows at horizontal stride S = 2 or 4 (any vertical stride): the same, a dx
+// row being the interleave of its S column phases (iw = S m + ph). Tap kw reaches phase
+// ph = (kw * DW - PW) mod S only, where column m takes output column m + off with
+// off = (ph + PW - kw * DW) / S: contiguous loads as at stride 1 (plain ones in the chunks
+// where every tap's 16 columns lie inside its column row, from one list of tap offsets a
+// phase; masked ones at the row's ends), then log2(S) rounds of permutes interleave the
+// phases of a 16 S-column chunk (one expanding load a tap and 16 columns measured 2.5x slower
+// on AMD Zen 4). Rows: GatherRows.
+template <int S>
+IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                                i64 nch, i64 o0, i64 o1, float* dx, Activation act,
+                                                const float* x) {
+  static_assert(S == 2 || S == 4);
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
-  const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
+  const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
   std::int32_t ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth];
-  __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes m with 2m + ph < W, 0 <= m + off < OW
-  // Chunks [k_in, k_out) have every tap's 16 columns inside its column row: plain loads, the
-  // taps in two lists, one a phase, of offsets from a tap row's start (kernel column 0).
-  i64 even_off[ValidColumns::kMaxKernelWidth], odd_off[ValidColumns::kMaxKernelWidth];
-  int n_even = 0, n_odd = 0;
+  __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes m with S m + ph < W, 0 <= m + off < OW
+  // Chunks [k_in, k_out): the plain loads, phase p's taps at offsets lists[p][0, n[p]) from a
+  // tap row's start (kernel column 0).
+  i64 lists[S][ValidColumns::kMaxKernelWidth];
+  int n[S] = {};
   i64 k_in = 0, k_out = nchunks;
   for (i64 kw = 0; kw < KW; ++kw) {
-    ph[kw] = static_cast<std::int32_t>(((kw * DW - PW) % 2 + 2) % 2);
-    off[kw] = static_cast<std::int32_t>((ph[kw] + PW - kw * DW) / 2);
-    const i64 cols = (W - ph[kw] + 1) / 2;  // columns of phase ph
+    ph[kw] = static_cast<std::int32_t>(((kw * DW - PW) % S + S) % S);
+    off[kw] = static_cast<std::int32_t>((ph[kw] + PW - kw * DW) / S);
+    const i64 cols = (W - ph[kw] + S - 1) / S;  // columns of phase ph
     for (i64 k = 0; k < nchunks; ++k) {
       const i64 m0 = 16 * k;
       tap[kw * nchunks + k] = static_cast<__mmask16>(lane_range(-m0 - off[kw], OW - m0 - off[kw]) &
                                                      lane_range(0, cols - m0));
     }
-    (ph[kw] != 0 ? odd_off[n_odd++] : even_off[n_even++]) = kw * ldcol + off[kw];
+    lists[ph[kw]][n[ph[kw]]++] = kw * ldcol + off[kw];
     k_in = std::max<i64>(k_in, off[kw] >= 0 ? 0 : (-off[kw] + 15) / 16);
     const i64 lim = std::min<i64>(OW - off[kw], cols);  // 16k + 16 <= lim
     k_out = std::min(k_out, lim < 16 ? i64{0} : (lim - 16) / 16 + 1);
   }
   k_out = std::max(k_out, k_in);
-  alignas(64) std::int32_t lo_idx[16], hi_idx[16];  // interleave: phase 0 at even lanes
+  // Interleaving two vectors a and b lane by lane: lo takes lanes 0-7 of each, hi 8-15.
+  alignas(64) std::int32_t idx[2][16];
   for (int l = 0; l < 16; ++l) {
-    lo_idx[l] = (l / 2) + (l % 2) * 16;
-    hi_idx[l] = 8 + (l / 2) + (l % 2) * 16;
+    idx[0][l] = (l / 2) + (l % 2) * 16;
+    idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
   }
-  const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
+  const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
     GatherRows taps(g);
@@ -649,42 +654,55 @@ IM2GEMM_AVX512 void col2im_gather_s2_avx512(const ConvGeom& g, const float* col,
       const float* rows[ValidRows::kMaxKernelHeight];
       const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
       if (!GatherRows::writes(t, o0)) continue;
-      const int nrows = t.n;
       float* drow = dx + (c * H + ih) * W;
       const float* xrow = x ? x + (c * H + ih) * W : nullptr;
       for (i64 k = 0; k < nchunks; ++k) {
-        __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
+        __m512 acc[S];
+        for (int p = 0; p < S; ++p) acc[p] = _mm512_setzero_ps();
         if (k >= k_in && k < k_out) {
-          for (int r = 0; r < nrows; ++r) {
+          for (int r = 0; r < t.n; ++r) {
             const float* row = rows[r] + 16 * k;
-            for (int e = 0; e < n_even; ++e) {
-              even = _mm512_add_ps(even, _mm512_loadu_ps(row + even_off[e]));
-            }
-            for (int o = 0; o < n_odd; ++o) {
-              odd = _mm512_add_ps(odd, _mm512_loadu_ps(row + odd_off[o]));
+            for (int p = 0; p < S; ++p) {
+              for (int e = 0; e < n[p]; ++e) {
+                acc[p] = _mm512_add_ps(acc[p], _mm512_loadu_ps(row + lists[p][e]));
+              }
             }
           }
         } else {
-          for (int r = 0; r < nrows; ++r) {
+          for (int r = 0; r < t.n; ++r) {
             for (i64 kw = 0; kw < KW; ++kw) {
               const __m512 v =
                   _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
                                         offset(rows[r], kw * ldcol + 16 * k + off[kw]));
-              if (ph[kw] != 0) {
-                odd = _mm512_add_ps(odd, v);
-              } else {
-                even = _mm512_add_ps(even, v);
+              for (int p = 0; p < S; ++p) {  // acc[ph[kw]] += v, the accumulators in registers
+                if (p == ph[kw]) acc[p] = _mm512_add_ps(acc[p], v);
               }
             }
           }
         }
-        for (int half = 0; half < 2; ++half) {
-          const i64 j = 32 * k + 16 * half;
-          const __mmask16 out = lane_range(0, W - j);
-          __m512 v = _mm512_permutex2var_ps(even, half ? hi : lo, odd);
-          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(out, drow + j));
-          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, out);
-          _mm512_mask_storeu_ps(drow + j, out, v);
+        __m512 out[S];
+        if constexpr (S == 2) {
+          out[0] = _mm512_permutex2var_ps(acc[0], lo, acc[1]);
+          out[1] = _mm512_permutex2var_ps(acc[0], hi, acc[1]);
+        } else {
+          // Phases 0 and 2 lane by lane, 1 and 3 likewise; then the two results lane by lane
+          // again: a0 = (p0, p2) and b0 = (p1, p3) give p0 p1 p2 p3 of each column.
+          const __m512 a0 = _mm512_permutex2var_ps(acc[0], lo, acc[2]);
+          const __m512 a1 = _mm512_permutex2var_ps(acc[0], hi, acc[2]);
+          const __m512 b0 = _mm512_permutex2var_ps(acc[1], lo, acc[3]);
+          const __m512 b1 = _mm512_permutex2var_ps(acc[1], hi, acc[3]);
+          out[0] = _mm512_permutex2var_ps(a0, lo, b0);
+          out[1] = _mm512_permutex2var_ps(a0, hi, b0);
+          out[2] = _mm512_permutex2var_ps(a1, lo, b1);
+          out[3] = _mm512_permutex2var_ps(a1, hi, b1);
+        }
+        for (int q = 0; q < S; ++q) {
+          const i64 j = 16 * S * k + 16 * q;
+          const __mmask16 m = lane_range(0, W - j);
+          __m512 v = out[q];
+          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
+          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
+          if (m != 0) _mm512_mask_storeu_ps(drow + j, m, v);
         }
       }
     }
@@ -1150,7 +1168,7 @@ IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i6
   for (i64 l = 0; l < n; ++l) drow[j + l] = buf[l];
 }
 
-// col2im_gather_rows at horizontal stride 2 on AVX2: col2im_gather_s2_avx512's
+// col2im_gather_rows at horizontal stride 2 on AVX2: col2im_gather_phases_avx512's
 // gather with 8 columns of each phase a chunk (16 dx columns): plain loads where a tap's 8
 // output columns lie inside its column row, masked loads at the row's ends; the two phases
 // interleaved by unpacks and a lane permute.
@@ -1367,10 +1385,11 @@ void col2im_add_block(const ConvGeom& g, float* col, i64 ldcol, i64 nch, i64 q0,
 }
 
 bool col2im_gathers(const ConvGeom& g) {
-  // AVX-512: stride 1, or horizontal stride 2 and any vertical stride (a kernel for each).
-  // AVX2: horizontal stride 2.
+  // AVX-512: stride 1, or horizontal stride 2 or 4 and any vertical stride. AVX2: horizontal
+  // stride 2.
   if (avx512_lowering(g)) {
-    return ((g.SH == 1 && g.SW == 1) || g.SW == 2) && g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps;
+    return ((g.SH == 1 && g.SW == 1) || g.SW == 2 || g.SW == 4) &&
+           g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps;
   }
   return avx2_gather_s2(g);
 }
@@ -1382,8 +1401,10 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
   if (avx512_lowering(g)) {
     if (g.SW == 1) {
       col2im_gather_s1_avx512(g, col, ldcol, nch, o0, o1, dx, act, x);
+    } else if (g.SW == 2) {
+      col2im_gather_phases_avx512<2>(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
-      col2im_gather_s2_avx512(g, col, ldcol, nch, o0, o1, dx, act, x);
+      col2im_gather_phases_avx512<4>(g, col, ldcol, nch, o0, o1, dx, act, x);
     }
     return true;
   }

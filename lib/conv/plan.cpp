@@ -171,11 +171,13 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       }
       const std::int64_t rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
       choose_blocks(p, rows, p.Fg, p.N);
-      // Horizontal strides 1 and 2: blocks of whole output rows, which col2im gathers row by
-      // row (col2im_gather_rows) instead of zeroing dx and scattering into it.
+      // Horizontal strides up to 4: blocks of whole output rows (at most as many as chosen,
+      // then balanced), which col2im gathers row by row (col2im_gather_rows) instead of
+      // zeroing dx and scattering into it.
       const std::int64_t OW = s.out_width();
-      if (p.pixel_blocks > 1 && s.stride_width <= 2 && p.block_pixels > OW) {
-        p.block_pixels = p.block_pixels / OW * OW;
+      if (p.pixel_blocks > 1 && s.stride_width <= 4 && p.block_pixels > OW) {
+        const std::int64_t blocks = ceil_div(s.out_height(), p.block_pixels / OW);
+        p.block_pixels = ceil_div(s.out_height(), blocks) * OW;
         p.pixel_blocks = ceil_div(p.P, p.block_pixels);
       }
       choose_image_groups(p, p.N, G * p.channel_blocks);
