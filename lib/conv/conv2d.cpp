@@ -675,16 +675,19 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // vs 161), and elsewhere for a K that amortises a tile's set-up and planes of at least
       // kMinPackedWeightsPixels output pixels. On 48-lane panels both only where the GEMM's
       // lane dimension (the taps with the fused pack; else the filters when dW^T is
-      // accumulated, the taps otherwise) fills its panels to kMinWidePanelFill (Zen 4:
-      // alexnet_conv1's 96 filters on 96 lanes 166 vs 149, resnet_3x3s2's 128 on 144 154 vs
-      // 149; behind: lenet_conv1's 25 taps on 48, 61 vs 98, resnet_conv1's 64 filters on 96,
-      // 108 vs 145, resnet_1x1's 64 taps on 96, 124 vs 143).
+      // accumulated, the taps otherwise) fills the 16-lane vectors that the tiles compute (a
+      // panel's last tile computes one, two or three) to kMinWidePanelFill. Zen 4, ahead:
+      // alexnet_conv1's 96 filters 166 vs 149 GFLOP/s, resnet_3x3s2's 128 154 vs 149, and
+      // since tiles compute only the vectors they need, resnet_1x1's 64 taps 4.90-4.96 vs
+      // 5.93-6.11 ms and resnet_conv1's 64 filters 13.5-13.6 vs 13.7-14.1 (3 alternated
+      // rounds, min of 7); behind: lenet_conv1's 25 taps, 0.48-0.51 vs 0.39-0.41 ms.
       if (o.backend != GemmBackend::automatic) return o.backend;
       const i64 Fg = s.out_channels / s.groups, K = s.in_channels / s.groups * khw;
       const bool fused = weights_fused_pack(s, o.isa);
       const i64 lanes = !fused && Fg <= kMaxFiltersTransposedWeights ? Fg : K;
+      constexpr i64 kTileVector = 16;  // floats of one vector of an AVX-512 tile
       const bool fills = narrow_panels || lanes * kMinWidePanelFill.den >=
-                                              round_up(lanes, nr) * kMinWidePanelFill.num;
+                                              round_up(lanes, kTileVector) * kMinWidePanelFill.num;
       const bool fits = fills && (fused || (K >= kMinPackedK && s.out_height() * s.out_width() >=
                                                                     kMinPackedWeightsPixels));
       return vector_isa && fits ? GemmBackend::packed : GemmBackend::openblas;

@@ -37,8 +37,8 @@ ConvOptions default_conv_options();
 /// kMinPackedK, and where backward_data_transposed holds input rows of kMinPackedRowPixels and
 /// not 1x1 stride-1 unpadded, elsewhere (col2im) 16-lane panels. Backward weights:
 /// weights_fused_pack, or C/groups*KH*KW >= kMinPackedK with output planes of at least
-/// kMinPackedWeightsPixels pixels (on wider panels also a lane dimension that fills them to
-/// kMinWidePanelFill).
+/// kMinPackedWeightsPixels pixels (on wider panels also a lane dimension that fills the
+/// 16-lane vectors of their tiles to kMinWidePanelFill).
 GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions& o);
 
 /// True when backward data on the packed engine runs as the forward machinery on dy with the

@@ -112,7 +112,8 @@ inline constexpr std::int64_t kMinPackedK = 64;
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
 /// Backward weights on panels wider than kMaxNarrowPanelLanes, with the fused pack or not:
-/// the GEMM's lane dimension must fill at least num/den of its panels (conv_backend).
+/// the GEMM's lane dimension must fill at least num/den of the 16-lane vectors its tiles
+/// compute (conv_backend).
 struct Fraction {
   std::int64_t num, den;
 };
