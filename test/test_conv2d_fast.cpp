@@ -442,33 +442,16 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
 TEST_CASE(
     "fast conv: backward data gathers pixel blocks of whole output rows (strides 1, 2, 4), every activation") {
   Settings restore;
-  auto shape = [](int64_t c, int64_t h, int64_t w, int64_t f, int64_t kh, int64_t kw, int64_t sh,
-                  int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
-    Conv2dShape s;
-    s.batch = 2;
-    s.in_channels = c;
-    s.in_height = h;
-    s.in_width = w;
-    s.out_channels = f;
-    s.kernel_height = kh;
-    s.kernel_width = kw;
-    s.stride_height = sh;
-    s.stride_width = sw;
-    s.pad_height = ph;
-    s.pad_width = pw;
-    s.dilation_height = dh;
-    s.dilation_width = dw;
-    return s;
-  };
+  // Fields in declaration order: N C H W F KH KW SH SW PH PW DH DW.
   const Conv2dShape shapes[] = {
-      shape(3, 40, 70, 8, 7, 7, 2, 2, 3, 3, 1, 1),     // resnet_conv1-like
-      shape(5, 23, 31, 6, 3, 3, 2, 2, 1, 1, 1, 1),     // odd sizes: a last phase column alone
-      shape(4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1),     // vertical stride 3, dilated rows
-      shape(2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1),      // rows no tap reaches past the last window
-      shape(2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1),     // stride 1 (the AVX-512 gather)
-      shape(3, 47, 75, 4, 11, 11, 4, 4, 0, 0, 1, 1),   // alexnet_conv1-like, stride 4 (AVX-512)
-      shape(2, 30, 93, 3, 3, 5, 1, 4, 1, 2, 1, 2),     // stride 4 with dilated, padded taps
-      shape(2, 20, 171, 3, 11, 11, 4, 4, 2, 2, 1, 1),  // stride 4, rows with inner chunks
+      {2, 3, 40, 70, 8, 7, 7, 2, 2, 3, 3, 1, 1},     // resnet_conv1-like
+      {2, 5, 23, 31, 6, 3, 3, 2, 2, 1, 1, 1, 1},     // odd sizes: a last phase column alone
+      {2, 4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1},     // vertical stride 3, dilated rows
+      {2, 2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1},      // rows no tap reaches past the last window
+      {2, 2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1},     // stride 1 (the AVX-512 gather)
+      {2, 3, 47, 75, 4, 11, 11, 4, 4, 0, 0, 1, 1},   // alexnet_conv1-like, stride 4 (AVX-512)
+      {2, 2, 30, 93, 3, 3, 5, 1, 4, 1, 2, 1, 2},     // stride 4 with dilated, padded taps
+      {2, 2, 20, 171, 3, 11, 11, 4, 4, 2, 2, 1, 1},  // stride 4, rows with inner chunks
   };
   int gathered = 0, n = 0;
   for (const auto& s : shapes) {
