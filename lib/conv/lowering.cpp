@@ -104,6 +104,33 @@ struct GatherRows {
   static bool writes(const Taps& t, i64 o0) { return t.n > 0 || (t.none && o0 == 0); }
 };
 
+// The column phases of a gather at horizontal stride S (col2im_gather_phases_*), with chunks
+// of V phase columns: tap kw reaches phase ph[kw] only, where phase column m takes output
+// column m + off[kw]; cols[kw] phase columns lie in the dx row. Chunks [k_in, k_out) have
+// every tap's V columns inside its column row: there phase p's taps are plain loads at
+// offsets lists[p][0, n[p]) from a tap row's start (kernel column 0).
+template <int S>
+struct GatherPhases {
+  i64 ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth],
+      cols[ValidColumns::kMaxKernelWidth];
+  i64 lists[S][ValidColumns::kMaxKernelWidth];
+  int n[S] = {};
+  i64 k_in = 0, k_out;
+  GatherPhases(const ConvGeom& g, i64 ldcol, i64 V, i64 nchunks) : k_out(nchunks) {
+    for (i64 kw = 0; kw < g.KW; ++kw) {
+      ph[kw] = ((kw * g.DW - g.PW) % S + S) % S;
+      off[kw] = (ph[kw] + g.PW - kw * g.DW) / S;
+      cols[kw] = (g.W - ph[kw] + S - 1) / S;
+      lists[ph[kw]][n[ph[kw]]++] = kw * ldcol + off[kw];
+      // V k + off >= 0, and V k + V <= min(OW - off, cols).
+      k_in = std::max(k_in, off[kw] >= 0 ? i64{0} : (-off[kw] + V - 1) / V);
+      const i64 lim = std::min(g.OW - off[kw], cols[kw]);
+      k_out = std::min(k_out, lim < V ? i64{0} : (lim - V) / V + 1);
+    }
+    k_out = std::max(k_out, k_in);
+  }
+};
+
 }  // namespace
 
 IM2GEMM_CLONES
@@ -616,30 +643,18 @@ IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* 
                                                 i64 nch, i64 o0, i64 o1, float* dx, Activation act,
                                                 const float* x) {
   static_assert(S == 2 || S == 4);
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW;
   const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
-  std::int32_t ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth];
+  const GatherPhases<S> phases(g, ldcol, 16, nchunks);
+  const i64 *ph = phases.ph, *off = phases.off;
   __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes m with S m + ph < W, 0 <= m + off < OW
-  // Chunks [k_in, k_out): the plain loads, phase p's taps at offsets lists[p][0, n[p]) from a
-  // tap row's start (kernel column 0).
-  i64 lists[S][ValidColumns::kMaxKernelWidth];
-  int n[S] = {};
-  i64 k_in = 0, k_out = nchunks;
   for (i64 kw = 0; kw < KW; ++kw) {
-    ph[kw] = static_cast<std::int32_t>(((kw * DW - PW) % S + S) % S);
-    off[kw] = static_cast<std::int32_t>((ph[kw] + PW - kw * DW) / S);
-    const i64 cols = (W - ph[kw] + S - 1) / S;  // columns of phase ph
     for (i64 k = 0; k < nchunks; ++k) {
       const i64 m0 = 16 * k;
       tap[kw * nchunks + k] = static_cast<__mmask16>(lane_range(-m0 - off[kw], OW - m0 - off[kw]) &
-                                                     lane_range(0, cols - m0));
+                                                     lane_range(0, phases.cols[kw] - m0));
     }
-    lists[ph[kw]][n[ph[kw]]++] = kw * ldcol + off[kw];
-    k_in = std::max<i64>(k_in, off[kw] >= 0 ? 0 : (-off[kw] + 15) / 16);
-    const i64 lim = std::min<i64>(OW - off[kw], cols);  // 16k + 16 <= lim
-    k_out = std::min(k_out, lim < 16 ? i64{0} : (lim - 16) / 16 + 1);
   }
-  k_out = std::max(k_out, k_in);
   // Interleaving two vectors a and b lane by lane: lo takes lanes 0-7 of each, hi 8-15.
   alignas(64) std::int32_t idx[2][16];
   for (int l = 0; l < 16; ++l) {
@@ -659,12 +674,12 @@ IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* 
       for (i64 k = 0; k < nchunks; ++k) {
         __m512 acc[S];
         for (int p = 0; p < S; ++p) acc[p] = _mm512_setzero_ps();
-        if (k >= k_in && k < k_out) {
+        if (k >= phases.k_in && k < phases.k_out) {
           for (int r = 0; r < t.n; ++r) {
             const float* row = rows[r] + 16 * k;
             for (int p = 0; p < S; ++p) {
-              for (int e = 0; e < n[p]; ++e) {
-                acc[p] = _mm512_add_ps(acc[p], _mm512_loadu_ps(row + lists[p][e]));
+              for (int e = 0; e < phases.n[p]; ++e) {
+                acc[p] = _mm512_add_ps(acc[p], _mm512_loadu_ps(row + phases.lists[p][e]));
               }
             }
           }
@@ -1174,28 +1189,10 @@ IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i6
 // interleaved by unpacks and a lane permute.
 IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
                                         i64 o0, i64 o1, float* dx, Activation act, const float* x) {
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW;
   const i64 nchunks = (W + 15) / 16;
-  // Tap kw: phase ph, output column m + off for phase column m, cols phase columns in the row.
-  i64 ph[ValidColumns::kMaxKernelWidth], off[ValidColumns::kMaxKernelWidth],
-      cols[ValidColumns::kMaxKernelWidth];
-  // Chunks [k_in, k_out) have every tap's 8 columns inside its column row; their taps run as
-  // two lists, one a phase, of offsets from a tap row's start (kernel column 0).
-  i64 even_off[ValidColumns::kMaxKernelWidth], odd_off[ValidColumns::kMaxKernelWidth];
-  int n_even = 0, n_odd = 0;
-  i64 k_in = 0, k_out = nchunks;
-  for (i64 kw = 0; kw < KW; ++kw) {
-    ph[kw] = ((kw * DW - PW) % 2 + 2) % 2;
-    off[kw] = (ph[kw] + PW - kw * DW) / 2;
-    cols[kw] = (W - ph[kw] + 1) / 2;
-    (ph[kw] != 0 ? odd_off[n_odd++] : even_off[n_even++]) = kw * ldcol + off[kw];
-    // 8k + off >= 0 and 8k + 8 + off <= min(OW, cols - ... ): k >= ceil(-off / 8), and
-    // 8k + 8 <= min(OW - off, cols).
-    k_in = std::max(k_in, off[kw] >= 0 ? i64{0} : (-off[kw] + 7) / 8);
-    const i64 lim = std::min(OW - off[kw], cols[kw]);
-    k_out = std::min(k_out, lim < 8 ? i64{0} : (lim - 8) / 8 + 1);
-  }
-  k_out = std::max(k_out, k_in);
+  const GatherPhases<2> phases(g, ldcol, 8, nchunks);
+  const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
@@ -1210,13 +1207,13 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
       for (i64 k = 0; k < nchunks; ++k) {
         const i64 m0 = 8 * k;
         __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-        if (k >= k_in && k < k_out) {
+        if (k >= phases.k_in && k < phases.k_out) {
           for (int r = 0; r < nrows; ++r) {
             const float* row = rows[r] + m0;
-            for (int e = 0; e < n_even; ++e)
-              even = _mm256_add_ps(even, _mm256_loadu_ps(row + even_off[e]));
-            for (int o = 0; o < n_odd; ++o)
-              odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + odd_off[o]));
+            for (int e = 0; e < phases.n[0]; ++e)
+              even = _mm256_add_ps(even, _mm256_loadu_ps(row + phases.lists[0][e]));
+            for (int o = 0; o < phases.n[1]; ++o)
+              odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + phases.lists[1][o]));
           }
         } else {
           for (int r = 0; r < nrows; ++r) {
@@ -1295,7 +1292,7 @@ bool avx2_col2im_phases(const ConvGeom& g) {
   return false;
 #endif
 }
-// The whole-image gather at horizontal stride 2 on AVX2 CPUs (col2im_gather_s2_avx2).
+// The gathering col2im at horizontal stride 2 on AVX2 CPUs (col2im_gather_s2_avx2).
 bool avx2_gather_s2(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   static const bool cpu = isa_active() == Isa::avx2;

@@ -58,8 +58,8 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, std::int64_t ldcol,
                         std::int64_t o0, std::int64_t o1, float* dx, Activation act,
                         const float* x);
 
-/// Test hook: false makes im2col/col2im use the target_clones loops even on an AVX-512 CPU
-/// (true, the default, uses the AVX-512 kernels for strides 1 and 2 where the CPU has them).
+/// Test hook: false makes im2col/col2im use the target_clones loops on every CPU (true, the
+/// default, uses the hand-written AVX-512 or AVX2 kernels where the process's ISA has them).
 void set_vector_lowering(bool allow);
 
 /// rows x cols block of y (row stride ldy), in place: y = act(y + bias[r]); bias may be null.
