@@ -226,7 +226,7 @@ TEST_CASE(
       }
       if (dw) {
         for (int pass = 0; pass < 3; ++pass) {
-          CHECK(im2gemm::detail::plan_depthwise(s, pass, threads).scratch_bytes() <=
+          CHECK(im2gemm::detail::plan_depthwise(s, pass, threads, Isa::avx512).scratch_bytes() <=
                 im2gemm::detail::kMaxScratchBytesPerThread);
         }
       }
@@ -327,8 +327,8 @@ TEST_CASE("depthwise: outputs of 8 MiB and more (non-temporal stores) are exact 
                 .pad_height = 1,
                 .pad_width = 1,
                 .groups = 32};
-  REQUIRE(im2gemm::detail::plan_depthwise(s, 0, 2).stream);
-  REQUIRE(im2gemm::detail::plan_depthwise(s, 1, 2).stream);
+  REQUIRE(im2gemm::detail::plan_depthwise(s, 0, 2, Isa::avx2).stream);
+  REQUIRE(im2gemm::detail::plan_depthwise(s, 1, 2, Isa::avx2).stream);
   const auto d = convcases::make_data(s, 21, true);
   const auto want = convcases::run_ref(s, d, Activation::identity, true);
   for (Isa isa : cpu_isas()) {
@@ -431,7 +431,7 @@ TEST_CASE(
     REQUIRE(s.out_width() == s.in_width);
     for (int pass = 0; pass < 3; ++pass) {
       const bool depthwise = s.groups == s.in_channels;  // narrow groups stay in rows
-      const auto p = im2gemm::detail::plan_depthwise(s, pass, 2);
+      const auto p = im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2);
       // k = 1 planes narrower than kDwLanesMaxWidth: channels on lanes instead
       const bool lanes = depthwise && s.out_channels == s.in_channels &&
                          s.in_width < im2gemm::detail::kDwLanesMaxWidth;
@@ -577,7 +577,7 @@ TEST_CASE(
     INFO(testutil::describe(s));
     const bool stride1 = s.stride_height == 1 && s.stride_width == 1;
     for (int pass = 0; pass < 3; ++pass) {
-      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2).lanes == (pass != 1 || stride1));
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).lanes == (pass != 1 || stride1));
     }
     for (int k = 0; k < 4; ++k) {
       const Activation act = convcases::kActs[(i + k) % 4];
@@ -623,7 +623,7 @@ TEST_CASE(
                    .pad_width = 1,
                    .groups = 8};
   for (int pass = 0; pass < 3; ++pass) {
-    const auto p = im2gemm::detail::plan_depthwise(tall, pass, 2);
+    const auto p = im2gemm::detail::plan_depthwise(tall, pass, 2, Isa::avx2);
     CHECK_FALSE(p.lanes);
     CHECK(p.scratch_bytes() <= im2gemm::detail::kMaxScratchBytesPerThread);
   }
@@ -643,7 +643,8 @@ TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes 
   const auto d = convcases::make_data(s, 19, true);
   im2gemm::detail::set_min_macs_per_thread(1);
   const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2, true};
-  for (int pass = 0; pass < 3; ++pass) REQUIRE(im2gemm::detail::plan_depthwise(s, pass, 2).lanes);
+  for (int pass = 0; pass < 3; ++pass)
+    REQUIRE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).lanes);
   for (int bad : {0, 1}) {
     im2gemm::detail::set_fail_scratch_thread(bad);
     std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
@@ -664,4 +665,74 @@ TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes 
     }
   }
   im2gemm::detail::set_min_macs_per_thread(0);
+}
+
+TEST_CASE(
+    "depthwise: masked planes (3x3 same, 7 and 14 wide) on AVX-512, 1 and 2 threads, exact on integers, bitwise the same at 1 and 2 threads") {
+  // {N, C, H, W, k}: widths 7 and 14 with 1 to 14 rows (planes of 1 to 13 vectors, a partial
+  // last one or not: 8 x 14), channel multipliers 1-3; other widths, strided and unpadded
+  // shapes: not masked.
+  const int64_t L[][5] = {{2, 3, 7, 7, 1},  {1, 5, 14, 14, 1}, {3, 4, 1, 7, 1},  {2, 3, 2, 14, 2},
+                          {1, 6, 3, 7, 1},  {2, 2, 8, 14, 3},  {1, 3, 13, 7, 1}, {2, 4, 9, 7, 2},
+                          {1, 2, 5, 11, 1}, {2, 3, 7, 6, 1},   {1, 9, 7, 7, 3},  {1, 2, 15, 15, 1}};
+  im2gemm::detail::set_min_macs_per_thread(1);
+  int i = 0, masked_runs = 0;
+  for (const auto& r : L) {
+    Conv2dShape s{.batch = r[0],
+                  .in_channels = r[1],
+                  .in_height = r[2],
+                  .in_width = r[3],
+                  .out_channels = r[1] * r[4],
+                  .kernel_height = 3,
+                  .kernel_width = 3,
+                  .pad_height = 1,
+                  .pad_width = 1,
+                  .groups = r[1]};
+    s.validate();
+    INFO(testutil::describe(s));
+    const bool narrow = s.in_width == 7 || s.in_width == 14;
+    for (int pass = 0; pass < 3; ++pass) {
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx512).masked ==
+            (narrow && pass != 2 && im2gemm::detail::isa_clamp(Isa::avx512) == Isa::avx512));
+      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).masked);
+      Conv2dShape strided = s, unpadded = s;
+      strided.stride_width = 2;
+      unpadded.pad_height = 0;
+      CHECK_FALSE(im2gemm::detail::plan_depthwise(strided, pass, 2, Isa::avx512).masked);
+      if (unpadded.in_height >= 3) {
+        CHECK_FALSE(im2gemm::detail::plan_depthwise(unpadded, pass, 2, Isa::avx512).masked);
+      }
+    }
+    for (int k = 0; k < 4; ++k) {
+      const Activation act = convcases::kActs[(i + k) % 4];
+      const bool bias = (i + k) % 3 != 2;
+      const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i * 4 + k) + 2500, true);
+      const auto ri = convcases::run_ref(s, di, act, bias);
+      const auto df = convcases::make_data(s, static_cast<std::uint32_t>(i * 4 + k) + 2900, false);
+      const auto rf = convcases::run_ref(s, df, act, bias);
+      for (Isa isa : cpu_isas()) {
+        INFO(im2gemm::detail::isa_name(isa) << " act " << static_cast<int>(act));
+        convcases::Outputs f1;
+        for (int threads : {1, 2}) {
+          const ConvOptions o{GemmBackend::automatic, isa, threads, true};
+          for (ConvPass pass : kPasses) {
+            REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
+          }
+          if (im2gemm::detail::plan_depthwise(s, 0, threads, isa).masked) ++masked_runs;
+          CHECK(convcases::compare(s, convcases::run_with(o, s, di, act, bias), ri, true) == 3);
+          const auto f = convcases::run_with(o, s, df, act, bias);
+          CHECK(convcases::compare(s, f, rf, false) == 3);
+          if (threads == 1) {
+            f1 = f;
+          } else {
+            CHECK(testutil::bitwise_equal(f.y, f1.y));
+            CHECK(testutil::bitwise_equal(f.dx, f1.dx));
+          }
+        }
+      }
+    }
+    ++i;
+  }
+  im2gemm::detail::set_min_macs_per_thread(0);
+  MESSAGE(masked_runs << " runs on masked planes (none without AVX-512)");
 }

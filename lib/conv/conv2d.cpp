@@ -528,7 +528,8 @@ std::size_t conv2d_scratch_bytes(const Conv2dShape& s, int threads) {
   }
   if (detail::is_depthwise(s) || detail::is_narrow_grouped(s)) {  // the direct kernels
     for (int pass = 0; pass < 3; ++pass) {
-      bytes = std::max(bytes, detail::plan_depthwise(s, pass, t).scratch_bytes());
+      bytes =
+          std::max(bytes, detail::plan_depthwise(s, pass, t, detail::isa_active()).scratch_bytes());
     }
   }
   // The packed engine's plans too, whichever backend a call takes (its ISA: the active one,
@@ -703,7 +704,7 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
     return ConvPath::gemm;
   }
   const int p = pass == ConvPass::forward ? 0 : pass == ConvPass::backward_data ? 1 : 2;
-  if (plan_depthwise(s, p, o.threads).scratch_bytes() > kMaxScratchBytesPerThread) {
+  if (plan_depthwise(s, p, o.threads, o.isa).scratch_bytes() > kMaxScratchBytesPerThread) {
     return ConvPath::gemm;
   }
   if (pass == ConvPass::backward_data && !all_finite(w)) return ConvPath::gemm;

@@ -136,6 +136,42 @@ bool lanes_eligible(const Geo& g, int pass) {
          (pass != 1 || (g.SH == 1 && g.SW == 1)) && g.KH * g.KW <= kDwLanesMaxTaps;
 }
 
+// Masked planes (DwMasked): depthwise 3x3 "same" planes (one row and column of padding,
+// stride and dilation 1) 7 or 14 wide, forward and backward data, where the ISA has the
+// kernel. Measured ahead of channels on lanes on mbv1_dw_7 forward and backward data; its
+// backward weights with masked loads ran behind the lanes kernels (not taken).
+bool masked_eligible(const Geo& g, int pass, Isa isa) {
+  return pass != 2 && g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 &&
+         g.PW == 1 && g.DH == 1 && g.DW == 1 && (g.W == 7 || g.W == kDwMaskedMaxWidth) &&
+         dw_kernels(isa).masked != nullptr;
+}
+
+// The masked planes' tap offsets and mask table (DwMasked) of a pass: output pixel i of
+// rows x W reads the source at row i / W + sign * (kh - 1), column i % W + sign * (kw - 1)
+// (backward data: the dx pixel reads dy at minus the forward's offsets). A tap's valid
+// columns are one range for every row: its bits are set a row's range at a time.
+struct MaskedTable {
+  static constexpr i64 kMaxVecs = (kDwMaskedMaxWidth * kDwMaskedMaxWidth + 15) / 16;
+  i64 off[9];
+  std::uint16_t mask[kMaxVecs * 9];
+  MaskedTable(const Geo& g, int pass) {
+    const i64 sign = pass == 1 ? -1 : 1, W = g.W, rows = g.H, n = rows * W;
+    std::fill(mask, mask + (n + 15) / 16 * 9, std::uint16_t{0});
+    for (i64 t = 0; t < 9; ++t) {
+      const i64 dr = sign * (t / 3 - 1), dc = sign * (t % 3 - 1);
+      const i64 lo = std::max<i64>(0, -dc), hi = std::min(W, W - dc);
+      off[t] = dr * W + dc;
+      for (i64 r = std::max<i64>(0, -dr); r < std::min(rows, rows - dr); ++r) {
+        for (i64 i = r * W + lo, e = r * W + hi; i < e;) {
+          const i64 l = i % 16, cnt = std::min<i64>(e - i, 16 - l);
+          mask[i / 16 * 9 + t] |= static_cast<std::uint16_t>(((1u << cnt) - 1u) << l);
+          i += cnt;
+        }
+      }
+    }
+  }
+};
+
 // A lanes item's scratch: the tile (zeroed on the thread's first item), the output (or dy)
 // tile, the [tap][8] weights (or sums) and the 8 inits.
 struct LanesStage {
@@ -197,6 +233,18 @@ void run_items(const DwPlan& p, Body&& body) {
                    });
 }
 
+// Masked planes: each thread's output planes in chunks of about kMaskedChunkFloats, so that
+// an activation after the kernel finds the chunk in L1. body(o0, o1): planes [o0, o1).
+constexpr i64 kMaskedChunkFloats = 4096;
+template <class Body>
+void run_masked(const DwPlan& p, i64 plane_floats, Body&& body) {
+  const i64 step = std::max<i64>(1, kMaskedChunkFloats / plane_floats);
+  run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float*) {
+    const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+    for (i64 o = a; o < b; o += step) body(o, std::min(b, o + step));
+  });
+}
+
 }  // namespace
 
 bool is_depthwise(const Conv2dShape& s) { return s.groups == s.in_channels; }
@@ -215,7 +263,7 @@ const DwKernels& dw_kernels(Isa isa) {
   return dw_kernels_scalar();
 }
 
-DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
+DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
   const Geo g(s);
   DwPlan p;
   p.k = g.Fg;
@@ -228,6 +276,16 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads) {
   const i64 taps = g.KH * g.KW;
   const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
   p.stream = pass != 2 && (pass == 0 ? g.Cg : g.Fg) == 1 && out_bytes >= kDwStreamMinBytes;
+  if (masked_eligible(g, pass, isa)) {
+    p.masked = true;
+    p.stream = false;
+    p.items = pass == 0 ? g.N * g.F : g.N * g.C;
+    p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
+                                                                 macs / min_macs_per_thread()})));
+    p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+    p.scratch_floats = 0;
+    return p;
+  }
   if (lanes_eligible(g, pass)) {
     DwPlan q = p;
     q.lanes = true;
@@ -325,12 +383,21 @@ void lanes_by_row_chunks(i64 OH, i64 OW, Body&& body) {
 void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
                        const float* bias, float* y, Activation act) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 0, threads);
+  const DwPlan p = plan_depthwise(s, 0, threads, isa);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.psize;
   const bool relu = act == Activation::relu;  // fused into the store
   // Non-temporal stores unless another activation reads the plane back.
   const bool stream = p.stream && (act == Activation::identity || relu);
+  if (p.masked) {
+    const MaskedTable tab(g, 0);
+    run_masked(p, P, [&](i64 o0, i64 o1) {
+      kern.masked(
+          DwMasked{y, x, P, g.H * g.W, o0, o1, 1, g.Fg, g.F, w, bias, tab.off, tab.mask, relu});
+      if (!relu) activation_forward_unchecked(act, y + o0 * P, (o1 - o0) * P);
+    });
+    return;
+  }
   if (p.lanes) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
@@ -399,10 +466,21 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
 void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
                              const float* w, float* dx, Activation act, const float* x) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 1, threads);
+  const DwPlan p = plan_depthwise(s, 1, threads, isa);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
+  if (p.masked) {
+    const MaskedTable tab(g, 1);
+    run_masked(p, HW, [&](i64 o0, i64 o1) {
+      kern.masked(DwMasked{dx, dy, HW, g.OH * g.OW, o0, o1, g.Fg, 1, g.C, w, nullptr, tab.off,
+                           tab.mask, false});
+      if (act != Activation::identity) {
+        act_backward(act, x + o0 * HW, dx + o0 * HW, (o1 - o0) * HW);
+      }
+    });
+    return;
+  }
   if (p.lanes) {
     run_items(p, [&](i64 it, float* scratch, bool first) {
       const i64 cb = it / g.N, n = it % g.N, c0 = cb * kDwLanes;
@@ -474,7 +552,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
 void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,
                                 const float* dy, float* dw, float* db) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 2, threads);
+  const DwPlan p = plan_depthwise(s, 2, threads, isa);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums

@@ -173,6 +173,35 @@ struct DwLanesDots {
   float* acc;  ///< (KH * KW + 1) x 8 floats
 };
 
+/// Masked planes (DwMasked; AVX-512): depthwise 3x3, stride 1, one row and column of padding,
+/// dilation 1, planes W = 7 or 14 wide (MobileNet's last stages), so that output pixel i
+/// reads tap t of the source plane in place at i + off[t] with
+/// off[t] = sign * ((t / 3 - 1) W + t % 3 - 1), all within 16 of i (sign +1 forward, -1
+/// backward data), the shifts constants of the kernel: no copy, no transpose. The lanes whose
+/// tap falls outside the plane or on the next row are masked off, by a table shared by every
+/// plane of the call:
+///   bit l of mask[v * 9 + t] set <=> output 16 v + l < n_out reads a source pixel at tap t.
+/// Forward (J = 1) and backward data (J = k filters a channel) over output planes [o0, o1):
+///   out[o * n_out + i] = act(init + sum over j < J, then the taps, where the mask bit is set,
+///     of w[f * 9 + t] * src[s * n_src + i + off[t]])
+/// with s = (o * J + j) / sdiv, f = (o % fmod) * J + j, init = bias ? bias[f] : 0 (J = 1 when
+/// bias is set), act: relu if set, else none. Masked lanes are never read.
+struct DwMasked {
+  float* out;
+  const float* src;
+  i64 n_out, n_src, o0, o1, J, sdiv, fmod;
+  const float* w;
+  const float* bias;
+  const i64* off;
+  const std::uint16_t* mask;
+  bool relu;
+};
+
+/// Widest plane of the masked kernels (every tap within one vector of the output's).
+inline constexpr i64 kDwMaskedMaxWidth = 14;
+
+using DwMaskedFn = void (*)(const DwMasked&);
+
 using DwLanesInFn = void (*)(const DwLanesIn&);
 using DwLanesOutFn = void (*)(const DwLanesOut&);
 using DwLanesConvFn = void (*)(const DwLanesConv&);
@@ -197,6 +226,7 @@ struct DwKernels {
   DwLanesOutFn lanes_out;
   DwLanesConvFn lanes_conv;
   DwLanesDotsFn lanes_dots;
+  DwMaskedFn masked;  ///< nullptr where the ISA has none (AVX2, scalar)
   const char* isa;
 };
 
@@ -257,7 +287,7 @@ inline constexpr i64 kDirectMaxGroupChannels = 8;
 inline constexpr i64 kDirectMaxGroupFilters = 8;
 bool is_narrow_grouped(const Conv2dShape& s);
 
-/// How a depthwise pass runs: a pure function of the (valid) shape and the thread count.
+/// How a depthwise pass runs: a pure function of the (valid) shape, the thread count and the ISA.
 struct DwPlan {
   int threads = 1;
   bool run_inline = false;  ///< one thread, tiny: no OpenMP region
@@ -286,10 +316,13 @@ struct DwPlan {
   bool lanes = false;
   i64 cgroups = 0;
   i64 tile_rows = 0, tile_q = 0, tile_r0 = 0, tile_c0 = 0, read_r0 = 0, read_c0 = 0;
+  /// Masked planes (DwMasked; forward and backward data, ISAs that have them): output planes
+  /// read their source planes in place. Items: output planes, in memory order.
+  bool masked = false;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };
 DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd weights*/,
-                      int threads);
+                      int threads, Isa isa);
 
 /// The passes (shape valid, spans checked; nothing else is checked here). Same contract as
 /// the public functions. Backward data requires finite weights (the zero-stuffed dy would turn

@@ -103,11 +103,17 @@ void dw_lanes_conv_avx2(const DwLanesConv& a) { lanes_conv<Avx2Lanes>(a); }
 void dw_lanes_dots_avx2(const DwLanesDots& a) { lanes_dots<Avx2Lanes>(a); }
 
 const DwKernels& dw_kernels_avx2() {
-  static const DwKernels k{&plane_avx2,         &dots_avx2,
-                           &copy_avx2,          &flat_avx2,
-                           &flat_dots_avx2,     &dw_lanes_in_avx2,
-                           &dw_lanes_out_avx2,  &dw_lanes_conv_avx2,
-                           &dw_lanes_dots_avx2, "avx2"};
+  static const DwKernels k{&plane_avx2,
+                           &dots_avx2,
+                           &copy_avx2,
+                           &flat_avx2,
+                           &flat_dots_avx2,
+                           &dw_lanes_in_avx2,
+                           &dw_lanes_out_avx2,
+                           &dw_lanes_conv_avx2,
+                           &dw_lanes_dots_avx2,
+                           nullptr,
+                           "avx2"};
   return k;
 }
 

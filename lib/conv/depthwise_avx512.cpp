@@ -61,6 +61,118 @@ struct Avx512 {
 
 #include "conv/depthwise_kernels.inc"
 
+// Masked planes (DwMasked; 3x3, one row and column of padding, dilation 1, planes kW = 7 or
+// 14 wide): the source vectors B_i = src[16 i, 16 i + 16) of a plane are loaded once each
+// (zero outside the plane), and a tap's shifted vector for output vector v is one valignd of
+// the pair B_{v-1}, B_v (negative offset d: lanes d + 16..) or B_v, B_{v+1} (lanes d..), the
+// shift a constant: one load a vector at any alignment, not nine. Rows above and below the
+// plane read the zero vectors; the column taps kw = 0 and 2 are masked by the table's entries
+// of taps 3 and 5 (the middle row's: column and plane bits only), kw = 1 needs no mask (lanes
+// past the plane are not stored). kSign: +1 forward (d = (kh - 1) kW + kw - 1), -1 backward
+// data (d negated). U output vectors in flight, B_{v0-1} .. B_{v0+U} in registers (the
+// check-ukernel-asm test: no spills).
+template <int kSign, int kW>
+inline __attribute__((always_inline)) __m512 window_tap(int t, const __m512* b, int u) {
+  const int d = kSign * ((t / 3 - 1) * kW + t % 3 - 1);
+  const __m512 lo = d < 0 ? b[u] : b[u + 1], hi = d < 0 ? b[u + 1] : b[u + 2];
+  const int r = d < 0 ? d + 16 : d;
+  if (r == 0) return lo;
+  // The masked form: the plain one trips -Wmaybe-uninitialized in GCC 12's header.
+  return _mm512_castsi512_ps(_mm512_mask_alignr_epi32(_mm512_castps_si512(lo), 0xFFFF,
+                                                      _mm512_castps_si512(hi),
+                                                      _mm512_castps_si512(lo), r & 15));
+}
+
+template <int kSign, int kW>
+void masked_window(const DwMasked& a) {
+  const i64 nvec = (a.n_out + 15) / 16, nsv = (a.n_src + 15) / 16;
+  const __mmask16 tail = Avx512::mask(static_cast<int>(a.n_out - 16 * (nvec - 1)));
+  const __mmask16 src_tail = Avx512::mask(static_cast<int>(a.n_src - 16 * (nsv - 1)));
+  // Output plane o's filter and first source plane, by counters (no division a plane).
+  i64 fo = a.o0 % a.fmod, sphase = a.o0 * a.J % a.sdiv;
+  const float* src0 = a.src + a.o0 * a.J / a.sdiv * a.n_src;
+  for (i64 o = a.o0; o < a.o1; ++o) {
+    float* out = a.out + o * a.n_out;
+    const float* src = src0;
+    for (i64 j = 0; j < a.J; ++j, src += a.n_src) {
+      const i64 f = fo * a.J + j;
+      const float* wf = a.w + f * 9;
+      const __m512 init = _mm512_set1_ps(j == 0 && a.bias != nullptr ? a.bias[f] : 0.0f);
+      const bool relu = a.relu && j == a.J - 1;
+      __m512 wv[9];
+      for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wf[t]);
+      auto bvec = [&](i64 i) {
+        return i < 0 || i >= nsv ? _mm512_setzero_ps()
+               : i + 1 < nsv     ? _mm512_loadu_ps(src + 16 * i)
+                                 : _mm512_maskz_loadu_ps(src_tail, src + 16 * i);
+      };
+      auto block = [&]<int U>(i64 v0) {
+        __m512 b[U + 2], acc[U];
+#pragma GCC unroll 8
+        for (int u = 0; u < U + 2; ++u) b[u] = bvec(v0 - 1 + u);
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          const i64 v = v0 + u;
+          acc[u] = j == 0         ? init
+                   : v + 1 < nvec ? _mm512_loadu_ps(out + 16 * v)
+                                  : _mm512_maskz_loadu_ps(tail, out + 16 * v);
+        }
+        // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves
+        // its three taps.
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) {
+          __mmask16 k[U];
+#pragma GCC unroll 4
+          for (int u = 0; u < U; ++u)
+            k[u] = kw == 1 ? __mmask16(0xFFFF) : a.mask[(v0 + u) * 9 + 3 + kw];
+#pragma GCC unroll 3
+          for (int kh = 0; kh < 3; ++kh) {
+            const int t = kh * 3 + kw;
+#pragma GCC unroll 4
+            for (int u = 0; u < U; ++u) {
+              const __m512 x = window_tap<kSign, kW>(t, b, u);
+              acc[u] = kw == 1 ? _mm512_fmadd_ps(wv[t], x, acc[u])
+                               : _mm512_mask3_fmadd_ps(wv[t], x, acc[u], k[u]);
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          const i64 v = v0 + u;
+          const __m512 r = relu ? Avx512::relu(acc[u]) : acc[u];
+          if (v + 1 < nvec) {
+            _mm512_storeu_ps(out + 16 * v, r);
+          } else {
+            _mm512_mask_storeu_ps(out + 16 * v, tail, r);
+          }
+        }
+      };
+      i64 v = 0;
+      for (; v + 4 <= nvec; v += 4) block.template operator()<4>(v);
+      switch (nvec - v) {
+        case 3: block.template operator()<3>(v); break;
+        case 2: block.template operator()<2>(v); break;
+        case 1: block.template operator()<1>(v); break;
+        default: break;
+      }
+    }
+    if (++fo == a.fmod) fo = 0;
+    sphase += a.J;  // the next output plane's first source plane
+    src0 += sphase / a.sdiv * a.n_src;
+    sphase %= a.sdiv;
+  }
+}
+
+void masked_avx512(const DwMasked& a) {
+  // off[7] = sign * W (DwMasked: 3x3, W = 7 or 14).
+  switch (a.off[7]) {
+    case 7: return masked_window<1, 7>(a);
+    case -7: return masked_window<-1, 7>(a);
+    case 14: return masked_window<1, 14>(a);
+    default: return masked_window<-1, 14>(a);
+  }
+}
+
 void plane_avx512(const DwPlane& a) { plane<Avx512>(a); }
 void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
 void copy_avx512(float* d, const float* src, i64 n, i64 stride) {
@@ -73,11 +185,17 @@ void flat_dots_avx512(const DwFlatDots& a) { flat_dots<Avx512>(a); }
 
 const DwKernels& dw_kernels_avx512() {
   // The lanes kernels: AVX2's (8 channels a tile pixel on every ISA).
-  static const DwKernels k{&plane_avx512,       &dots_avx512,
-                           &copy_avx512,        &flat_avx512,
-                           &flat_dots_avx512,   &dw_lanes_in_avx2,
-                           &dw_lanes_out_avx2,  &dw_lanes_conv_avx2,
-                           &dw_lanes_dots_avx2, "avx512"};
+  static const DwKernels k{&plane_avx512,
+                           &dots_avx512,
+                           &copy_avx512,
+                           &flat_avx512,
+                           &flat_dots_avx512,
+                           &dw_lanes_in_avx2,
+                           &dw_lanes_out_avx2,
+                           &dw_lanes_conv_avx2,
+                           &dw_lanes_dots_avx2,
+                           &masked_avx512,
+                           "avx512"};
   return k;
 }
 
