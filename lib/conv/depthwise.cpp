@@ -137,13 +137,14 @@ bool lanes_eligible(const Geo& g, int pass) {
 }
 
 // Masked planes (DwMasked): depthwise 3x3 "same" planes (one row and column of padding,
-// stride and dilation 1) 7 or 14 wide, forward and backward data, where the ISA has the
-// kernel. Measured ahead of channels on lanes on mbv1_dw_7 forward and backward data; its
-// backward weights with masked loads ran behind the lanes kernels (not taken).
+// stride and dilation 1) 7 or 14 wide, forward and backward data, and backward weights of
+// whole 7 x 7 planes (DwMaskedDots), where the ISA has the kernels. Measured ahead of
+// channels on lanes on mbv1_dw_7, all three passes.
 bool masked_eligible(const Geo& g, int pass, Isa isa) {
-  return pass != 2 && g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 &&
-         g.PW == 1 && g.DH == 1 && g.DW == 1 && (g.W == 7 || g.W == kDwMaskedMaxWidth) &&
-         dw_kernels(isa).masked != nullptr;
+  const DwKernels& k = dw_kernels(isa);
+  if (pass == 2 && (g.H != 7 || g.W != 7 || k.masked_dots_7x7 == nullptr)) return false;
+  return g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 && g.PW == 1 &&
+         g.DH == 1 && g.DW == 1 && (g.W == 7 || g.W == kDwMaskedMaxWidth) && k.masked != nullptr;
 }
 
 // The masked planes' tap offsets and mask table (DwMasked) of a pass: output pixel i of
@@ -279,7 +280,7 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
   if (masked_eligible(g, pass, isa)) {
     p.masked = true;
     p.stream = false;
-    p.items = pass == 0 ? g.N * g.F : g.N * g.C;
+    p.items = pass == 0 ? g.N * g.F : pass == 1 ? g.N * g.C : g.F;
     p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
                                                                  macs / min_macs_per_thread()})));
     p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
@@ -556,6 +557,15 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
+  if (p.masked) {                                  // whole 7 x 7 planes
+    const MaskedTable tab(g, 0);
+    run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float*) {
+      const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
+      kern.masked_dots_7x7(
+          DwMaskedDots{dw, db, dy, x, a, b, g.N, g.F, g.C, g.Fg, tab.off, tab.mask});
+    });
+    return;
+  }
   if (p.lanes) {
     const i64 HW = g.H * g.W, OP = g.OH * g.OW;
     run_with_scratch(

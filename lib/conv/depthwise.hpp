@@ -197,10 +197,26 @@ struct DwMasked {
   bool relu;
 };
 
+/// Backward weights over whole 7 x 7 masked planes (n_out = n_src = 49, the forward's off and
+/// mask), filters [f0, f1): lane l < 16 of tap t sums, over n < N in order and then the
+/// plane's vectors in order, where the mask bit is set, dy[(n * F + f) * 49 + i] *
+/// x[(n * C + f / k) * 49 + i + off[t]] (i % 16 == l; fused multiply-adds); dw[f * 9 + t] =
+/// the 16 lane sums added in lane order. db (if set): db[f] the same over dy alone.
+struct DwMaskedDots {
+  float* dw;
+  float* db;
+  const float* dy;
+  const float* x;
+  i64 f0, f1, N, F, C, k;
+  const i64* off;
+  const std::uint16_t* mask;
+};
+
 /// Widest plane of the masked kernels (every tap within one vector of the output's).
 inline constexpr i64 kDwMaskedMaxWidth = 14;
 
 using DwMaskedFn = void (*)(const DwMasked&);
+using DwMaskedDotsFn = void (*)(const DwMaskedDots&);
 
 using DwLanesInFn = void (*)(const DwLanesIn&);
 using DwLanesOutFn = void (*)(const DwLanesOut&);
@@ -226,7 +242,8 @@ struct DwKernels {
   DwLanesOutFn lanes_out;
   DwLanesConvFn lanes_conv;
   DwLanesDotsFn lanes_dots;
-  DwMaskedFn masked;  ///< nullptr where the ISA has none (AVX2, scalar)
+  DwMaskedFn masked;               ///< nullptr where the ISA has none (AVX2, scalar)
+  DwMaskedDotsFn masked_dots_7x7;  ///< likewise
   const char* isa;
 };
 
@@ -316,8 +333,8 @@ struct DwPlan {
   bool lanes = false;
   i64 cgroups = 0;
   i64 tile_rows = 0, tile_q = 0, tile_r0 = 0, tile_c0 = 0, read_r0 = 0, read_c0 = 0;
-  /// Masked planes (DwMasked; forward and backward data, ISAs that have them): output planes
-  /// read their source planes in place. Items: output planes, in memory order.
+  /// Masked planes (DwMasked, and DwMaskedDots for 7 x 7 planes; ISAs that have them): planes
+  /// read in place. Items: output planes in memory order (backward weights: filters).
   bool masked = false;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };

@@ -113,6 +113,7 @@ const DwKernels& dw_kernels_avx2() {
                            &dw_lanes_conv_avx2,
                            &dw_lanes_dots_avx2,
                            nullptr,
+                           nullptr,
                            "avx2"};
   return k;
 }

@@ -163,7 +163,131 @@ void masked_window(const DwMasked& a) {
   }
 }
 
+// The column masks of a whole 7 x 7 plane: output vector u's lanes (pixel p = 16 u + l < 49)
+// whose tap column kw (kSign +1: column p % 7 + kw - 1; -1: p % 7 - kw + 1) lies in the row.
+// Constants: as a table in memory they were reloaded in the loops (seven mask registers).
+template <int kSign>
+constexpr __mmask16 mask_7x7(int u, int kw) {
+  unsigned m = 0;
+  for (int l = 0; l < 16; ++l) {
+    const int p = 16 * u + l, c = p % 7 + kSign * (kw - 1);
+    if (p < 49 && c >= 0 && c < 7) m |= 1u << l;
+  }
+  return static_cast<__mmask16>(m);
+}
+
+// A whole 7 x 7 plane (49 floats: four vectors, the last of one lane), straight-line:
+// B_{-1} and B_4 zero, B_0..B_3 loaded, every tap's shifted vectors constant valignds, the
+// column taps masked by the table's kw = 0 and kw = 2 masks (lanes past the plane are not
+// stored). Forward and backward data with one source plane an output plane (J = 1).
+template <int kSign, bool kRelu>
+void masked_7x7(const DwMasked& a) {
+  i64 fo = a.o0 % a.fmod, sphase = a.o0 % a.sdiv;
+  const float* src = a.src + a.o0 / a.sdiv * 49;
+  float* out = a.out + a.o0 * 49;
+  for (i64 o = a.o0; o < a.o1; ++o, out += 49) {
+    const float* wf = a.w + fo * 9;
+    __m512 wv[9];
+    for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wf[t]);
+    const __m512 b[6] = {_mm512_setzero_ps(),
+                         _mm512_loadu_ps(src),
+                         _mm512_loadu_ps(src + 16),
+                         _mm512_loadu_ps(src + 32),
+                         _mm512_maskz_loadu_ps(1, src + 48),
+                         _mm512_setzero_ps()};
+    __m512 acc[4];
+    const __m512 init = _mm512_set1_ps(a.bias != nullptr ? a.bias[fo] : 0.0f);
+    for (int u = 0; u < 4; ++u) acc[u] = init;
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh) {
+        const int t = kh * 3 + kw;
+#pragma GCC unroll 4
+        for (int u = 0; u < 4; ++u) {
+          const __m512 x = window_tap<kSign, 7>(t, b, u);
+          acc[u] = kw == 1 ? _mm512_fmadd_ps(wv[t], x, acc[u])
+                           : _mm512_mask3_fmadd_ps(wv[t], x, acc[u], mask_7x7<kSign>(u, kw));
+        }
+      }
+    }
+    for (int u = 0; u < 4; ++u) {
+      if (kRelu) acc[u] = Avx512::relu(acc[u]);
+    }
+    _mm512_storeu_ps(out, acc[0]);
+    _mm512_storeu_ps(out + 16, acc[1]);
+    _mm512_storeu_ps(out + 32, acc[2]);
+    _mm512_mask_storeu_ps(out + 48, 1, acc[3]);
+    if (++fo == a.fmod) fo = 0;
+    if (++sphase == a.sdiv) sphase = 0, src += 49;
+  }
+}
+
+// Backward weights over whole 7 x 7 planes (DwMaskedDots): the nine taps' lane sums and dy's
+// in registers over a filter's images; per image the x plane's B vectors and dy's four loaded
+// once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
+// (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite), by the
+// constant masks (the table's off and mask are those of this geometry).
+void masked_dots_7x7_avx512(const DwMaskedDots& a) {
+  for (i64 f = a.f0; f < a.f1; ++f) {
+    // acc stays in registers only if every loop over it is unrolled (an indexed access
+    // gives it an address: the sums then lived on the stack).
+    __m512 acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
+    const i64 c = f / a.k;
+    for (i64 n = 0; n < a.N; ++n) {
+      const float* xs = a.x + (n * a.C + c) * 49;
+      const float* d = a.dy + (n * a.F + f) * 49;
+      if (n + 1 < a.N) {  // the next image's planes (C and F planes apart)
+        for (int l = 0; l < 196; l += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(xs + a.C * 49) + l, _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(d + a.F * 49) + l, _MM_HINT_T0);
+        }
+      }
+      const __m512 b[6] = {_mm512_setzero_ps(),
+                           _mm512_loadu_ps(xs),
+                           _mm512_loadu_ps(xs + 16),
+                           _mm512_loadu_ps(xs + 32),
+                           _mm512_maskz_loadu_ps(1, xs + 48),
+                           _mm512_setzero_ps()};
+      const __m512 dv[4] = {_mm512_loadu_ps(d), _mm512_loadu_ps(d + 16), _mm512_loadu_ps(d + 32),
+                            _mm512_maskz_loadu_ps(1, d + 48)};
+      // Vector by vector, the nine taps' chains side by side (u a constant: its masks
+      // immediates, its B vectors named registers).
+      auto vec = [&]<int u>() {
+#pragma GCC unroll 9
+        for (int t = 0; t < 9; ++t) {
+          acc[t] = _mm512_mask3_fmadd_ps(dv[u], window_tap<1, 7>(t, b, u), acc[t],
+                                         mask_7x7<1>(u, t % 3));
+        }
+      };
+      vec.template operator()<0>();
+      vec.template operator()<1>();
+      vec.template operator()<2>();
+      vec.template operator()<3>();
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = Avx512::hsum(acc[t]);
+    if (a.db != nullptr) {  // a second pass over the (cached) dy planes: a register freed
+      __m512 bsum = _mm512_setzero_ps();
+      for (i64 n = 0; n < a.N; ++n) {
+        const float* d = a.dy + (n * a.F + f) * 49;
+        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d));
+        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d + 16));
+        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d + 32));
+        bsum = _mm512_add_ps(bsum, _mm512_maskz_loadu_ps(1, d + 48));
+      }
+      a.db[f] = Avx512::hsum(bsum);
+    }
+  }
+}
+
 void masked_avx512(const DwMasked& a) {
+  if (a.n_out == 49 && a.n_src == 49 && a.J == 1) {  // whole 7 x 7 planes
+    if (a.off[7] > 0) return a.relu ? masked_7x7<1, true>(a) : masked_7x7<1, false>(a);
+    return a.relu ? masked_7x7<-1, true>(a) : masked_7x7<-1, false>(a);
+  }
   // off[7] = sign * W (DwMasked: 3x3, W = 7 or 14).
   switch (a.off[7]) {
     case 7: return masked_window<1, 7>(a);
@@ -195,6 +319,7 @@ const DwKernels& dw_kernels_avx512() {
                            &dw_lanes_conv_avx2,
                            &dw_lanes_dots_avx2,
                            &masked_avx512,
+                           &masked_dots_7x7_avx512,
                            "avx512"};
   return k;
 }

@@ -99,7 +99,7 @@ const DwKernels& dw_kernels_scalar() {
   static const DwKernels k{
       &plane_scalar,      &dots_scalar,     &copy_scalar,      &flat_scalar,
       &flat_dots_scalar,  &lanes_in_scalar, &lanes_out_scalar, &lanes_conv_scalar,
-      &lanes_dots_scalar, nullptr,          "scalar"};
+      &lanes_dots_scalar, nullptr,          nullptr,           "scalar"};
   return k;
 }
 
