@@ -88,6 +88,72 @@ void masked_window(const DwMasked& a) {
   const i64 nvec = (a.n_out + 15) / 16, nsv = (a.n_src + 15) / 16;
   const __mmask16 tail = Avx512::mask(static_cast<int>(a.n_out - 16 * (nvec - 1)));
   const __mmask16 src_tail = Avx512::mask(static_cast<int>(a.n_src - 16 * (nsv - 1)));
+  // U output vectors from v0 of the plane at out, from the source plane src, weights wf.
+  // kFirst: the sums start at init (else at out); kRelu: relu at the store. Template
+  // arguments: as run-time flags they were kept on the stack in the loop. The weights are
+  // broadcast from memory at each FMA: nine registers held them and pushed the sums and B
+  // vectors to the stack. The lambdas are made once, outside the plane loop (made a plane,
+  // their captures were stored through vector registers to the stack every plane).
+  auto block = [&]<int U, bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
+                                                   __m512 init, i64 v0) {
+    __m512 b[U + 2], acc[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U + 2; ++u) {
+      const i64 i = v0 - 1 + u;
+      b[u] = i < 0 || i >= nsv ? _mm512_setzero_ps()
+             : i + 1 < nsv     ? _mm512_loadu_ps(src + 16 * i)
+                               : _mm512_maskz_loadu_ps(src_tail, src + 16 * i);
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const i64 v = v0 + u;
+      acc[u] = kFirst         ? init
+               : v + 1 < nvec ? _mm512_loadu_ps(out + 16 * v)
+                              : _mm512_maskz_loadu_ps(tail, out + 16 * v);
+    }
+    // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves its
+    // three taps.
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      __mmask16 k[U];
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u)
+        k[u] = kw == 1 ? __mmask16(0xFFFF) : a.mask[(v0 + u) * 9 + 3 + kw];
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh) {
+        const int t = kh * 3 + kw;
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          const __m512 x = window_tap<kSign, kW>(t, b, u);
+          const __m512 w = _mm512_set1_ps(wf[t]);
+          acc[u] = kw == 1 ? _mm512_fmadd_ps(w, x, acc[u])
+                           : _mm512_mask3_fmadd_ps(w, x, acc[u], k[u]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const i64 v = v0 + u;
+      const __m512 r = kRelu ? Avx512::relu(acc[u]) : acc[u];
+      if (v + 1 < nvec) {
+        _mm512_storeu_ps(out + 16 * v, r);
+      } else {
+        _mm512_mask_storeu_ps(out + 16 * v, tail, r);
+      }
+    }
+  };
+  auto run = [&]<bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
+                                          __m512 init) {
+    i64 v = 0;
+    for (; v + 4 <= nvec; v += 4)
+      block.template operator()<4, kFirst, kRelu>(src, out, wf, init, v);
+    switch (nvec - v) {
+      case 3: block.template operator()<3, kFirst, kRelu>(src, out, wf, init, v); break;
+      case 2: block.template operator()<2, kFirst, kRelu>(src, out, wf, init, v); break;
+      case 1: block.template operator()<1, kFirst, kRelu>(src, out, wf, init, v); break;
+      default: break;
+    }
+  };
   // Output plane o's filter and first source plane, by counters (no division a plane).
   i64 fo = a.o0 % a.fmod, sphase = a.o0 * a.J % a.sdiv;
   const float* src0 = a.src + a.o0 * a.J / a.sdiv * a.n_src;
@@ -99,61 +165,12 @@ void masked_window(const DwMasked& a) {
       const float* wf = a.w + f * 9;
       const __m512 init = _mm512_set1_ps(j == 0 && a.bias != nullptr ? a.bias[f] : 0.0f);
       const bool relu = a.relu && j == a.J - 1;
-      __m512 wv[9];
-      for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wf[t]);
-      auto bvec = [&](i64 i) {
-        return i < 0 || i >= nsv ? _mm512_setzero_ps()
-               : i + 1 < nsv     ? _mm512_loadu_ps(src + 16 * i)
-                                 : _mm512_maskz_loadu_ps(src_tail, src + 16 * i);
-      };
-      auto block = [&]<int U>(i64 v0) {
-        __m512 b[U + 2], acc[U];
-#pragma GCC unroll 8
-        for (int u = 0; u < U + 2; ++u) b[u] = bvec(v0 - 1 + u);
-#pragma GCC unroll 4
-        for (int u = 0; u < U; ++u) {
-          const i64 v = v0 + u;
-          acc[u] = j == 0         ? init
-                   : v + 1 < nvec ? _mm512_loadu_ps(out + 16 * v)
-                                  : _mm512_maskz_loadu_ps(tail, out + 16 * v);
-        }
-        // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves
-        // its three taps.
-#pragma GCC unroll 3
-        for (int kw = 0; kw < 3; ++kw) {
-          __mmask16 k[U];
-#pragma GCC unroll 4
-          for (int u = 0; u < U; ++u)
-            k[u] = kw == 1 ? __mmask16(0xFFFF) : a.mask[(v0 + u) * 9 + 3 + kw];
-#pragma GCC unroll 3
-          for (int kh = 0; kh < 3; ++kh) {
-            const int t = kh * 3 + kw;
-#pragma GCC unroll 4
-            for (int u = 0; u < U; ++u) {
-              const __m512 x = window_tap<kSign, kW>(t, b, u);
-              acc[u] = kw == 1 ? _mm512_fmadd_ps(wv[t], x, acc[u])
-                               : _mm512_mask3_fmadd_ps(wv[t], x, acc[u], k[u]);
-            }
-          }
-        }
-#pragma GCC unroll 4
-        for (int u = 0; u < U; ++u) {
-          const i64 v = v0 + u;
-          const __m512 r = relu ? Avx512::relu(acc[u]) : acc[u];
-          if (v + 1 < nvec) {
-            _mm512_storeu_ps(out + 16 * v, r);
-          } else {
-            _mm512_mask_storeu_ps(out + 16 * v, tail, r);
-          }
-        }
-      };
-      i64 v = 0;
-      for (; v + 4 <= nvec; v += 4) block.template operator()<4>(v);
-      switch (nvec - v) {
-        case 3: block.template operator()<3>(v); break;
-        case 2: block.template operator()<2>(v); break;
-        case 1: block.template operator()<1>(v); break;
-        default: break;
+      if (j == 0) {
+        relu ? run.template operator()<true, true>(src, out, wf, init)
+             : run.template operator()<true, false>(src, out, wf, init);
+      } else {
+        relu ? run.template operator()<false, true>(src, out, wf, init)
+             : run.template operator()<false, false>(src, out, wf, init);
       }
     }
     if (++fo == a.fmod) fo = 0;
@@ -187,8 +204,7 @@ void masked_7x7(const DwMasked& a) {
   float* out = a.out + a.o0 * 49;
   for (i64 o = a.o0; o < a.o1; ++o, out += 49) {
     const float* wf = a.w + fo * 9;
-    __m512 wv[9];
-    for (int t = 0; t < 9; ++t) wv[t] = _mm512_set1_ps(wf[t]);
+    // The weights: embedded broadcasts (as in masked_window).
     const __m512 b[6] = {_mm512_setzero_ps(),
                          _mm512_loadu_ps(src),
                          _mm512_loadu_ps(src + 16),
@@ -197,6 +213,7 @@ void masked_7x7(const DwMasked& a) {
                          _mm512_setzero_ps()};
     __m512 acc[4];
     const __m512 init = _mm512_set1_ps(a.bias != nullptr ? a.bias[fo] : 0.0f);
+#pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) acc[u] = init;
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
@@ -206,11 +223,13 @@ void masked_7x7(const DwMasked& a) {
 #pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) {
           const __m512 x = window_tap<kSign, 7>(t, b, u);
-          acc[u] = kw == 1 ? _mm512_fmadd_ps(wv[t], x, acc[u])
-                           : _mm512_mask3_fmadd_ps(wv[t], x, acc[u], mask_7x7<kSign>(u, kw));
+          const __m512 w = _mm512_set1_ps(wf[t]);
+          acc[u] = kw == 1 ? _mm512_fmadd_ps(w, x, acc[u])
+                           : _mm512_mask3_fmadd_ps(w, x, acc[u], mask_7x7<kSign>(u, kw));
         }
       }
     }
+#pragma GCC unroll 4
     for (int u = 0; u < 4; ++u) {
       if (kRelu) acc[u] = Avx512::relu(acc[u]);
     }
