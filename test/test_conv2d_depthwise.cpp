@@ -668,13 +668,17 @@ TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes 
 }
 
 TEST_CASE(
-    "depthwise: masked planes (3x3 same, 7 and 14 wide) on AVX-512, 1 and 2 threads, exact on integers, bitwise the same at 1 and 2 threads") {
-  // {N, C, H, W, k}: widths 7 and 14 with 1 to 14 rows (planes of 1 to 13 vectors, a partial
-  // last one or not: 8 x 14), channel multipliers 1-3; other widths, strided and unpadded
-  // shapes: not masked.
-  const int64_t L[][5] = {{2, 3, 7, 7, 1},  {1, 5, 14, 14, 1}, {3, 4, 1, 7, 1},  {2, 3, 2, 14, 2},
-                          {1, 6, 3, 7, 1},  {2, 2, 8, 14, 3},  {1, 3, 13, 7, 1}, {2, 4, 9, 7, 2},
-                          {1, 2, 5, 11, 1}, {2, 3, 7, 6, 1},   {1, 9, 7, 7, 3},  {1, 2, 15, 15, 1}};
+    "depthwise: masked planes (3x3 same, 7 to 112 wide) on AVX-512, 1 and 2 threads, exact on integers, bitwise the same at 1 and 2 threads") {
+  // {N, C, H, W, k}: every width of kDwMaskedWidths with 1 to 28 rows (planes of 1 to 49
+  // vectors, a partial last one or not: 8 x 14, 3 x 56), channel multipliers 1-3; other
+  // widths, strided and unpadded shapes: not masked.
+  const int64_t L[][5] = {{2, 3, 7, 7, 1},   {1, 5, 14, 14, 1}, {3, 4, 1, 7, 1},
+                          {2, 3, 2, 14, 2},  {1, 6, 3, 7, 1},   {2, 2, 8, 14, 3},
+                          {1, 3, 13, 7, 1},  {2, 4, 9, 7, 2},   {1, 2, 5, 11, 1},
+                          {2, 3, 7, 6, 1},   {1, 9, 7, 7, 3},   {1, 2, 15, 15, 1},
+                          {2, 3, 28, 28, 1}, {1, 2, 3, 56, 2},  {2, 2, 5, 112, 1},
+                          {1, 3, 4, 28, 3},  {1, 2, 1, 112, 1}, {1, 2, 6, 56, 1},
+                          {1, 2, 4, 113, 1}};
   im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, masked_runs = 0;
   for (const auto& r : L) {
@@ -690,7 +694,9 @@ TEST_CASE(
                   .groups = r[1]};
     s.validate();
     INFO(testutil::describe(s));
-    const bool narrow = s.in_width == 7 || s.in_width == 14;
+    const bool narrow = std::find(std::begin(im2gemm::detail::kDwMaskedWidths),
+                                  std::end(im2gemm::detail::kDwMaskedWidths),
+                                  s.in_width) != std::end(im2gemm::detail::kDwMaskedWidths);
     for (int pass = 0; pass < 3; ++pass) {
       // backward weights: whole 7 x 7 planes only
       const bool whole7 = s.in_height == 7 && s.in_width == 7;

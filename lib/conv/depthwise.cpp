@@ -144,7 +144,10 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
   const DwKernels& k = dw_kernels(isa);
   if (pass == 2 && (g.H != 7 || g.W != 7 || k.masked_dots_7x7 == nullptr)) return false;
   return g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 && g.PW == 1 &&
-         g.DH == 1 && g.DW == 1 && (g.W == 7 || g.W == kDwMaskedMaxWidth) && k.masked != nullptr;
+         g.DH == 1 && g.DW == 1 && g.H * g.W <= kDwMaskedMaxPixels &&
+         std::find(std::begin(kDwMaskedWidths), std::end(kDwMaskedWidths), g.W) !=
+             std::end(kDwMaskedWidths) &&
+         k.masked != nullptr;
 }
 
 // The masked planes' tap offsets and mask table (DwMasked) of a pass: output pixel i of
@@ -152,7 +155,7 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
 // (backward data: the dx pixel reads dy at minus the forward's offsets). A tap's valid
 // columns are one range for every row: its bits are set a row's range at a time.
 struct MaskedTable {
-  static constexpr i64 kMaxVecs = (kDwMaskedMaxWidth * kDwMaskedMaxWidth + 15) / 16;
+  static constexpr i64 kMaxVecs = (kDwMaskedMaxPixels + 15) / 16;
   i64 off[9];
   std::uint16_t mask[kMaxVecs * 9];
   MaskedTable(const Geo& g, int pass) {

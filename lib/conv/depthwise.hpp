@@ -212,8 +212,10 @@ struct DwMaskedDots {
   const std::uint16_t* mask;
 };
 
-/// Widest plane of the masked kernels (every tap within one vector of the output's).
-inline constexpr i64 kDwMaskedMaxWidth = 14;
+/// Plane widths of the masked kernels (MobileNet's), and their most pixels a plane (the mask
+/// table, 9 x 2 bytes a vector, on the caller's stack).
+inline constexpr i64 kDwMaskedWidths[] = {7, 14, 28, 56, 112};
+inline constexpr i64 kDwMaskedMaxPixels = 112 * 112;
 
 using DwMaskedFn = void (*)(const DwMasked&);
 using DwMaskedDotsFn = void (*)(const DwMaskedDots&);

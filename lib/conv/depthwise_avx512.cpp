@@ -61,33 +61,40 @@ struct Avx512 {
 
 #include "conv/depthwise_kernels.inc"
 
-// Masked planes (DwMasked; 3x3, one row and column of padding, dilation 1, planes kW = 7 or
-// 14 wide): the source vectors B_i = src[16 i, 16 i + 16) of a plane are loaded once each
-// (zero outside the plane), and a tap's shifted vector for output vector v is one valignd of
-// the pair B_{v-1}, B_v (negative offset d: lanes d + 16..) or B_v, B_{v+1} (lanes d..), the
-// shift a constant: one load a vector at any alignment, not nine. Rows above and below the
-// plane read the zero vectors; the column taps kw = 0 and 2 are masked by the table's entries
-// of taps 3 and 5 (the middle row's: column and plane bits only), kw = 1 needs no mask (lanes
-// past the plane are not stored). kSign: +1 forward (d = (kh - 1) kW + kw - 1), -1 backward
-// data (d negated). U output vectors in flight, B_{v0-1} .. B_{v0+U} in registers (the
-// check-ukernel-asm test: no spills).
+// Masked planes (DwMasked; 3x3, one row and column of padding, dilation 1, planes kW wide,
+// kW one of kDwMaskedWidths): the source vectors B_i = src[16 i, 16 i + 16) of a plane are
+// loaded once a block (zero outside the plane), and a tap's shifted vector for output vector
+// v is one valignd of the pair B_{v+q}, B_{v+q+1} (offset d = 16 q + r, 0 <= r < 16: lanes
+// r..), q and r constants: a few loads a vector at any alignment, not nine. Rows above and
+// below the plane read the zero vectors; the column taps kw = 0 and 2 are masked by the
+// table's entries of taps 3 and 5 (the middle row's: column and plane bits only), kw = 1
+// needs no mask (lanes past the plane are not stored). kSign: +1 forward
+// (d = (kh - 1) kW + kw - 1), -1 backward data (d negated). U output vectors in flight,
+// B_{v0+kQmin} .. B_{v0+U+kQmax} in registers (the check-ukernel-asm test: no spills).
+template <int kW>
+inline constexpr int kQmin = -((kW + 1 + 15) / 16);  // floor(-(kW + 1) / 16)
+template <int kW>
+inline constexpr int kQmax = (kW + 1) / 16;  // floor((kW + 1) / 16)
+
 template <int kSign, int kW>
 inline __attribute__((always_inline)) __m512 window_tap(int t, const __m512* b, int u) {
   const int d = kSign * ((t / 3 - 1) * kW + t % 3 - 1);
-  const __m512 lo = d < 0 ? b[u] : b[u + 1], hi = d < 0 ? b[u + 1] : b[u + 2];
-  const int r = d < 0 ? d + 16 : d;
+  const int q = d >= 0 ? d / 16 : -((-d + 15) / 16), r = d - 16 * q;
+  const __m512 lo = b[u + q - kQmin<kW>], hi = b[u + q - kQmin<kW> + 1];
   if (r == 0) return lo;
   // The masked form: the plain one trips -Wmaybe-uninitialized in GCC 12's header.
   return _mm512_castsi512_ps(_mm512_mask_alignr_epi32(_mm512_castps_si512(lo), 0xFFFF,
                                                       _mm512_castps_si512(hi),
-                                                      _mm512_castps_si512(lo), r & 15));
+                                                      _mm512_castps_si512(lo), r));
 }
 
 template <int kSign, int kW>
 void masked_window(const DwMasked& a) {
   const i64 nvec = (a.n_out + 15) / 16, nsv = (a.n_src + 15) / 16;
-  const __mmask16 tail = Avx512::mask(static_cast<int>(a.n_out - 16 * (nvec - 1)));
-  const __mmask16 src_tail = Avx512::mask(static_cast<int>(a.n_src - 16 * (nsv - 1)));
+  // The last vectors' lane masks, made where used from the lanes left (as mask variables
+  // they were spilled to the stack and reloaded in the loops).
+  const i64 n_out = a.n_out, n_src = a.n_src;
+  auto lanes_mask = [](i64 n) { return _cvtu32_mask16((1u << n) - 1u); };
   // U output vectors from v0 of the plane at out, from the source plane src, weights wf.
   // kFirst: the sums start at init (else at out); kRelu: relu at the store. Template
   // arguments: as run-time flags they were kept on the stack in the loop. The weights are
@@ -96,20 +103,21 @@ void masked_window(const DwMasked& a) {
   // their captures were stored through vector registers to the stack every plane).
   auto block = [&]<int U, bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
                                                    __m512 init, i64 v0) {
-    __m512 b[U + 2], acc[U];
-#pragma GCC unroll 8
-    for (int u = 0; u < U + 2; ++u) {
-      const i64 i = v0 - 1 + u;
+    constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;  // b[u] = B_{v0 + kQmin + u}
+    __m512 b[kB], acc[U];
+#pragma GCC unroll 24
+    for (int u = 0; u < kB; ++u) {
+      const i64 i = v0 + kQmin<kW> + u;
       b[u] = i < 0 || i >= nsv ? _mm512_setzero_ps()
              : i + 1 < nsv     ? _mm512_loadu_ps(src + 16 * i)
-                               : _mm512_maskz_loadu_ps(src_tail, src + 16 * i);
+                               : _mm512_maskz_loadu_ps(lanes_mask(n_src - 16 * i), src + 16 * i);
     }
 #pragma GCC unroll 4
     for (int u = 0; u < U; ++u) {
       const i64 v = v0 + u;
       acc[u] = kFirst         ? init
                : v + 1 < nvec ? _mm512_loadu_ps(out + 16 * v)
-                              : _mm512_maskz_loadu_ps(tail, out + 16 * v);
+                              : _mm512_maskz_loadu_ps(lanes_mask(n_out - 16 * v), out + 16 * v);
     }
     // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves its
     // three taps.
@@ -138,15 +146,18 @@ void masked_window(const DwMasked& a) {
       if (v + 1 < nvec) {
         _mm512_storeu_ps(out + 16 * v, r);
       } else {
-        _mm512_mask_storeu_ps(out + 16 * v, tail, r);
+        _mm512_mask_storeu_ps(out + 16 * v, lanes_mask(n_out - 16 * v), r);
       }
     }
   };
   auto run = [&]<bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
                                           __m512 init) {
+    // Four vectors a block; two on the widest planes, whose three tap rows' B vectors would
+    // not all fit in registers beside four sums.
+    constexpr int kU = kW >= 112 ? 2 : 4;
     i64 v = 0;
-    for (; v + 4 <= nvec; v += 4)
-      block.template operator()<4, kFirst, kRelu>(src, out, wf, init, v);
+    for (; v + kU <= nvec; v += kU)
+      block.template operator()<kU, kFirst, kRelu>(src, out, wf, init, v);
     switch (nvec - v) {
       case 3: block.template operator()<3, kFirst, kRelu>(src, out, wf, init, v); break;
       case 2: block.template operator()<2, kFirst, kRelu>(src, out, wf, init, v); break;
@@ -307,12 +318,18 @@ void masked_avx512(const DwMasked& a) {
     if (a.off[7] > 0) return a.relu ? masked_7x7<1, true>(a) : masked_7x7<1, false>(a);
     return a.relu ? masked_7x7<-1, true>(a) : masked_7x7<-1, false>(a);
   }
-  // off[7] = sign * W (DwMasked: 3x3, W = 7 or 14).
+  // off[7] = sign * W (DwMasked: 3x3, W one of kDwMaskedWidths).
   switch (a.off[7]) {
     case 7: return masked_window<1, 7>(a);
     case -7: return masked_window<-1, 7>(a);
     case 14: return masked_window<1, 14>(a);
-    default: return masked_window<-1, 14>(a);
+    case -14: return masked_window<-1, 14>(a);
+    case 28: return masked_window<1, 28>(a);
+    case -28: return masked_window<-1, 28>(a);
+    case 56: return masked_window<1, 56>(a);
+    case -56: return masked_window<-1, 56>(a);
+    case 112: return masked_window<1, 112>(a);
+    default: return masked_window<-1, 112>(a);
   }
 }
 
