@@ -136,13 +136,13 @@ bool lanes_eligible(const Geo& g, int pass) {
          (pass != 1 || (g.SH == 1 && g.SW == 1)) && g.KH * g.KW <= kDwLanesMaxTaps;
 }
 
-// Masked planes (DwMasked): depthwise 3x3 "same" planes (one row and column of padding,
-// stride and dilation 1) 7 or 14 wide, forward and backward data, and backward weights of
-// whole 7 x 7 planes (DwMaskedDots), where the ISA has the kernels. Measured ahead of
-// channels on lanes on mbv1_dw_7, all three passes.
+// Masked planes (DwMasked, DwMaskedDots): depthwise 3x3 "same" planes (one row and column of
+// padding, stride and dilation 1) of the widths of kDwMaskedWidths, backward weights up to
+// kDwMaskedDotsMaxWidth, where the ISA has the kernels. Measured ahead of channels on lanes
+// (7, 28, 56 wide) and of the row kernels (112) on the grouped suite's layers.
 bool masked_eligible(const Geo& g, int pass, Isa isa) {
   const DwKernels& k = dw_kernels(isa);
-  if (pass == 2 && (g.H != 7 || g.W != 7 || k.masked_dots_7x7 == nullptr)) return false;
+  if (pass == 2 && (g.W > kDwMaskedDotsMaxWidth || k.masked_dots == nullptr)) return false;
   return g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 && g.PW == 1 &&
          g.DH == 1 && g.DW == 1 && g.H * g.W <= kDwMaskedMaxPixels &&
          std::find(std::begin(kDwMaskedWidths), std::end(kDwMaskedWidths), g.W) !=
@@ -564,8 +564,8 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
     const MaskedTable tab(g, 0);
     run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float*) {
       const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
-      kern.masked_dots_7x7(
-          DwMaskedDots{dw, db, dy, x, a, b, g.N, g.F, g.C, g.Fg, tab.off, tab.mask});
+      kern.masked_dots(
+          DwMaskedDots{dw, db, dy, x, g.H * g.W, a, b, g.N, g.F, g.C, g.Fg, tab.off, tab.mask});
     });
     return;
   }

@@ -197,17 +197,18 @@ struct DwMasked {
   bool relu;
 };
 
-/// Backward weights over whole 7 x 7 masked planes (n_out = n_src = 49, the forward's off and
-/// mask), filters [f0, f1): lane l < 16 of tap t sums, over n < N in order and then the
-/// plane's vectors in order, where the mask bit is set, dy[(n * F + f) * 49 + i] *
-/// x[(n * C + f / k) * 49 + i + off[t]] (i % 16 == l; fused multiply-adds); dw[f * 9 + t] =
-/// the 16 lane sums added in lane order. db (if set): db[f] the same over dy alone.
+/// Backward weights over masked planes (n floats each, x and dy alike: the forward's off and
+/// mask), filters [f0, f1): lane l < 16 of tap t sums, over images n' < N in order and then
+/// the plane's vectors in order, where the mask bit is set, dy[(n' * F + f) * n + i] *
+/// x[(n' * C + f / k) * n + i + off[t]] (i % 16 == l; fused multiply-adds); dw[f * 9 + t] =
+/// the 16 lane sums added in a fixed order (lane order for 7 x 7 planes, pairwise halves
+/// otherwise). db (if set): db[f] the same over dy alone.
 struct DwMaskedDots {
   float* dw;
   float* db;
   const float* dy;
   const float* x;
-  i64 f0, f1, N, F, C, k;
+  i64 n, f0, f1, N, F, C, k;
   const i64* off;
   const std::uint16_t* mask;
 };
@@ -216,6 +217,11 @@ struct DwMaskedDots {
 /// table, 9 x 2 bytes a vector, on the caller's stack).
 inline constexpr i64 kDwMaskedWidths[] = {7, 14, 28, 56, 112};
 inline constexpr i64 kDwMaskedMaxPixels = 112 * 112;
+/// Backward weights on masked planes up to this width: from 56 wide the nine sums and the
+/// three tap rows' B vectors leave one output vector a block, and the kernel ran behind
+/// channels on lanes (mbv2_dw_b1: 0.104-0.107 against 0.091-0.092 ms) and level with the
+/// row kernels (mbv1_dw1).
+inline constexpr i64 kDwMaskedDotsMaxWidth = 28;
 
 using DwMaskedFn = void (*)(const DwMasked&);
 using DwMaskedDotsFn = void (*)(const DwMaskedDots&);
@@ -244,8 +250,8 @@ struct DwKernels {
   DwLanesOutFn lanes_out;
   DwLanesConvFn lanes_conv;
   DwLanesDotsFn lanes_dots;
-  DwMaskedFn masked;               ///< nullptr where the ISA has none (AVX2, scalar)
-  DwMaskedDotsFn masked_dots_7x7;  ///< likewise
+  DwMaskedFn masked;           ///< nullptr where the ISA has none (AVX2, scalar)
+  DwMaskedDotsFn masked_dots;  ///< likewise
   const char* isa;
 };
 
@@ -335,8 +341,8 @@ struct DwPlan {
   bool lanes = false;
   i64 cgroups = 0;
   i64 tile_rows = 0, tile_q = 0, tile_r0 = 0, tile_c0 = 0, read_r0 = 0, read_c0 = 0;
-  /// Masked planes (DwMasked, and DwMaskedDots for 7 x 7 planes; ISAs that have them): planes
-  /// read in place. Items: output planes in memory order (backward weights: filters).
+  /// Masked planes (DwMasked, DwMaskedDots; ISAs that have them): planes read in place.
+  /// Items: output planes in memory order (backward weights: filters).
   bool masked = false;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };

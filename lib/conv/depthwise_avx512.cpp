@@ -258,7 +258,7 @@ void masked_7x7(const DwMasked& a) {
 // once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
 // (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite), by the
 // constant masks (the table's off and mask are those of this geometry).
-void masked_dots_7x7_avx512(const DwMaskedDots& a) {
+void masked_dots_7x7(const DwMaskedDots& a) {
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled (an indexed access
     // gives it an address: the sums then lived on the stack).
@@ -313,6 +313,99 @@ void masked_dots_7x7_avx512(const DwMaskedDots& a) {
   }
 }
 
+// The 16 lanes of v added pairwise (halves, then quarters, ...): in registers (Avx512::hsum
+// goes through memory, which in a filter loop around the k loop reads as stack traffic).
+// The halves by masked extracts: the plain ones (and the cast) trip -Wmaybe-uninitialized in
+// GCC 12's header.
+inline float hsum_tree(__m512 v) {
+  auto half = [&](int i) {
+    return _mm256_castpd_ps(
+        _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, _mm512_castps_pd(v), i));
+  };
+  const __m256 s8 = _mm256_add_ps(half(0), half(1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
+}
+
+// Backward weights over masked planes 7, 14 or 28 wide (DwMaskedDots): the
+// nine taps' lane sums in registers over a filter's images; per block of U vectors the B
+// vectors and dy's loaded once, each tap's shifted x vectors constant valignds as in
+// masked_window. Every tap is masked by the table (kw = 1 by the plane bits: past the plane
+// dy is zero but x may not be finite).
+template <int kW>
+void masked_dots_window(const DwMaskedDots& a) {
+  const i64 n = a.n, nvec = (n + 15) / 16;
+  auto lanes_mask = [](i64 m) { return _cvtu32_mask16((1u << m) - 1u); };
+  for (i64 f = a.f0; f < a.f1; ++f) {
+    // acc stays in registers only if every loop over it is unrolled.
+    __m512 acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
+    const i64 c = f / a.k;
+    for (i64 im = 0; im < a.N; ++im) {
+      const float* xs = a.x + (im * a.C + c) * n;
+      const float* d = a.dy + (im * a.F + f) * n;
+      auto block = [&]<int U>(i64 v0) {
+        constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;  // b[u] = B_{v0 + kQmin + u}
+        __m512 b[kB], dv[U];
+#pragma GCC unroll 24
+        for (int u = 0; u < kB; ++u) {
+          const i64 i = v0 + kQmin<kW> + u;
+          b[u] = i < 0 || i >= nvec ? _mm512_setzero_ps()
+                 : i + 1 < nvec     ? _mm512_loadu_ps(xs + 16 * i)
+                                    : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * i), xs + 16 * i);
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          const i64 v = v0 + u;
+          dv[u] = v + 1 < nvec ? _mm512_loadu_ps(d + 16 * v)
+                               : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * v), d + 16 * v);
+        }
+#pragma GCC unroll 4
+        for (int u = 0; u < U; ++u) {
+          const std::uint16_t* m = a.mask + (v0 + u) * 9 + 3;  // kw = 0, 1, 2: taps 3, 4, 5
+#pragma GCC unroll 9
+          for (int t = 0; t < 9; ++t) {
+            acc[t] = _mm512_mask3_fmadd_ps(dv[u], window_tap<1, kW>(t, b, u), acc[t], m[t % 3]);
+          }
+        }
+      };
+      i64 v = 0;
+      for (; v + 4 <= nvec; v += 4) block.template operator()<4>(v);
+      switch (nvec - v) {
+        case 3: block.template operator()<3>(v); break;
+        case 2: block.template operator()<2>(v); break;
+        case 1: block.template operator()<1>(v); break;
+        default: break;
+      }
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
+    if (a.db != nullptr) {  // a second pass over the dy planes: a register freed
+      __m512 bsum = _mm512_setzero_ps();
+      for (i64 im = 0; im < a.N; ++im) {
+        const float* d = a.dy + (im * a.F + f) * n;
+        for (i64 v = 0; v < nvec; ++v) {
+          bsum = _mm512_add_ps(bsum, v + 1 < nvec ? _mm512_loadu_ps(d + 16 * v)
+                                                  : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * v),
+                                                                          d + 16 * v));
+        }
+      }
+      a.db[f] = hsum_tree(bsum);
+    }
+  }
+}
+
+void masked_dots_avx512(const DwMaskedDots& a) {
+  if (a.n == 49) return masked_dots_7x7(a);  // whole 7 x 7 planes: straight-line
+  switch (a.off[7]) {  // W (the forward's offsets), at most kDwMaskedDotsMaxWidth
+    case 7: return masked_dots_window<7>(a);
+    case 14: return masked_dots_window<14>(a);
+    default: return masked_dots_window<28>(a);
+  }
+}
+
 void masked_avx512(const DwMasked& a) {
   if (a.n_out == 49 && a.n_src == 49 && a.J == 1) {  // whole 7 x 7 planes
     if (a.off[7] > 0) return a.relu ? masked_7x7<1, true>(a) : masked_7x7<1, false>(a);
@@ -345,18 +438,10 @@ void flat_dots_avx512(const DwFlatDots& a) { flat_dots<Avx512>(a); }
 
 const DwKernels& dw_kernels_avx512() {
   // The lanes kernels: AVX2's (8 channels a tile pixel on every ISA).
-  static const DwKernels k{&plane_avx512,
-                           &dots_avx512,
-                           &copy_avx512,
-                           &flat_avx512,
-                           &flat_dots_avx512,
-                           &dw_lanes_in_avx2,
-                           &dw_lanes_out_avx2,
-                           &dw_lanes_conv_avx2,
-                           &dw_lanes_dots_avx2,
-                           &masked_avx512,
-                           &masked_dots_7x7_avx512,
-                           "avx512"};
+  static const DwKernels k{&plane_avx512,      &dots_avx512,        &copy_avx512,
+                           &flat_avx512,       &flat_dots_avx512,   &dw_lanes_in_avx2,
+                           &dw_lanes_out_avx2, &dw_lanes_conv_avx2, &dw_lanes_dots_avx2,
+                           &masked_avx512,     &masked_dots_avx512, "avx512"};
   return k;
 }
 
