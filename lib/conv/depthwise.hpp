@@ -201,8 +201,8 @@ struct DwMasked {
 /// mask), filters [f0, f1): lane l < 16 of tap t sums, over images n' < N in order and then
 /// the plane's vectors in order, where the mask bit is set, dy[(n' * F + f) * n + i] *
 /// x[(n' * C + f / k) * n + i + off[t]] (i % 16 == l; fused multiply-adds); dw[f * 9 + t] =
-/// the 16 lane sums added in a fixed order (lane order for 7 x 7 planes, pairwise halves
-/// otherwise). db (if set): db[f] the same over dy alone.
+/// the 16 lane sums added pairwise (halves, then quarters, ...). db (if set): db[f] the same
+/// over dy alone.
 struct DwMaskedDots {
   float* dw;
   float* db;

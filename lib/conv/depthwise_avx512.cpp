@@ -88,6 +88,23 @@ inline __attribute__((always_inline)) __m512 window_tap(int t, const __m512* b, 
                                                       _mm512_castps_si512(lo), r));
 }
 
+// Vector i of a plane of n floats in nv vectors: zero outside the plane, the last one's lanes
+// past n zero (its lane mask made here from the count: as a mask variable it was reloaded
+// from the stack in the loops).
+inline __attribute__((always_inline)) __m512 plane_vec(const float* p, i64 i, i64 nv, i64 n) {
+  if (i < 0 || i >= nv) return _mm512_setzero_ps();
+  if (i + 1 < nv) return _mm512_loadu_ps(p + 16 * i);
+  return _mm512_maskz_loadu_ps(_cvtu32_mask16((1u << (n - 16 * i)) - 1u), p + 16 * i);
+}
+
+// The kB vectors of a block's window: b[u] = B_{v0 + kQmin + u} of the plane at p.
+template <int kW, int kB>
+inline __attribute__((always_inline)) void load_window(__m512* b, const float* p, i64 v0, i64 nv,
+                                                       i64 n) {
+#pragma GCC unroll 24
+  for (int u = 0; u < kB; ++u) b[u] = plane_vec(p, v0 + kQmin<kW> + u, nv, n);
+}
+
 template <int kSign, int kW>
 void masked_window(const DwMasked& a) {
   const i64 nvec = (a.n_out + 15) / 16, nsv = (a.n_src + 15) / 16;
@@ -103,24 +120,13 @@ void masked_window(const DwMasked& a) {
   // their captures were stored through vector registers to the stack every plane).
   auto block = [&]<int U, bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
                                                    __m512 init, i64 v0) {
-    constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;  // b[u] = B_{v0 + kQmin + u}
+    constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;
     __m512 b[kB], acc[U];
-#pragma GCC unroll 24
-    for (int u = 0; u < kB; ++u) {
-      const i64 i = v0 + kQmin<kW> + u;
-      b[u] = i < 0 || i >= nsv ? _mm512_setzero_ps()
-             : i + 1 < nsv     ? _mm512_loadu_ps(src + 16 * i)
-                               : _mm512_maskz_loadu_ps(lanes_mask(n_src - 16 * i), src + 16 * i);
-    }
+    load_window<kW, kB>(b, src, v0, nsv, n_src);
 #pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) {
-      const i64 v = v0 + u;
-      acc[u] = kFirst         ? init
-               : v + 1 < nvec ? _mm512_loadu_ps(out + 16 * v)
-                              : _mm512_maskz_loadu_ps(lanes_mask(n_out - 16 * v), out + 16 * v);
-    }
-    // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves its
-    // three taps.
+    for (int u = 0; u < U; ++u) acc[u] = kFirst ? init : plane_vec(out, v0 + u, nvec, n_out);
+      // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves its
+      // three taps.
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
       __mmask16 k[U];
@@ -253,6 +259,22 @@ void masked_7x7(const DwMasked& a) {
   }
 }
 
+// The 16 lanes of v added pairwise (halves, then quarters, ...): in registers (Avx512::hsum
+// goes through memory: some 33 instructions a vector, a third of masked_dots_7x7's work
+// besides its FMAs, and stack traffic in the filter loop around the k loop).
+// The halves by masked extracts: the plain ones (and the cast) trip -Wmaybe-uninitialized in
+// GCC 12's header.
+inline float hsum_tree(__m512 v) {
+  auto half = [&](int i) {
+    return _mm256_castpd_ps(
+        _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, _mm512_castps_pd(v), i));
+  };
+  const __m256 s8 = _mm256_add_ps(half(0), half(1));
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
+}
+
 // Backward weights over whole 7 x 7 planes (DwMaskedDots): the nine taps' lane sums and dy's
 // in registers over a filter's images; per image the x plane's B vectors and dy's four loaded
 // once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
@@ -298,7 +320,7 @@ void masked_dots_7x7(const DwMaskedDots& a) {
       vec.template operator()<3>();
     }
 #pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = Avx512::hsum(acc[t]);
+    for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
     if (a.db != nullptr) {  // a second pass over the (cached) dy planes: a register freed
       __m512 bsum = _mm512_setzero_ps();
       for (i64 n = 0; n < a.N; ++n) {
@@ -308,24 +330,9 @@ void masked_dots_7x7(const DwMaskedDots& a) {
         bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d + 32));
         bsum = _mm512_add_ps(bsum, _mm512_maskz_loadu_ps(1, d + 48));
       }
-      a.db[f] = Avx512::hsum(bsum);
+      a.db[f] = hsum_tree(bsum);
     }
   }
-}
-
-// The 16 lanes of v added pairwise (halves, then quarters, ...): in registers (Avx512::hsum
-// goes through memory, which in a filter loop around the k loop reads as stack traffic).
-// The halves by masked extracts: the plain ones (and the cast) trip -Wmaybe-uninitialized in
-// GCC 12's header.
-inline float hsum_tree(__m512 v) {
-  auto half = [&](int i) {
-    return _mm256_castpd_ps(
-        _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, _mm512_castps_pd(v), i));
-  };
-  const __m256 s8 = _mm256_add_ps(half(0), half(1));
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
 // Backward weights over masked planes 7, 14 or 28 wide (DwMaskedDots): the
@@ -336,7 +343,6 @@ inline float hsum_tree(__m512 v) {
 template <int kW>
 void masked_dots_window(const DwMaskedDots& a) {
   const i64 n = a.n, nvec = (n + 15) / 16;
-  auto lanes_mask = [](i64 m) { return _cvtu32_mask16((1u << m) - 1u); };
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled.
     __m512 acc[9];
@@ -347,21 +353,11 @@ void masked_dots_window(const DwMaskedDots& a) {
       const float* xs = a.x + (im * a.C + c) * n;
       const float* d = a.dy + (im * a.F + f) * n;
       auto block = [&]<int U>(i64 v0) {
-        constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;  // b[u] = B_{v0 + kQmin + u}
+        constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;
         __m512 b[kB], dv[U];
-#pragma GCC unroll 24
-        for (int u = 0; u < kB; ++u) {
-          const i64 i = v0 + kQmin<kW> + u;
-          b[u] = i < 0 || i >= nvec ? _mm512_setzero_ps()
-                 : i + 1 < nvec     ? _mm512_loadu_ps(xs + 16 * i)
-                                    : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * i), xs + 16 * i);
-        }
+        load_window<kW, kB>(b, xs, v0, nvec, n);
 #pragma GCC unroll 4
-        for (int u = 0; u < U; ++u) {
-          const i64 v = v0 + u;
-          dv[u] = v + 1 < nvec ? _mm512_loadu_ps(d + 16 * v)
-                               : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * v), d + 16 * v);
-        }
+        for (int u = 0; u < U; ++u) dv[u] = plane_vec(d, v0 + u, nvec, n);
 #pragma GCC unroll 4
         for (int u = 0; u < U; ++u) {
           const std::uint16_t* m = a.mask + (v0 + u) * 9 + 3;  // kw = 0, 1, 2: taps 3, 4, 5
@@ -386,11 +382,7 @@ void masked_dots_window(const DwMaskedDots& a) {
       __m512 bsum = _mm512_setzero_ps();
       for (i64 im = 0; im < a.N; ++im) {
         const float* d = a.dy + (im * a.F + f) * n;
-        for (i64 v = 0; v < nvec; ++v) {
-          bsum = _mm512_add_ps(bsum, v + 1 < nvec ? _mm512_loadu_ps(d + 16 * v)
-                                                  : _mm512_maskz_loadu_ps(lanes_mask(n - 16 * v),
-                                                                          d + 16 * v));
-        }
+        for (i64 v = 0; v < nvec; ++v) bsum = _mm512_add_ps(bsum, plane_vec(d, v, nvec, n));
       }
       a.db[f] = hsum_tree(bsum);
     }
