@@ -76,16 +76,44 @@ inline constexpr int kQmin = -((kW + 1 + 15) / 16);  // floor(-(kW + 1) / 16)
 template <int kW>
 inline constexpr int kQmax = (kW + 1) / 16;  // floor((kW + 1) / 16)
 
+// Lanes r .. r + 15 of the pair (lo, hi), 0 < r < 16: one valignd. The masked form: the
+// plain one trips -Wmaybe-uninitialized in GCC 12's header.
+template <int kR>
+inline __attribute__((always_inline)) __m512 align_r(__m512i h, __m512i l) {
+  return _mm512_castsi512_ps(_mm512_mask_alignr_epi32(l, 0xFFFF, h, l, kR));
+}
+
+// The immediate by a switch over literals: r is a constant wherever the tap loops are
+// unrolled (every optimised build: the switch folds away), but not at -O0, where the
+// intrinsic takes only a literal.
+inline __attribute__((always_inline)) __m512 align_lanes(__m512 hi, __m512 lo, int r) {
+  const __m512i h = _mm512_castps_si512(hi), l = _mm512_castps_si512(lo);
+  switch (r) {
+    case 1: return align_r<1>(h, l);
+    case 2: return align_r<2>(h, l);
+    case 3: return align_r<3>(h, l);
+    case 4: return align_r<4>(h, l);
+    case 5: return align_r<5>(h, l);
+    case 6: return align_r<6>(h, l);
+    case 7: return align_r<7>(h, l);
+    case 8: return align_r<8>(h, l);
+    case 9: return align_r<9>(h, l);
+    case 10: return align_r<10>(h, l);
+    case 11: return align_r<11>(h, l);
+    case 12: return align_r<12>(h, l);
+    case 13: return align_r<13>(h, l);
+    case 14: return align_r<14>(h, l);
+    case 15: return align_r<15>(h, l);
+    default: return lo;
+  }
+}
+
 template <int kSign, int kW>
 inline __attribute__((always_inline)) __m512 window_tap(int t, const __m512* b, int u) {
   const int d = kSign * ((t / 3 - 1) * kW + t % 3 - 1);
   const int q = d >= 0 ? d / 16 : -((-d + 15) / 16), r = d - 16 * q;
   const __m512 lo = b[u + q - kQmin<kW>], hi = b[u + q - kQmin<kW> + 1];
-  if (r == 0) return lo;
-  // The masked form: the plain one trips -Wmaybe-uninitialized in GCC 12's header.
-  return _mm512_castsi512_ps(_mm512_mask_alignr_epi32(_mm512_castps_si512(lo), 0xFFFF,
-                                                      _mm512_castps_si512(hi),
-                                                      _mm512_castps_si512(lo), r));
+  return r == 0 ? lo : align_lanes(hi, lo, r);
 }
 
 // Vector i of a plane of n floats in nv vectors: zero outside the plane, the last one's lanes
@@ -265,11 +293,10 @@ void masked_7x7(const DwMasked& a) {
 // The halves by masked extracts: the plain ones (and the cast) trip -Wmaybe-uninitialized in
 // GCC 12's header.
 inline float hsum_tree(__m512 v) {
-  auto half = [&](int i) {
-    return _mm256_castpd_ps(
-        _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, _mm512_castps_pd(v), i));
-  };
-  const __m256 s8 = _mm256_add_ps(half(0), half(1));
+  const __m512d vd = _mm512_castps_pd(v);
+  const __m256 lo = _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, vd, 0));
+  const __m256 hi = _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xF, vd, 1));
+  const __m256 s8 = _mm256_add_ps(lo, hi);
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
   s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
