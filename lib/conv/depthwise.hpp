@@ -34,6 +34,9 @@
 // (group of 8 channels, image), groups major (backward weights: groups, images summed in
 // order); the last group's lanes past C hold zeros. Channel multipliers k > 1 and backward
 // data with a stride > 1 keep the per-plane path.
+// Under AVX-512, 3x3 "same" depthwise planes 7, 14, 28, 56 or 112 wide take "masked planes"
+// ahead of all of these (DwMasked, DwMaskedDots, DwPlan::masked): each source plane read in
+// place, every tap one valignd of two of its vectors and a merge-masked FMA (see DwMasked).
 // Work items are (image, group) (backward weights: groups, images summed in order for each
 // group, chunks of groups read image by image), dealt in contiguous ranges to the threads: every output has one writer, no atomics,
 // and the result does not depend on the thread count at all.
