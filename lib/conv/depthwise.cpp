@@ -150,25 +150,22 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
          k.masked != nullptr;
 }
 
-// The masked planes' tap offsets and mask table (DwMasked) of a pass: output pixel i of
-// rows x W reads the source at row i / W + sign * (kh - 1), column i % W + sign * (kw - 1)
-// (backward data: the dx pixel reads dy at minus the forward's offsets). A tap's valid
-// columns are one range for every row: its bits are set a row's range at a time.
-struct MaskedTable {
+// The column masks of the masked planes (DwMasked::colmask) of a pass: pixel i reads column
+// i % W + sign * (kw - 1) (backward data: the dx pixel reads dy at minus the forward's
+// offsets). A column tap's valid pixels are one range a row: set a row's range at a time.
+struct MaskedColumns {
   static constexpr i64 kMaxVecs = (kDwMaskedMaxPixels + 15) / 16;
-  i64 off[9];
-  std::uint16_t mask[kMaxVecs * 9];
-  MaskedTable(const Geo& g, int pass) {
-    const i64 sign = pass == 1 ? -1 : 1, W = g.W, rows = g.H, n = rows * W;
-    std::fill(mask, mask + (n + 15) / 16 * 9, std::uint16_t{0});
-    for (i64 t = 0; t < 9; ++t) {
-      const i64 dr = sign * (t / 3 - 1), dc = sign * (t % 3 - 1);
-      const i64 lo = std::max<i64>(0, -dc), hi = std::min(W, W - dc);
-      off[t] = dr * W + dc;
-      for (i64 r = std::max<i64>(0, -dr); r < std::min(rows, rows - dr); ++r) {
+  int sign;
+  std::uint16_t mask[kMaxVecs * 3];
+  MaskedColumns(const Geo& g, int pass) : sign(pass == 1 ? -1 : 1) {
+    const i64 W = g.W, n = g.H * W;
+    std::fill(mask, mask + (n + 15) / 16 * 3, std::uint16_t{0});
+    for (i64 kw = 0; kw < 3; ++kw) {
+      const i64 dc = sign * (kw - 1), lo = std::max<i64>(0, -dc), hi = std::min(W, W - dc);
+      for (i64 r = 0; r < g.H; ++r) {
         for (i64 i = r * W + lo, e = r * W + hi; i < e;) {
           const i64 l = i % 16, cnt = std::min<i64>(e - i, 16 - l);
-          mask[i / 16 * 9 + t] |= static_cast<std::uint16_t>(((1u << cnt) - 1u) << l);
+          mask[i / 16 * 3 + kw] |= static_cast<std::uint16_t>(((1u << cnt) - 1u) << l);
           i += cnt;
         }
       }
@@ -394,10 +391,10 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   // Non-temporal stores unless another activation reads the plane back.
   const bool stream = p.stream && (act == Activation::identity || relu);
   if (p.masked) {
-    const MaskedTable tab(g, 0);
+    const MaskedColumns cols(g, 0);
     run_masked(p, P, [&](i64 o0, i64 o1) {
-      kern.masked(
-          DwMasked{y, x, P, g.H * g.W, o0, o1, 1, g.Fg, g.F, w, bias, tab.off, tab.mask, relu});
+      kern.masked(DwMasked{y, x, P, o0, o1, 1, g.Fg, g.F, w, bias, static_cast<int>(g.W), cols.sign,
+                           cols.mask, relu});
       if (!relu) activation_forward_unchecked(act, y + o0 * P, (o1 - o0) * P);
     });
     return;
@@ -475,10 +472,10 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
   if (p.masked) {
-    const MaskedTable tab(g, 1);
+    const MaskedColumns cols(g, 1);
     run_masked(p, HW, [&](i64 o0, i64 o1) {
-      kern.masked(DwMasked{dx, dy, HW, g.OH * g.OW, o0, o1, g.Fg, 1, g.C, w, nullptr, tab.off,
-                           tab.mask, false});
+      kern.masked(DwMasked{dx, dy, HW, o0, o1, g.Fg, 1, g.C, w, nullptr, static_cast<int>(g.W),
+                           cols.sign, cols.mask, false});
       if (act != Activation::identity) {
         act_backward(act, x + o0 * HW, dx + o0 * HW, (o1 - o0) * HW);
       }
@@ -560,12 +557,12 @@ void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, cons
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums
-  if (p.masked) {                                  // whole 7 x 7 planes
-    const MaskedTable tab(g, 0);
+  if (p.masked) {
+    const MaskedColumns cols(g, 0);
     run_with_scratch(p.threads, p.run_inline, p.scratch_bytes(), [&](i64 t, i64 nthr, float*) {
       const i64 a = part_begin(t, nthr, p.items), b = part_begin(t + 1, nthr, p.items);
-      kern.masked_dots(
-          DwMaskedDots{dw, db, dy, x, g.H * g.W, a, b, g.N, g.F, g.C, g.Fg, tab.off, tab.mask});
+      kern.masked_dots(DwMaskedDots{dw, db, dy, x, g.H * g.W, a, b, g.N, g.F, g.C, g.Fg,
+                                    static_cast<int>(g.W), cols.mask});
     });
     return;
   }

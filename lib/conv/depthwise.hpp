@@ -177,47 +177,48 @@ struct DwLanesDots {
 };
 
 /// Masked planes (DwMasked; AVX-512): depthwise 3x3, stride 1, one row and column of padding,
-/// dilation 1, planes W = 7 or 14 wide (MobileNet's last stages), so that output pixel i
-/// reads tap t of the source plane in place at i + off[t] with
-/// off[t] = sign * ((t / 3 - 1) W + t % 3 - 1), all within 16 of i (sign +1 forward, -1
-/// backward data), the shifts constants of the kernel: no copy, no transpose. The lanes whose
-/// tap falls outside the plane or on the next row are masked off, by a table shared by every
-/// plane of the call:
-///   bit l of mask[v * 9 + t] set <=> output 16 v + l < n_out reads a source pixel at tap t.
-/// Forward (J = 1) and backward data (J = k filters a channel) over output planes [o0, o1):
-///   out[o * n_out + i] = act(init + sum over j < J, then the taps, where the mask bit is set,
-///     of w[f * 9 + t] * src[s * n_src + i + off[t]])
+/// dilation 1, planes W wide (W one of kDwMaskedWidths), so that source and output planes have
+/// the same n = H * W floats and output pixel i reads tap t of the source plane in place at
+/// i + sign * ((t / 3 - 1) W + t % 3 - 1) (sign +1 forward, -1 backward data): no copy, no
+/// transpose. Taps above the first row or below the last read nothing; the column taps
+/// (t % 3 = kw) are limited by a table of column masks shared by every plane of the call:
+///   bit l of colmask[v * 3 + kw] set <=> pixel i = 16 v + l < n, and column
+///   i % W + sign * (kw - 1) lies in [0, W)
+/// (kw = 1: the pixels of the plane). Forward (J = 1) and backward data (J = k filters a
+/// channel) over output planes [o0, o1):
+///   out[o * n + i] = act(init + sum over j < J, then the taps that read a pixel, of
+///     w[f * 9 + t] * src[s * n + i + offset of tap t])
 /// with s = (o * J + j) / sdiv, f = (o % fmod) * J + j, init = bias ? bias[f] : 0 (J = 1 when
-/// bias is set), act: relu if set, else none. Masked lanes are never read.
+/// bias is set), act: relu if set, else none. Nothing outside the planes is read.
 struct DwMasked {
   float* out;
   const float* src;
-  i64 n_out, n_src, o0, o1, J, sdiv, fmod;
+  i64 n, o0, o1, J, sdiv, fmod;
   const float* w;
   const float* bias;
-  const i64* off;
-  const std::uint16_t* mask;
+  int W, sign;
+  const std::uint16_t* colmask;
   bool relu;
 };
 
-/// Backward weights over masked planes (n floats each, x and dy alike: the forward's off and
-/// mask), filters [f0, f1): lane l < 16 of tap t sums, over images n' < N in order and then
-/// the plane's vectors in order, where the mask bit is set, dy[(n' * F + f) * n + i] *
-/// x[(n' * C + f / k) * n + i + off[t]] (i % 16 == l; fused multiply-adds); dw[f * 9 + t] =
-/// the 16 lane sums added pairwise (halves, then quarters, ...). db (if set): db[f] the same
-/// over dy alone.
+/// Backward weights over masked planes (as DwMasked, forward taps and column masks), filters
+/// [f0, f1): lane l < 16 of tap t sums, over images n' < N in order and then the plane's
+/// vectors in order, over the pixels i (i % 16 == l) whose tap t reads a pixel,
+/// dy[(n' * F + f) * n + i] * x[(n' * C + f / k) * n + i + offset of tap t] (fused
+/// multiply-adds); dw[f * 9 + t] = the 16 lane sums added pairwise (halves, then quarters,
+/// ...). db (if set): db[f] the same over dy alone.
 struct DwMaskedDots {
   float* dw;
   float* db;
   const float* dy;
   const float* x;
   i64 n, f0, f1, N, F, C, k;
-  const i64* off;
-  const std::uint16_t* mask;
+  int W;
+  const std::uint16_t* colmask;
 };
 
-/// Plane widths of the masked kernels (MobileNet's), and their most pixels a plane (the mask
-/// table, 9 x 2 bytes a vector, on the caller's stack).
+/// Plane widths of the masked kernels (MobileNet's), and their most pixels a plane (the
+/// column-mask table, 3 x 2 bytes a vector, on the caller's stack).
 inline constexpr i64 kDwMaskedWidths[] = {7, 14, 28, 56, 112};
 inline constexpr i64 kDwMaskedMaxPixels = 112 * 112;
 /// Backward weights on masked planes up to this width: from 56 wide the nine sums and the

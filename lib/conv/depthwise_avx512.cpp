@@ -67,8 +67,7 @@ struct Avx512 {
 // v is one valignd of the pair B_{v+q}, B_{v+q+1} (offset d = 16 q + r, 0 <= r < 16: lanes
 // r..), q and r constants: a few loads a vector at any alignment, not nine. Rows above and
 // below the plane read the zero vectors; the column taps kw = 0 and 2 are masked by the
-// table's entries of taps 3 and 5 (the middle row's: column and plane bits only), kw = 1
-// needs no mask (lanes past the plane are not stored). kSign: +1 forward
+// call's column masks, kw = 1 needs no mask (lanes past the plane are not stored). kSign: +1 forward
 // (d = (kh - 1) kW + kw - 1), -1 backward data (d negated). U output vectors in flight,
 // B_{v0+kQmin} .. B_{v0+U+kQmax} in registers (the check-ukernel-asm test: no spills).
 template <int kW>
@@ -116,13 +115,17 @@ inline __attribute__((always_inline)) __m512 window_tap(int t, const __m512* b, 
   return r == 0 ? lo : align_lanes(hi, lo, r);
 }
 
-// Vector i of a plane of n floats in nv vectors: zero outside the plane, the last one's lanes
-// past n zero (its lane mask made here from the count: as a mask variable it was reloaded
-// from the stack in the loops).
+// The first `lanes` lanes, and vector i of a plane of n floats in nv vectors: zero outside the
+// plane, the last one's lanes past n zero. The last vector's mask is made where used from the
+// lanes left (as a mask variable it was reloaded from the stack in the loops).
+inline __attribute__((always_inline)) __mmask16 tail_mask(i64 lanes) {
+  return _cvtu32_mask16((1u << lanes) - 1u);
+}
+
 inline __attribute__((always_inline)) __m512 plane_vec(const float* p, i64 i, i64 nv, i64 n) {
   if (i < 0 || i >= nv) return _mm512_setzero_ps();
   if (i + 1 < nv) return _mm512_loadu_ps(p + 16 * i);
-  return _mm512_maskz_loadu_ps(_cvtu32_mask16((1u << (n - 16 * i)) - 1u), p + 16 * i);
+  return _mm512_maskz_loadu_ps(tail_mask(n - 16 * i), p + 16 * i);
 }
 
 // The kB vectors of a block's window: b[u] = B_{v0 + kQmin + u} of the plane at p.
@@ -135,11 +138,7 @@ inline __attribute__((always_inline)) void load_window(__m512* b, const float* p
 
 template <int kSign, int kW>
 void masked_window(const DwMasked& a) {
-  const i64 nvec = (a.n_out + 15) / 16, nsv = (a.n_src + 15) / 16;
-  // The last vectors' lane masks, made where used from the lanes left (as mask variables
-  // they were spilled to the stack and reloaded in the loops).
-  const i64 n_out = a.n_out, n_src = a.n_src;
-  auto lanes_mask = [](i64 n) { return _cvtu32_mask16((1u << n) - 1u); };
+  const i64 n = a.n, nvec = (n + 15) / 16;
   // U output vectors from v0 of the plane at out, from the source plane src, weights wf.
   // kFirst: the sums start at init (else at out); kRelu: relu at the store. Template
   // arguments: as run-time flags they were kept on the stack in the loop. The weights are
@@ -150,17 +149,15 @@ void masked_window(const DwMasked& a) {
                                                    __m512 init, i64 v0) {
     constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;
     __m512 b[kB], acc[U];
-    load_window<kW, kB>(b, src, v0, nsv, n_src);
+    load_window<kW, kB>(b, src, v0, nvec, n);
 #pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) acc[u] = kFirst ? init : plane_vec(out, v0 + u, nvec, n_out);
-      // Taps column by column: a column's mask (kw = 0: tap 3's, kw = 2: tap 5's) serves its
-      // three taps.
+    for (int u = 0; u < U; ++u) acc[u] = kFirst ? init : plane_vec(out, v0 + u, nvec, n);
+      // Taps column by column: a column's mask serves its three taps.
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
       __mmask16 k[U];
 #pragma GCC unroll 4
-      for (int u = 0; u < U; ++u)
-        k[u] = kw == 1 ? __mmask16(0xFFFF) : a.mask[(v0 + u) * 9 + 3 + kw];
+      for (int u = 0; u < U; ++u) k[u] = kw == 1 ? __mmask16(0xFFFF) : a.colmask[(v0 + u) * 3 + kw];
 #pragma GCC unroll 3
       for (int kh = 0; kh < 3; ++kh) {
         const int t = kh * 3 + kw;
@@ -180,7 +177,7 @@ void masked_window(const DwMasked& a) {
       if (v + 1 < nvec) {
         _mm512_storeu_ps(out + 16 * v, r);
       } else {
-        _mm512_mask_storeu_ps(out + 16 * v, lanes_mask(n_out - 16 * v), r);
+        _mm512_mask_storeu_ps(out + 16 * v, tail_mask(n - 16 * v), r);
       }
     }
   };
@@ -201,11 +198,11 @@ void masked_window(const DwMasked& a) {
   };
   // Output plane o's filter and first source plane, by counters (no division a plane).
   i64 fo = a.o0 % a.fmod, sphase = a.o0 * a.J % a.sdiv;
-  const float* src0 = a.src + a.o0 * a.J / a.sdiv * a.n_src;
+  const float* src0 = a.src + a.o0 * a.J / a.sdiv * n;
   for (i64 o = a.o0; o < a.o1; ++o) {
-    float* out = a.out + o * a.n_out;
+    float* out = a.out + o * n;
     const float* src = src0;
-    for (i64 j = 0; j < a.J; ++j, src += a.n_src) {
+    for (i64 j = 0; j < a.J; ++j, src += n) {
       const i64 f = fo * a.J + j;
       const float* wf = a.w + f * 9;
       const __m512 init = _mm512_set1_ps(j == 0 && a.bias != nullptr ? a.bias[f] : 0.0f);
@@ -220,7 +217,7 @@ void masked_window(const DwMasked& a) {
     }
     if (++fo == a.fmod) fo = 0;
     sphase += a.J;  // the next output plane's first source plane
-    src0 += sphase / a.sdiv * a.n_src;
+    src0 += sphase / a.sdiv * n;
     sphase %= a.sdiv;
   }
 }
@@ -240,8 +237,9 @@ constexpr __mmask16 mask_7x7(int u, int kw) {
 
 // A whole 7 x 7 plane (49 floats: four vectors, the last of one lane), straight-line:
 // B_{-1} and B_4 zero, B_0..B_3 loaded, every tap's shifted vectors constant valignds, the
-// column taps masked by the table's kw = 0 and kw = 2 masks (lanes past the plane are not
-// stored). Forward and backward data with one source plane an output plane (J = 1).
+// column taps masked by constant masks (mask_7x7; lanes past the plane are not stored), the
+// weights embedded broadcasts as in masked_window. Forward and backward data with one
+// source plane an output plane (J = 1).
 template <int kSign, bool kRelu>
 void masked_7x7(const DwMasked& a) {
   i64 fo = a.o0 % a.fmod, sphase = a.o0 % a.sdiv;
@@ -249,7 +247,6 @@ void masked_7x7(const DwMasked& a) {
   float* out = a.out + a.o0 * 49;
   for (i64 o = a.o0; o < a.o1; ++o, out += 49) {
     const float* wf = a.w + fo * 9;
-    // The weights: embedded broadcasts (as in masked_window).
     const __m512 b[6] = {_mm512_setzero_ps(),
                          _mm512_loadu_ps(src),
                          _mm512_loadu_ps(src + 16),
@@ -306,7 +303,7 @@ inline float hsum_tree(__m512 v) {
 // in registers over a filter's images; per image the x plane's B vectors and dy's four loaded
 // once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
 // (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite), by the
-// constant masks (the table's off and mask are those of this geometry).
+// constant masks (the call's column masks for this geometry).
 void masked_dots_7x7(const DwMaskedDots& a) {
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled (an indexed access
@@ -365,8 +362,8 @@ void masked_dots_7x7(const DwMaskedDots& a) {
 // Backward weights over masked planes 7, 14 or 28 wide (DwMaskedDots): the
 // nine taps' lane sums in registers over a filter's images; per block of U vectors the B
 // vectors and dy's loaded once, each tap's shifted x vectors constant valignds as in
-// masked_window. Every tap is masked by the table (kw = 1 by the plane bits: past the plane
-// dy is zero but x may not be finite).
+// masked_window. Every tap is masked by the call's column masks (kw = 1 by the plane bits:
+// past the plane dy is zero but x may not be finite).
 template <int kW>
 void masked_dots_window(const DwMaskedDots& a) {
   const i64 n = a.n, nvec = (n + 15) / 16;
@@ -387,7 +384,7 @@ void masked_dots_window(const DwMaskedDots& a) {
         for (int u = 0; u < U; ++u) dv[u] = plane_vec(d, v0 + u, nvec, n);
 #pragma GCC unroll 4
         for (int u = 0; u < U; ++u) {
-          const std::uint16_t* m = a.mask + (v0 + u) * 9 + 3;  // kw = 0, 1, 2: taps 3, 4, 5
+          const std::uint16_t* m = a.colmask + (v0 + u) * 3;  // kw = 0, 1, 2
 #pragma GCC unroll 9
           for (int t = 0; t < 9; ++t) {
             acc[t] = _mm512_mask3_fmadd_ps(dv[u], window_tap<1, kW>(t, b, u), acc[t], m[t % 3]);
@@ -418,7 +415,7 @@ void masked_dots_window(const DwMaskedDots& a) {
 
 void masked_dots_avx512(const DwMaskedDots& a) {
   if (a.n == 49) return masked_dots_7x7(a);  // whole 7 x 7 planes: straight-line
-  switch (a.off[7]) {  // W (the forward's offsets), at most kDwMaskedDotsMaxWidth
+  switch (a.W) {                             // at most kDwMaskedDotsMaxWidth
     case 7: return masked_dots_window<7>(a);
     case 14: return masked_dots_window<14>(a);
     default: return masked_dots_window<28>(a);
@@ -426,12 +423,11 @@ void masked_dots_avx512(const DwMaskedDots& a) {
 }
 
 void masked_avx512(const DwMasked& a) {
-  if (a.n_out == 49 && a.n_src == 49 && a.J == 1) {  // whole 7 x 7 planes
-    if (a.off[7] > 0) return a.relu ? masked_7x7<1, true>(a) : masked_7x7<1, false>(a);
+  if (a.n == 49 && a.J == 1) {  // whole 7 x 7 planes
+    if (a.sign > 0) return a.relu ? masked_7x7<1, true>(a) : masked_7x7<1, false>(a);
     return a.relu ? masked_7x7<-1, true>(a) : masked_7x7<-1, false>(a);
   }
-  // off[7] = sign * W (DwMasked: 3x3, W one of kDwMaskedWidths).
-  switch (a.off[7]) {
+  switch (a.sign * a.W) {  // W one of kDwMaskedWidths
     case 7: return masked_window<1, 7>(a);
     case -7: return masked_window<-1, 7>(a);
     case 14: return masked_window<1, 14>(a);
