@@ -299,6 +299,19 @@ inline float hsum_tree(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
+// db[f] of DwMaskedDots: filter f's dy planes summed by lanes, images and vectors in order,
+// then the lanes pairwise. A second pass over the (cached) planes after the tap sums: in
+// their loop it would take a register from them.
+float dy_sum(const DwMaskedDots& a, i64 f) {
+  const i64 nvec = (a.n + 15) / 16;
+  __m512 bsum = _mm512_setzero_ps();
+  for (i64 im = 0; im < a.N; ++im) {
+    const float* d = a.dy + (im * a.F + f) * a.n;
+    for (i64 v = 0; v < nvec; ++v) bsum = _mm512_add_ps(bsum, plane_vec(d, v, nvec, a.n));
+  }
+  return hsum_tree(bsum);
+}
+
 // Backward weights over whole 7 x 7 planes (DwMaskedDots): the nine taps' lane sums and dy's
 // in registers over a filter's images; per image the x plane's B vectors and dy's four loaded
 // once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
@@ -345,17 +358,7 @@ void masked_dots_7x7(const DwMaskedDots& a) {
     }
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
-    if (a.db != nullptr) {  // a second pass over the (cached) dy planes: a register freed
-      __m512 bsum = _mm512_setzero_ps();
-      for (i64 n = 0; n < a.N; ++n) {
-        const float* d = a.dy + (n * a.F + f) * 49;
-        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d));
-        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d + 16));
-        bsum = _mm512_add_ps(bsum, _mm512_loadu_ps(d + 32));
-        bsum = _mm512_add_ps(bsum, _mm512_maskz_loadu_ps(1, d + 48));
-      }
-      a.db[f] = hsum_tree(bsum);
-    }
+    if (a.db != nullptr) a.db[f] = dy_sum(a, f);
   }
 }
 
@@ -402,14 +405,7 @@ void masked_dots_window(const DwMaskedDots& a) {
     }
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
-    if (a.db != nullptr) {  // a second pass over the dy planes: a register freed
-      __m512 bsum = _mm512_setzero_ps();
-      for (i64 im = 0; im < a.N; ++im) {
-        const float* d = a.dy + (im * a.F + f) * n;
-        for (i64 v = 0; v < nvec; ++v) bsum = _mm512_add_ps(bsum, plane_vec(d, v, nvec, n));
-      }
-      a.db[f] = hsum_tree(bsum);
-    }
+    if (a.db != nullptr) a.db[f] = dy_sum(a, f);
   }
 }
 
