@@ -691,7 +691,7 @@ TEST_CASE(
                           {2, 3, 7, 6, 1},   {1, 9, 7, 7, 3},   {1, 2, 15, 15, 1},
                           {2, 3, 28, 28, 1}, {1, 2, 3, 56, 2},  {2, 2, 5, 112, 1},
                           {1, 3, 4, 28, 3},  {1, 2, 1, 112, 1}, {1, 2, 6, 56, 1},
-                          {1, 2, 4, 113, 1}};
+                          {1, 2, 4, 113, 1}, {1, 2, 28, 7, 1}};
   im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, masked_runs = 0;
   for (const auto& r : L) {
@@ -711,11 +711,8 @@ TEST_CASE(
                                   std::end(im2gemm::detail::kDwMaskedWidths),
                                   s.in_width) != std::end(im2gemm::detail::kDwMaskedWidths);
     for (int pass = 0; pass < 3; ++pass) {
-      // backward weights: up to kDwMaskedDotsMaxWidth
-      const bool dots = s.in_width <= im2gemm::detail::kDwMaskedDotsMaxWidth;
       CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx512).masked ==
-            (narrow && (pass != 2 || dots) &&
-             im2gemm::detail::isa_clamp(Isa::avx512) == Isa::avx512));
+            (narrow && im2gemm::detail::isa_clamp(Isa::avx512) == Isa::avx512));
       CHECK_FALSE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).masked);
       Conv2dShape strided = s, unpadded = s;
       strided.stride_width = 2;

@@ -137,12 +137,12 @@ bool lanes_eligible(const Geo& g, int pass) {
 }
 
 // Masked planes (DwMasked, DwMaskedDots): depthwise 3x3 "same" planes (one row and column of
-// padding, stride and dilation 1) of the widths of kDwMaskedWidths, backward weights up to
-// kDwMaskedDotsMaxWidth, where the ISA has the kernels. Measured ahead of channels on lanes
-// (7, 28, 56 wide) and of the row kernels (112) on the grouped suite's layers.
+// padding, stride and dilation 1) of the widths of kDwMaskedWidths, where the ISA has the
+// kernels. Measured ahead of channels on lanes (7, 28, 56 wide) and of the row kernels (112)
+// on the grouped suite's layers, every pass.
 bool masked_eligible(const Geo& g, int pass, Isa isa) {
   const DwKernels& k = dw_kernels(isa);
-  if (pass == 2 && (g.W > kDwMaskedDotsMaxWidth || k.masked_dots == nullptr)) return false;
+  if (pass == 2 && k.masked_dots == nullptr) return false;
   return g.Cg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 1 && g.SW == 1 && g.PH == 1 && g.PW == 1 &&
          g.DH == 1 && g.DW == 1 && g.H * g.W <= kDwMaskedMaxPixels &&
          std::find(std::begin(kDwMaskedWidths), std::end(kDwMaskedWidths), g.W) !=

@@ -221,11 +221,6 @@ struct DwMaskedDots {
 /// column-mask table, 3 x 2 bytes a vector, on the caller's stack).
 inline constexpr i64 kDwMaskedWidths[] = {7, 14, 28, 56, 112};
 inline constexpr i64 kDwMaskedMaxPixels = 112 * 112;
-/// Backward weights on masked planes up to this width: from 56 wide the nine sums and the
-/// three tap rows' B vectors leave one output vector a block, and the kernel ran behind
-/// channels on lanes (mbv2_dw_b1: 0.104-0.107 against 0.091-0.092 ms) and level with the
-/// row kernels (mbv1_dw1).
-inline constexpr i64 kDwMaskedDotsMaxWidth = 28;
 
 using DwMaskedFn = void (*)(const DwMasked&);
 using DwMaskedDotsFn = void (*)(const DwMaskedDots&);

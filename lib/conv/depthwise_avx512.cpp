@@ -128,12 +128,27 @@ inline __attribute__((always_inline)) __m512 plane_vec(const float* p, i64 i, i6
   return _mm512_maskz_loadu_ps(tail_mask(n - 16 * i), p + 16 * i);
 }
 
-// The kB vectors of a block's window: b[u] = B_{v0 + kQmin + u} of the plane at p.
-template <int kW, int kB>
+// Vector i of a plane, unchecked where kInner (the caller knows it whole and inside).
+template <bool kInner>
+inline __attribute__((always_inline)) __m512 plane_vec(const float* p, i64 i, i64 nv, i64 n) {
+  return kInner ? _mm512_loadu_ps(p + 16 * i) : plane_vec(p, i, nv, n);
+}
+
+// The kB vectors of a block's window: b[u] = B_{v0 + kQmin + u} of the plane at p. kInner:
+// all of them whole vectors inside the plane (inner_block), loaded without the checks (two
+// compares and branches a vector, as many instructions as the block's FMAs).
+template <int kW, int kB, bool kInner>
 inline __attribute__((always_inline)) void load_window(__m512* b, const float* p, i64 v0, i64 nv,
                                                        i64 n) {
 #pragma GCC unroll 24
-  for (int u = 0; u < kB; ++u) b[u] = plane_vec(p, v0 + kQmin<kW> + u, nv, n);
+  for (int u = 0; u < kB; ++u) b[u] = plane_vec<kInner>(p, v0 + kQmin<kW> + u, nv, n);
+}
+
+// Whether the window of the block of U output vectors from v0 (B_{v0+kQmin} ..
+// B_{v0+U+kQmax}) lies in the plane's whole vectors (all but the last of the nv).
+template <int kW, int U>
+inline bool inner_block(i64 v0, i64 nv) {
+  return v0 + kQmin<kW> >= 0 && v0 + U + kQmax<kW> < nv - 1;
 }
 
 template <int kSign, int kW>
@@ -145,13 +160,14 @@ void masked_window(const DwMasked& a) {
   // broadcast from memory at each FMA: nine registers held them and pushed the sums and B
   // vectors to the stack. The lambdas are made once, outside the plane loop (made a plane,
   // their captures were stored through vector registers to the stack every plane).
-  auto block = [&]<int U, bool kFirst, bool kRelu>(const float* src, float* out, const float* wf,
-                                                   __m512 init, i64 v0) {
+  auto block = [&]<int U, bool kFirst, bool kRelu, bool kInner>(const float* src, float* out,
+                                                                const float* wf, __m512 init,
+                                                                i64 v0) {
     constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;
     __m512 b[kB], acc[U];
-    load_window<kW, kB>(b, src, v0, nvec, n);
+    load_window<kW, kB, kInner>(b, src, v0, nvec, n);
 #pragma GCC unroll 4
-    for (int u = 0; u < U; ++u) acc[u] = kFirst ? init : plane_vec(out, v0 + u, nvec, n);
+    for (int u = 0; u < U; ++u) acc[u] = kFirst ? init : plane_vec<kInner>(out, v0 + u, nvec, n);
       // Taps column by column: a column's mask serves its three taps.
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
@@ -174,7 +190,7 @@ void masked_window(const DwMasked& a) {
     for (int u = 0; u < U; ++u) {
       const i64 v = v0 + u;
       const __m512 r = kRelu ? Avx512::relu(acc[u]) : acc[u];
-      if (v + 1 < nvec) {
+      if (kInner || v + 1 < nvec) {
         _mm512_storeu_ps(out + 16 * v, r);
       } else {
         _mm512_mask_storeu_ps(out + 16 * v, tail_mask(n - 16 * v), r);
@@ -187,12 +203,23 @@ void masked_window(const DwMasked& a) {
     // not all fit in registers beside four sums.
     constexpr int kU = kW >= 112 ? 2 : 4;
     i64 v = 0;
-    for (; v + kU <= nvec; v += kU)
-      block.template operator()<kU, kFirst, kRelu>(src, out, wf, init, v);
-    switch (nvec - v) {
-      case 3: block.template operator()<3, kFirst, kRelu>(src, out, wf, init, v); break;
-      case 2: block.template operator()<2, kFirst, kRelu>(src, out, wf, init, v); break;
-      case 1: block.template operator()<1, kFirst, kRelu>(src, out, wf, init, v); break;
+    for (; v + kU <= nvec; v += kU) {
+      if (inner_block<kW, kU>(v, nvec)) {
+        block.template operator()<kU, kFirst, kRelu, true>(src, out, wf, init, v);
+      } else {
+        block.template operator()<kU, kFirst, kRelu, false>(src, out, wf, init, v);
+      }
+    }
+    switch (nvec - v) {  // fewer than kU left
+      case 3:
+        if constexpr (kU > 3)
+          block.template operator()<3, kFirst, kRelu, false>(src, out, wf, init, v);
+        break;
+      case 2:
+        if constexpr (kU > 2)
+          block.template operator()<2, kFirst, kRelu, false>(src, out, wf, init, v);
+        break;
+      case 1: block.template operator()<1, kFirst, kRelu, false>(src, out, wf, init, v); break;
       default: break;
     }
   };
@@ -362,9 +389,9 @@ void masked_dots_7x7(const DwMaskedDots& a) {
   }
 }
 
-// Backward weights over masked planes 7, 14 or 28 wide (DwMaskedDots): the
-// nine taps' lane sums in registers over a filter's images; per block of U vectors the B
-// vectors and dy's loaded once, each tap's shifted x vectors constant valignds as in
+// Backward weights over masked planes of any of the widths (DwMaskedDots): the
+// nine taps' lane sums in registers over a filter's images; per block of U vectors (four,
+// two on 112-wide planes, as in masked_window) the B vectors and dy's loaded once, each tap's shifted x vectors constant valignds as in
 // masked_window. Every tap is masked by the call's column masks (kw = 1 by the plane bits:
 // past the plane dy is zero but x may not be finite).
 template <int kW>
@@ -379,12 +406,12 @@ void masked_dots_window(const DwMaskedDots& a) {
     for (i64 im = 0; im < a.N; ++im) {
       const float* xs = a.x + (im * a.C + c) * n;
       const float* d = a.dy + (im * a.F + f) * n;
-      auto block = [&]<int U>(i64 v0) {
+      auto block = [&]<int U, bool kInner>(i64 v0) __attribute__((always_inline)) {
         constexpr int kB = U + kQmax<kW> - kQmin<kW> + 1;
         __m512 b[kB], dv[U];
-        load_window<kW, kB>(b, xs, v0, nvec, n);
+        load_window<kW, kB, kInner>(b, xs, v0, nvec, n);
 #pragma GCC unroll 4
-        for (int u = 0; u < U; ++u) dv[u] = plane_vec(d, v0 + u, nvec, n);
+        for (int u = 0; u < U; ++u) dv[u] = plane_vec<kInner>(d, v0 + u, nvec, n);
 #pragma GCC unroll 4
         for (int u = 0; u < U; ++u) {
           const std::uint16_t* m = a.colmask + (v0 + u) * 3;  // kw = 0, 1, 2
@@ -394,12 +421,23 @@ void masked_dots_window(const DwMaskedDots& a) {
           }
         }
       };
+      constexpr int kU = kW >= 112 ? 2 : 4;
       i64 v = 0;
-      for (; v + 4 <= nvec; v += 4) block.template operator()<4>(v);
-      switch (nvec - v) {
-        case 3: block.template operator()<3>(v); break;
-        case 2: block.template operator()<2>(v); break;
-        case 1: block.template operator()<1>(v); break;
+      for (; v + kU <= nvec; v += kU) {
+        if (inner_block<kW, kU>(v, nvec)) {
+          block.template operator()<kU, true>(v);
+        } else {
+          block.template operator()<kU, false>(v);
+        }
+      }
+      switch (nvec - v) {  // fewer than kU left
+        case 3:
+          if constexpr (kU > 3) block.template operator()<3, false>(v);
+          break;
+        case 2:
+          if constexpr (kU > 2) block.template operator()<2, false>(v);
+          break;
+        case 1: block.template operator()<1, false>(v); break;
         default: break;
       }
     }
@@ -411,10 +449,12 @@ void masked_dots_window(const DwMaskedDots& a) {
 
 void masked_dots_avx512(const DwMaskedDots& a) {
   if (a.n == 49) return masked_dots_7x7(a);  // whole 7 x 7 planes: straight-line
-  switch (a.W) {                             // at most kDwMaskedDotsMaxWidth
+  switch (a.W) {                             // W one of kDwMaskedWidths
     case 7: return masked_dots_window<7>(a);
     case 14: return masked_dots_window<14>(a);
-    default: return masked_dots_window<28>(a);
+    case 28: return masked_dots_window<28>(a);
+    case 56: return masked_dots_window<56>(a);
+    default: return masked_dots_window<112>(a);
   }
 }
 
