@@ -206,7 +206,8 @@ struct DwMasked {
 /// vectors in order, over the pixels i (i % 16 == l) whose tap t reads a pixel,
 /// dy[(n' * F + f) * n + i] * x[(n' * C + f / k) * n + i + offset of tap t] (fused
 /// multiply-adds); dw[f * 9 + t] = the 16 lane sums added pairwise (halves, then quarters,
-/// ...). db (if set): db[f] the same over dy alone.
+/// ...). db (if set): db[f] the same over dy alone. Whole 7 x 7 planes (n = 49): pixel 48's
+/// products (and dy values) summed over the images apart, added to those sums last.
 struct DwMaskedDots {
   float* dw;
   float* db;

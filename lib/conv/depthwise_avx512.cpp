@@ -67,9 +67,9 @@ struct Avx512 {
 // v is one valignd of the pair B_{v+q}, B_{v+q+1} (offset d = 16 q + r, 0 <= r < 16: lanes
 // r..), q and r constants: a few loads a vector at any alignment, not nine. Rows above and
 // below the plane read the zero vectors; the column taps kw = 0 and 2 are masked by the
-// call's column masks, kw = 1 needs no mask (lanes past the plane are not stored). kSign: +1 forward
-// (d = (kh - 1) kW + kw - 1), -1 backward data (d negated). U output vectors in flight,
-// B_{v0+kQmin} .. B_{v0+U+kQmax} in registers (the check-ukernel-asm test: no spills).
+// call's column masks, kw = 1 needs no mask (lanes past the plane are not stored). kSign: +1
+// forward (d = (kh - 1) kW + kw - 1), -1 backward data (d negated). U output vectors in
+// flight, B_{v0+kQmin} .. B_{v0+U+kQmax} in registers (the check-ukernel-asm test: no spills).
 template <int kW>
 inline constexpr int kQmin = -((kW + 1 + 15) / 16);  // floor(-(kW + 1) / 16)
 template <int kW>
@@ -326,9 +326,9 @@ inline float hsum_tree(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
-// db[f] of DwMaskedDots: filter f's dy planes summed by lanes, images and vectors in order,
-// then the lanes pairwise. A second pass over the (cached) planes after the tap sums: in
-// their loop it would take a register from them.
+// db[f] of DwMaskedDots (masked_dots_window): filter f's dy planes summed by lanes, images
+// and vectors in order, then the lanes pairwise. A second pass over the (cached) planes after
+// the tap sums: in their loop it would take a register from them.
 float dy_sum(const DwMaskedDots& a, i64 f) {
   const i64 nvec = (a.n + 15) / 16;
   __m512 bsum = _mm512_setzero_ps();
@@ -339,36 +339,43 @@ float dy_sum(const DwMaskedDots& a, i64 f) {
   return hsum_tree(bsum);
 }
 
-// Backward weights over whole 7 x 7 planes (DwMaskedDots): the nine taps' lane sums and dy's
-// in registers over a filter's images; per image the x plane's B vectors and dy's four loaded
-// once, each tap's shifted x vectors constant valignds as in masked_7x7. Every tap is masked
-// (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite), by the
-// constant masks (the call's column masks for this geometry).
+// Backward weights over whole 7 x 7 planes (DwMaskedDots): the nine taps' lane sums (and
+// dy's, kDb) in registers over a filter's images; per image the x plane's B vectors and dy's
+// first three vectors loaded once, each tap's shifted x vectors constant valignds as in
+// masked_7x7, every tap masked (kw = 1 by the plane bits) by constant masks. Pixel 48, alone
+// in a fourth vector, is four products of one 128-bit FMA, summed over the images apart and
+// added to the taps' lane sums last. db in the same loop (no second pass over dy). Planes
+// kAhead images on are prefetched.
+template <int kAhead, bool kDb>
 void masked_dots_7x7(const DwMaskedDots& a) {
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled (an indexed access
     // gives it an address: the sums then lived on the stack).
-    __m512 acc[9];
+    __m512 acc[9], bsum = _mm512_setzero_ps();
+    __m128 corner = _mm_setzero_ps();
+    float bcorner = 0.0f;
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
     const i64 c = f / a.k;
+    // The planes kAhead images on (of this filter, then the next), C and F planes apart: no
+    // stream for the hardware to follow.
+    i64 pn = a.N > kAhead ? kAhead : 0, pf = a.N > kAhead ? f : f + 1;
     for (i64 n = 0; n < a.N; ++n) {
       const float* xs = a.x + (n * a.C + c) * 49;
       const float* d = a.dy + (n * a.F + f) * 49;
-      if (n + 1 < a.N) {  // the next image's planes (C and F planes apart)
-        for (int l = 0; l < 196; l += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(xs + a.C * 49) + l, _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(d + a.F * 49) + l, _MM_HINT_T0);
+      if (pf < a.f1) {
+        const char* px = reinterpret_cast<const char*>(a.x + (pn * a.C + pf / a.k) * 49);
+        const char* pd = reinterpret_cast<const char*>(a.dy + (pn * a.F + pf) * 49);
+        for (int l : {0, 64, 128, 195}) {  // every line of 196 bytes at any offset
+          _mm_prefetch(px + l, _MM_HINT_T0);
+          _mm_prefetch(pd + l, _MM_HINT_T0);
         }
       }
-      const __m512 b[6] = {_mm512_setzero_ps(),
-                           _mm512_loadu_ps(xs),
-                           _mm512_loadu_ps(xs + 16),
-                           _mm512_loadu_ps(xs + 32),
-                           _mm512_maskz_loadu_ps(1, xs + 48),
-                           _mm512_setzero_ps()};
-      const __m512 dv[4] = {_mm512_loadu_ps(d), _mm512_loadu_ps(d + 16), _mm512_loadu_ps(d + 32),
-                            _mm512_maskz_loadu_ps(1, d + 48)};
+      if (++pn == a.N) pn = 0, ++pf;
+      // B_{-1} .. B_3 (B_3: pixel 48 alone), dy's first three vectors.
+      const __m512 b[5] = {_mm512_setzero_ps(), _mm512_loadu_ps(xs), _mm512_loadu_ps(xs + 16),
+                           _mm512_loadu_ps(xs + 32), _mm512_maskz_loadu_ps(1, xs + 48)};
+      const __m512 dv[3] = {_mm512_loadu_ps(d), _mm512_loadu_ps(d + 16), _mm512_loadu_ps(d + 32)};
       // Vector by vector, the nine taps' chains side by side (u a constant: its masks
       // immediates, its B vectors named registers).
       auto vec = [&]<int u>() {
@@ -381,19 +388,34 @@ void masked_dots_7x7(const DwMaskedDots& a) {
       vec.template operator()<0>();
       vec.template operator()<1>();
       vec.template operator()<2>();
-      vec.template operator()<3>();
+      // Pixel 48, the last corner, reads four taps: x[40], x[41], x[47], x[48] for taps 0, 1,
+      // 3, 4 (as a fourth vector: nine FMAs and shuffles for one lane).
+      const __m128 xc =
+          _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xs + 40))),
+                       reinterpret_cast<const __m64*>(xs + 47));
+      corner = _mm_fmadd_ps(_mm_set1_ps(d[48]), xc, corner);
+      if (kDb) {
+        bsum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(bsum, dv[0]), dv[1]), dv[2]);
+        bcorner += d[48];
+      }
     }
+    alignas(16) float c4[4];
+    _mm_store_ps(c4, corner);
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
-    if (a.db != nullptr) a.db[f] = dy_sum(a, f);
+    a.dw[f * 9 + 0] += c4[0];
+    a.dw[f * 9 + 1] += c4[1];
+    a.dw[f * 9 + 3] += c4[2];
+    a.dw[f * 9 + 4] += c4[3];
+    if (kDb) a.db[f] = hsum_tree(bsum) + bcorner;
   }
 }
 
-// Backward weights over masked planes of any of the widths (DwMaskedDots): the
-// nine taps' lane sums in registers over a filter's images; per block of U vectors (four,
-// two on 112-wide planes, as in masked_window) the B vectors and dy's loaded once, each tap's shifted x vectors constant valignds as in
-// masked_window. Every tap is masked by the call's column masks (kw = 1 by the plane bits:
-// past the plane dy is zero but x may not be finite).
+// Backward weights over masked planes of any of the widths (DwMaskedDots): the nine taps'
+// lane sums in registers over a filter's images; per block of U vectors (four, two on
+// 112-wide planes, as in masked_window) the B vectors and dy's loaded once, each tap's
+// shifted x vectors constant valignds as in masked_window. Every tap is masked by the call's
+// column masks (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite).
 template <int kW>
 void masked_dots_window(const DwMaskedDots& a) {
   const i64 n = a.n, nvec = (n + 15) / 16;
@@ -448,8 +470,10 @@ void masked_dots_window(const DwMaskedDots& a) {
 }
 
 void masked_dots_avx512(const DwMaskedDots& a) {
-  if (a.n == 49) return masked_dots_7x7(a);  // whole 7 x 7 planes: straight-line
-  switch (a.W) {                             // W one of kDwMaskedWidths
+  if (a.n == 49)
+    return a.db ? masked_dots_7x7<1, true>(a)
+                : masked_dots_7x7<1, false>(a);  // whole 7 x 7 planes: straight-line
+  switch (a.W) {                                 // W one of kDwMaskedWidths
     case 7: return masked_dots_window<7>(a);
     case 14: return masked_dots_window<14>(a);
     case 28: return masked_dots_window<28>(a);
