@@ -262,11 +262,11 @@ constexpr __mmask16 mask_7x7(int u, int kw) {
   return static_cast<__mmask16>(m);
 }
 
-// A whole 7 x 7 plane (49 floats: four vectors, the last of one lane), straight-line:
-// B_{-1} and B_4 zero, B_0..B_3 loaded, every tap's shifted vectors constant valignds, the
-// column taps masked by constant masks (mask_7x7; lanes past the plane are not stored), the
-// weights embedded broadcasts as in masked_window. Forward and backward data with one
-// source plane an output plane (J = 1).
+// A whole 7 x 7 plane (49 floats), straight-line: pixels 0 .. 47 in three output vectors,
+// B_{-1} zero, B_0..B_3 loaded (B_3: pixel 48 alone), every tap's shifted vectors constant
+// valignds, the column taps masked by constant masks (mask_7x7), the weights embedded
+// broadcasts as in masked_window; pixel 48 by four scalar FMAs. Forward and backward data
+// with one source plane an output plane (J = 1).
 template <int kSign, bool kRelu>
 void masked_7x7(const DwMasked& a) {
   i64 fo = a.o0 % a.fmod, sphase = a.o0 % a.sdiv;
@@ -274,38 +274,44 @@ void masked_7x7(const DwMasked& a) {
   float* out = a.out + a.o0 * 49;
   for (i64 o = a.o0; o < a.o1; ++o, out += 49) {
     const float* wf = a.w + fo * 9;
-    const __m512 b[6] = {_mm512_setzero_ps(),
-                         _mm512_loadu_ps(src),
-                         _mm512_loadu_ps(src + 16),
-                         _mm512_loadu_ps(src + 32),
-                         _mm512_maskz_loadu_ps(1, src + 48),
-                         _mm512_setzero_ps()};
-    __m512 acc[4];
-    const __m512 init = _mm512_set1_ps(a.bias != nullptr ? a.bias[fo] : 0.0f);
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) acc[u] = init;
+    // B_{-1} .. B_3 (B_3: pixel 48 alone); pixels 0 .. 47 in three vectors.
+    const __m512 b[5] = {_mm512_setzero_ps(), _mm512_loadu_ps(src), _mm512_loadu_ps(src + 16),
+                         _mm512_loadu_ps(src + 32), _mm512_maskz_loadu_ps(1, src + 48)};
+    __m512 acc[3];
+    const float bias = a.bias != nullptr ? a.bias[fo] : 0.0f;
+    const __m512 init = _mm512_set1_ps(bias);
+    // Pixel 48 (row and column 6) by scalar FMAs in the vectors' order (bitwise as a lane):
+    // four taps read the plane (as a fourth vector: nine FMAs and shuffles for one lane).
+    __m128 corner = _mm_set_ss(bias);
+#pragma GCC unroll 3
+    for (int u = 0; u < 3; ++u) acc[u] = init;
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw) {
 #pragma GCC unroll 3
       for (int kh = 0; kh < 3; ++kh) {
         const int t = kh * 3 + kw;
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) {
+#pragma GCC unroll 3
+        for (int u = 0; u < 3; ++u) {
           const __m512 x = window_tap<kSign, 7>(t, b, u);
           const __m512 w = _mm512_set1_ps(wf[t]);
           acc[u] = kw == 1 ? _mm512_fmadd_ps(w, x, acc[u])
                            : _mm512_mask3_fmadd_ps(w, x, acc[u], mask_7x7<kSign>(u, kw));
         }
+        const int r = 6 + kSign * (kh - 1), c = 6 + kSign * (kw - 1);
+        if (r < 7 && c < 7) {  // r, c >= 5
+          corner = _mm_fmadd_ss(_mm_load_ss(wf + t), _mm_load_ss(src + r * 7 + c), corner);
+        }
       }
     }
-#pragma GCC unroll 4
-    for (int u = 0; u < 4; ++u) {
+#pragma GCC unroll 3
+    for (int u = 0; u < 3; ++u) {
       if (kRelu) acc[u] = Avx512::relu(acc[u]);
     }
+    if (kRelu) corner = _mm_max_ss(corner, _mm_setzero_ps());  // as Avx512::relu
     _mm512_storeu_ps(out, acc[0]);
     _mm512_storeu_ps(out + 16, acc[1]);
     _mm512_storeu_ps(out + 32, acc[2]);
-    _mm512_mask_storeu_ps(out + 48, 1, acc[3]);
+    _mm_store_ss(out + 48, corner);
     if (++fo == a.fmod) fo = 0;
     if (++sphase == a.sdiv) sphase = 0, src += 49;
   }
