@@ -150,6 +150,15 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
          k.masked != nullptr;
 }
 
+// Stride-2 backward data by phases (DwStride2Data): depthwise 3x3, stride 2, one row and
+// column of padding, dilation 1, one filter a channel, where the ISA has the kernel. The
+// other paths correlate a zero-stuffed dy at stride 1: four times the multiply-adds.
+bool stride2_data_eligible(const Geo& g, int pass, Isa isa) {
+  return pass == 1 && g.Cg == 1 && g.Fg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 2 && g.SW == 2 &&
+         g.PH == 1 && g.PW == 1 && g.DH == 1 && g.DW == 1 &&
+         dw_kernels(isa).stride2_data != nullptr;
+}
+
 // The column masks of the masked planes (DwMasked::colmask) of a pass: pixel i reads column
 // i % W + sign * (kw - 1) (backward data: the dx pixel reads dy at minus the forward's
 // offsets). A column tap's valid pixels are one range a row: set a row's range at a time.
@@ -281,6 +290,15 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
     p.masked = true;
     p.stream = false;
     p.items = pass == 0 ? g.N * g.F : pass == 1 ? g.N * g.C : g.F;
+    p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
+                                                                 macs / min_macs_per_thread()})));
+    p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+    p.scratch_floats = 0;
+    return p;
+  }
+  if (stride2_data_eligible(g, pass, isa)) {
+    p.stride2_data = true;
+    p.items = g.N * g.C;
     p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
                                                                  macs / min_macs_per_thread()})));
     p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
@@ -476,6 +494,15 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
     run_masked(p, HW, [&](i64 o0, i64 o1) {
       kern.masked(DwMasked{dx, dy, HW, o0, o1, g.Fg, 1, g.C, w, nullptr, static_cast<int>(g.W),
                            cols.sign, cols.mask, false});
+      if (act != Activation::identity) {
+        act_backward(act, x + o0 * HW, dx + o0 * HW, (o1 - o0) * HW);
+      }
+    });
+    return;
+  }
+  if (p.stride2_data) {
+    run_masked(p, HW, [&](i64 o0, i64 o1) {
+      kern.stride2_data(DwStride2Data{dx, dy, w, g.H, g.W, g.OH, g.OW, g.C, o0, o1, stream});
       if (act != Activation::identity) {
         act_backward(act, x + o0 * HW, dx + o0 * HW, (o1 - o0) * HW);
       }

@@ -114,6 +114,7 @@ const DwKernels& dw_kernels_avx2() {
                            &dw_lanes_dots_avx2,
                            nullptr,
                            nullptr,
+                           nullptr,
                            "avx2"};
   return k;
 }

@@ -96,10 +96,19 @@ void lanes_dots_scalar(const DwLanesDots& a) { lanes_dots<Lanes8>(a); }
 }  // namespace
 
 const DwKernels& dw_kernels_scalar() {
-  static const DwKernels k{
-      &plane_scalar,      &dots_scalar,     &copy_scalar,      &flat_scalar,
-      &flat_dots_scalar,  &lanes_in_scalar, &lanes_out_scalar, &lanes_conv_scalar,
-      &lanes_dots_scalar, nullptr,          nullptr,           "scalar"};
+  static const DwKernels k{&plane_scalar,
+                           &dots_scalar,
+                           &copy_scalar,
+                           &flat_scalar,
+                           &flat_dots_scalar,
+                           &lanes_in_scalar,
+                           &lanes_out_scalar,
+                           &lanes_conv_scalar,
+                           &lanes_dots_scalar,
+                           nullptr,
+                           nullptr,
+                           nullptr,
+                           "scalar"};
   return k;
 }
 
