@@ -332,9 +332,9 @@ inline float hsum_tree(__m512 v) {
   return _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
 }
 
-// db[f] of DwMaskedDots (masked_dots_window): filter f's dy planes summed by lanes, images
-// and vectors in order, then the lanes pairwise. A second pass over the (cached) planes after
-// the tap sums: in their loop it would take a register from them.
+// db[f] of DwMaskedDots (masked_dots_window on 112-wide planes): filter f's dy planes summed
+// by lanes, images and vectors in order, then the lanes pairwise. A second pass over the
+// planes after the tap sums: in their loop it would take a register from them.
 float dy_sum(const DwMaskedDots& a, i64 f) {
   const i64 nvec = (a.n + 15) / 16;
   __m512 bsum = _mm512_setzero_ps();
@@ -422,12 +422,15 @@ void masked_dots_7x7(const DwMaskedDots& a) {
 // 112-wide planes, as in masked_window) the B vectors and dy's loaded once, each tap's
 // shifted x vectors constant valignds as in masked_window. Every tap is masked by the call's
 // column masks (kw = 1 by the plane bits: past the plane dy is zero but x may not be finite).
-template <int kW>
+template <int kW, bool kDb>
 void masked_dots_window(const DwMaskedDots& a) {
+  // db's sum in the block loop up to 56 wide; at 112 that register pushed the sums to the
+  // stack, and dy_sum makes a second pass (the same order: the same db).
+  constexpr bool kDbHere = kDb && kW < 112;
   const i64 n = a.n, nvec = (n + 15) / 16;
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled.
-    __m512 acc[9];
+    __m512 acc[9], bsum = _mm512_setzero_ps();
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) acc[t] = _mm512_setzero_ps();
     const i64 c = f / a.k;
@@ -440,6 +443,10 @@ void masked_dots_window(const DwMaskedDots& a) {
         load_window<kW, kB, kInner>(b, xs, v0, nvec, n);
 #pragma GCC unroll 4
         for (int u = 0; u < U; ++u) dv[u] = plane_vec<kInner>(d, v0 + u, nvec, n);
+        if (kDbHere) {
+#pragma GCC unroll 4
+          for (int u = 0; u < U; ++u) bsum = _mm512_add_ps(bsum, dv[u]);
+        }
 #pragma GCC unroll 4
         for (int u = 0; u < U; ++u) {
           const std::uint16_t* m = a.colmask + (v0 + u) * 3;  // kw = 0, 1, 2
@@ -471,20 +478,19 @@ void masked_dots_window(const DwMaskedDots& a) {
     }
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) a.dw[f * 9 + t] = hsum_tree(acc[t]);
-    if (a.db != nullptr) a.db[f] = dy_sum(a, f);
+    if (kDb) a.db[f] = kDbHere ? hsum_tree(bsum) : dy_sum(a, f);
   }
 }
 
 void masked_dots_avx512(const DwMaskedDots& a) {
-  if (a.n == 49)
-    return a.db ? masked_dots_7x7<1, true>(a)
-                : masked_dots_7x7<1, false>(a);  // whole 7 x 7 planes: straight-line
-  switch (a.W) {                                 // W one of kDwMaskedWidths
-    case 7: return masked_dots_window<7>(a);
-    case 14: return masked_dots_window<14>(a);
-    case 28: return masked_dots_window<28>(a);
-    case 56: return masked_dots_window<56>(a);
-    default: return masked_dots_window<112>(a);
+  const bool db = a.db != nullptr;
+  if (a.n == 49) return db ? masked_dots_7x7<1, true>(a) : masked_dots_7x7<1, false>(a);
+  switch (a.W) {  // W one of kDwMaskedWidths
+    case 7: return db ? masked_dots_window<7, true>(a) : masked_dots_window<7, false>(a);
+    case 14: return db ? masked_dots_window<14, true>(a) : masked_dots_window<14, false>(a);
+    case 28: return db ? masked_dots_window<28, true>(a) : masked_dots_window<28, false>(a);
+    case 56: return db ? masked_dots_window<56, true>(a) : masked_dots_window<56, false>(a);
+    default: return db ? masked_dots_window<112, true>(a) : masked_dots_window<112, false>(a);
   }
 }
 
