@@ -53,6 +53,25 @@ Conv2dShape random_dw_shape(std::mt19937& rng) {
   return s;
 }
 
+// A depthwise 3x3 layer with one row and column of padding (MobileNet's): N images of C
+// channels H x W, k filters a channel, stride S.
+Conv2dShape dw3x3_pad1(const int64_t* r, int64_t k, int64_t S) {
+  Conv2dShape s{.batch = r[0],
+                .in_channels = r[1],
+                .in_height = r[2],
+                .in_width = r[3],
+                .out_channels = r[1] * k,
+                .kernel_height = 3,
+                .kernel_width = 3,
+                .stride_height = S,
+                .stride_width = S,
+                .pad_height = 1,
+                .pad_width = 1,
+                .groups = r[1]};
+  s.validate();
+  return s;
+}
+
 // Shape i of a table, 4 activations (bias on 2 of 3): every pass on every ISA at 1 and 2
 // threads on the direct path, exact on integers, within tolerance on floats, bitwise the same
 // at 1 and 2 threads. seed: the data's (integers at seed, floats at seed + 400). Returns the
@@ -699,19 +718,7 @@ TEST_CASE(
   im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, phased_runs = 0;
   for (const auto& r : L) {
-    Conv2dShape s{.batch = r[0],
-                  .in_channels = r[1],
-                  .in_height = r[2],
-                  .in_width = r[3],
-                  .out_channels = r[1],
-                  .kernel_height = 3,
-                  .kernel_width = 3,
-                  .stride_height = 2,
-                  .stride_width = 2,
-                  .pad_height = 1,
-                  .pad_width = 1,
-                  .groups = r[1]};
-    s.validate();
+    const Conv2dShape s = dw3x3_pad1(r, 1, 2);
     INFO(testutil::describe(s));
     const bool avx512 = im2gemm::detail::isa_clamp(Isa::avx512) == Isa::avx512;
     CHECK(im2gemm::detail::plan_depthwise(s, 1, 2, Isa::avx512).stride2_data == avx512);
@@ -751,17 +758,7 @@ TEST_CASE(
   im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, masked_runs = 0;
   for (const auto& r : L) {
-    Conv2dShape s{.batch = r[0],
-                  .in_channels = r[1],
-                  .in_height = r[2],
-                  .in_width = r[3],
-                  .out_channels = r[1] * r[4],
-                  .kernel_height = 3,
-                  .kernel_width = 3,
-                  .pad_height = 1,
-                  .pad_width = 1,
-                  .groups = r[1]};
-    s.validate();
+    const Conv2dShape s = dw3x3_pad1(r, r[4], 1);
     INFO(testutil::describe(s));
     const bool narrow = std::find(std::begin(im2gemm::detail::kDwMaskedWidths),
                                   std::end(im2gemm::detail::kDwMaskedWidths),
