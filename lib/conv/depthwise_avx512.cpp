@@ -396,9 +396,10 @@ void masked_dots_7x7(const DwMaskedDots& a) {
       vec.template operator()<2>();
       // Pixel 48, the last corner, reads four taps: x[40], x[41], x[47], x[48] for taps 0, 1,
       // 3, 4 (as a fourth vector: nine FMAs and shuffles for one lane).
-      const __m128 xc =
-          _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(xs + 40))),
-                       reinterpret_cast<const __m64*>(xs + 47));
+      // 64-bit loads of the unaligned type (_mm_load_sd reads an aligned double: UBSan).
+      const __m128i x40 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(xs + 40));
+      const __m128i x47 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(xs + 47));
+      const __m128 xc = _mm_castsi128_ps(_mm_unpacklo_epi64(x40, x47));
       corner = _mm_fmadd_ps(_mm_set1_ps(d[48]), xc, corner);
       if (kDb) {
         bsum = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(bsum, dv[0]), dv[1]), dv[2]);
