@@ -151,8 +151,8 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
 }
 
 // Stride-2 backward data by phases (DwStride2Data): depthwise 3x3, stride 2, one row and
-// column of padding, dilation 1, one filter a channel, where the ISA has the kernel. The
-// other paths correlate a zero-stuffed dy at stride 1: four times the multiply-adds.
+// column of padding, dilation 1, one filter a channel (every ISA). The other paths
+// correlate a zero-stuffed dy at stride 1: four times the multiply-adds.
 bool stride2_data_eligible(const Geo& g, int pass, Isa isa) {
   return pass == 1 && g.Cg == 1 && g.Fg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 2 && g.SW == 2 &&
          g.PH == 1 && g.PW == 1 && g.DH == 1 && g.DW == 1 &&
@@ -503,6 +503,7 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   if (p.stride2_data) {
     run_masked(p, HW, [&](i64 o0, i64 o1) {
       kern.stride2_data(DwStride2Data{dx, dy, w, g.H, g.W, g.OH, g.OW, g.C, o0, o1, stream});
+      if (stream) _mm_sfence();  // non-temporal stores done before the join
       if (act != Activation::identity) {
         act_backward(act, x + o0 * HW, dx + o0 * HW, (o1 - o0) * HW);
       }

@@ -38,7 +38,7 @@
 // ahead of all of these (DwMasked, DwMaskedDots, DwPlan::masked): each source plane read in
 // place, every tap one valignd of two of its vectors and a merge-masked FMA (see DwMasked).
 // Backward data of 3x3 depthwise layers at stride 2 with one row and column of padding takes
-// "phases" under AVX-512 (DwStride2Data): each dx pixel sums only the taps of its row's and
+// "phases" (DwStride2Data, every ISA): each dx pixel sums only the taps of its row's and
 // column's parity, a quarter of the zero-stuffed correlation's multiply-adds.
 // Work items are (image, group) (backward weights: groups, images summed in order for each
 // group, chunks of groups read image by image), dealt in contiguous ranges to the threads:
@@ -227,14 +227,15 @@ struct DwMaskedDots {
 inline constexpr i64 kDwMaskedWidths[] = {7, 14, 28, 56, 112};
 inline constexpr i64 kDwMaskedMaxPixels = 112 * 112;
 
-/// Stride-2 backward data by phases (DwStride2Data; AVX-512): depthwise 3x3, stride 2, one
+/// Stride-2 backward data by phases (DwStride2Data; every ISA): depthwise 3x3, stride 2, one
 /// row and column of padding, dilation 1, one filter a channel. A dx pixel reads dy only at
 /// the taps of its row's and column's parity (even r: kh = 1; odd r: kh = 0 at dy row
 /// (r + 1) / 2 if it is < OH, kh = 2 at row (r - 1) / 2; columns alike), a quarter of the
 /// multiply-adds of the zero-stuffed stride-1 correlation. Planes [p0, p1) of the N * C:
 ///   dx[p H W + r W + c] = the sum over those taps of w[(p % C) 9 + 3 kh + kw] *
 ///     dy[p OH OW + (r + 1 - kh) / 2 * OW + (c + 1 - kw) / 2]
-/// (dy read in place, no scratch); stream: non-temporal stores of whole 64-byte lines.
+/// (dy read in place, no scratch); stream: non-temporal stores of whole 64-byte lines (the
+/// caller fences).
 struct DwStride2Data {
   float* dx;
   const float* dy;
@@ -271,9 +272,9 @@ struct DwKernels {
   DwLanesOutFn lanes_out;
   DwLanesConvFn lanes_conv;
   DwLanesDotsFn lanes_dots;
-  DwMaskedFn masked;             ///< nullptr where the ISA has none (AVX2, scalar)
-  DwMaskedDotsFn masked_dots;    ///< likewise
-  DwStride2DataFn stride2_data;  ///< likewise
+  DwMaskedFn masked;           ///< nullptr where the ISA has none (AVX2, scalar)
+  DwMaskedDotsFn masked_dots;  ///< likewise
+  DwStride2DataFn stride2_data;
   const char* isa;
 };
 
@@ -366,8 +367,8 @@ struct DwPlan {
   /// Masked planes (DwMasked, DwMaskedDots; ISAs that have them): planes read in place.
   /// Items: output planes in memory order (backward weights: filters).
   bool masked = false;
-  /// Stride-2 backward data by phases (DwStride2Data; ISAs that have it): dx planes in
-  /// memory order, dy read in place.
+  /// Stride-2 backward data by phases (DwStride2Data): dx planes in memory order, dy read
+  /// in place.
   bool stride2_data = false;
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };

@@ -67,6 +67,12 @@ struct Avx2 {
   static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static F mask_and(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, +0 elsewhere
   static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static void interleave(F e, F o, F& lo, F& hi) {  // e0 o0 e1 o1 ..., two vectors
+    const F l = _mm256_unpacklo_ps(e, o), h = _mm256_unpackhi_ps(e, o);
+    lo = _mm256_permute2f128_ps(l, h, 0x20);
+    hi = _mm256_permute2f128_ps(l, h, 0x31);
+  }
   static float hsum(F v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -94,6 +100,7 @@ void dots_avx2(const DwDots& a) { dots<Avx2>(a); }
 void copy_avx2(float* d, const float* src, i64 n, i64 stride) { copy_row<Avx2>(d, src, n, stride); }
 void flat_avx2(const DwFlat& a) { flat<Avx2>(a); }
 void flat_dots_avx2(const DwFlatDots& a) { flat_dots<Avx2>(a); }
+void stride2_data_avx2(const DwStride2Data& a) { stride2_data<Avx2>(a); }
 
 }  // namespace
 
@@ -114,7 +121,7 @@ const DwKernels& dw_kernels_avx2() {
                            &dw_lanes_dots_avx2,
                            nullptr,
                            nullptr,
-                           nullptr,
+                           &stride2_data_avx2,
                            "avx2"};
   return k;
 }

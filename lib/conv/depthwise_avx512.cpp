@@ -49,6 +49,12 @@ struct Avx512 {
   static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
   static F mask_and(M m, F v) { return _mm512_maskz_mov_ps(m, v); }  // v where m, +0 elsewhere
   static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static void interleave(F e, F o, F& lo, F& hi) {  // e0 o0 e1 o1 ..., two vectors
+    const __m512i l = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    lo = _mm512_permutex2var_ps(e, l, o);
+    hi = _mm512_permutex2var_ps(e, _mm512_add_epi32(l, _mm512_set1_epi32(8)), o);
+  }
   static float hsum(F v) {  // once per plane: through memory (the reduce intrinsics trip
                             // -Wmaybe-uninitialized in GCC 12)
     alignas(64) float t[16];
@@ -280,8 +286,9 @@ void masked_7x7(const DwMasked& a) {
     __m512 acc[3];
     const float bias = a.bias != nullptr ? a.bias[fo] : 0.0f;
     const __m512 init = _mm512_set1_ps(bias);
-    // Pixel 48 (row and column 6) by scalar FMAs in the vectors' order (bitwise as a lane):
-    // four taps read the plane (as a fourth vector: nine FMAs and shuffles for one lane).
+    // Pixel 48 (row and column 6) by scalar FMAs in the vectors' tap order, over the four
+    // taps that read the plane (as a fourth vector: nine FMAs and shuffles for one lane;
+    // there the taps outside the plane added w * 0).
     __m128 corner = _mm_set_ss(bias);
 #pragma GCC unroll 3
     for (int u = 0; u < 3; ++u) acc[u] = init;
@@ -514,69 +521,7 @@ void masked_avx512(const DwMasked& a) {
   }
 }
 
-// One dx row of DwStride2Data from dy row d0 with filter row w0 (and, kTwo, row d1 with w1):
-// 16 even columns E (the kw = 1 taps) and 16 odd columns O (kw = 0 one dy column on, kw = 2)
-// a step, interleaved into 32 dx floats.
-template <bool kTwo>
-inline __attribute__((always_inline)) void stride2_row(float* o, const float* d0, const float* w0,
-                                                       const float* d1, const float* w1, i64 W,
-                                                       i64 OW, bool stream) {
-  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-  const __m512i hi = _mm512_add_epi32(lo, _mm512_set1_epi32(8));
-  for (i64 j = 0; j < OW; j += 16) {
-    // dy columns j .. j + 16 and j + 1 .. j + 17, zero past the row
-    const bool whole = j + 17 <= OW;
-    const __mmask16 m0 = whole ? 0xFFFF : tail_mask(std::min<i64>(16, OW - j));
-    const __mmask16 m1 = whole ? 0xFFFF : tail_mask(std::min<i64>(16, OW - j - 1));
-    __m512 D = _mm512_maskz_loadu_ps(m0, d0 + j), D1 = _mm512_maskz_loadu_ps(m1, d0 + j + 1);
-    __m512 E = _mm512_mul_ps(_mm512_set1_ps(w0[1]), D);
-    __m512 O = _mm512_mul_ps(_mm512_set1_ps(w0[0]), D1);
-    O = _mm512_fmadd_ps(_mm512_set1_ps(w0[2]), D, O);
-    if (kTwo) {
-      D = _mm512_maskz_loadu_ps(m0, d1 + j), D1 = _mm512_maskz_loadu_ps(m1, d1 + j + 1);
-      E = _mm512_fmadd_ps(_mm512_set1_ps(w1[1]), D, E);
-      O = _mm512_fmadd_ps(_mm512_set1_ps(w1[0]), D1, O);
-      O = _mm512_fmadd_ps(_mm512_set1_ps(w1[2]), D, O);
-    }
-    const __m512 a = _mm512_permutex2var_ps(E, lo, O), b = _mm512_permutex2var_ps(E, hi, O);
-    float* q = o + 2 * j;
-    const i64 left = W - 2 * j;  // dx columns from 2 j
-    if (left >= 32) {
-      if (stream && (reinterpret_cast<std::uintptr_t>(q) & 63) == 0) {
-        _mm512_stream_ps(q, a);
-        _mm512_stream_ps(q + 16, b);
-      } else {
-        _mm512_storeu_ps(q, a);
-        _mm512_storeu_ps(q + 16, b);
-      }
-    } else {
-      _mm512_mask_storeu_ps(q, tail_mask(std::min<i64>(16, left)), a);
-      if (left > 16) _mm512_mask_storeu_ps(q + 16, tail_mask(left - 16), b);
-    }
-  }
-}
-
-void stride2_data_avx512(const DwStride2Data& a) {
-  const i64 HW = a.H * a.W, OP = a.OH * a.OW;
-  for (i64 p = a.p0; p < a.p1; ++p) {
-    const float* w = a.w + (p % a.C) * 9;
-    const float* d = a.dy + p * OP;
-    float* out = a.dx + p * HW;
-    for (i64 r = 0; r < a.H; ++r, out += a.W) {
-      if (r % 2 == 0) {  // kh = 1: dy row r / 2
-        stride2_row<false>(out, d + r / 2 * a.OW, w + 3, nullptr, nullptr, a.W, a.OW, a.stream);
-      } else if ((r + 1) / 2 < a.OH) {  // kh = 2: row (r - 1) / 2; kh = 0: row (r + 1) / 2
-        stride2_row<true>(out, d + (r - 1) / 2 * a.OW, w + 6, d + (r + 1) / 2 * a.OW, w, a.W, a.OW,
-                          a.stream);
-      } else {
-        stride2_row<false>(out, d + (r - 1) / 2 * a.OW, w + 6, nullptr, nullptr, a.W, a.OW,
-                           a.stream);
-      }
-    }
-  }
-  if (a.stream) _mm_sfence();
-}
-
+void stride2_data_avx512(const DwStride2Data& a) { stride2_data<Avx512>(a); }
 void plane_avx512(const DwPlane& a) { plane<Avx512>(a); }
 void dots_avx512(const DwDots& a) { dots<Avx512>(a); }
 void copy_avx512(float* d, const float* src, i64 n, i64 stride) {

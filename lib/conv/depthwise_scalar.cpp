@@ -30,6 +30,8 @@ struct Scalar {
   static M ge(F a, F b) { return a >= b; }
   static F mask_and(M m, F v) { return m ? v : 0.0f; }
   static F fma(F a, F b, F c) { return a * b + c; }
+  static F mul(F a, F b) { return a * b; }
+  static void interleave(F e, F o, F& lo, F& hi) { lo = e, hi = o; }
   static float hsum(F v) { return v; }
 };
 
@@ -92,6 +94,7 @@ void lanes_in_scalar(const DwLanesIn& a) { lanes_in<Lanes8>(a); }
 void lanes_out_scalar(const DwLanesOut& a) { lanes_out<Lanes8>(a); }
 void lanes_conv_scalar(const DwLanesConv& a) { lanes_conv<Lanes8>(a); }
 void lanes_dots_scalar(const DwLanesDots& a) { lanes_dots<Lanes8>(a); }
+void stride2_data_scalar(const DwStride2Data& a) { stride2_data<Scalar>(a); }
 
 }  // namespace
 
@@ -107,7 +110,7 @@ const DwKernels& dw_kernels_scalar() {
                            &lanes_dots_scalar,
                            nullptr,
                            nullptr,
-                           nullptr,
+                           &stride2_data_scalar,
                            "scalar"};
   return k;
 }
