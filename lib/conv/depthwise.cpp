@@ -151,12 +151,11 @@ bool masked_eligible(const Geo& g, int pass, Isa isa) {
 }
 
 // Stride-2 backward data by phases (DwStride2Data): depthwise 3x3, stride 2, one row and
-// column of padding, dilation 1, one filter a channel (every ISA). The other paths
-// correlate a zero-stuffed dy at stride 1: four times the multiply-adds.
-bool stride2_data_eligible(const Geo& g, int pass, Isa isa) {
+// column of padding, dilation 1, one filter a channel (every ISA has the kernel). The other
+// paths correlate a zero-stuffed dy at stride 1: four times the multiply-adds.
+bool stride2_data_eligible(const Geo& g, int pass) {
   return pass == 1 && g.Cg == 1 && g.Fg == 1 && g.KH == 3 && g.KW == 3 && g.SH == 2 && g.SW == 2 &&
-         g.PH == 1 && g.PW == 1 && g.DH == 1 && g.DW == 1 &&
-         dw_kernels(isa).stride2_data != nullptr;
+         g.PH == 1 && g.PW == 1 && g.DH == 1 && g.DW == 1;
 }
 
 // The column masks of the masked planes (DwMasked::colmask) of a pass: pixel i reads column
@@ -278,30 +277,28 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
   DwPlan p;
   p.k = g.Fg;
   p.vec_margin = kVec;
-  p.items = pass == 2 ? g.G : g.N * g.G;
   const i64 macs = g.N * g.F * g.Cg * g.OH * g.OW * g.KH * g.KW;
-  p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
-                                                               macs / min_macs_per_thread()})));
-  p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+  // A path's work items, and the threads (and inline run) that they and the work allow.
+  auto set_items = [&](DwPlan& q, i64 items) {
+    q.items = items;
+    q.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, items,
+                                                                 macs / min_macs_per_thread()})));
+    q.run_inline = q.threads == 1 && macs <= kMaxMacsInline;
+  };
+  set_items(p, pass == 2 ? g.G : g.N * g.G);
   const i64 taps = g.KH * g.KW;
   const i64 out_bytes = 4 * (pass == 0 ? g.N * g.F * g.OH * g.OW : g.N * g.C * g.H * g.W);
   p.stream = pass != 2 && (pass == 0 ? g.Cg : g.Fg) == 1 && out_bytes >= kDwStreamMinBytes;
   if (masked_eligible(g, pass, isa)) {
     p.masked = true;
     p.stream = false;
-    p.items = pass == 0 ? g.N * g.F : pass == 1 ? g.N * g.C : g.F;
-    p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
-                                                                 macs / min_macs_per_thread()})));
-    p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+    set_items(p, pass == 0 ? g.N * g.F : pass == 1 ? g.N * g.C : g.F);
     p.scratch_floats = 0;
     return p;
   }
-  if (stride2_data_eligible(g, pass, isa)) {
+  if (stride2_data_eligible(g, pass)) {
     p.stride2_data = true;
-    p.items = g.N * g.C;
-    p.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, p.items,
-                                                                 macs / min_macs_per_thread()})));
-    p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
+    set_items(p, g.N * g.C);
     p.scratch_floats = 0;
     return p;
   }
@@ -310,10 +307,7 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
     q.lanes = true;
     q.stream = false;
     q.cgroups = (g.C + kDwLanes - 1) / kDwLanes;
-    q.items = pass == 2 ? q.cgroups : g.N * q.cgroups;
-    q.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, q.items,
-                                                                 macs / min_macs_per_thread()})));
-    q.run_inline = q.threads == 1 && macs <= kMaxMacsInline;
+    set_items(q, pass == 2 ? q.cgroups : g.N * q.cgroups);
     // Output pixels (o1, o2) read tile pixels (o1 * S1 + read_r0 + k1 * D1, ...); the source
     // plane of Hs x Ws sits at (tile_r0, tile_c0).
     i64 Hs = g.H, Ws = g.W, Ho = g.OH, Wo = g.OW;

@@ -359,8 +359,9 @@ float dy_sum(const DwMaskedDots& a, i64 f) {
 // in a fourth vector, is four products of one 128-bit FMA, summed over the images apart and
 // added to the taps' lane sums last. db in the same loop (no second pass over dy). Planes
 // kAhead images on are prefetched.
-template <int kAhead, bool kDb>
+template <bool kDb>
 void masked_dots_7x7(const DwMaskedDots& a) {
+  constexpr i64 kAhead = 1;  // images: 2 and 4 measured level or behind
   for (i64 f = a.f0; f < a.f1; ++f) {
     // acc stays in registers only if every loop over it is unrolled (an indexed access
     // gives it an address: the sums then lived on the stack).
@@ -492,7 +493,7 @@ void masked_dots_window(const DwMaskedDots& a) {
 
 void masked_dots_avx512(const DwMaskedDots& a) {
   const bool db = a.db != nullptr;
-  if (a.n == 49) return db ? masked_dots_7x7<1, true>(a) : masked_dots_7x7<1, false>(a);
+  if (a.n == 49) return db ? masked_dots_7x7<true>(a) : masked_dots_7x7<false>(a);
   switch (a.W) {  // W one of kDwMaskedWidths
     case 7: return db ? masked_dots_window<7, true>(a) : masked_dots_window<7, false>(a);
     case 14: return db ? masked_dots_window<14, true>(a) : masked_dots_window<14, false>(a);
