@@ -85,6 +85,17 @@ inline void assemble_panel_rows(const PackGeom& g, const PackSegment* segs, i64 
   }
 }
 
+// The segment- and panel-major loops read, per k row, one run of a channel's input row and
+// move on to the next channel plane: more streams than a hardware prefetcher follows, so every
+// line of x came in on demand (vgg_conv1_2 forward: the packer 22% of the pass, stalled on its
+// loads). Each k row fetches the line three lines past its run's start, which the segment or
+// panel after next reads (10% with it).
+constexpr i64 kPrefetchFloats = 47;
+
+inline void prefetch_ahead(std::uintptr_t p) {
+  _mm_prefetch(reinterpret_cast<const char*>(at(p, kPrefetchFloats)), _MM_HINT_T0);
+}
+
 // The taps' offsets kh*DH*W + kw*DW, tabulated for the segment- and panel-major loops
 // (larger kernels keep the row-major one).
 constexpr i64 kMaxTabulatedTaps = 256;
@@ -140,6 +151,7 @@ bool pack_halves(const PackGeom& g, const float* x, const PackSegment* segs,
     i64 t = t0;
     if (inside) {
       for (i64 kk = k0; kk < k1; ++kk, d += 16) {
+        prefetch_ahead(base + static_cast<std::uintptr_t>(tap[t]) * sizeof(float));
         _mm256_store_ps(d, _mm256_loadu_ps(at(base, tap[t])));
         if (len == 16) _mm256_store_ps(d + 8, _mm256_loadu_ps(at(base, tap[t] + 8)));
         if (++t == khw) {
@@ -234,6 +246,7 @@ bool pack_by_panel(const PackGeom& g, const float* src, i64 row, i64 cstride, co
       // One segment, every tap inside the input: two loads, two stores a row.
       for (i64 kk = k0, t = t0; kk < k1; ++kk, d += 16) {
         const std::uintptr_t p = sg[0].base + cb + static_cast<std::uintptr_t>(tap[t]) * 4;
+        prefetch_ahead(p);
         _mm256_store_ps(d, _mm256_loadu_ps(at(p, 0)));
         _mm256_store_ps(d + 8, _mm256_loadu_ps(at(p, 8)));
         if (++t == khw) {
@@ -250,6 +263,7 @@ bool pack_by_panel(const PackGeom& g, const float* src, i64 row, i64 cstride, co
         const Seg& e = sg[j];
         if (kh < e.kh_lo || kh >= e.kh_hi) continue;
         const std::uintptr_t p = e.base + cb + static_cast<std::uintptr_t>(tap[t]) * 4;
+        prefetch_ahead(p);
         if (e.lo) lo8 = _mm256_or_ps(lo8, _mm256_maskload_ps(at(p, 0), e.mlo[kw]));
         if (e.hi) hi8 = _mm256_or_ps(hi8, _mm256_maskload_ps(at(p, 8), e.mhi[kw]));
       }
