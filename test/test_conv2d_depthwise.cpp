@@ -20,6 +20,23 @@ using im2gemm::detail::Isa;
 using std::int64_t;
 using testutil::cpu_isas;
 
+// The planners' own constants, except that small shapes use both threads too.
+constexpr im2gemm::detail::PlanTuning kEveryThread{.min_macs_per_thread = 1};
+
+ConvOptions every_thread(Isa isa, int threads) {
+  return {.backend = GemmBackend::automatic,
+          .isa = isa,
+          .threads = threads,
+          .tuning = kEveryThread};
+}
+
+// The direct kernels wherever they apply (ConvOptions::prefer_direct), every thread.
+ConvOptions direct(Isa isa, int threads) {
+  ConvOptions o = every_thread(isa, threads);
+  o.prefer_direct = true;
+  return o;
+}
+
 constexpr ConvPass kPasses[] = {ConvPass::forward, ConvPass::backward_data,
                                 ConvPass::backward_weights};
 
@@ -91,7 +108,7 @@ int check_direct_shape(const Conv2dShape& s, int i, std::uint32_t seed, Counts&&
       INFO(im2gemm::detail::isa_name(isa) << " act " << static_cast<int>(act));
       convcases::Outputs f1;
       for (int threads : {1, 2}) {
-        const ConvOptions o{GemmBackend::automatic, isa, threads, true};
+        const ConvOptions o = direct(isa, threads);
         for (ConvPass pass : kPasses) {
           REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
         }
@@ -119,7 +136,6 @@ TEST_CASE(
     "depthwise: random depthwise and narrow-group shapes on every ISA, 1 and 2 threads, exact on integers, the plan's path") {
   std::mt19937 rng(20261203);
   constexpr int kShapes = 240;
-  im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
   int runs = 0;
   for (int i = 0; i < kShapes; ++i) {
     const Conv2dShape s = random_dw_shape(rng);
@@ -132,7 +148,7 @@ TEST_CASE(
     const auto rf = convcases::run_ref(s, df, act, with_bias);
     for (Isa isa : cpu_isas()) {
       for (int threads : {1, 2}) {
-        const ConvOptions o{GemmBackend::automatic, isa, threads, true};
+        const ConvOptions o = direct(isa, threads);
         INFO(im2gemm::detail::isa_name(isa) << " threads " << threads);
         for (ConvPass pass : kPasses) {
           REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
@@ -143,7 +159,6 @@ TEST_CASE(
       }
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE(kShapes << " depthwise shapes, " << runs << " runs");
 }
 
@@ -224,14 +239,10 @@ TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 thread
                 .pad_width = 1,
                 .groups = 13};
   const auto d = convcases::make_data(s, 5, false);
-  im2gemm::detail::set_min_macs_per_thread(1);
   for (Isa isa : cpu_isas()) {
-    const auto a =
-        convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
-    const auto b =
-        convcases::run_with({GemmBackend::automatic, isa, 2}, s, d, Activation::tanh, true);
-    const auto one =
-        convcases::run_with({GemmBackend::automatic, isa, 1}, s, d, Activation::tanh, true);
+    const auto a = convcases::run_with(every_thread(isa, 2), s, d, Activation::tanh, true);
+    const auto b = convcases::run_with(every_thread(isa, 2), s, d, Activation::tanh, true);
+    const auto one = convcases::run_with(every_thread(isa, 1), s, d, Activation::tanh, true);
     for (const auto* o : {&b, &one}) {
       CHECK(testutil::bitwise_equal(a.y, o->y));
       CHECK(testutil::bitwise_equal(a.dx, o->dx));
@@ -239,7 +250,6 @@ TEST_CASE("depthwise: bitwise repeatable, and bitwise the same at 1 and 2 thread
       CHECK(testutil::bitwise_equal(a.db, o->db));
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
 }
 
 TEST_CASE(
@@ -316,8 +326,7 @@ TEST_CASE("depthwise: a scratch allocation that fails writes nothing and throws 
                 .pad_width = 1,
                 .groups = 16};
   const auto d = convcases::make_data(s, 9, true);
-  im2gemm::detail::set_min_macs_per_thread(1);
-  const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2, true};
+  const ConvOptions o = direct(Isa::avx512, 2);
   for (ConvPass pass : kPasses)
     REQUIRE(im2gemm::detail::conv_path(s, pass, o) == ConvPath::depthwise);
   for (int bad : {0, 1}) {
@@ -339,7 +348,6 @@ TEST_CASE("depthwise: a scratch allocation that fails writes nothing and throws 
       CHECK(std::all_of(v->begin(), v->end(), [](float f) { return f == testutil::kSentinel; }));
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
 }
 
 TEST_CASE(
@@ -480,7 +488,6 @@ TEST_CASE(
       {1, 3, 7, 7, 3, 1, 3, 0, 1, 1, 1, 3},   {2, 6, 7, 9, 6, 3, 3, 1, 1, 1, 1, 3},
       {1, 4, 28, 28, 4, 3, 3, 1, 1, 1, 1, 4}, {1, 2, 5, 63, 4, 3, 3, 3, 1, 1, 1, 2},
       {2, 3, 7, 7, 3, 3, 5, 1, 2, 1, 1, 3},   {1, 2, 1, 9, 2, 3, 3, 1, 1, 1, 1, 2}};
-  im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0;
   for (const auto& r : L) {
     Conv2dShape s{.batch = r[0],
@@ -500,7 +507,7 @@ TEST_CASE(
     REQUIRE(s.out_width() == s.in_width);
     for (int pass = 0; pass < 3; ++pass) {
       const bool depthwise = s.groups == s.in_channels;  // narrow groups stay in rows
-      const auto p = im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2);
+      const auto p = im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2, kEveryThread);
       // k = 1 planes narrower than kDwLanesMaxWidth: channels on lanes instead
       const bool lanes = depthwise && s.out_channels == s.in_channels &&
                          s.in_width < im2gemm::detail::kDwLanesMaxWidth;
@@ -514,7 +521,7 @@ TEST_CASE(
     const auto rf = convcases::run_ref(s, df, act, i % 2 == 0);
     for (Isa isa : cpu_isas()) {
       for (int threads : {1, 2}) {
-        const ConvOptions o{GemmBackend::automatic, isa, threads, true};
+        const ConvOptions o = direct(isa, threads);
         INFO(im2gemm::detail::isa_name(isa) << " threads " << threads);
         for (ConvPass pass : kPasses) {
           REQUIRE(im2gemm::detail::conv_path(s, pass, o, di.w) == ConvPath::depthwise);
@@ -526,7 +533,6 @@ TEST_CASE(
     }
     ++i;
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
 }
 
 TEST_CASE("depthwise: the lanes kernels of every ISA agree with the scalar twin") {
@@ -625,7 +631,6 @@ TEST_CASE(
       // offsets, a partial last 8-group).
       {1, 9, 59, 59, 3, 3, 2, 2, 1, 1, 1, 1},
       {1, 10, 20, 45, 3, 3, 1, 1, 1, 1, 1, 1}};
-  im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0;
   for (const auto& r : L) {
     Conv2dShape s{.batch = r[0],
@@ -646,12 +651,12 @@ TEST_CASE(
     INFO(testutil::describe(s));
     const bool stride1 = s.stride_height == 1 && s.stride_width == 1;
     for (int pass = 0; pass < 3; ++pass) {
-      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).lanes == (pass != 1 || stride1));
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2, kEveryThread).lanes ==
+            (pass != 1 || stride1));
     }
     check_direct_shape(s, i, 1500, [](Isa, int) { return false; });
     ++i;
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   // Narrow but tall planes: the per-plane paths (the lanes tile would not be bounded).
   Conv2dShape tall{.batch = 1,
                    .in_channels = 8,
@@ -682,10 +687,9 @@ TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes 
                 .pad_width = 1,
                 .groups = 20};
   const auto d = convcases::make_data(s, 19, true);
-  im2gemm::detail::set_min_macs_per_thread(1);
-  const ConvOptions o{GemmBackend::automatic, Isa::avx512, 2, true};
+  const ConvOptions o = direct(Isa::avx512, 2);
   for (int pass = 0; pass < 3; ++pass)
-    REQUIRE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).lanes);
+    REQUIRE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2, kEveryThread).lanes);
   for (int bad : {0, 1}) {
     im2gemm::detail::set_fail_scratch_thread(bad);
     std::vector<float> y(static_cast<std::size_t>(s.y_size()), testutil::kSentinel);
@@ -705,7 +709,6 @@ TEST_CASE("depthwise: channels on lanes, a scratch allocation that fails writes 
       CHECK(std::all_of(v->begin(), v->end(), [](float f) { return f == testutil::kSentinel; }));
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
 }
 
 TEST_CASE(
@@ -716,7 +719,6 @@ TEST_CASE(
                           {2, 2, 7, 31},  {1, 3, 8, 32},  {2, 2, 9, 33},  {1, 2, 4, 34},
                           {1, 3, 11, 35}, {2, 2, 3, 65},  {1, 2, 10, 66}, {1, 2, 5, 67},
                           {1, 5, 12, 12}, {2, 3, 13, 17}, {1, 2, 6, 49},  {2, 11, 14, 14}};
-  im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, phased_runs = 0;
   for (const auto& r : L) {
     const Conv2dShape s = dw3x3_pad1(r, 1, 2);
@@ -726,21 +728,20 @@ TEST_CASE(
     multiplied.out_channels = 2 * s.in_channels;
     stride1.stride_height = 1;
     for (Isa isa : {Isa::scalar, Isa::avx2, Isa::avx512}) {
-      CHECK(im2gemm::detail::plan_depthwise(s, 1, 2, isa).stride2_data);
-      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, 0, 2, isa).stride2_data);
-      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, 2, 2, isa).stride2_data);
+      CHECK(im2gemm::detail::plan_depthwise(s, 1, 2, isa, kEveryThread).stride2_data);
+      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, 0, 2, isa, kEveryThread).stride2_data);
+      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, 2, 2, isa, kEveryThread).stride2_data);
       for (const Conv2dShape& o : {unpadded, multiplied, stride1}) {
         if (o.in_width >= 3 && o.in_height >= 3) {
-          CHECK_FALSE(im2gemm::detail::plan_depthwise(o, 1, 2, isa).stride2_data);
+          CHECK_FALSE(im2gemm::detail::plan_depthwise(o, 1, 2, isa, kEveryThread).stride2_data);
         }
       }
     }
     phased_runs += check_direct_shape(s, i, 2800, [&](Isa isa, int threads) {
-      return im2gemm::detail::plan_depthwise(s, 1, threads, isa).stride2_data;
+      return im2gemm::detail::plan_depthwise(s, 1, threads, isa, kEveryThread).stride2_data;
     });
     ++i;
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   CHECK(phased_runs == 2 * 4 * static_cast<int>(std::size(L) * cpu_isas().size()));
   MESSAGE(phased_runs << " runs of stride-2 backward data by phases");
 }
@@ -757,7 +758,6 @@ TEST_CASE(
                           {2, 3, 28, 28, 1}, {1, 2, 3, 56, 2},  {2, 2, 5, 112, 1},
                           {1, 3, 4, 28, 3},  {1, 2, 1, 112, 1}, {1, 2, 6, 56, 1},
                           {1, 2, 4, 113, 1}, {1, 2, 28, 7, 1}};
-  im2gemm::detail::set_min_macs_per_thread(1);
   int i = 0, masked_runs = 0;
   for (const auto& r : L) {
     const Conv2dShape s = dw3x3_pad1(r, r[4], 1);
@@ -766,22 +766,23 @@ TEST_CASE(
                                   std::end(im2gemm::detail::kDwMaskedWidths),
                                   s.in_width) != std::end(im2gemm::detail::kDwMaskedWidths);
     for (int pass = 0; pass < 3; ++pass) {
-      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx512).masked ==
+      CHECK(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx512, kEveryThread).masked ==
             (narrow && im2gemm::detail::isa_clamp(Isa::avx512) == Isa::avx512));
-      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2).masked);
+      CHECK_FALSE(im2gemm::detail::plan_depthwise(s, pass, 2, Isa::avx2, kEveryThread).masked);
       Conv2dShape strided = s, unpadded = s;
       strided.stride_width = 2;
       unpadded.pad_height = 0;
-      CHECK_FALSE(im2gemm::detail::plan_depthwise(strided, pass, 2, Isa::avx512).masked);
+      CHECK_FALSE(
+          im2gemm::detail::plan_depthwise(strided, pass, 2, Isa::avx512, kEveryThread).masked);
       if (unpadded.in_height >= 3) {
-        CHECK_FALSE(im2gemm::detail::plan_depthwise(unpadded, pass, 2, Isa::avx512).masked);
+        CHECK_FALSE(
+            im2gemm::detail::plan_depthwise(unpadded, pass, 2, Isa::avx512, kEveryThread).masked);
       }
     }
     masked_runs += check_direct_shape(s, i, 2500, [&](Isa isa, int threads) {
-      return im2gemm::detail::plan_depthwise(s, 0, threads, isa).masked;
+      return im2gemm::detail::plan_depthwise(s, 0, threads, isa, kEveryThread).masked;
     });
     ++i;
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE(masked_runs << " runs on masked planes (none without AVX-512)");
 }

@@ -21,6 +21,9 @@ using std::int64_t;
 
 using testutil::cpu_isas;
 
+// The planners' own constants, except that small shapes use both threads too.
+constexpr im2gemm::detail::PlanTuning kEveryThread{.min_macs_per_thread = 1};
+
 // Wider shapes than random_shape: channel counts that leave partial MR tiles, K above the K
 // block (kc = 256), several column blocks, images folded side by side.
 Conv2dShape random_wide_shape(std::mt19937& rng) {
@@ -57,7 +60,6 @@ constexpr Conv2dShape kLenet2{.batch = 64,
 TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exact on integers") {
   std::mt19937 rng(20261202);
   constexpr int kShapes = 320, kWide = 40;
-  im2gemm::detail::set_min_macs_per_thread(1);  // small shapes use both threads too
   int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0, weight_phases = 0;
   int phase_isa_runs = 0;  // packed runs on an ISA with a column-phase packer
   for (int i = 0; i < kShapes + kWide; ++i) {
@@ -74,7 +76,10 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
       // lowering loops are covered ISA by ISA in test_conv2d_fast).
       for (Isa isa : be == GemmBackend::packed ? cpu_isas() : std::vector<Isa>{Isa::avx512}) {
         for (int threads : {1, 2}) {
-          const ConvOptions o{be, isa, threads};
+          const ConvOptions o{.backend = be,
+                              .isa = isa,
+                              .threads = threads,
+                              .tuning = kEveryThread};
           INFO(im2gemm::detail::gemm_backend_name(be)
                << " " << im2gemm::detail::isa_name(isa) << " threads " << threads);
           convcases::compare(s, convcases::run_with(o, s, di, act, with_bias), ri, true);
@@ -84,14 +89,15 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
           ++runs;
           phase_isa_runs += be == GemmBackend::packed &&
                             im2gemm::detail::phase_packer(isa).pack != nullptr;
-          phases +=
-              be == GemmBackend::packed &&
-              im2gemm::detail::plan_packed(im2gemm::detail::packed_forward_problem(s), isa, threads)
-                  .phases;
+          phases += be == GemmBackend::packed &&
+                    im2gemm::detail::plan_packed(im2gemm::detail::packed_forward_problem(s), isa,
+                                                 threads, o.tuning)
+                        .phases;
           weight_phases +=
               be == GemmBackend::packed &&
               im2gemm::detail::weights_fused_phases(
-                  s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads), isa);
+                  s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning),
+                  isa);
           packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) ==
                         GemmBackend::packed;
           packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) ==
@@ -102,7 +108,6 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
       }
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   MESSAGE((kShapes + kWide) << " shapes, " << runs << " runs; packed forward " << packed_fwd
                             << ", packed backward data " << packed_bwd
                             << ", packed backward weights " << packed_w
@@ -196,7 +201,6 @@ TEST_CASE("engines: backward weights packed from column phases, strides 2-4, exa
   // (channels, kernel) with channels * KH * KW a multiple of 16.
   const std::array<std::array<int, 3>, 5> taps{
       {{16, 1, 1}, {16, 3, 3}, {3, 4, 4}, {8, 2, 2}, {1, 4, 4}}};
-  im2gemm::detail::set_min_macs_per_thread(1);
   int fused = 0;
   for (int i = 0; i < 40; ++i) {
     const auto& t = taps[static_cast<std::size_t>(i) % taps.size()];
@@ -217,14 +221,17 @@ TEST_CASE("engines: backward weights packed from column phases, strides 2-4, exa
     const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 900, true);
     const auto ri = convcases::run_ref(s, di, Activation::identity, true);
     for (int threads : {1, 2}) {
-      const ConvOptions o{GemmBackend::packed, Isa::avx2, threads};
+      const ConvOptions o{.backend = GemmBackend::packed,
+                          .isa = Isa::avx2,
+                          .threads = threads,
+                          .tuning = kEveryThread};
       const bool phases = im2gemm::detail::weights_fused_phases(
-          s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads), Isa::avx2);
+          s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning),
+          Isa::avx2);
       fused += phases;
       convcases::compare(s, convcases::run_with(o, s, di, Activation::identity, true), ri, true);
     }
   }
-  im2gemm::detail::set_min_macs_per_thread(0);
   // The rest: split images larger than the column block's room (1x1 kernels at stride 2-4).
   MESSAGE(fused << " of 80 runs packed backward weights from column phases");
   CHECK(fused > 30);

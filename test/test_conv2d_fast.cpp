@@ -12,7 +12,9 @@
 
 #include "common/isa.hpp"
 #include "common/scratch.hpp"
+#include "conv/depthwise.hpp"
 #include "conv/lowering.hpp"
+#include "conv/packed_conv.hpp"
 #include "conv/plan.hpp"
 #include "conv_cases.hpp"
 #include "test_util.hpp"
@@ -33,32 +35,40 @@ using convcases::run_ref;
 
 // This suite holds the openblas backend (im2col / col2im + sgemm, planned by plan_conv) to
 // the reference; test_conv2d_engines runs the packed engine on every ISA.
-Outputs run_fast(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
-  return convcases::run_with({im2gemm::detail::GemmBackend::openblas, im2gemm::detail::Isa::avx512,
-                              im2gemm::num_threads()},
-                             s, d, act, with_bias);
+// The openblas backend at `threads`, with column blocks of about `block_bytes` (0: the plan's
+// own) and, for chunk_rows > 0, the forward K of every shape in chunks of about that many rows.
+// Small shapes run on every requested thread too (the plan would otherwise give tiny problems
+// one thread).
+im2gemm::detail::ConvOptions tuned(int threads, std::size_t block_bytes = 0,
+                                   std::int64_t chunk_rows = 0) {
+  im2gemm::detail::ConvOptions o{im2gemm::detail::GemmBackend::openblas,
+                                 im2gemm::detail::Isa::avx512, threads};
+  o.tuning.block_target_bytes = block_bytes;
+  o.tuning.k_chunk_rows = chunk_rows;
+  o.tuning.min_macs_per_thread = 1;
+  return o;
 }
 
-// Restores the thread count and the block target at scope exit.
+Outputs run_fast(const im2gemm::detail::ConvOptions& o, const Conv2dShape& s, const Data& d,
+                 Activation act, bool with_bias) {
+  return convcases::run_with(o, s, d, act, with_bias);
+}
+
+// The plan's own blocking at num_threads().
+Outputs run_fast(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
+  return run_fast({im2gemm::detail::GemmBackend::openblas, im2gemm::detail::Isa::avx512,
+                   im2gemm::num_threads()},
+                  s, d, act, with_bias);
+}
+
+// Restores the thread count and the vector lowering at scope exit.
 struct Settings {
   Settings() = default;
   Settings(const Settings&) = delete;
   Settings& operator=(const Settings&) = delete;
   ~Settings() {
     im2gemm::set_num_threads(0);
-    im2gemm::detail::set_block_target_bytes(0);
     im2gemm::detail::set_vector_lowering(true);
-    im2gemm::detail::set_min_macs_per_thread(0);
-    im2gemm::detail::set_k_chunk_rows(0);
-  }
-  // Small shapes run on every requested thread too (the plan would otherwise give tiny
-  // problems one thread).
-  // chunk_rows > 0 splits the forward K of every shape into chunks of about that many rows.
-  static void apply(int threads, std::size_t block_bytes, std::int64_t chunk_rows = 0) {
-    im2gemm::set_num_threads(threads);
-    im2gemm::detail::set_block_target_bytes(block_bytes);
-    im2gemm::detail::set_min_macs_per_thread(1);
-    im2gemm::detail::set_k_chunk_rows(chunk_rows);
   }
 };
 
@@ -176,9 +186,8 @@ TEST_CASE(
     for (int threads : {1, 2}) {
       for (std::size_t block : {std::size_t{0}, std::size_t{1} << 11}) {
         // Tiny blocks also lower the forward K in chunks of about 8 rows.
-        Settings::apply(threads, block, block ? 8 : 0);
         INFO("ints, threads " << threads << " block bytes " << block);
-        compare(s, run_fast(s, di, act, with_bias), ri, true);
+        compare(s, run_fast(tuned(threads, block, block ? 8 : 0), s, di, act, with_bias), ri, true);
         ++runs;
       }
     }
@@ -186,9 +195,9 @@ TEST_CASE(
     const Data df = make_data(s, static_cast<std::uint32_t>(i) + 100000, false);
     const Outputs rf = run_ref(s, df, act, with_bias);
     for (int threads : {1, 2}) {
-      Settings::apply(threads, i % 2 ? std::size_t{1} << 12 : 0, i % 2 ? 8 : 0);
+      const auto o = tuned(threads, i % 2 ? std::size_t{1} << 12 : 0, i % 2 ? 8 : 0);
       INFO("floats, threads " << threads);
-      compare(s, run_fast(s, df, act, with_bias), rf, false);
+      compare(s, run_fast(o, s, df, act, with_bias), rf, false);
       ++runs;
     }
   }
@@ -428,10 +437,9 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
       const Outputs want = run_ref(s, d, act, true);
       for (int threads : {1, 2, 3}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
-          Settings::apply(threads, block, block ? 100 : 0);
           im2gemm::detail::set_vector_lowering(threads != 3);
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
-          compare(s, run_fast(s, d, act, true), want, true);
+          compare(s, run_fast(tuned(threads, block, block ? 100 : 0), s, d, act, true), want, true);
         }
       }
       ++n;
@@ -465,8 +473,8 @@ TEST_CASE(
           const auto block = static_cast<std::size_t>(
               block_rows *
               static_cast<double>(s.in_channels * s.kernel_height * s.kernel_width * geo.OW * 4));
-          Settings::apply(threads, block);
-          const auto p = im2gemm::detail::plan_conv(s, ConvPass::backward_data, threads);
+          const auto o = tuned(threads, block);
+          const auto p = im2gemm::detail::plan_conv(s, ConvPass::backward_data, threads, o.tuning);
           INFO(testutil::describe(s)
                << " act " << static_cast<int>(act) << " threads " << threads << " block " << block
                << " pixel blocks " << p.pixel_blocks << " of " << p.block_pixels);
@@ -474,7 +482,7 @@ TEST_CASE(
             CHECK(p.block_pixels % geo.OW == 0);
           }
           if (p.pixel_blocks > 1 && im2gemm::detail::col2im_gathers(geo)) ++gathered;
-          compare(s, run_fast(s, d, act, true), want, true);
+          compare(s, run_fast(o, s, d, act, true), want, true);
         }
       }
     }
@@ -504,18 +512,57 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
     INFO(testutil::describe(s));
     const Data d = make_data(s, 4242u, false);
     for (std::size_t block : {std::size_t{0}, std::size_t{1} << 13}) {
-      Settings::apply(2, block, block ? 40 : 0);
-      const Outputs a = run_fast(s, d, Activation::tanh, true);
-      const Outputs b = run_fast(s, d, Activation::tanh, true);
+      const auto two = tuned(2, block, block ? 40 : 0);
+      const Outputs a = run_fast(two, s, d, Activation::tanh, true);
+      const Outputs b = run_fast(two, s, d, Activation::tanh, true);
       CHECK(testutil::bitwise_equal(a.y, b.y));
       CHECK(testutil::bitwise_equal(a.dx, b.dx));
       CHECK(testutil::bitwise_equal(a.dw, b.dw));
       CHECK(testutil::bitwise_equal(a.db, b.db));
-      Settings::apply(1, block, block ? 40 : 0);
-      const Outputs one = run_fast(s, d, Activation::tanh, true);
+      const Outputs one = run_fast(tuned(1, block, block ? 40 : 0), s, d, Activation::tanh, true);
       compare(s, one, a, false);
     }
   }
+}
+
+TEST_CASE("fast conv: the planners read their tuning from the call, each field") {
+  using im2gemm::detail::Isa;
+  using im2gemm::detail::PlanTuning;
+  // Small: one thread by the planners' own constants, one column block, the whole K at once.
+  const Conv2dShape s{.batch = 1,
+                      .in_channels = 4,
+                      .in_height = 12,
+                      .in_width = 12,
+                      .out_channels = 4,
+                      .kernel_height = 3,
+                      .kernel_width = 3,
+                      .pad_height = 1,
+                      .pad_width = 1};
+  Conv2dShape dw = s;  // depthwise: 4 groups of 8 channels
+  dw.in_channels = dw.out_channels = dw.groups = 32;
+  Conv2dShape wide = s;  // 64 panels of 16 pixels for the packed plan to split
+  wide.in_channels = 2;
+  wide.in_height = wide.in_width = 32;
+  const PlanTuning own, every{.min_macs_per_thread = 1};
+  const PlanTuning small_blocks{.block_target_bytes = 4096}, chunks{.k_chunk_rows = 9};
+  const auto pc = im2gemm::detail::packed_forward_problem(wide);
+  for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+    INFO("pass " << static_cast<int>(pass));
+    CHECK(im2gemm::detail::plan_conv(s, pass, 2).threads == 1);
+    CHECK(im2gemm::detail::plan_conv(s, pass, 2, own).threads == 1);
+    CHECK(im2gemm::detail::plan_conv(s, pass, 2, every).threads == 2);
+    CHECK(im2gemm::detail::plan_conv(s, pass, 1, small_blocks).pixel_blocks > 1);
+    CHECK(im2gemm::detail::plan_conv(s, pass, 1).pixel_blocks == 1);
+    const int p = static_cast<int>(pass);
+    CHECK(im2gemm::detail::plan_depthwise(dw, p, 2, Isa::avx2).threads == 1);
+    CHECK(im2gemm::detail::plan_depthwise(dw, p, 2, Isa::avx2, every).threads == 2);
+  }
+  CHECK(im2gemm::detail::plan_conv(s, ConvPass::forward, 1).k_chunks == 1);
+  CHECK(im2gemm::detail::plan_conv(s, ConvPass::forward, 1, chunks).k_chunks == 4);
+  CHECK(im2gemm::detail::plan_packed(pc, Isa::avx2, 2).threads == 1);
+  CHECK(im2gemm::detail::plan_packed(pc, Isa::avx2, 2, every).threads == 2);
+  // The packed plans of each thread are cached: the tuning is part of the key.
+  CHECK(im2gemm::detail::plan_packed(pc, Isa::avx2, 2).threads == 1);
 }
 
 TEST_CASE(
@@ -664,9 +711,8 @@ TEST_CASE(
       const Outputs want = run_ref(s, d, act, true);
       for (int threads : {1, 2}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 10}) {
-          Settings::apply(threads, block);
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
-          compare(s, run_fast(s, d, act, true), want, true);
+          compare(s, run_fast(tuned(threads, block), s, d, act, true), want, true);
         }
       }
     }
@@ -675,7 +721,7 @@ TEST_CASE(
 
 TEST_CASE("fast conv: calls from several std::threads at once") {
   Settings restore;
-  Settings::apply(2, 0);
+  const auto two = tuned(2);
   std::mt19937 rng(7);
   struct Job {
     Conv2dShape s;
@@ -710,7 +756,7 @@ TEST_CASE("fast conv: calls from several std::threads at once") {
     pool.emplace_back([&, i] {
       const Job& j = jobs[i];
       for (int rep = 0; rep < 5; ++rep) {
-        const Outputs o = run_fast(j.s, j.d, j.act, true);
+        const Outputs o = run_fast(two, j.s, j.d, j.act, true);
         if (!testutil::bitwise_equal(o.y, j.want.y) || !testutil::bitwise_equal(o.dx, j.want.dx) ||
             !testutil::bitwise_equal(o.dw, j.want.dw) ||
             !testutil::bitwise_equal(o.db, j.want.db)) {

@@ -645,7 +645,7 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       if (s.stride_width == 1) return GemmBackend::packed;
       const bool phases_pay = s.out_channels / s.groups * khw >=
                               kMinPhaseMacsPerInput * s.stride_height * s.stride_width;
-      return phases_pay && plan_packed(packed_forward_problem(s), o.isa, o.threads).phases
+      return phases_pay && plan_packed(packed_forward_problem(s), o.isa, o.threads, o.tuning).phases
                  ? GemmBackend::packed
                  : GemmBackend::openblas;
     }
@@ -704,7 +704,8 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
     return ConvPath::gemm;
   }
   const int p = pass == ConvPass::forward ? 0 : pass == ConvPass::backward_data ? 1 : 2;
-  if (plan_depthwise(s, p, o.threads, o.isa).scratch_bytes() > kMaxScratchBytesPerThread) {
+  if (plan_depthwise(s, p, o.threads, o.isa, o.tuning).scratch_bytes() >
+      kMaxScratchBytesPerThread) {
     return ConvPath::gemm;
   }
   if (pass == ConvPass::backward_data && !all_finite(w)) return ConvPath::gemm;
@@ -734,7 +735,8 @@ void conv2d_forward_with(const ConvOptions& o_in, const Conv2dShape& s, std::spa
                          Activation act) {
   const float* b = bias.empty() ? nullptr : bias.data();
   if (conv_path(s, ConvPass::forward, o_in) == ConvPath::depthwise) {
-    return depthwise_forward(o_in.isa, o_in.threads, s, x.data(), w.data(), b, y.data(), act);
+    return depthwise_forward(o_in.isa, o_in.threads, o_in.tuning, s, x.data(), w.data(), b,
+                             y.data(), act);
   }
   const ConvOptions o = forward_engine_options(s, o_in);
   if (conv_backend(s, ConvPass::forward, o) == GemmBackend::packed) {
@@ -744,10 +746,10 @@ void conv2d_forward_with(const ConvOptions& o_in, const Conv2dShape& s, std::spa
     pc.bias = b;
     pc.y = y.data();
     pc.act = act;
-    run_packed(pc, plan_packed(pc, o.isa, o.threads));
+    run_packed(pc, plan_packed(pc, o.isa, o.threads, o.tuning));
     return;
   }
-  const ConvPlan p = plan_conv(s, ConvPass::forward, o.threads);
+  const ConvPlan p = plan_conv(s, ConvPass::forward, o.threads, o.tuning);
   if (!fits_blas_int(p)) return reference::conv2d_forward(s, x, w, bias, y, act);
   forward_impl(s, p, x.data(), w.data(), b, y.data(), act);
 }
@@ -779,7 +781,7 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
                                std::span<const float> x) {
   const float* xp = x.empty() ? nullptr : x.data();
   if (conv_path(s, ConvPass::backward_data, o, w) == ConvPath::depthwise) {
-    return depthwise_backward_data(o.isa, o.threads, s, dy.data(), w.data(), dx.data(),
+    return depthwise_backward_data(o.isa, o.threads, o.tuning, s, dy.data(), w.data(), dx.data(),
                                    input_activation, xp);
   }
   // The packed engine computes dx as a 'full' correlation of dy where backward_data_transposed
@@ -797,10 +799,10 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
     pc.deriv = input_activation;
     pc.xd = xp;
     const WeightsFillCtx ctx{&s, w.data(), t_weights_bd.data()};
-    run_packed(pc, plan_packed(pc, o.isa, o.threads), &fill_backward_data_weights, &ctx);
+    run_packed(pc, plan_packed(pc, o.isa, o.threads, o.tuning), &fill_backward_data_weights, &ctx);
     return;
   }
-  const ConvPlan p = plan_conv(s, ConvPass::backward_data, o.threads);
+  const ConvPlan p = plan_conv(s, ConvPass::backward_data, o.threads, o.tuning);
   if (!packed && !fits_blas_int(p)) {
     return reference::conv2d_backward_data(s, dy, w, dx, input_activation, x);
   }
@@ -817,10 +819,10 @@ void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
                                   std::span<const float> x, std::span<const float> dy,
                                   std::span<float> dw, std::span<float> db) {
   if (conv_path(s, ConvPass::backward_weights, o) == ConvPath::depthwise) {
-    return depthwise_backward_weights(o.isa, o.threads, s, x.data(), dy.data(), dw.data(),
+    return depthwise_backward_weights(o.isa, o.threads, o.tuning, s, x.data(), dy.data(), dw.data(),
                                       db.empty() ? nullptr : db.data());
   }
-  ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads);
+  ConvPlan p = plan_conv(s, ConvPass::backward_weights, o.threads, o.tuning);
   const bool packed = conv_backend(s, ConvPass::backward_weights, o) == GemmBackend::packed;
   const bool fused = packed && (weights_fused_pack(s, o.isa) || weights_fused_phases(s, p, o.isa));
   if (fused) p.weights_transposed = false;

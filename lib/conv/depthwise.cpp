@@ -272,7 +272,8 @@ const DwKernels& dw_kernels(Isa isa) {
   return dw_kernels_scalar();
 }
 
-DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
+DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa,
+                      const PlanTuning& tuning) {
   const Geo g(s);
   DwPlan p;
   p.k = g.Fg;
@@ -281,8 +282,8 @@ DwPlan plan_depthwise(const Conv2dShape& s, int pass, int threads, Isa isa) {
   // A path's work items, and the threads (and inline run) that they and the work allow.
   auto set_items = [&](DwPlan& q, i64 items) {
     q.items = items;
-    q.threads = static_cast<int>(std::max<i64>(1, std::min<i64>({i64{std::max(threads, 1)}, items,
-                                                                 macs / min_macs_per_thread()})));
+    q.threads =
+        std::min(plan_threads(macs, threads, tuning), static_cast<int>(std::max<i64>(items, 1)));
     q.run_inline = q.threads == 1 && macs <= kMaxMacsInline;
   };
   set_items(p, pass == 2 ? g.G : g.N * g.G);
@@ -393,10 +394,11 @@ void lanes_by_row_chunks(i64 OH, i64 OW, Body&& body) {
   for (i64 oh0 = 0; oh0 < OH; oh0 += rows) body(oh0, std::min(OH, oh0 + rows));
 }
 
-void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
-                       const float* bias, float* y, Activation act) {
+void depthwise_forward(Isa isa, int threads, const PlanTuning& tuning, const Conv2dShape& s,
+                       const float* x, const float* w, const float* bias, float* y,
+                       Activation act) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 0, threads, isa);
+  const DwPlan p = plan_depthwise(s, 0, threads, isa, tuning);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, P = g.OH * g.OW, psize = p.psize;
   const bool relu = act == Activation::relu;  // fused into the store
@@ -476,10 +478,11 @@ void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* 
   });
 }
 
-void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
-                             const float* w, float* dx, Activation act, const float* x) {
+void depthwise_backward_data(Isa isa, int threads, const PlanTuning& tuning, const Conv2dShape& s,
+                             const float* dy, const float* w, float* dx, Activation act,
+                             const float* x) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 1, threads, isa);
+  const DwPlan p = plan_depthwise(s, 1, threads, isa, tuning);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, HW = g.H * g.W, psize = p.psize;
   const bool stream = p.stream && act == Activation::identity;  // else the plane is read back
@@ -572,10 +575,11 @@ void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const f
   });
 }
 
-void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,
-                                const float* dy, float* dw, float* db) {
+void depthwise_backward_weights(Isa isa, int threads, const PlanTuning& tuning,
+                                const Conv2dShape& s, const float* x, const float* dy, float* dw,
+                                float* db) {
   const Geo g(s);
-  const DwPlan p = plan_depthwise(s, 2, threads, isa);
+  const DwPlan p = plan_depthwise(s, 2, threads, isa, tuning);
   const DwKernels& kern = dw_kernels(isa);
   const i64 taps = g.KH * g.KW, slots = taps + 1, psize = p.psize;
   const i64 per_group = g.Fg * g.Cg * slots * 16;  // floats of sums

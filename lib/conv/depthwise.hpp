@@ -50,6 +50,7 @@
 #include <span>
 
 #include "common/isa.hpp"
+#include "conv/plan.hpp"
 #include "im2gemm/common.hpp"
 #include "im2gemm/conv2d.hpp"
 
@@ -373,16 +374,18 @@ struct DwPlan {
   std::size_t scratch_bytes() const { return static_cast<std::size_t>(scratch_floats) * 4 + 64; }
 };
 DwPlan plan_depthwise(const Conv2dShape& s, int pass /*0 fwd, 1 bwd data, 2 bwd weights*/,
-                      int threads, Isa isa);
+                      int threads, Isa isa, const PlanTuning& tuning = {});
 
 /// The passes (shape valid, spans checked; nothing else is checked here). Same contract as
 /// the public functions. Backward data requires finite weights (the zero-stuffed dy would turn
 /// an infinite weight into NaN where the reference adds nothing): the caller checks.
-void depthwise_forward(Isa isa, int threads, const Conv2dShape& s, const float* x, const float* w,
-                       const float* bias, float* y, Activation act);
-void depthwise_backward_data(Isa isa, int threads, const Conv2dShape& s, const float* dy,
-                             const float* w, float* dx, Activation act, const float* x);
-void depthwise_backward_weights(Isa isa, int threads, const Conv2dShape& s, const float* x,
-                                const float* dy, float* dw, float* db);
+void depthwise_forward(Isa isa, int threads, const PlanTuning& tuning, const Conv2dShape& s,
+                       const float* x, const float* w, const float* bias, float* y, Activation act);
+void depthwise_backward_data(Isa isa, int threads, const PlanTuning& tuning, const Conv2dShape& s,
+                             const float* dy, const float* w, float* dx, Activation act,
+                             const float* x);
+void depthwise_backward_weights(Isa isa, int threads, const PlanTuning& tuning,
+                                const Conv2dShape& s, const float* x, const float* dy, float* dw,
+                                float* db);
 
 }  // namespace im2gemm::detail

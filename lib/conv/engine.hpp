@@ -19,6 +19,9 @@ struct ConvOptions {
   /// Tests: the direct kernels wherever they apply (conv_path), over the measured preference
   /// that gives narrow groups' backward data to the GEMM path on AVX-512.
   bool prefer_direct = false;
+  /// The planners' tuning (plan.hpp): the measured constants unless a test shrinks blocks or
+  /// gives small shapes every thread.
+  PlanTuning tuning{};
 };
 
 /// The options of a public call: the environment's backend and ISA, num_threads().

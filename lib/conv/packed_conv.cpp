@@ -137,7 +137,7 @@ std::size_t PackedPlan::scratch_bytes() const {
 
 namespace {
 
-PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads);
+PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads, const PlanTuning& tuning);
 
 // The last plans made on this thread: the balance search can take milliseconds at many
 // threads on a large shape, and a training loop asks for the same few plans every step.
@@ -154,7 +154,7 @@ thread_local PlanCache t_plans;
 
 }  // namespace
 
-PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
+PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads, const PlanTuning& tuning) {
   const std::int64_t key[19] = {pc.N,
                                 pc.C,
                                 pc.H,
@@ -173,13 +173,13 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
                                 pc.OW,
                                 static_cast<std::int64_t>(isa_clamp(isa)),
                                 threads,
-                                min_macs_per_thread()};
+                                tuning.min_macs_per_thread};
   PlanCache& c = t_plans;
   for (int e = 0; e < c.used; ++e) {
     if (std::equal(key, key + 19, c.entries[e].key)) return c.entries[e].plan;
   }
   PlanCache::Entry& slot = c.entries[c.next];
-  slot.plan = make_packed_plan(pc, isa, threads);
+  slot.plan = make_packed_plan(pc, isa, threads, tuning);
   std::copy(key, key + 19, slot.key);
   c.next = (c.next + 1) % PlanCache::kEntries;
   c.used = std::min(c.used + 1, PlanCache::kEntries);
@@ -188,15 +188,14 @@ PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads) {
 
 namespace {
 
-PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads) {
+PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads, const PlanTuning& tuning) {
   const gemm::Config& cfg = gemm::config(isa);
   PackedPlan p;
   p.isa = cfg.isa;
   const i64 nr = cfg.nr, mr = cfg.mr;
   const i64 Cg = pc.C / pc.G, Fg = pc.F / pc.G, K = Cg * pc.KH * pc.KW, P = pc.OH * pc.OW;
   const i64 macs = pc.N * pc.F * P * K;
-  p.threads = static_cast<int>(
-      std::max<i64>(1, std::min<i64>(std::max(threads, 1), macs / min_macs_per_thread())));
+  p.threads = plan_threads(macs, threads, tuning);
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const i64 T = p.threads;
 

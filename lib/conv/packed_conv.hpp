@@ -13,6 +13,7 @@
 
 #include "common/isa.hpp"
 #include "conv/pack/im2col_pack.hpp"
+#include "conv/plan.hpp"
 #include "gemm/gemm.hpp"
 #include "im2gemm/conv2d.hpp"
 
@@ -65,9 +66,10 @@ struct PackedPlan {
   std::size_t scratch_bytes() const;
 };
 
-/// threads >= 1; min_macs_per_thread as in plan_conv. The last 8 plans of each thread are
-/// kept and returned again for the same problem, ISA and thread count.
-PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads);
+/// threads >= 1; tuning.min_macs_per_thread as in plan_conv (the packed plans read no other
+/// field). The last 8 plans of each thread are kept and returned again for the same problem,
+/// ISA, thread count and tuning.
+PackedPlan plan_packed(const PackedConv& pc, Isa isa, int threads, const PlanTuning& tuning = {});
 
 /// Runs the plan (throws std::bad_alloc before writing anything if scratch cannot be had).
 /// wt_fill: for backward data, a function the threads call first to fill transformed weights

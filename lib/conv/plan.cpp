@@ -3,15 +3,10 @@
 #include "gemm/gemm.hpp"
 
 #include <algorithm>
-#include <atomic>
 
 namespace im2gemm::detail {
 
 namespace {
-
-std::atomic<std::size_t> g_block_target_bytes{0};    // 0: kBlockTargetBytes
-std::atomic<std::int64_t> g_min_macs_per_thread{0};  // 0: kMinMacsPerThread
-std::atomic<std::int64_t> g_k_chunk_rows{0};         // 0: kKChunkRows
 
 bool balanced(std::int64_t items, std::int64_t threads) {
   return items % threads == 0 || items >= kBalancedItemsPerThread * threads;
@@ -22,14 +17,16 @@ std::size_t round_up_64(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
 // Pixel blocking of one image for a column block of `rows` rows (plus `extra_rows` rows of a
 // gathered block when images are side by side). Sets images_per_block / block_pixels /
 // pixel_blocks; images_per_block is at most max_images.
-void choose_blocks(ConvPlan& p, std::int64_t rows, std::int64_t extra_rows, std::int64_t max_images,
+void choose_blocks(ConvPlan& p, const PlanTuning& tuning, std::int64_t rows,
+                   std::int64_t extra_rows, std::int64_t max_images,
                    std::int64_t pixels_per_filter = kPixelsPerFilter) {
-  // With the test/tuning override of the target, the target alone decides.
-  const bool overridden = g_block_target_bytes.load(std::memory_order_relaxed) != 0;
+  // With a tuned target, the target alone decides.
+  const bool overridden = tuning.block_target_bytes != 0;
+  const std::size_t target_bytes = overridden ? tuning.block_target_bytes : kBlockTargetBytes;
   const std::int64_t per_filter = pixels_per_filter * p.Fg;
-  auto columns = [overridden, per_filter](std::int64_t r) {
+  auto columns = [overridden, target_bytes, per_filter](std::int64_t r) {
     r = std::max<std::int64_t>(r, 1);
-    const auto target = static_cast<std::int64_t>(block_target_bytes() / sizeof(float)) / r;
+    const auto target = static_cast<std::int64_t>(target_bytes / sizeof(float)) / r;
     const auto most = static_cast<std::int64_t>(kMaxBlockBytes / sizeof(float)) / r;
     if (overridden) return std::max(kMinBlockPixels, target);
     return std::max(kMinBlockPixels, std::min(std::max(target, per_filter), most));
@@ -68,31 +65,6 @@ void choose_image_groups(ConvPlan& p, std::int64_t images, std::int64_t other_it
 
 }  // namespace
 
-void set_block_target_bytes(std::size_t bytes) {
-  g_block_target_bytes.store(bytes, std::memory_order_relaxed);
-}
-
-std::size_t block_target_bytes() {
-  const std::size_t b = g_block_target_bytes.load(std::memory_order_relaxed);
-  return b != 0 ? b : kBlockTargetBytes;
-}
-
-void set_min_macs_per_thread(std::int64_t macs) {
-  g_min_macs_per_thread.store(macs, std::memory_order_relaxed);
-}
-
-void set_k_chunk_rows(std::int64_t rows) { g_k_chunk_rows.store(rows, std::memory_order_relaxed); }
-
-std::int64_t k_chunk_rows() {
-  const std::int64_t r = g_k_chunk_rows.load(std::memory_order_relaxed);
-  return r > 0 ? r : kKChunkRows;
-}
-
-std::int64_t min_macs_per_thread() {
-  const std::int64_t m = g_min_macs_per_thread.load(std::memory_order_relaxed);
-  return m > 0 ? m : kMinMacsPerThread;
-}
-
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s) {
   return s.kernel_height == 1 && s.kernel_width == 1 && s.stride_height == 1 &&
          s.stride_width == 1 && s.pad_height == 0 && s.pad_width == 0 && s.dilation_height == 1 &&
@@ -106,10 +78,9 @@ std::size_t ConvPlan::scratch_bytes() const {
          round_up_64(static_cast<std::size_t>(pack_floats) * sizeof(float));
 }
 
-ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
+ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanTuning& tuning) {
   ConvPlan p;
   p.pass = pass;
-  p.threads = std::max(threads, 1);
   p.groups = s.groups;
   p.Cg = s.in_channels / s.groups;
   p.Fg = s.out_channels / s.groups;
@@ -120,8 +91,7 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
   p.pointwise = is_conv1x1_s1_p0_d1(s);
   const std::int64_t macs = p.N * s.out_channels * p.P * p.K;  // s.macs(), without re-dividing
   // Tiny problems do not pay for waking threads.
-  p.threads = static_cast<int>(
-      std::max<std::int64_t>(1, std::min<std::int64_t>(p.threads, macs / min_macs_per_thread())));
+  p.threads = plan_threads(macs, threads, tuning);
   p.run_inline = p.threads == 1 && macs <= kMaxMacsInline;
   const std::int64_t T = p.threads, G = p.groups;
 
@@ -129,17 +99,18 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
     case ConvPass::forward: {
       // Items: image run x group x pixel block x filter block, all with disjoint outputs.
       // A long K is lowered in channel chunks, on images of at least kMinGemmPixels (smaller
-      // ones go side by side with the whole K; the test hook lifts that condition).
-      const std::int64_t chunk = k_chunk_rows();
-      const bool chunk_hook = g_k_chunk_rows.load(std::memory_order_relaxed) != 0;
-      p.k_chunks = p.pointwise || (p.P < kMinGemmPixels && !chunk_hook)
+      // ones go side by side with the whole K; a tuned chunk size lifts that condition).
+      const bool tuned_chunks = tuning.k_chunk_rows > 0;
+      const std::int64_t chunk = tuned_chunks ? tuning.k_chunk_rows : kKChunkRows;
+      p.k_chunks = p.pointwise || (p.P < kMinGemmPixels && !tuned_chunks)
                        ? 1
                        : std::min(p.Cg, (p.K + chunk / 2) / chunk);
       if (p.k_chunks > 1) {
-        choose_blocks(p, ceil_div(p.Cg, p.k_chunks) * p.khw, p.Fg, 1, kPixelsPerFilterChunked);
+        choose_blocks(p, tuning, ceil_div(p.Cg, p.k_chunks) * p.khw, p.Fg, 1,
+                      kPixelsPerFilterChunked);
       } else {
         p.k_chunks = 1;
-        choose_blocks(p, p.K, p.Fg, p.N);
+        choose_blocks(p, tuning, p.K, p.Fg, p.N);
       }
       choose_image_groups(p, p.N, G * p.pixel_blocks);
       // Every step raises `wanted` or filter_blocks, both bounded (by P / kMinSplitPixels and
@@ -170,7 +141,7 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
         ++p.channel_blocks;
       }
       const std::int64_t rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
-      choose_blocks(p, rows, p.Fg, p.N);
+      choose_blocks(p, tuning, rows, p.Fg, p.N);
       // Horizontal strides up to 4: blocks of whole output rows (at most as many as chosen,
       // then balanced), which col2im gathers row by row (col2im_gather_rows) instead of
       // zeroing dx and scattering into it.
@@ -197,14 +168,14 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads) {
       std::int64_t rows = p.K;
       if (p.weight_partials) {
         // Thread t sums its own images into its partial dW: all groups, all channels.
-        choose_blocks(p, rows, p.Fg, ceil_div(p.N, T));
+        choose_blocks(p, tuning, rows, p.Fg, ceil_div(p.N, T));
         p.image_groups = ceil_div(ceil_div(p.N, T), p.images_per_block);  // per thread
         p.partial_floats = s.out_channels * p.K;
       } else {
         // Items: group x channel block, each owning its columns of dW over all images.
         while (!balanced(G * p.channel_blocks, T) && p.channel_blocks < p.Cg) ++p.channel_blocks;
         rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
-        choose_blocks(p, rows, p.Fg, p.N);
+        choose_blocks(p, tuning, rows, p.Fg, p.N);
         p.image_groups = ceil_div(p.N, p.images_per_block);
       }
       const std::int64_t cols = p.images_per_block * p.block_pixels;

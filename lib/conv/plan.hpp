@@ -4,6 +4,7 @@
 // how much per-thread scratch the pass needs (the public conv2d_scratch_bytes reports it).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -165,26 +166,34 @@ struct ConvPlan {
   std::size_t scratch_bytes() const;
 };
 
-/// Tuning and test hook: later plans size column blocks to `bytes` alone, without the
-/// kPixelsPerFilter / kMaxBlockBytes limits (0 restores the constants). Process-wide; tests use tiny values to force many pixel blocks on small shapes.
-void set_block_target_bytes(std::size_t bytes);
-std::size_t block_target_bytes();
+/// What a planner is told besides the shape, the ISA and the threads: by default the measured
+/// constants above. Passed by value with each call (ConvOptions::tuning), never set for the
+/// process: tests shrink the column blocks, split K into small chunks or give small shapes
+/// every thread, to reach on small shapes the blockings that only large ones get by default.
+struct PlanTuning {
+  /// Column blocks of about this many bytes, without the kPixelsPerFilter / kMaxBlockBytes
+  /// limits and with images side by side whatever their size (0: kBlockTargetBytes with them).
+  std::size_t block_target_bytes = 0;
+  /// Forward K split into chunks of about this many rows on images of any size (0:
+  /// kKChunkRows, on images of at least kMinGemmPixels).
+  std::int64_t k_chunk_rows = 0;
+  /// Multiply-adds each thread must get before another thread is woken (>= 1).
+  std::int64_t min_macs_per_thread = kMinMacsPerThread;
+};
 
-/// Test hook: later plans use `rows` instead of kKChunkRows (0 restores it); tests use small
-/// values to split the K of small shapes.
-void set_k_chunk_rows(std::int64_t rows);
-std::int64_t k_chunk_rows();
-
-/// Test hook: later plans use `macs` instead of kMinMacsPerThread (0 restores it); tests set
-/// 1 so that small shapes run on every requested thread.
-void set_min_macs_per_thread(std::int64_t macs);
-std::int64_t min_macs_per_thread();
+/// The threads a problem of `macs` multiply-adds runs on: at most `threads`, at least one, and
+/// at least tuning.min_macs_per_thread multiply-adds each.
+inline int plan_threads(std::int64_t macs, int threads, const PlanTuning& tuning) {
+  const std::int64_t per = std::max<std::int64_t>(tuning.min_macs_per_thread, 1);
+  return static_cast<int>(
+      std::max<std::int64_t>(1, std::min<std::int64_t>(std::max(threads, 1), macs / per)));
+}
 
 /// The exact condition of the path without im2col: 1x1 kernel, stride 1, pad 0, dilation 1.
 bool is_conv1x1_s1_p0_d1(const Conv2dShape& s);
 
 /// s must be valid (validate() accepted it); threads >= 1.
-ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads);
+ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanTuning& tuning = {});
 
 /// [begin, end) of part i when `total` is cut into `parts` balanced runs.
 inline std::int64_t part_begin(std::int64_t i, std::int64_t parts, std::int64_t total) {

@@ -215,32 +215,51 @@ bool small_conv(const im2gemm::Conv2dShape& s) {
 
 // 0: the public functions (the environment's engine); else one backend on one ISA.
 std::uint8_t g_engine = 0;
+std::uint8_t g_setup = 0;
+
+// The planners' tuning from the setup byte: small column blocks (many pixel blocks, image
+// runs) and every thread on small shapes, or the planners' own constants.
+im2gemm::detail::PlanTuning plan_tuning() {
+  im2gemm::detail::PlanTuning t;
+  t.block_target_bytes = (g_setup >> 2) % 4 == 0 ? 0 : std::size_t{64} << ((g_setup >> 4) % 8);
+  if ((g_setup & 0x80) != 0) t.min_macs_per_thread = 1;
+  return t;
+}
+
+// The public functions run where both the engine and the tuning are theirs.
+bool public_call() {
+  const im2gemm::detail::PlanTuning t = plan_tuning(), own;
+  return g_engine % 3 == 0 && t.block_target_bytes == own.block_target_bytes &&
+         t.min_macs_per_thread == own.min_macs_per_thread;
+}
 
 im2gemm::detail::ConvOptions conv_options() {
-  im2gemm::detail::ConvOptions o;
-  o.backend = g_engine % 3 == 1 ? im2gemm::detail::GemmBackend::packed
-                                : im2gemm::detail::GemmBackend::openblas;
-  o.isa = static_cast<im2gemm::detail::Isa>((g_engine / 3) % 3);
-  o.threads = im2gemm::num_threads();
+  im2gemm::detail::ConvOptions o = im2gemm::detail::default_conv_options();
+  if (g_engine % 3 != 0) {
+    o.backend = g_engine % 3 == 1 ? im2gemm::detail::GemmBackend::packed
+                                  : im2gemm::detail::GemmBackend::openblas;
+    o.isa = static_cast<im2gemm::detail::Isa>((g_engine / 3) % 3);
+  }
+  o.tuning = plan_tuning();
   return o;
 }
 
 void conv_forward(const im2gemm::Conv2dShape& s, std::span<const float> x, std::span<const float> w,
                   std::span<const float> b, std::span<float> y, im2gemm::Activation act) {
-  if (g_engine % 3 == 0) return im2gemm::conv2d_forward(s, x, w, b, y, act);
+  if (public_call()) return im2gemm::conv2d_forward(s, x, w, b, y, act);
   im2gemm::detail::check_conv2d_forward(s, x, w, b, y, act);  // the _with entries check nothing
   im2gemm::detail::conv2d_forward_with(conv_options(), s, x, w, b, y, act);
 }
 void conv_backward_data(const im2gemm::Conv2dShape& s, std::span<const float> dy,
                         std::span<const float> w, std::span<float> dx, im2gemm::Activation act,
                         std::span<const float> x) {
-  if (g_engine % 3 == 0) return im2gemm::conv2d_backward_data(s, dy, w, dx, act, x);
+  if (public_call()) return im2gemm::conv2d_backward_data(s, dy, w, dx, act, x);
   im2gemm::detail::check_conv2d_backward_data(s, dy, w, dx, act, x);
   im2gemm::detail::conv2d_backward_data_with(conv_options(), s, dy, w, dx, act, x);
 }
 void conv_backward_weights(const im2gemm::Conv2dShape& s, std::span<const float> x,
                            std::span<const float> dy, std::span<float> dw, std::span<float> db) {
-  if (g_engine % 3 == 0) return im2gemm::conv2d_backward_weights(s, x, dy, dw, db);
+  if (public_call()) return im2gemm::conv2d_backward_weights(s, x, dy, dw, db);
   im2gemm::detail::check_conv2d_backward_weights(s, x, dy, dw, db);
   im2gemm::detail::conv2d_backward_weights_with(conv_options(), s, x, dy, dw, db);
 }
@@ -428,10 +447,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t setup = in.u8();
   g_engine = in.u8();
   im2gemm::set_num_threads(1 + setup % 3);
-  // Small column blocks (many pixel blocks, image runs) and every thread on small shapes.
-  im2gemm::detail::set_block_target_bytes(
-      (setup >> 2) % 4 == 0 ? 0 : std::size_t{64} << ((setup >> 4) % 8));
-  im2gemm::detail::set_min_macs_per_thread((setup & 0x80) != 0 ? 1 : 0);
+  g_setup = setup;
   switch (call) {
     case 0:
     case 1:
