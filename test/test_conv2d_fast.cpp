@@ -38,11 +38,13 @@ using convcases::run_ref;
 // The openblas backend at `threads`, with column blocks of about `block_bytes` (0: the plan's
 // own) and, for chunk_rows > 0, the forward K of every shape in chunks of about that many rows.
 // Small shapes run on every requested thread too (the plan would otherwise give tiny problems
-// one thread).
+// one thread). The im2col / col2im kernels of `lowering` (scalar: the portable loops); by
+// default the process's ISA (IM2GEMM_ISA: the meson test conv_fast_isa_avx2 runs this file
+// under AVX2).
 im2gemm::detail::ConvOptions tuned(int threads, std::size_t block_bytes = 0,
-                                   std::int64_t chunk_rows = 0) {
-  im2gemm::detail::ConvOptions o{im2gemm::detail::GemmBackend::openblas,
-                                 im2gemm::detail::Isa::avx512, threads};
+                                   std::int64_t chunk_rows = 0,
+                                   im2gemm::detail::Isa lowering = im2gemm::detail::isa_active()) {
+  im2gemm::detail::ConvOptions o{im2gemm::detail::GemmBackend::openblas, lowering, threads};
   o.tuning.block_target_bytes = block_bytes;
   o.tuning.k_chunk_rows = chunk_rows;
   o.tuning.min_macs_per_thread = 1;
@@ -54,22 +56,19 @@ Outputs run_fast(const im2gemm::detail::ConvOptions& o, const Conv2dShape& s, co
   return convcases::run_with(o, s, d, act, with_bias);
 }
 
-// The plan's own blocking at num_threads().
+// The plan's own blocking at num_threads(), the process's ISA.
 Outputs run_fast(const Conv2dShape& s, const Data& d, Activation act, bool with_bias) {
-  return run_fast({im2gemm::detail::GemmBackend::openblas, im2gemm::detail::Isa::avx512,
+  return run_fast({im2gemm::detail::GemmBackend::openblas, im2gemm::detail::isa_active(),
                    im2gemm::num_threads()},
                   s, d, act, with_bias);
 }
 
-// Restores the thread count and the vector lowering at scope exit.
+// Restores the thread count at scope exit.
 struct Settings {
   Settings() = default;
   Settings(const Settings&) = delete;
   Settings& operator=(const Settings&) = delete;
-  ~Settings() {
-    im2gemm::set_num_threads(0);
-    im2gemm::detail::set_vector_lowering(true);
-  }
+  ~Settings() { im2gemm::set_num_threads(0); }
 };
 
 // The suite's layers (../shared/suite/layers.txt), embedded so that the test needs no file.
@@ -170,15 +169,18 @@ TEST_CASE(
   std::mt19937 rng(20261127);
   constexpr int kShapes = 320;
   int runs = 0;
+  std::vector<im2gemm::detail::Isa> isas = testutil::cpu_isas();
+  if (isas.size() > 1) isas.erase(isas.begin());  // scalar: the odd shapes
   for (int i = 0; i < kShapes; ++i) {
     const Conv2dShape s = random_shape(rng);
     const Activation act = kActs[i % 4];
     const bool with_bias = i % 3 != 2;
-    // Odd shapes run the portable (target_clones) im2col/col2im, even ones the AVX-512 kernels
-    // where the CPU has them.
-    im2gemm::detail::set_vector_lowering(i % 2 == 0);
+    // Odd shapes run the portable (target_clones) im2col/col2im, even ones the hand-written
+    // kernels of each vector ISA of the CPU in turn.
+    const auto lowering = i % 2 != 0 ? im2gemm::detail::Isa::scalar
+                                     : isas[static_cast<std::size_t>(i / 2) % isas.size()];
     INFO("shape " << i << ": " << testutil::describe(s) << " act " << static_cast<int>(act)
-                  << " avx512 lowering allowed " << (i % 2 == 0));
+                  << " lowering " << im2gemm::detail::isa_name(lowering));
     // Integer data: exact at 1 and 2 threads, with the default blocks and with tiny blocks
     // (many pixel blocks cutting output rows at odd places).
     const Data di = make_data(s, static_cast<std::uint32_t>(i), true);
@@ -187,7 +189,8 @@ TEST_CASE(
       for (std::size_t block : {std::size_t{0}, std::size_t{1} << 11}) {
         // Tiny blocks also lower the forward K in chunks of about 8 rows.
         INFO("ints, threads " << threads << " block bytes " << block);
-        compare(s, run_fast(tuned(threads, block, block ? 8 : 0), s, di, act, with_bias), ri, true);
+        compare(s, run_fast(tuned(threads, block, block ? 8 : 0, lowering), s, di, act, with_bias),
+                ri, true);
         ++runs;
       }
     }
@@ -195,7 +198,7 @@ TEST_CASE(
     const Data df = make_data(s, static_cast<std::uint32_t>(i) + 100000, false);
     const Outputs rf = run_ref(s, df, act, with_bias);
     for (int threads : {1, 2}) {
-      const auto o = tuned(threads, i % 2 ? std::size_t{1} << 12 : 0, i % 2 ? 8 : 0);
+      const auto o = tuned(threads, i % 2 ? std::size_t{1} << 12 : 0, i % 2 ? 8 : 0, lowering);
       INFO("floats, threads " << threads);
       compare(s, run_fast(o, s, df, act, with_bias), rf, false);
       ++runs;
@@ -207,10 +210,8 @@ TEST_CASE(
 TEST_CASE(
     "fast conv: the small-plane im2col and col2im equal the portable loops bitwise and write only their block") {
   Settings restore;
-  if (im2gemm::detail::isa_active() != im2gemm::detail::Isa::avx512) {
-    MESSAGE(
-        "no AVX-512 in this process (CPU or IM2GEMM_ISA): the small-plane kernel is never "
-        "taken");
+  if (im2gemm::detail::isa_supported() != im2gemm::detail::Isa::avx512) {
+    MESSAGE("no AVX-512 on this CPU: the small-plane kernel is never taken");
     return;
   }
   std::mt19937 rng(64);
@@ -220,7 +221,8 @@ TEST_CASE(
     Conv2dShape s;
     const int h = pick(1, 9);
     if (!random_lowering_shape(pick, h, pick(1, 64 / h), s)) continue;
-    const im2gemm::detail::ConvGeom g(s);
+    const im2gemm::detail::ConvGeom g(s, im2gemm::detail::Isa::avx512),
+        portable(s, im2gemm::detail::Isa::scalar);
     const int64_t P = g.OH * g.OW;
     const int64_t q0 = pick(0, static_cast<int>(P - 1));
     const int64_t q1 = pick(static_cast<int>(q0 + 1), static_cast<int>(P));
@@ -230,9 +232,7 @@ TEST_CASE(
         testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
                               static_cast<std::uint32_t>(i));
     std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
-    im2gemm::detail::set_vector_lowering(false);
-    im2gemm::detail::im2col_block(g, x.data(), s.in_channels, q0, q1, want.data(), ld);
-    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::im2col_block(portable, x.data(), s.in_channels, q0, q1, want.data(), ld);
     if (!im2gemm::detail::im2col_small_plane(g, q0, q1)) continue;
     ++taken;
     planes_33_to_64 += s.in_height * s.in_width > 32;
@@ -248,9 +248,8 @@ TEST_CASE(
     auto dx_want = testutil::random_ints(x.size() + 16, static_cast<std::uint32_t>(i) + 8888);
     auto dx_got = dx_want;
     auto col_a = colv, col_b = colv;  // col2im may use its column block as scratch
-    im2gemm::detail::set_vector_lowering(false);
-    im2gemm::detail::col2im_add_block(g, col_a.data(), ld, s.in_channels, q0, q1, dx_want.data());
-    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::col2im_add_block(portable, col_a.data(), ld, s.in_channels, q0, q1,
+                                      dx_want.data());
     im2gemm::detail::col2im_add_block(g, col_b.data(), ld, s.in_channels, q0, q1, dx_got.data());
     REQUIRE(std::memcmp(dx_got.data(), dx_want.data(), dx_got.size() * sizeof(float)) == 0);
   }
@@ -266,28 +265,43 @@ TEST_CASE(
   big.in_width = 9;
   big.kernel_height = 3;
   big.kernel_width = 3;
-  CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 1));
+  CHECK_FALSE(im2gemm::detail::im2col_small_plane(
+      im2gemm::detail::ConvGeom(big, im2gemm::detail::Isa::avx512), 0, 1));
   big.in_width = 8;
-  CHECK(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 36));
+  CHECK(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big,
+                                                                      im2gemm::detail::Isa::avx512),
+                                            0, 36));
+  // The kernels are the call's: the same block under an AVX2 or scalar lowering ISA is not.
+  for (auto isa : {im2gemm::detail::Isa::avx2, im2gemm::detail::Isa::scalar}) {
+    CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big, isa), 0, 36));
+    CHECK_FALSE(im2gemm::detail::col2im_gathers(im2gemm::detail::ConvGeom(big, isa)));
+  }
+  CHECK(im2gemm::detail::col2im_gathers(
+      im2gemm::detail::ConvGeom(big, im2gemm::detail::Isa::avx512)));
   big.pad_height = big.pad_width = 60;  // 126 x 126 output pixels: 9 taps x 993 chunks
-  CHECK_FALSE(im2gemm::detail::im2col_small_plane(im2gemm::detail::ConvGeom(big), 0, 126 * 126));
+  CHECK_FALSE(im2gemm::detail::im2col_small_plane(
+      im2gemm::detail::ConvGeom(big, im2gemm::detail::Isa::avx512), 0, 126 * 126));
 }
 
 TEST_CASE(
     "fast conv: the vector im2col and col2im (AVX2 or AVX-512) equal the portable loops bitwise "
     "and write only their block") {
   Settings restore;
-  if (im2gemm::detail::isa_active() == im2gemm::detail::Isa::scalar) {
-    MESSAGE("no AVX2 on this CPU (or IM2GEMM_ISA=scalar): only the portable loops run");
+  if (im2gemm::detail::isa_supported() == im2gemm::detail::Isa::scalar) {
+    MESSAGE("no AVX2 on this CPU: only the portable loops run");
     return;
   }
   std::mt19937 rng(2026);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   int blocks = 0, narrow = 0, strided = 0, stride3 = 0, stride4 = 0;
+  // Each vector ISA of the CPU in turn (the lowering ISA is a per-call choice).
+  std::vector<im2gemm::detail::Isa> vector_isas = testutil::cpu_isas();
+  vector_isas.erase(vector_isas.begin());  // scalar
   for (int i = 0; i < 2000; ++i) {
     Conv2dShape s;
     if (!random_lowering_shape(pick, pick(1, 20), pick(1, 40), s)) continue;
-    const im2gemm::detail::ConvGeom g(s);
+    const auto isa = vector_isas[static_cast<std::size_t>(i) % vector_isas.size()];
+    const im2gemm::detail::ConvGeom g(s, isa), portable(s, im2gemm::detail::Isa::scalar);
     const int64_t P = g.OH * g.OW;
     // Whole images half the time, else a block cutting rows at random places.
     const int64_t q0 = i % 2 ? 0 : pick(0, static_cast<int>(P - 1));
@@ -299,19 +313,17 @@ TEST_CASE(
         testutil::random_ints(static_cast<std::size_t>(s.in_channels * s.in_height * s.in_width),
                               i);
     std::vector<float> want(static_cast<std::size_t>(rows * ld + 16), -99.0f), got = want;
-    im2gemm::detail::set_vector_lowering(false);
-    im2gemm::detail::im2col_block(g, xv.data(), s.in_channels, q0, q1, want.data(), ld);
-    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::im2col_block(portable, xv.data(), s.in_channels, q0, q1, want.data(), ld);
     im2gemm::detail::im2col_block(g, xv.data(), s.in_channels, q0, q1, got.data(), ld);
-    INFO(testutil::describe(s) << " pixels [" << q0 << ", " << q1 << ") ldcol " << ld);
+    INFO(testutil::describe(s) << " pixels [" << q0 << ", " << q1 << ") ldcol " << ld << " "
+                               << im2gemm::detail::isa_name(isa));
     REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
     const auto colv = testutil::random_ints(want.size(), static_cast<std::uint32_t>(i) + 5555);
     auto dx_want = testutil::random_ints(xv.size(), static_cast<std::uint32_t>(i) + 6666);
     auto dx_got = dx_want;
     auto col_a = colv, col_b = colv;  // col2im may use its column block as scratch
-    im2gemm::detail::set_vector_lowering(false);
-    im2gemm::detail::col2im_add_block(g, col_a.data(), ld, s.in_channels, q0, q1, dx_want.data());
-    im2gemm::detail::set_vector_lowering(true);
+    im2gemm::detail::col2im_add_block(portable, col_a.data(), ld, s.in_channels, q0, q1,
+                                      dx_want.data());
     im2gemm::detail::col2im_add_block(g, col_b.data(), ld, s.in_channels, q0, q1, dx_got.data());
     REQUIRE(std::memcmp(dx_got.data(), dx_want.data(), dx_got.size() * sizeof(float)) == 0);
     ++blocks;
@@ -437,9 +449,12 @@ TEST_CASE("fast conv: pixel blocks, image runs and channel splits on mid-size sh
       const Outputs want = run_ref(s, d, act, true);
       for (int threads : {1, 2, 3}) {
         for (std::size_t block : {std::size_t{0}, std::size_t{1} << 16}) {
-          im2gemm::detail::set_vector_lowering(threads != 3);
+          // Three threads with the portable loops.
+          const auto lowering = threads != 3 ? im2gemm::detail::isa_active()
+                                             : im2gemm::detail::Isa::scalar;
           INFO(testutil::describe(s) << " threads " << threads << " block " << block);
-          compare(s, run_fast(tuned(threads, block, block ? 100 : 0), s, d, act, true), want, true);
+          compare(s, run_fast(tuned(threads, block, block ? 100 : 0, lowering), s, d, act, true),
+                  want, true);
         }
       }
       ++n;

@@ -87,9 +87,10 @@ struct Dims {
 // Forward. Item = (image run, group, pixel block, filter block); items are dealt to threads
 // in contiguous ranges, so consecutive filter blocks of one column block reuse its im2col.
 
-void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const float* w,
-                  const float* bias, float* y, Activation act) {
-  const ConvGeom geo(s);
+// isa: the im2col / col2im kernels' (ConvGeom::isa).
+void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, const float* x,
+                  const float* w, const float* bias, float* y, Activation act) {
+  const ConvGeom geo(s, isa);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
@@ -166,10 +167,10 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const
 
 // packed: the GEMMs on the engine (gemm::sgemm_nn) with A = W^T from wt, the weights transposed
 // per group (wt[g][j][f], j < K, f < Fg; filled here by all threads), else OpenBLAS.
-void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, const float* dy, const float* w,
-                        float* dx, Activation act, const float* x,
+void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, const float* dy,
+                        const float* w, float* dx, Activation act, const float* x,
                         const detail::gemm::Config* packed = nullptr, float* wt = nullptr) {
-  const ConvGeom geo(s);
+  const ConvGeom geo(s, isa);
   const Dims d(s, p);
   const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
@@ -422,9 +423,10 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
   bias_sums(sc.tmp, cols, cols);
 }
 
-void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, const float* x, const float* dy,
-                           float* dw, float* db, const detail::gemm::Config* packed, bool fused) {
-  const ConvGeom geo(s);
+void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, const float* x,
+                           const float* dy, float* dw, float* db,
+                           const detail::gemm::Config* packed, bool fused) {
+  const ConvGeom geo(s, isa);
   const Dims d(s, p);
   const WeightsCtx cx{geo, d, p, x, dy, packed, fused};
   const i64 wsize = d.F * d.K;
@@ -751,7 +753,7 @@ void conv2d_forward_with(const ConvOptions& o_in, const Conv2dShape& s, std::spa
   }
   const ConvPlan p = plan_conv(s, ConvPass::forward, o.threads, o.tuning);
   if (!fits_blas_int(p)) return reference::conv2d_forward(s, x, w, bias, y, act);
-  forward_impl(s, p, x.data(), w.data(), b, y.data(), act);
+  forward_impl(s, p, o.isa, x.data(), w.data(), b, y.data(), act);
 }
 
 namespace {
@@ -809,10 +811,10 @@ void conv2d_backward_data_with(const ConvOptions& o, const Conv2dShape& s,
   if (packed) {
     if (t_weights_bd.size() < w.size())
       t_weights_bd.resize(w.size());  // may throw: nothing written yet
-    return backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation, xp,
+    return backward_data_impl(s, p, o.isa, dy.data(), w.data(), dx.data(), input_activation, xp,
                               &gemm::config(o.isa), t_weights_bd.data());
   }
-  backward_data_impl(s, p, dy.data(), w.data(), dx.data(), input_activation, xp);
+  backward_data_impl(s, p, o.isa, dy.data(), w.data(), dx.data(), input_activation, xp);
 }
 
 void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
@@ -827,8 +829,9 @@ void conv2d_backward_weights_with(const ConvOptions& o, const Conv2dShape& s,
   const bool fused = packed && (weights_fused_pack(s, o.isa) || weights_fused_phases(s, p, o.isa));
   if (fused) p.weights_transposed = false;
   if (!packed && !fits_blas_int(p)) return reference::conv2d_backward_weights(s, x, dy, dw, db);
-  backward_weights_impl(s, p, x.data(), dy.data(), dw.data(), db.empty() ? nullptr : db.data(),
-                        packed ? &gemm::config(o.isa) : nullptr, fused);
+  backward_weights_impl(s, p, o.isa, x.data(), dy.data(), dw.data(),
+                        db.empty() ? nullptr : db.data(), packed ? &gemm::config(o.isa) : nullptr,
+                        fused);
 }
 
 }  // namespace im2gemm::detail

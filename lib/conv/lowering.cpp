@@ -1253,19 +1253,14 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
 #endif
 
 namespace {
-std::atomic<bool> g_allow_vector_lowering{true};
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-// The CPU has AVX-512 and the test hook has not turned the hand-written kernels off.
-bool avx512_allowed() {
-  // The library-wide cap (IM2GEMM_ISA) holds the hand-written AVX-512 kernels back too; the
-  // target_clones loops are chosen by the loader from the CPU alone.
-  static const bool cpu = isa_active() == Isa::avx512;
-  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed);
-}
+// The call's lowering ISA is AVX-512 (a cap below it holds the hand-written AVX-512 kernels
+// back; the target_clones loops are chosen by the loader from the CPU alone).
+bool avx512_allowed(const ConvGeom& g) { return g.isa == Isa::avx512; }
 #endif
 bool avx512_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
-  return avx512_allowed() && (g.SW == 1 || g.SW == 2 || g.SW == 4) &&
+  return avx512_allowed(g) && (g.SW == 1 || g.SW == 2 || g.SW == 4) &&
          g.KH <= ValidRows::kMaxKernelHeight && g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
@@ -1284,9 +1279,7 @@ bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; 
 // the stack buffer.
 bool avx2_col2im_phases(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  static const bool cpu = isa_active() == Isa::avx2;
-  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) && g.SW > 1 &&
-         g.SW * phase_row_width(g) <= kMaxPhaseRowFloats;
+  return g.isa == Isa::avx2 && g.SW > 1 && g.SW * phase_row_width(g) <= kMaxPhaseRowFloats;
 #else
   (void)g;
   return false;
@@ -1295,21 +1288,18 @@ bool avx2_col2im_phases(const ConvGeom& g) {
 // The gathering col2im at horizontal stride 2 on AVX2 CPUs (col2im_gather_s2_avx2).
 bool avx2_gather_s2(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  static const bool cpu = isa_active() == Isa::avx2;
-  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) && g.SW == 2 &&
-         g.KH <= ValidRows::kMaxKernelHeight && g.KW <= ValidColumns::kMaxKernelWidth;
+  return g.isa == Isa::avx2 && g.SW == 2 && g.KH <= ValidRows::kMaxKernelHeight &&
+         g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
   return false;
 #endif
 }
-// The AVX2 kernels on a CPU (or under an IM2GEMM_ISA cap) whose best ISA is AVX2: im2col at
-// horizontal strides 1 and 2, col2im at stride 1. AVX-512 CPUs keep their measured choices.
+// The AVX2 kernels where the call's lowering ISA is AVX2 (an AVX2 CPU, or a cap): im2col at
+// horizontal strides 1 and 2, col2im at stride 1. Under AVX-512 its measured choices hold.
 bool avx2_lowering(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  static const bool cpu = isa_active() == Isa::avx2;
-  return cpu && g_allow_vector_lowering.load(std::memory_order_relaxed) &&
-         (g.SW == 1 || g.SW == 2) && g.KH <= ValidRows::kMaxKernelHeight &&
+  return g.isa == Isa::avx2 && (g.SW == 1 || g.SW == 2) && g.KH <= ValidRows::kMaxKernelHeight &&
          g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
@@ -1317,10 +1307,6 @@ bool avx2_lowering(const ConvGeom& g) {
 #endif
 }
 }  // namespace
-
-void set_vector_lowering(bool allow) {
-  g_allow_vector_lowering.store(allow, std::memory_order_relaxed);
-}
 
 bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
@@ -1330,7 +1316,7 @@ bool im2col_small_plane(const ConvGeom& g, std::int64_t q0, std::int64_t q1) {
     return out < lim && stride < lim && k < lim && dil < lim && pad < lim &&
            out * stride + k * dil < lim;
   };
-  return avx512_allowed() && g.H * g.W <= kMaxSmallPlane && q1 > q0 &&
+  return avx512_allowed(g) && g.H * g.W <= kMaxSmallPlane && q1 > q0 &&
          g.KH * g.KW * ((q1 - q0 + 15) / 16) <= kMaxSmallPlaneTaps &&
          span_fits(g.OH, g.SH, g.KH, g.DH, g.PH) && span_fits(g.OW, g.SW, g.KW, g.DW, g.PW);
 #else

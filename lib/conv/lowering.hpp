@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/isa.hpp"
 #include "im2gemm/common.hpp"
 #include "im2gemm/conv2d.hpp"
 
@@ -13,10 +14,14 @@ namespace im2gemm::detail {
 /// Geometry of one image plane and the kernel, as the lowering kernels need it.
 struct ConvGeom {
   std::int64_t H, W, OH, OW, KH, KW, SH, SW, PH, PW, DH, DW;
-  explicit ConvGeom(const Conv2dShape& s)
+  /// Whose im2col / col2im kernels run: this ISA's hand-written ones where they measured
+  /// ahead of the portable (target_clones) loops, which run everywhere else and on every shape
+  /// under Isa::scalar. Clamped to the CPU; a call's ConvOptions::isa, else the process's.
+  Isa isa;
+  explicit ConvGeom(const Conv2dShape& s, Isa lowering = isa_active())
       : H(s.in_height), W(s.in_width), OH(s.out_height()), OW(s.out_width()), KH(s.kernel_height),
         KW(s.kernel_width), SH(s.stride_height), SW(s.stride_width), PH(s.pad_height),
-        PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width) {}
+        PW(s.pad_width), DH(s.dilation_height), DW(s.dilation_width), isa(isa_clamp(lowering)) {}
 };
 
 /// Column block of one image: for nch channels starting at plane x (H*W floats each) and
@@ -57,10 +62,6 @@ bool col2im_gathers(const ConvGeom& g);
 bool col2im_gather_rows(const ConvGeom& g, const float* col, std::int64_t ldcol, std::int64_t nch,
                         std::int64_t o0, std::int64_t o1, float* dx, Activation act,
                         const float* x);
-
-/// Test hook: false makes im2col/col2im use the target_clones loops on every CPU (true, the
-/// default, uses the hand-written AVX-512 or AVX2 kernels where the process's ISA has them).
-void set_vector_lowering(bool allow);
 
 /// rows x cols block of y (row stride ldy), in place: y = act(y + bias[r]); bias may be null.
 void bias_act_rows(float* y, std::int64_t ldy, std::int64_t rows, std::int64_t cols,
