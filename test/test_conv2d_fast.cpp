@@ -540,6 +540,25 @@ TEST_CASE("fast conv: bitwise repeatable at a fixed thread count, 1 vs 2 threads
   }
 }
 
+TEST_CASE("fast conv: the plan balances 4..64 threads on the suite, or runs fewer") {
+  int checked = 0;
+  for (const auto& layer : suite_shapes()) {
+    const auto& name = layer.first;  // no structured binding: clang 14 cannot capture one
+    const auto& s = layer.second;
+    for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+      for (int threads : {4, 8, 16, 32, 64}) {
+        const auto p = im2gemm::detail::plan_conv(s, pass, threads);
+        INFO(name << " pass " << static_cast<int>(pass) << " threads " << threads << " planned "
+                  << p.threads << " imbalance " << p.imbalance());
+        CHECK(p.threads <= threads);
+        CHECK(p.imbalance() <= 1.10);
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked >= 12 * 3 * 5);
+}
+
 TEST_CASE("fast conv: the planners read their tuning from the call, each field") {
   using im2gemm::detail::Isa;
   using im2gemm::detail::PlanTuning;

@@ -21,9 +21,6 @@ constexpr i64 kFoldWasteDenominator = 8;
 /// Largest per-thread output buffer of a folded block, in bytes: more filters split the
 /// filters into blocks.
 constexpr i64 kMaxCBufBytes = i64{2} << 20;
-/// The busiest thread may have at most this much more work than the mean; a split that
-/// cannot meet it runs on fewer threads.
-constexpr double kMaxImbalance = 1.10;
 /// Largest per-thread copy of an image's group input split into column phases; a larger
 /// image packs from x with strided loads.
 constexpr i64 kMaxPhaseBytes = i64{4} << 20;

@@ -3,6 +3,7 @@
 #include "gemm/gemm.hpp"
 
 #include <algorithm>
+#include <cmath>
 
 namespace im2gemm::detail {
 
@@ -78,7 +79,85 @@ std::size_t ConvPlan::scratch_bytes() const {
          round_up_64(static_cast<std::size_t>(pack_floats) * sizeof(float));
 }
 
-ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanTuning& tuning) {
+namespace {
+
+struct Loads {
+  double worst = 0.0, total = 0.0;  ///< of the busiest thread, of all threads
+};
+
+// Work of each thread under a plan, as the passes deal the items (thread t: items
+// [part_begin(t), part_begin(t + 1)) of the pass's item order), in units that are the same for
+// every plan of one shape and pass: forward images x pixels x filters, backward data images x
+// channels, backward weights images x channels (backward weights' reduction not counted).
+Loads thread_loads(const ConvPlan& p) {
+  const std::int64_t T = p.threads;
+  auto run = [&](std::int64_t ig) {
+    return static_cast<double>(image_run_begin(p, ig + 1) - image_run_begin(p, ig));
+  };
+  auto part = [](std::int64_t i, std::int64_t parts, std::int64_t total) {
+    return static_cast<double>(part_begin(i + 1, parts, total) - part_begin(i, parts, total));
+  };
+  Loads l;
+  for (std::int64_t t = 0; t < T; ++t) {
+    double w = 0.0;
+    switch (p.pass) {
+      case ConvPass::forward: {
+        const std::int64_t items = p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
+        for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
+          const std::int64_t fb = it % p.filter_blocks, key = it / p.filter_blocks;
+          const std::int64_t pb = key % p.pixel_blocks, ig = key / p.pixel_blocks / p.groups;
+          const double pixels = static_cast<double>(std::min(p.P, (pb + 1) * p.block_pixels) -
+                                                    std::min(p.P, pb * p.block_pixels));
+          w += run(ig) * pixels * part(fb, p.filter_blocks, p.Fg);
+        }
+        break;
+      }
+      case ConvPass::backward_data: {
+        const std::int64_t items = p.image_groups * p.groups * p.channel_blocks;
+        for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
+          w += run(it / p.channel_blocks / p.groups) *
+               part(it % p.channel_blocks, p.channel_blocks, p.Cg);
+        }
+        break;
+      }
+      case ConvPass::backward_weights: {
+        if (p.weight_partials) {
+          w = part(t, T, p.N) * static_cast<double>(p.groups * p.Cg);  // its images, all channels
+        } else {
+          const std::int64_t items = p.groups * p.channel_blocks;
+          for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
+            w += part(it % p.channel_blocks, p.channel_blocks, p.Cg) * static_cast<double>(p.N);
+          }
+        }
+        break;
+      }
+    }
+    l.worst = std::max(l.worst, w);
+    l.total += w;
+  }
+  return l;
+}
+
+}  // namespace
+
+double ConvPlan::imbalance() const {
+  const Loads l = thread_loads(*this);
+  return l.total > 0.0 ? l.worst * static_cast<double>(threads) / l.total : 1.0;
+}
+
+std::int64_t ConvPlan::items() const {
+  switch (pass) {
+    case ConvPass::forward: return image_groups * groups * pixel_blocks * filter_blocks;
+    case ConvPass::backward_data: return image_groups * groups * channel_blocks;
+    case ConvPass::backward_weights: return weight_partials ? threads : groups * channel_blocks;
+  }
+  return 1;
+}
+
+namespace {
+
+ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
+                           const PlanTuning& tuning) {
   ConvPlan p;
   p.pass = pass;
   p.groups = s.groups;
@@ -190,6 +269,41 @@ ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanT
     }
   }
   return p;
+}
+
+}  // namespace
+
+ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanTuning& tuning) {
+  ConvPlan best = plan_with_threads(s, pass, threads, tuning);
+  // Items too few or too uneven for the threads (a 3-channel layer's backward weights split by
+  // channels kept 3 of 16 threads busy): of a few thread counts up to the one asked for, the
+  // one whose plan gives its busiest thread the least work, and of those the fewest threads.
+  // Candidates: the fewest threads that could share the work with no more on any of them
+  // (total over busiest), and at most one thread an image (backward weights' partial sums
+  // then split the images, not the channels). With many items per thread the split is even
+  // enough and nothing is checked (thread_loads walks every item).
+  if (best.threads <= 1 || best.items() >= kCheckedItemsPerThread * best.threads ||
+      best.imbalance() <= kMaxImbalance) {
+    return best;
+  }
+  Loads least = thread_loads(best);
+  auto consider = [&](std::int64_t t) {
+    if (t < 1 || t >= best.threads) return;
+    const ConvPlan q = plan_with_threads(s, pass, static_cast<int>(t), tuning);
+    const Loads l = thread_loads(q);
+    if (l.worst <= least.worst) {
+      least = l;
+      best = q;
+    }
+  };
+  auto fewest = [](const Loads& l) {
+    return static_cast<std::int64_t>(std::ceil(l.total / l.worst - 1e-9));
+  };
+  const std::int64_t asked = best.threads;
+  consider(fewest(least));
+  consider(std::min<std::int64_t>(asked, best.N));
+  consider(fewest(least));
+  return best;
 }
 
 }  // namespace im2gemm::detail

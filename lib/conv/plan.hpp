@@ -70,6 +70,11 @@ inline constexpr std::int64_t kMaxFiltersTransposedWeights = 128;
 /// Work items are balanced over the threads if their count is a multiple of the thread count
 /// or at least this many per thread.
 inline constexpr std::int64_t kBalancedItemsPerThread = 4;
+/// The busiest thread may have at most this much more work than the mean; where a plan's
+/// split does not meet it, fewer threads run if that finishes no later (plan_conv, plan_packed).
+inline constexpr double kMaxImbalance = 1.10;
+/// plan_conv checks the balance of plans with fewer items than this per thread.
+inline constexpr std::int64_t kCheckedItemsPerThread = 16;
 /// Backward weights splits images over threads (per-thread partial dW, reduced in a fixed
 /// order) only while one partial dW is at most this large; otherwise it splits channels of dW.
 inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
@@ -162,6 +167,11 @@ struct ConvPlan {
 
   /// True when this plan never runs im2col/col2im: pointwise shape, one image per block.
   bool skips_im2col() const { return pointwise && images_per_block == 1; }
+  /// Work items the pass deals to its threads (backward weights with partials: the threads).
+  std::int64_t items() const;
+  /// Work of the busiest thread over the mean (1: perfectly balanced), each thread's items
+  /// counted as the passes deal them (backward weights' reduction not counted).
+  double imbalance() const;
   /// Bytes of scratch one thread needs (each part rounded up to 64 bytes).
   std::size_t scratch_bytes() const;
 };
