@@ -15,11 +15,16 @@ inline __m256i lane_mask(int n, int v) {
                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+// Floats of one k row of a packed B micro-panel (the configuration's NR).
+constexpr int kPanelLanes = 16;
+
 // noinline: one function per height, each with its own register allocation (inlined into one
-// dispatcher, gcc spilled the 2-row kernel's accumulators).
+// dispatcher, gcc spilled the 2-row kernel's accumulators). NV = 1 computes the first 8 lanes
+// of the panel only (a tile of at most 8 columns).
 template <int MR, int NV>
 __attribute__((noinline)) void ukernel(const Tile& t) {
   static_assert(MR * NV + NV + 1 <= 16, "accumulators and operands must fit in 16 ymm");
+  static_assert(8 * NV <= kPanelLanes);
   constexpr int NR = 8 * NV;
   // Branch-free edges, so that the accumulators stay in registers (rows past m read row 0 of
   // A and C through clamped pointers; their C loads and stores are masked off entirely).
@@ -66,7 +71,7 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
       const __m256 av = _mm256_set1_ps(ar[i][kk]);
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
     }
-    b += NR;
+    b += kPanelLanes;
   }
 
   // ReLU without a branch (a conditional update makes gcc keep the accumulators in memory).
@@ -94,8 +99,19 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
 
 // A tile of fewer than 6 rows runs an instantiation of that many rows: the FMAs of rows past m
 // would be wasted work (multiply_block splits M into near-equal tiles, so m = 20 runs 5+5+5+5
-// instead of 6+6+6+2 at the cost of 6+6+6+6).
+// instead of 6+6+6+2 at the cost of 6+6+6+6). Likewise a tile of at most 8 columns computes
+// one vector a row, not two (a 7x7 plane's 49 pixels: 3 panels and one column).
 void sgemm_ukernel_6x16_avx2(const Tile& t) {
+  if (t.n <= 8) {
+    switch (t.m) {
+      case 6: return ukernel<6, 1>(t);
+      case 5: return ukernel<5, 1>(t);
+      case 4: return ukernel<4, 1>(t);
+      case 3: return ukernel<3, 1>(t);
+      case 2: return ukernel<2, 1>(t);
+      default: return ukernel<1, 1>(t);
+    }
+  }
   switch (t.m) {
     case 6: return ukernel<6, 2>(t);
     case 5: return ukernel<5, 2>(t);
