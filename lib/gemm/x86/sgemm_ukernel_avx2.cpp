@@ -95,31 +95,28 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
   }
 }
 
-}  // namespace
-
 // A tile of fewer than 6 rows runs an instantiation of that many rows: the FMAs of rows past m
 // would be wasted work (multiply_block splits M into near-equal tiles, so m = 20 runs 5+5+5+5
-// instead of 6+6+6+2 at the cost of 6+6+6+6). Likewise a tile of at most 8 columns computes
-// one vector a row, not two (a 7x7 plane's 49 pixels: 3 panels and one column).
-void sgemm_ukernel_6x16_avx2(const Tile& t) {
-  if (t.n <= 8) {
-    switch (t.m) {
-      case 6: return ukernel<6, 1>(t);
-      case 5: return ukernel<5, 1>(t);
-      case 4: return ukernel<4, 1>(t);
-      case 3: return ukernel<3, 1>(t);
-      case 2: return ukernel<2, 1>(t);
-      default: return ukernel<1, 1>(t);
-    }
-  }
+// instead of 6+6+6+2 at the cost of 6+6+6+6).
+template <int NV>
+void ukernel_rows(const Tile& t) {
   switch (t.m) {
-    case 6: return ukernel<6, 2>(t);
-    case 5: return ukernel<5, 2>(t);
-    case 4: return ukernel<4, 2>(t);
-    case 3: return ukernel<3, 2>(t);
-    case 2: return ukernel<2, 2>(t);
-    default: return ukernel<1, 2>(t);
+    case 6: return ukernel<6, NV>(t);
+    case 5: return ukernel<5, NV>(t);
+    case 4: return ukernel<4, NV>(t);
+    case 3: return ukernel<3, NV>(t);
+    case 2: return ukernel<2, NV>(t);
+    default: return ukernel<1, NV>(t);
   }
+}
+
+}  // namespace
+
+// A tile of at most 8 columns computes one vector a row, not two (a 7x7 plane's 49
+// pixels: 3 panels and one column).
+void sgemm_ukernel_6x16_avx2(const Tile& t) {
+  if (t.n <= 8) return ukernel_rows<1>(t);
+  ukernel_rows<2>(t);
 }
 
 }  // namespace im2gemm::detail::gemm
