@@ -6,9 +6,10 @@
 // Any other outcome aborts (a crash for libFuzzer). Shapes decode small so that each run is
 // fast, except for the strides, pads and dilations, which may take extreme values.
 //
-// Input layout: byte 0 picks the call, byte 1 the thread count and the block-size hook, byte 2
-// the convolution engine (the public functions, or the packed or openblas backend on a given
-// ISA cap), then
+// Input layout: byte 0 picks the call, byte 1 the thread count and the planners' tuning (column
+// block size, every thread on small shapes), byte 2 the convolution engine (the public
+// functions where engine and tuning are their own, or the packed or openblas backend on a
+// given ISA cap), then
 // the shape fields (one byte each, a few values reserved for extremes), then one byte per span
 // (exact size, one more, one less, empty), then the data (one byte per float, a few values
 // reserved for inf, -inf and NaN); missing bytes read as zero.
