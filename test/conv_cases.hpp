@@ -13,6 +13,10 @@ using im2gemm::Activation;
 using im2gemm::Conv2dShape;
 using std::int64_t;
 
+// The planners' own constants, except that small shapes run on every requested thread too
+// (the plans would otherwise give tiny problems one thread).
+inline constexpr im2gemm::detail::PlanTuning kEveryThread{.min_macs_per_thread = 1};
+
 inline constexpr Activation kActs[] = {Activation::identity, Activation::relu, Activation::sigmoid,
                                        Activation::tanh};
 

@@ -20,8 +20,7 @@ using im2gemm::detail::Isa;
 using std::int64_t;
 using testutil::cpu_isas;
 
-// The planners' own constants, except that small shapes use both threads too.
-constexpr im2gemm::detail::PlanTuning kEveryThread{.min_macs_per_thread = 1};
+using convcases::kEveryThread;
 
 ConvOptions every_thread(Isa isa, int threads) {
   return {.backend = GemmBackend::automatic,

@@ -21,8 +21,7 @@ using std::int64_t;
 
 using testutil::cpu_isas;
 
-// The planners' own constants, except that small shapes use both threads too.
-constexpr im2gemm::detail::PlanTuning kEveryThread{.min_macs_per_thread = 1};
+using convcases::kEveryThread;
 
 // Wider shapes than random_shape: channel counts that leave partial MR tiles, K above the K
 // block (kc = 256), several column blocks, images folded side by side.

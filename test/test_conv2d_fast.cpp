@@ -45,9 +45,9 @@ im2gemm::detail::ConvOptions tuned(int threads, std::size_t block_bytes = 0,
                                    std::int64_t chunk_rows = 0,
                                    im2gemm::detail::Isa lowering = im2gemm::detail::isa_active()) {
   im2gemm::detail::ConvOptions o{im2gemm::detail::GemmBackend::openblas, lowering, threads};
+  o.tuning = convcases::kEveryThread;
   o.tuning.block_target_bytes = block_bytes;
   o.tuning.k_chunk_rows = chunk_rows;
-  o.tuning.min_macs_per_thread = 1;
   return o;
 }
 
@@ -577,7 +577,7 @@ TEST_CASE("fast conv: the planners read their tuning from the call, each field")
   Conv2dShape wide = s;  // 64 panels of 16 pixels for the packed plan to split
   wide.in_channels = 2;
   wide.in_height = wide.in_width = 32;
-  const PlanTuning own, every{.min_macs_per_thread = 1};
+  const PlanTuning own, every = convcases::kEveryThread;
   const PlanTuning small_blocks{.block_target_bytes = 4096}, chunks{.k_chunk_rows = 9};
   const auto pc = im2gemm::detail::packed_forward_problem(wide);
   for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {

@@ -189,6 +189,8 @@ struct PlanTuning {
   std::int64_t k_chunk_rows = 0;
   /// Multiply-adds each thread must get before another thread is woken (>= 1).
   std::int64_t min_macs_per_thread = kMinMacsPerThread;
+
+  bool operator==(const PlanTuning&) const = default;
 };
 
 /// The threads a problem of `macs` multiply-adds runs on: at most `threads`, at least one, and
