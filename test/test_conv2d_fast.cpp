@@ -128,15 +128,6 @@ std::vector<std::pair<std::string, Conv2dShape>> suite_shapes() {
   return out;
 }
 
-int64_t work_items(const im2gemm::detail::ConvPlan& p) {
-  switch (p.pass) {
-    case ConvPass::forward: return p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
-    case ConvPass::backward_data: return p.image_groups * p.groups * p.channel_blocks;
-    case ConvPass::backward_weights: return p.weight_partials ? p.N : p.groups * p.channel_blocks;
-  }
-  return 0;
-}
-
 }  // namespace
 
 namespace {
@@ -615,7 +606,7 @@ TEST_CASE(
         CHECK(p.scratch_bytes() <= bytes);
         if (name != "tutorial") {
           INFO("pass " << static_cast<int>(pass));
-          CHECK(work_items(p) >= threads);  // batch 1 included: no idle thread
+          CHECK(p.items() >= threads);  // batch 1 included: no idle thread
         }
         // A whole image's column matrix is never held when it is larger than the bound.
         const auto full = static_cast<std::size_t>(p.K * p.P) * sizeof(float);
@@ -647,8 +638,60 @@ TEST_CASE(
   CHECK_THROWS_AS(im2gemm::conv2d_scratch_bytes(bad, 1), std::invalid_argument);
 }
 
+namespace {
+
+// Counts, over the items of plan p as thread_items deals them to p.threads threads, how often
+// each unit of the pass's work is done: forward (image, group, pixel, filter), backward data
+// (image, group, channel), backward weights (image, group, channel); every count must be 1.
+// Also checks each image run: not empty, at most images_per_block images.
+void check_items_cover(const im2gemm::detail::ConvPlan& p) {
+  using im2gemm::detail::WorkItem;
+  REQUIRE(p.image_runs >= 1);
+  int64_t next = 0;
+  for (int64_t r = 0; r < p.image_runs; ++r) {
+    const auto run = p.image_run(r);
+    REQUIRE(run.begin == next);
+    REQUIRE(run.size() >= 1);
+    REQUIRE(run.size() <= p.images_per_block);
+    next = run.end;
+  }
+  REQUIRE(next == p.N);
+  const bool fwd = p.pass == ConvPass::forward;
+  const int64_t lanes = fwd ? p.Fg : p.Cg, pixels = fwd ? p.P : 1;
+  std::vector<int> count(static_cast<std::size_t>(p.N * p.groups * pixels * lanes), 0);
+  int64_t dealt = 0;
+  for (int64_t t = 0; t < p.threads; ++t) {
+    const auto mine = p.thread_items(t, p.threads);
+    REQUIRE(mine.begin == dealt);
+    dealt = mine.end;
+    for (int64_t it = mine.begin; it < mine.end; ++it) {
+      const WorkItem w = p.item(it);
+      REQUIRE(w.images.begin == p.image_run(w.runs.begin).begin);
+      REQUIRE(w.images.end == p.image_run(w.runs.end - 1).end);
+      const auto q = fwd ? w.pixels : im2gemm::detail::Part{0, 1};
+      const auto l = fwd ? w.filters : w.channels;
+      for (int64_t n = w.images.begin; n < w.images.end; ++n) {
+        for (int64_t g = w.groups.begin; g < w.groups.end; ++g) {
+          for (int64_t px = q.begin; px < q.end; ++px) {
+            for (int64_t f = l.begin; f < l.end; ++f) {
+              ++count[static_cast<std::size_t>(((n * p.groups + g) * pixels + px) * lanes + f)];
+            }
+          }
+        }
+      }
+    }
+  }
+  REQUIRE(dealt == p.items());
+  int64_t wrong = 0;
+  for (int c : count) wrong += c != 1;
+  CHECK(wrong == 0);
+}
+
+}  // namespace
+
 TEST_CASE(
-    "fast conv: image runs cover the batch, fit their blocks and give every thread the same images") {
+    "fast conv: work items cover each pass once, image runs fit their blocks and give every "
+    "thread the same images") {
   Settings restore;
   int checked = 0, multi = 0;
   for (int64_t n = 1; n <= 70; ++n) {
@@ -661,32 +704,45 @@ TEST_CASE(
       s.out_channels = 50;
       s.kernel_height = 5;
       s.kernel_width = 5;
-      for (ConvPass pass : {ConvPass::forward, ConvPass::backward_data}) {
+      for (ConvPass pass :
+           {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
         const auto p = im2gemm::detail::plan_conv(s, pass, threads);
         INFO("N " << n << " threads " << threads << " pass " << static_cast<int>(pass) << " runs "
-                  << p.image_groups << " of <= " << p.images_per_block);
-        REQUIRE(im2gemm::detail::image_run_begin(p, 0) == 0);
-        REQUIRE(im2gemm::detail::image_run_begin(p, p.image_groups) == n);
-        for (int64_t ig = 0; ig < p.image_groups; ++ig) {
-          const int64_t len = im2gemm::detail::image_run_begin(p, ig + 1) -
-                              im2gemm::detail::image_run_begin(p, ig);
-          REQUIRE(len >= 1);
-          REQUIRE(len <= p.images_per_block);
-        }
-        // Runs are the outermost item index here (one group, one pixel, filter and channel
-        // block), so thread t's items are runs [t*r, (t+1)*r): equal image counts +-1.
-        if (p.image_groups % p.threads == 0 && work_items(p) == p.image_groups) {
-          const int64_t r = p.image_groups / p.threads;
+                  << p.image_runs << " of <= " << p.images_per_block);
+        check_items_cover(p);
+        // Where image runs are the only item index (one group, pixel, filter and channel
+        // block; backward weights' partial sums), thread t's items are runs [t*r, (t+1)*r):
+        // equal image counts +-1.
+        if (p.image_runs % p.threads == 0 && p.items() == p.image_runs) {
           int64_t lo = n, hi = 0;
           for (int64_t t = 0; t < p.threads; ++t) {
-            const int64_t imgs = im2gemm::detail::image_run_begin(p, (t + 1) * r) -
-                                 im2gemm::detail::image_run_begin(p, t * r);
+            int64_t imgs = 0;
+            const auto mine = p.thread_items(t, p.threads);
+            for (int64_t it = mine.begin; it < mine.end; ++it) imgs += p.item(it).images.size();
             lo = std::min(lo, imgs);
             hi = std::max(hi, imgs);
           }
           CHECK(hi - lo <= 1);
           multi += p.images_per_block > 1 && p.threads > 1;
         }
+        ++checked;
+      }
+    }
+  }
+  // Pixel, filter and channel blocks, groups, images split over threads: every suite layer
+  // and a grouped one at 1..8 threads (forward counts stay under 30 M cells).
+  auto shapes = suite_shapes();
+  Conv2dShape grouped = shapes[2].second;  // lenet_conv2 in 2 groups, batch 3
+  grouped.batch = 3;
+  grouped.groups = 2;
+  shapes.emplace_back("lenet_conv2 g2", grouped);
+  for (const auto& [name, s] : shapes) {
+    for (int threads = 1; threads <= 8; ++threads) {
+      for (ConvPass pass :
+           {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
+        const auto p = im2gemm::detail::plan_conv(s, pass, threads);
+        INFO(name << " threads " << threads << " pass " << static_cast<int>(pass));
+        check_items_cover(p);
         ++checked;
       }
     }

@@ -624,18 +624,16 @@ void check_plan(const detail::ConvPlan& p, const Conv2dShape& s, ConvPass pass, 
   REQUIRE(p.images_per_block >= 1);
   REQUIRE(p.images_per_block <= s.batch);
   if (p.images_per_block > 1) REQUIRE(p.pixel_blocks == 1);
-  REQUIRE(p.image_groups >= 1);
+  REQUIRE(p.image_runs >= 1);
   REQUIRE(p.filter_blocks >= 1);
   REQUIRE(p.filter_blocks <= Fg);
   REQUIRE(p.channel_blocks >= 1);
   REQUIRE(p.channel_blocks <= Cg);
   REQUIRE(p.k_chunks >= 1);
   REQUIRE(p.k_chunks <= Cg);
-  if (pass != ConvPass::backward_weights || !p.weight_partials) {
-    REQUIRE(p.image_groups * p.images_per_block >= s.batch);
-    REQUIRE(detail::image_run_begin(p, 0) == 0);
-    REQUIRE(detail::image_run_begin(p, p.image_groups) == s.batch);
-  }
+  REQUIRE(p.image_runs * p.images_per_block >= s.batch);
+  REQUIRE(p.image_run(0).begin == 0);
+  REQUIRE(p.image_run(p.image_runs - 1).end == s.batch);
   // The scratch holds one column block: rows x (images x pixels).
   const int64_t cols = p.images_per_block * p.block_pixels;
   if (!p.skips_im2col()) REQUIRE(p.col_floats >= cols);

@@ -84,37 +84,36 @@ struct Dims {
 };
 
 // ---------------------------------------------------------------------------------------
-// Forward. Item = (image run, group, pixel block, filter block); items are dealt to threads
-// in contiguous ranges, so consecutive filter blocks of one column block reuse its im2col.
+// Forward. Items (ConvPlan::item): image run x group x pixel block x filter block; a thread's
+// consecutive filter blocks of one column block reuse its im2col.
 
 // isa: the im2col / col2im kernels' (ConvGeom::isa).
 void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, const float* x,
                   const float* w, const float* bias, float* y, Activation act) {
   const ConvGeom geo(s, isa);
   const Dims d(s, p);
-  const i64 items = p.image_groups * d.G * p.pixel_blocks * p.filter_blocks;
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
-    i64 col_key = -1;  // which (image run, group, pixel block) sc.col holds
-    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-      const i64 fb = it % p.filter_blocks;
-      const i64 key = it / p.filter_blocks;
-      const i64 pb = key % p.pixel_blocks;
-      const i64 gi = (key / p.pixel_blocks) % d.G;
-      const i64 ig = key / p.pixel_blocks / d.G;
-      const i64 n0 = detail::image_run_begin(p, ig);
-      const i64 n1 = detail::image_run_begin(p, ig + 1);
-      const i64 f0 = part_begin(fb, p.filter_blocks, d.Fg);
-      const i64 f1 = part_begin(fb + 1, p.filter_blocks, d.Fg);
+    // Which (image run, group, pixel block) sc.col holds.
+    i64 col_run = -1, col_group = -1, col_block = -1;
+    const detail::Part mine = p.thread_items(t, nthr);
+    for (i64 it = mine.begin; it < mine.end; ++it) {
+      const detail::WorkItem item = p.item(it);
+      const i64 n0 = item.images.begin, n1 = item.images.end, gi = item.groups.begin;
+      const i64 f0 = item.filters.begin, f1 = item.filters.end;
+      const bool same_columns = item.runs.begin == col_run && gi == col_group &&
+                                item.pixel_block == col_block;
+      col_run = item.runs.begin;
+      col_group = gi;
+      col_block = item.pixel_block;
       const float* wg = w + (gi * d.Fg + f0) * d.K;
       const float* bg = bias ? bias + gi * d.Fg + f0 : nullptr;
       if (n1 - n0 == 1) {
-        const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+        const i64 q0 = item.pixels.begin, q1 = item.pixels.end;
         const float* xg = x + (n0 * d.C + gi * d.Cg) * d.HW;
         const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
         i64 ldb = d.P;
         if (!p.pointwise && p.k_chunks == 1) {
-          if (key != col_key) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
-          col_key = key;
+          if (!same_columns) detail::im2col_block(geo, xg, d.Cg, q0, q1, sc.col, q1 - q0);
           cb = sc.col;
           ldb = q1 - q0;
         }
@@ -133,20 +132,19 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, cons
             sgemm(false, false, f1 - f0, q1 - q0, (c1 - c0) * d.khw, wg + c0 * d.khw, d.K, sc.col,
                   q1 - q0, bg || kc > 0 ? 1.0f : 0.0f, yb, d.P);
           }
-          col_key = -1;  // sc.col holds the last chunk only
+          col_run = -1;  // sc.col holds the last chunk only
         }
         detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
       } else {
         // Several small images side by side: one sgemm, then the finishing pass scatters
         // tmp into y with bias and activation.
         const i64 cols = (n1 - n0) * d.P;
-        if (key != col_key) {
+        if (!same_columns) {
           for (i64 i = 0; i < n1 - n0; ++i) {
             detail::im2col_block(geo, x + ((n0 + i) * d.C + gi * d.Cg) * d.HW, d.Cg, 0, d.P,
                                  sc.col + i * d.P, cols);
           }
         }
-        col_key = key;
         sgemm(false, false, f1 - f0, cols, d.K, wg, d.K, sc.col, cols, 0.0f, sc.tmp, cols);
         for (i64 i = 0; i < n1 - n0; ++i) {
           for (i64 f = 0; f < f1 - f0; ++f) {
@@ -160,7 +158,8 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, cons
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward data. Item = (image run, group, channel block); the item owns those dx planes.
+// Backward data. Items (ConvPlan::item): image run x group x channel block; an item owns its
+// dx planes.
 // col = W_g[:, channels]^T * dy-block, then col2im ADDS into dx rows zeroed just before their
 // first touch; a dx row is final once no later pixel block reaches it, and the input
 // activation's derivative is applied to it then (while it is still in cache).
@@ -172,7 +171,6 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa
                         const detail::gemm::Config* packed = nullptr, float* wt = nullptr) {
   const ConvGeom geo(s, isa);
   const Dims d(s, p);
-  const i64 items = p.image_groups * d.G * p.channel_blocks;
   const i64 H = s.in_height, W = s.in_width;
   // Pixel blocks of whole output rows (or one block): col2im gathers each block's dx rows.
   const bool gather_rows = !p.pointwise && detail::col2im_gathers(geo) &&
@@ -197,14 +195,11 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa
         sgemm(true, false, rows, n, d.Fg, w + gi * d.Fg * d.K + j0, d.K, b, ldb, 0.0f, c, ldc);
       }
     };
-    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-      const i64 cbk = it % p.channel_blocks;
-      const i64 gi = (it / p.channel_blocks) % d.G;
-      const i64 ig = it / p.channel_blocks / d.G;
-      const i64 n0 = detail::image_run_begin(p, ig);
-      const i64 n1 = detail::image_run_begin(p, ig + 1);
-      const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
-      const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
+    const detail::Part mine = p.thread_items(t, nthr);
+    for (i64 it = mine.begin; it < mine.end; ++it) {
+      const detail::WorkItem item = p.item(it);
+      const i64 n0 = item.images.begin, n1 = item.images.end, gi = item.groups.begin;
+      const i64 c0 = item.channels.begin, c1 = item.channels.end;
       const i64 nch = c1 - c0, rows = nch * d.khw;
       const i64 j0 = c0 * d.khw;  // the block's first row of the group's W^T
       if (n1 - n0 == 1) {
@@ -214,7 +209,7 @@ void backward_data_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa
         const float* dyg = dy + (n0 * d.F + gi * d.Fg) * d.P;
         i64 zeroed = 0, finished = 0;  // dx rows [0, zeroed) are zeroed, [0, finished) final
         for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
-          const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+          const auto [q0, q1] = p.pixel_block_range(pb);
           if (p.pointwise) {  // conv1x1_s1_p0_d1: the sgemm writes dx directly
             dcol_gemm(gi, j0, rows, q1 - q0, dyg + q0, d.P, dxg + q0, d.HW);
             if (act != Activation::identity) {
@@ -397,7 +392,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
     const float* xg = cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW;
     const float* dyg = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
     for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
-      const i64 q0 = pb * p.block_pixels, q1 = std::min(d.P, q0 + p.block_pixels);
+      const auto [q0, q1] = p.pixel_block_range(pb);
       const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
       i64 ldb = d.P;
       if (!p.pointwise) {
@@ -436,19 +431,21 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa 
   std::vector<double> db_sums(db ? static_cast<std::size_t>(p.threads * d.F) : 0, 0.0);
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
     if (p.weight_partials) {
-      // Thread t sums its images into its own partial dW (dW^T per group if transposed;
-      // untransposed, thread 0's partial is dw itself); then the partials are added into dw in
-      // thread order, element ranges split over the threads.
+      // Thread t sums its items (image runs, every group and channel) into its own partial
+      // dW (dW^T per group if transposed; untransposed, thread 0's partial is dw itself); then
+      // the partials are added into dw in thread order, element ranges split over the threads.
       float* mine = t == 0 && !p.weights_transposed ? dw : sc.partial;
       partials[static_cast<std::size_t>(t)] = mine;
-      const i64 a = part_begin(t, nthr, p.N), b = part_begin(t + 1, nthr, p.N);
-      if (a == b) std::memset(mine, 0, static_cast<std::size_t>(wsize) * sizeof(float));
-      const i64 runs = (b - a + p.images_per_block - 1) / p.images_per_block;
-      for (i64 r = 0; r < runs; ++r) {
-        const i64 n0 = a + part_begin(r, runs, b - a), n1 = a + part_begin(r + 1, runs, b - a);
-        for (i64 gi = 0; gi < d.G; ++gi) {
+      const detail::Part items = p.thread_items(t, nthr);
+      if (items.size() == 0) {
+        std::memset(mine, 0, static_cast<std::size_t>(wsize) * sizeof(float));
+      }
+      for (i64 it = items.begin; it < items.end; ++it) {
+        const detail::WorkItem item = p.item(it);
+        for (i64 gi = item.groups.begin; gi < item.groups.end; ++gi) {
           double* acc = db ? db_sums.data() + t * d.F + gi * d.Fg : nullptr;
-          weights_run(cx, sc, n0, n1, gi, 0, d.Cg, mine + gi * d.Fg * d.K, r == 0, acc);
+          weights_run(cx, sc, item.images.begin, item.images.end, gi, item.channels.begin,
+                      item.channels.end, mine + gi * d.Fg * d.K, it == items.begin, acc);
         }
       }
 #pragma omp barrier
@@ -478,17 +475,16 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa 
         }
       }
     } else {
-      const i64 items = d.G * p.channel_blocks;
-      for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-        const i64 gi = it / p.channel_blocks, cbk = it % p.channel_blocks;
-        const i64 c0 = part_begin(cbk, p.channel_blocks, d.Cg);
-        const i64 c1 = part_begin(cbk + 1, p.channel_blocks, d.Cg);
+      const detail::Part mine = p.thread_items(t, nthr);
+      for (i64 it = mine.begin; it < mine.end; ++it) {
+        const detail::WorkItem item = p.item(it);
+        const i64 gi = item.groups.begin, c0 = item.channels.begin, c1 = item.channels.end;
         float* slice = dw + gi * d.Fg * d.K + c0 * d.khw;  // dW[g][:, channels c0..c1)
         float* c_out = p.weights_transposed ? sc.partial : slice;
-        double* acc = db && cbk == 0 ? db_sums.data() + gi * d.Fg : nullptr;
-        for (i64 ig = 0; ig < p.image_groups; ++ig) {
-          weights_run(cx, sc, part_begin(ig, p.image_groups, p.N),
-                      part_begin(ig + 1, p.image_groups, p.N), gi, c0, c1, c_out, ig == 0, acc);
+        double* acc = db && item.block == 0 ? db_sums.data() + gi * d.Fg : nullptr;
+        for (i64 r = item.runs.begin; r < item.runs.end; ++r) {
+          const detail::Part run = p.image_run(r);
+          weights_run(cx, sc, run.begin, run.end, gi, c0, c1, c_out, r == item.runs.begin, acc);
         }
         if (p.weights_transposed) {  // dW slice (Fg x rows, stride K) = accumulated dW^T
           const i64 rows = (c1 - c0) * d.khw;

@@ -36,19 +36,14 @@ PackGeom pack_geom(const PackedConv& pc) {
 // filter panels + the packing of its columns, counted as half a filter panel).
 double packed_thread_load(const PackedConv& pc, const PackedPlan& q, i64 nr, i64 mr, i64 T,
                           double* total = nullptr) {
-  const i64 Fg = pc.F / pc.G;
-  const i64 outer = q.fold ? q.col_blocks : pc.N * q.col_blocks;
-  const i64 items = q.items(pc), fpanels = ceil_div(Fg, mr);
   double worst = 0.0;
   for (i64 t = 0; t < T; ++t) {
     double load = 0.0;
-    for (i64 it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
-      const i64 fb = it % q.filter_blocks, ob = (it / q.filter_blocks) % outer;
-      const i64 cb = q.fold ? ob : ob % q.col_blocks;
-      const i64 width = std::min(q.cols, (cb + 1) * q.nc) - cb * q.nc;
-      const i64 f = part_begin(fb + 1, q.filter_blocks, fpanels) -
-                    part_begin(fb, q.filter_blocks, fpanels);
-      load += static_cast<double>(ceil_div(width, nr)) * (static_cast<double>(f) + 0.5);
+    const Part mine = q.thread_items(pc, t, T);
+    for (i64 it = mine.begin; it < mine.end; ++it) {
+      const PackedItem item = q.item(pc, it);
+      const double fpanels = static_cast<double>(ceil_div(item.filters.size(), mr));
+      load += static_cast<double>(ceil_div(item.cols.size(), nr)) * (fpanels + 0.5);
     }
     worst = std::max(worst, load);
     if (total) *total += load;
@@ -115,6 +110,26 @@ void transform_weights_for_backward_data(const Conv2dShape& s, const float* w, f
 
 i64 PackedPlan::items(const PackedConv& pc) const {
   return pc.G * (fold ? col_blocks : pc.N * col_blocks) * filter_blocks;
+}
+
+PackedItem PackedPlan::item(const PackedConv& pc, i64 it) const {
+  const i64 mr = gemm::config(isa).mr, Fg = pc.F / pc.G, P = pc.OH * pc.OW;
+  const i64 filter_panels = ceil_div(Fg, mr);
+  const i64 outer = fold ? col_blocks : pc.N * col_blocks;
+  const i64 fb = it % filter_blocks, key = it / filter_blocks, ob = key % outer;
+  PackedItem item;
+  item.columns_key = key;
+  item.group = key / outer;
+  if (fold) {
+    item.cols = Part{ob * nc, std::min(cols, ob * nc + nc)};
+  } else {
+    item.image = ob / col_blocks;
+    const i64 cb = ob % col_blocks;
+    item.cols = Part{item.image * P + cb * nc, item.image * P + std::min(P, cb * nc + nc)};
+  }
+  item.filters = Part{part_begin(fb, filter_blocks, filter_panels) * mr,
+                      std::min(Fg, part_begin(fb + 1, filter_blocks, filter_panels) * mr)};
+  return item;
 }
 
 double PackedPlan::imbalance(const PackedConv& pc) const {
@@ -265,14 +280,11 @@ PackedPlan make_packed_plan(const PackedConv& pc, Isa isa, int threads, const Pl
 void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, const void* fill_ctx) {
   const gemm::Config& cfg = gemm::config(p.isa);
   const PackFn pack = pack_im2col_fn(p.isa);
-  const i64 nr = cfg.nr, mr = cfg.mr;
+  const i64 nr = cfg.nr;
   const i64 G = pc.G, Cg = pc.C / G, Fg = pc.F / G, P = pc.OH * pc.OW;
   const i64 K = Cg * pc.KH * pc.KW, HW = pc.H * pc.W;
   const PackGeom geo = pack_geom(pc);
   const PhasePacker phases = phase_packer(p.isa);
-  const i64 outer = p.fold ? p.col_blocks : pc.N * p.col_blocks;
-  const i64 items = p.items(pc);
-  const i64 filter_panels = ceil_div(Fg, mr);
   const i64 panel_stride = p.kc * nr;
   const bool relu = pc.act == Activation::relu;
   const bool act_after = pc.act == Activation::sigmoid || pc.act == Activation::tanh;
@@ -289,21 +301,12 @@ void run_packed(const PackedConv& pc, const PackedPlan& p, WeightFill fill, cons
     auto* ranges = reinterpret_cast<LaneRange*>(
         reinterpret_cast<char*>(segs) + round_up(p.segments * i64{sizeof(PackSegment)}, 64));
     i64 seg_key = -1, packed_key = -1, split_key = -1, nseg = 0;
-    for (i64 it = part_begin(t, nthr, items); it < part_begin(t + 1, nthr, items); ++it) {
-      const i64 fb = it % p.filter_blocks, key = it / p.filter_blocks;
-      const i64 ob = key % outer, g = key / outer;
-      i64 j0, j1, n = 0;
-      if (p.fold) {
-        j0 = ob * p.nc;
-        j1 = std::min(p.cols, j0 + p.nc);
-      } else {
-        n = ob / p.col_blocks;
-        const i64 cb = ob % p.col_blocks;
-        j0 = n * P + cb * p.nc;
-        j1 = n * P + std::min(P, cb * p.nc + p.nc);
-      }
-      const i64 f0 = part_begin(fb, p.filter_blocks, filter_panels) * mr;
-      const i64 f1 = std::min(Fg, part_begin(fb + 1, p.filter_blocks, filter_panels) * mr);
+    const Part mine = p.thread_items(pc, t, nthr);
+    for (i64 it = mine.begin; it < mine.end; ++it) {
+      const PackedItem item = p.item(pc, it);
+      const i64 key = item.columns_key, g = item.group, n = item.image;
+      const i64 j0 = item.cols.begin, j1 = item.cols.end;
+      const i64 f0 = item.filters.begin, f1 = item.filters.end;
       const float* xg = pc.x + g * Cg * HW;
       if (key != seg_key) {
         nseg = build_pack_segments(geo, j0, j1, static_cast<int>(nr), panel_stride, segs, ranges);

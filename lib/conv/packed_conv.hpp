@@ -43,6 +43,20 @@ void transform_weights_for_backward_data(const Conv2dShape& s, const float* w, f
                                          std::int64_t c0, std::int64_t c1);
 
 /// How one call is blocked and threaded (filled by plan_packed, read by run_packed).
+/// One work item of a PackedPlan, decoded in one place (PackedPlan::item) for run_packed and
+/// the balance model: a block of columns of one group (of one image, unless fold) times an
+/// MR-aligned block of the group's filters. Items are dealt to the threads in contiguous
+/// ranges; the filter block is the innermost index, so a thread's consecutive items share one
+/// packed B block (same `columns_key`).
+struct PackedItem {
+  std::int64_t group = 0;
+  std::int64_t image = 0;  ///< the image of the columns (0 when fold)
+  /// Columns [begin, end) of the group's GEMM: image * P + pixel, or (fold) over the images.
+  Part cols;
+  Part filters;                  ///< of the group
+  std::int64_t columns_key = 0;  ///< equal for the items of one column block
+};
+
 struct PackedPlan {
   Isa isa = Isa::scalar;
   int threads = 1;
@@ -59,8 +73,13 @@ struct PackedPlan {
   /// column phases (phase_floats of its scratch) and packs runs of consecutive floats.
   bool phases = false;
   std::int64_t b_floats = 0, c_floats = 0, phase_floats = 0, segments = 0, range_entries = 0;
-  /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks.
+  /// Work items: groups x (col_blocks, times images unless fold) x filter_blocks; item `it`;
+  /// the items of thread t of nthr.
   std::int64_t items(const PackedConv& pc) const;
+  PackedItem item(const PackedConv& pc, std::int64_t it) const;
+  Part thread_items(const PackedConv& pc, std::int64_t t, std::int64_t nthr) const {
+    return part(t, nthr, items(pc));
+  }
   /// Work of the busiest thread over the mean (1: perfectly balanced), items weighed by size.
   double imbalance(const PackedConv& pc) const;
   std::size_t scratch_bytes() const;

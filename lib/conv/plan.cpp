@@ -56,11 +56,11 @@ void set_pixel_blocks(ConvPlan& p, std::int64_t blocks) {
 }
 
 // Image runs: at most images_per_block images each, and enough runs for the threads.
-void choose_image_groups(ConvPlan& p, std::int64_t images, std::int64_t other_items) {
-  p.image_groups = ceil_div(images, p.images_per_block);
-  while (p.images_per_block > 1 && !balanced(p.image_groups * other_items, p.threads)) {
+void choose_image_runs(ConvPlan& p, std::int64_t other_items) {
+  p.image_runs = ceil_div(p.N, p.images_per_block);
+  while (p.images_per_block > 1 && !balanced(p.image_runs * other_items, p.threads)) {
     --p.images_per_block;
-    p.image_groups = ceil_div(images, p.images_per_block);
+    p.image_runs = ceil_div(p.N, p.images_per_block);
   }
 }
 
@@ -79,58 +79,94 @@ std::size_t ConvPlan::scratch_bytes() const {
          round_up_64(static_cast<std::size_t>(pack_floats) * sizeof(float));
 }
 
+Part ConvPlan::image_run(std::int64_t r) const {
+  // When the runs are dealt to the threads in equal contiguous ranges (image_runs a multiple
+  // of the threads, image runs the outermost item index), the images are split evenly over
+  // the threads first and then each thread's share into its runs, so that every thread gets
+  // the same number of images (lenet_conv2: 64 images in 10 runs of at most 7 gave the two
+  // threads 34 and 30). Each run still has at most images_per_block images and at least one.
+  const std::int64_t T = threads;
+  if (image_runs % T != 0) return part(r, image_runs, N);
+  const std::int64_t per = image_runs / T;
+  const Part share = part(r / per, T, N);
+  const Part run = part(r % per, per, share.size());
+  return Part{share.begin + run.begin, share.begin + run.end};
+}
+
+std::int64_t ConvPlan::items() const {
+  switch (pass) {
+    case ConvPass::forward: return image_runs * groups * pixel_blocks * filter_blocks;
+    case ConvPass::backward_data: return image_runs * groups * channel_blocks;
+    case ConvPass::backward_weights: return weight_partials ? image_runs : groups * channel_blocks;
+  }
+  return 1;
+}
+
+WorkItem ConvPlan::item(std::int64_t it) const {
+  WorkItem w;
+  w.pixels = Part{0, P};
+  w.filters = Part{0, Fg};
+  w.channels = Part{0, Cg};
+  std::int64_t run = 0;
+  switch (pass) {
+    case ConvPass::forward: {
+      w.block = it % filter_blocks;
+      w.filters = part(w.block, filter_blocks, Fg);
+      const std::int64_t key = it / filter_blocks;
+      w.pixel_block = key % pixel_blocks;
+      w.pixels = pixel_block_range(w.pixel_block);
+      const std::int64_t g = key / pixel_blocks % groups;
+      w.groups = Part{g, g + 1};
+      run = key / pixel_blocks / groups;
+      break;
+    }
+    case ConvPass::backward_data: {
+      w.block = it % channel_blocks;
+      w.channels = part(w.block, channel_blocks, Cg);
+      const std::int64_t g = it / channel_blocks % groups;
+      w.groups = Part{g, g + 1};
+      run = it / channel_blocks / groups;
+      break;
+    }
+    case ConvPass::backward_weights: {
+      if (weight_partials) {
+        w.groups = Part{0, groups};
+        run = it;
+        break;
+      }
+      w.block = it % channel_blocks;
+      w.channels = part(w.block, channel_blocks, Cg);
+      const std::int64_t g = it / channel_blocks;
+      w.groups = Part{g, g + 1};
+      w.runs = Part{0, image_runs};
+      w.images = Part{0, N};
+      return w;
+    }
+  }
+  w.runs = Part{run, run + 1};
+  w.images = image_run(run);
+  return w;
+}
+
 namespace {
 
 struct Loads {
   double worst = 0.0, total = 0.0;  ///< of the busiest thread, of all threads
 };
 
-// Work of each thread under a plan, as the passes deal the items (thread t: items
-// [part_begin(t), part_begin(t + 1)) of the pass's item order), in units that are the same for
-// every plan of one shape and pass: forward images x pixels x filters, backward data images x
-// channels, backward weights images x channels (backward weights' reduction not counted).
+// Work of each thread under a plan, as the passes deal the items, in units that are the same
+// for every plan of one shape and pass: images x pixels x groups x filters (forward) or
+// channels (backward); backward weights' reduction not counted.
 Loads thread_loads(const ConvPlan& p) {
-  const std::int64_t T = p.threads;
-  auto run = [&](std::int64_t ig) {
-    return static_cast<double>(image_run_begin(p, ig + 1) - image_run_begin(p, ig));
-  };
-  auto part = [](std::int64_t i, std::int64_t parts, std::int64_t total) {
-    return static_cast<double>(part_begin(i + 1, parts, total) - part_begin(i, parts, total));
-  };
   Loads l;
-  for (std::int64_t t = 0; t < T; ++t) {
+  for (std::int64_t t = 0; t < p.threads; ++t) {
     double w = 0.0;
-    switch (p.pass) {
-      case ConvPass::forward: {
-        const std::int64_t items = p.image_groups * p.groups * p.pixel_blocks * p.filter_blocks;
-        for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
-          const std::int64_t fb = it % p.filter_blocks, key = it / p.filter_blocks;
-          const std::int64_t pb = key % p.pixel_blocks, ig = key / p.pixel_blocks / p.groups;
-          const double pixels = static_cast<double>(std::min(p.P, (pb + 1) * p.block_pixels) -
-                                                    std::min(p.P, pb * p.block_pixels));
-          w += run(ig) * pixels * part(fb, p.filter_blocks, p.Fg);
-        }
-        break;
-      }
-      case ConvPass::backward_data: {
-        const std::int64_t items = p.image_groups * p.groups * p.channel_blocks;
-        for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
-          w += run(it / p.channel_blocks / p.groups) *
-               part(it % p.channel_blocks, p.channel_blocks, p.Cg);
-        }
-        break;
-      }
-      case ConvPass::backward_weights: {
-        if (p.weight_partials) {
-          w = part(t, T, p.N) * static_cast<double>(p.groups * p.Cg);  // its images, all channels
-        } else {
-          const std::int64_t items = p.groups * p.channel_blocks;
-          for (std::int64_t it = part_begin(t, T, items); it < part_begin(t + 1, T, items); ++it) {
-            w += part(it % p.channel_blocks, p.channel_blocks, p.Cg) * static_cast<double>(p.N);
-          }
-        }
-        break;
-      }
+    const Part mine = p.thread_items(t, p.threads);
+    for (std::int64_t it = mine.begin; it < mine.end; ++it) {
+      const WorkItem i = p.item(it);
+      const std::int64_t lanes = p.pass == ConvPass::forward ? i.filters.size() : i.channels.size();
+      w += static_cast<double>(i.images.size()) * static_cast<double>(i.pixels.size()) *
+           static_cast<double>(i.groups.size()) * static_cast<double>(lanes);
     }
     l.worst = std::max(l.worst, w);
     l.total += w;
@@ -143,15 +179,6 @@ Loads thread_loads(const ConvPlan& p) {
 double ConvPlan::imbalance() const {
   const Loads l = thread_loads(*this);
   return l.total > 0.0 ? l.worst * static_cast<double>(threads) / l.total : 1.0;
-}
-
-std::int64_t ConvPlan::items() const {
-  switch (pass) {
-    case ConvPass::forward: return image_groups * groups * pixel_blocks * filter_blocks;
-    case ConvPass::backward_data: return image_groups * groups * channel_blocks;
-    case ConvPass::backward_weights: return weight_partials ? threads : groups * channel_blocks;
-  }
-  return 1;
 }
 
 namespace {
@@ -191,15 +218,14 @@ ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
         p.k_chunks = 1;
         choose_blocks(p, tuning, p.K, p.Fg, p.N);
       }
-      choose_image_groups(p, p.N, G * p.pixel_blocks);
+      choose_image_runs(p, G * p.pixel_blocks);
       // Every step raises `wanted` or filter_blocks, both bounded (by P / kMinSplitPixels and
       // Fg / kMinFiltersPerBlock), so the loop ends. The rounding of set_pixel_blocks can give
       // the same pixel_blocks for several wanted counts (P = 65*65 at 72 threads: asking for
       // one more block gave the same count forever).
       std::int64_t wanted = p.pixel_blocks;
       for (;;) {
-        const std::int64_t items = p.image_groups * G * p.pixel_blocks * p.filter_blocks;
-        if (balanced(items, T)) break;
+        if (balanced(p.items(), T)) break;
         if (p.images_per_block == 1 && p.P / (wanted + 1) >= kMinSplitPixels) {
           set_pixel_blocks(p, ++wanted);
         } else if (p.Fg / (p.filter_blocks + 1) >= kMinFiltersPerBlock) {
@@ -230,7 +256,7 @@ ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
         p.block_pixels = ceil_div(s.out_height(), blocks) * OW;
         p.pixel_blocks = ceil_div(p.P, p.block_pixels);
       }
-      choose_image_groups(p, p.N, G * p.channel_blocks);
+      choose_image_runs(p, G * p.channel_blocks);
       const std::int64_t cols = p.images_per_block * p.block_pixels;
       p.col_floats = p.skips_im2col() ? 0 : rows * cols;
       p.tmp_floats = p.images_per_block > 1 ? p.Fg * cols : 0;
@@ -246,16 +272,19 @@ ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
       p.weight_partials = T > 1 && p.N >= T && partial_bytes <= kMaxWeightPartialBytes;
       std::int64_t rows = p.K;
       if (p.weight_partials) {
-        // Thread t sums its own images into its partial dW: all groups, all channels.
+        // Items: image runs, each over all groups and channels, summed into the partial dW
+        // of the thread they are dealt to: each thread's equal share of the images cut into
+        // the same number of runs (image_run), or runs of one image each.
         choose_blocks(p, tuning, rows, p.Fg, ceil_div(p.N, T));
-        p.image_groups = ceil_div(ceil_div(p.N, T), p.images_per_block);  // per thread
+        p.image_runs = p.images_per_block == 1 ? p.N
+                                               : T * ceil_div(ceil_div(p.N, T), p.images_per_block);
         p.partial_floats = s.out_channels * p.K;
       } else {
         // Items: group x channel block, each owning its columns of dW over all images.
         while (!balanced(G * p.channel_blocks, T) && p.channel_blocks < p.Cg) ++p.channel_blocks;
         rows = ceil_div(p.Cg, p.channel_blocks) * p.khw;
         choose_blocks(p, tuning, rows, p.Fg, p.N);
-        p.image_groups = ceil_div(p.N, p.images_per_block);
+        p.image_runs = ceil_div(p.N, p.images_per_block);
       }
       const std::int64_t cols = p.images_per_block * p.block_pixels;
       p.col_floats = p.skips_im2col() ? 0 : rows * cols;

@@ -130,6 +130,41 @@ inline constexpr Fraction kMinWidePanelFill{7, 8};
 /// 'same'-padded layers are 1).
 inline constexpr std::int64_t kMaxPackedBackwardDataInflation = 2;
 
+/// [begin, end) of images, image runs, pixels, groups, filters or channels.
+struct Part {
+  std::int64_t begin = 0, end = 0;
+  std::int64_t size() const { return end - begin; }
+};
+
+/// [begin, end) of part i when `total` is cut into `parts` balanced runs.
+inline std::int64_t part_begin(std::int64_t i, std::int64_t parts, std::int64_t total) {
+  return i * (total / parts) + (i < total % parts ? i : total % parts);
+}
+inline Part part(std::int64_t i, std::int64_t parts, std::int64_t total) {
+  return Part{part_begin(i, parts, total), part_begin(i + 1, parts, total)};
+}
+
+/// One work item of a ConvPlan: the unit the pass deals to its threads, decoded in one place
+/// (ConvPlan::item) for the passes, the balance model and the tests. Items are dealt in
+/// contiguous ranges (ConvPlan::thread_items), consecutive items sharing what they can:
+///   forward          one image run x group x pixel block x filter block (the innermost index,
+///                    so a thread's consecutive filter blocks reuse one column block);
+///   backward data    one image run x group x channel block, all pixels; the item owns its
+///                    dx planes;
+///   backward weights group x channel block over every image run (the item owns those dW
+///                    columns), or, with weight_partials, one image run over every group and
+///                    channel, added into its thread's partial dW.
+struct WorkItem {
+  Part runs;    ///< image runs, [r0, r1)
+  Part images;  ///< their images
+  Part groups;
+  std::int64_t pixel_block = 0;
+  Part pixels;             ///< of each image: the pixel block's (forward), all of them (backward)
+  std::int64_t block = 0;  ///< the filter block (forward) or channel block (backward)
+  Part filters;            ///< of a group: the filter block's (forward), all (backward)
+  Part channels;           ///< of a group: the channel block's (backward), all (forward)
+};
+
 struct ConvPlan {
   ConvPass pass = ConvPass::forward;
   int threads = 1;  ///< threads the pass runs on (<= the requested count)
@@ -138,10 +173,10 @@ struct ConvPlan {
   std::int64_t groups = 1, Cg = 1, Fg = 1, khw = 1, K = 1, P = 1, N = 1;
   /// 1x1 kernel, stride 1, no padding, dilation 1: a plane of x is already the column matrix.
   bool pointwise = false;
-  /// Images are cut into image_groups balanced runs of at most images_per_block images; a run
-  /// of more than one image is lowered side by side into one column block (only when
+  /// The batch is cut into image_runs runs (image_run) of at most images_per_block images; a
+  /// run of more than one image is lowered side by side into one column block (only when
   /// pixel_blocks == 1, i.e. one image is smaller than a block).
-  std::int64_t image_groups = 1;
+  std::int64_t image_runs = 1;
   std::int64_t images_per_block = 1;
   /// One image's pixels are cut into blocks of block_pixels (the last one shorter).
   std::int64_t block_pixels = 1;
@@ -167,8 +202,16 @@ struct ConvPlan {
 
   /// True when this plan never runs im2col/col2im: pointwise shape, one image per block.
   bool skips_im2col() const { return pointwise && images_per_block == 1; }
-  /// Work items the pass deals to its threads (backward weights with partials: the threads).
+  /// Work items the pass deals to its threads, item `it` of them, and the items of thread t
+  /// of nthr (a contiguous range).
   std::int64_t items() const;
+  WorkItem item(std::int64_t it) const;
+  Part thread_items(std::int64_t t, std::int64_t nthr) const { return part(t, nthr, items()); }
+  /// The images of image run r < image_runs; the pixels of pixel block b < pixel_blocks.
+  Part image_run(std::int64_t r) const;
+  Part pixel_block_range(std::int64_t b) const {
+    return Part{std::min(P, b * block_pixels), std::min(P, (b + 1) * block_pixels)};
+  }
   /// Work of the busiest thread over the mean (1: perfectly balanced), each thread's items
   /// counted as the passes deal them (backward weights' reduction not counted).
   double imbalance() const;
@@ -206,24 +249,5 @@ bool is_conv1x1_s1_p0_d1(const Conv2dShape& s);
 
 /// s must be valid (validate() accepted it); threads >= 1.
 ConvPlan plan_conv(const Conv2dShape& s, ConvPass pass, int threads, const PlanTuning& tuning = {});
-
-/// [begin, end) of part i when `total` is cut into `parts` balanced runs.
-inline std::int64_t part_begin(std::int64_t i, std::int64_t parts, std::int64_t total) {
-  return i * (total / parts) + (i < total % parts ? i : total % parts);
-}
-
-/// First image of image run ig (ig == image_groups gives N). When the runs are dealt to the
-/// threads in equal contiguous groups (image_groups a multiple of threads, image runs the
-/// outermost item index), the images are split evenly over the threads first and then each
-/// thread's share into its runs, so that every thread gets the same number of images
-/// (lenet_conv2: 64 images in 10 runs of at most 7 gave the two threads 34 and 30). Each run
-/// still has at most images_per_block images and at least one.
-inline std::int64_t image_run_begin(const ConvPlan& p, std::int64_t ig) {
-  const std::int64_t T = p.threads;
-  if (p.image_groups % T != 0 || ig >= p.image_groups) return part_begin(ig, p.image_groups, p.N);
-  const std::int64_t r = p.image_groups / T, t = ig / r;
-  const std::int64_t b = part_begin(t, T, p.N), share = part_begin(t + 1, T, p.N) - b;
-  return b + part_begin(ig % r, r, share);
-}
 
 }  // namespace im2gemm::detail
