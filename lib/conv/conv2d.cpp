@@ -609,9 +609,8 @@ bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
   // The most channels a run packs: all of a group's (image split) or a channel block's.
   const i64 nch = p.weight_partials ? p.Cg : (p.Cg + p.channel_blocks - 1) / p.channel_blocks;
   // The fused pack computes dW (taps on the panels' lanes), not dW^T: taps that leave more
-  // than 1/kMinLaneFill of the last panels empty keep the im2col blocks (resnet_conv1's 147
-  // taps on 160 lanes measured 97-100 GFLOP/s fused against 91-122, alexnet_conv1's 363 on
-  // 368 lanes 131-141 against 119-131, resnet_3x3s2's 1152 113-122 against 107-113).
+  // than 1/kMinLaneFill of the last panels empty keep the im2col blocks (README, "Tuning
+  // constants").
   constexpr i64 kMinLaneFill = 32;
   const i64 rows = nch * p.khw, lanes = (rows + cfg.nr - 1) / cfg.nr * cfg.nr;
   if ((lanes - rows) * kMinLaneFill > rows) return false;
@@ -653,9 +652,8 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
                         s.out_channels / s.groups * khw >= kMinPackedK;
       if (!backward_data_transposed(s)) {
         // col2im with the engine's GEMMs (M = C/groups*KH*KW, one image's pixels a GEMM):
-        // measured on 16-lane panels only, ahead with enough input channels (lenet_conv2 72-85
-        // vs 53-75 GFLOP/s, resnet_3x3s2 90-96 vs 72-91), behind with 3 (alexnet_conv1,
-        // resnet_conv1: 49-70 vs 72-78).
+        // ahead of the openblas path on 16-lane panels with enough input channels, behind with
+        // 3; on 48-lane panels level at best.
         return vector_isa && narrow_panels && wide ? GemmBackend::packed : GemmBackend::openblas;
       }
       // The transposed problem: M = input channels per group (few of them fill too few rows
@@ -668,18 +666,12 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       // The openblas path's image runs, partial sums and reductions; the GEMM of each run on
       // the chosen backend: on the packed engine gemm::sgemm_nt_with, its B = col^T packed
       // straight from x where weights_fused_pack holds, else sgemm_nt on im2col blocks.
-      // Automatic: packed wherever the fused pack applies (measured ahead on every such suite
-      // layer, on AVX2's 16 lanes: lenet_conv2 101 vs 66 GFLOP/s, vgg_conv3_b1 138 vs 104; on
-      // AVX-512's 48 on Zen 4: lenet_conv2 145 vs 124, vgg_conv3_2 195 vs 171, resnet_l4_b8 195
-      // vs 161), and elsewhere for a K that amortises a tile's set-up and planes of at least
-      // kMinPackedWeightsPixels output pixels. On 48-lane panels both only where the GEMM's
-      // lane dimension (the taps with the fused pack; else the filters when dW^T is
-      // accumulated, the taps otherwise) fills the 16-lane vectors that the tiles compute (a
-      // panel's last tile computes one, two or three) to kMinWidePanelFill. Zen 4, ahead:
-      // alexnet_conv1's 96 filters 166 vs 149 GFLOP/s, resnet_3x3s2's 128 154 vs 149, and
-      // since tiles compute only the vectors they need, resnet_1x1's 64 taps 4.90-4.96 vs
-      // 5.93-6.11 ms and resnet_conv1's 64 filters 13.5-13.6 vs 13.7-14.1 (3 alternated
-      // rounds, min of 7); behind: lenet_conv1's 25 taps, 0.48-0.51 vs 0.39-0.41 ms.
+      // Automatic: packed wherever the fused pack applies (ahead on every such suite layer, on
+      // 16- and 48-lane panels), and elsewhere for a K that amortises a tile's set-up and
+      // planes of at least kMinPackedWeightsPixels output pixels. On 48-lane panels both only
+      // where the GEMM's lane dimension (the taps with the fused pack; else the filters when
+      // dW^T is accumulated, the taps otherwise) fills the 16-lane vectors that the tiles
+      // compute (a panel's last tile computes one, two or three) to kMinWidePanelFill.
       if (o.backend != GemmBackend::automatic) return o.backend;
       const i64 Fg = s.out_channels / s.groups, K = s.in_channels / s.groups * khw;
       const bool fused = weights_fused_pack(s, o.isa);
@@ -708,8 +700,7 @@ ConvPath conv_path(const Conv2dShape& s, ConvPass pass, const ConvOptions& o,
   }
   if (pass == ConvPass::backward_data && !all_finite(w)) return ConvPath::gemm;
   // Narrow groups' backward data with AVX-512's OpenBLAS kernels: the GEMM path measured ahead
-  // of the direct kernels (resnext_g32 on Zen 4, alternated rounds: 4.3-4.5 against 5.3 ms,
-  // 3.4 against 4.4); with AVX2 the direct kernels lead (3.6-4.1 against 4.1-4.6).
+  // of the direct kernels; with AVX2 the direct kernels lead.
   if (pass == ConvPass::backward_data && !is_depthwise(s) && isa_clamp(o.isa) == Isa::avx512 &&
       !o.prefer_direct) {
     return ConvPath::gemm;

@@ -64,9 +64,8 @@ bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa);
 /// under the automatic backend, where output rows too short for the 48-lane panels
 /// (kMinPackedRowPanelFraction) but on the packed engine under AVX2's rules, in batches of
 /// more than one image, run the AVX2 configuration (16-lane panels, sgemm_ukernel_6x16_avx2,
-/// its packers). Zen 4, alternated (ms, min of 7, 3 rounds): lenet_conv2 1.36-1.56 ->
-/// 1.05-1.21, resnet_l4_b8 10.0-10.8 -> 9.2-11.2; resnet_l4_b1 (one 49-pixel image, whose
-/// last 48-lane tile is one vector wide) measured 1.39-1.58 -> 1.50-1.74 and keeps AVX-512.
+/// its packers): measured ahead on lenet_conv2 and resnet_l4_b8; behind on resnet_l4_b1 (one
+/// 49-pixel image, whose last 48-lane tile is one vector wide), which keeps AVX-512.
 ConvOptions forward_engine_options(const Conv2dShape& s, const ConvOptions& o);
 
 /// Which kind of code runs a pass: the GEMM lowering (im2col / col2im + a GEMM backend) or a

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "conv/openblas_tuning.hpp"
 #include "im2gemm/conv2d.hpp"
 
 namespace im2gemm::detail {
@@ -18,24 +19,15 @@ constexpr std::int64_t round_up(std::int64_t a, std::int64_t b) { return ceil_di
 
 enum class ConvPass { forward, backward_data, backward_weights };
 
+// Comments give each constant's reason; the measurements behind the values are in README.md,
+// "Tuning constants". The constants that follow from OpenBLAS's internals are in
+// openblas_tuning.hpp.
+
 /// A column block (plus, for images side by side, the gathered output/dy block) is sized to
-/// stay in a core's L2 cache between im2col and sgemm's packing ...
+/// stay in a core's L2 cache between im2col and sgemm's packing, but has at least
+/// kPixelsPerFilter * (filters per group) columns (openblas_tuning.hpp) ...
 inline constexpr std::size_t kBlockTargetBytes = std::size_t{1} << 20;
-/// ... but has at least kPixelsPerFilter * (filters per group) columns: every sgemm call
-/// re-packs the weights (backward weights: re-reads dW), which must be amortised over enough
-/// pixels (vgg_conv3_2 and resnet_3x3s2 ran 10-15% faster with several hundred more columns
-/// than the L2 target gives; the commits that set 4, then 8, quote the runs) ...
-inline constexpr std::int64_t kPixelsPerFilter = 8;
-/// Forward with a long GEMM inner dimension K splits it by input channels into column chunks
-/// of about this many rows (the K block of OpenBLAS 0.3.21's SkylakeX sgemm, GEMM_Q = 448, so
-/// the chunk sgemm calls, accumulating into y, update it no more often than one sgemm would);
-/// the column block then covers kPixelsPerFilterChunked * (filters per group) pixels, i.e.
-/// weights re-packed half as often, in the same scratch. Measured here (bench_conv forward, 2
-/// threads, old and new binaries alternated; commit bb7f25b): vgg_conv3_2 317 -> 325-344
-/// GFLOP/s, vgg_conv3_b1 334 -> 357-363, resnet_3x3s2 286-288 -> 300-306.
-inline constexpr std::int64_t kKChunkRows = 448;
-inline constexpr std::int64_t kPixelsPerFilterChunked = 16;
-/// ... and never larger than this, which keeps the per-thread scratch within the bound below.
+/// ... and is never larger than this, which keeps the per-thread scratch within the bound below.
 inline constexpr std::size_t kMaxBlockBytes = std::size_t{6} << 20;
 /// Images with fewer pixels than this are put side by side into one column block.
 inline constexpr std::int64_t kMinGemmPixels = 448;
@@ -45,8 +37,8 @@ inline constexpr std::size_t kMaxScratchBytesPerThread = std::size_t{8} << 20;
 /// and join of the team costs about as much as this much work).
 inline constexpr std::int64_t kMinMacsPerThread = std::int64_t{1} << 16;
 /// A one-thread plan of at most this many multiply-accumulates runs on the calling thread with
-/// no OpenMP region: even a region of one costs a team allocation and a futex round trip
-/// (about 0.5 us here, measured on the suite's tutorial layer: more than its arithmetic).
+/// no OpenMP region: even a region of one costs a team allocation and a futex round trip,
+/// more than the arithmetic of such a problem.
 /// Every sgemm of such a problem has M*N*K <= this, a quarter of the 262,144 (65,536 times
 /// GEMM_MULTITHREAD_THRESHOLD 4) below which OpenBLAS 0.3.21 keeps an sgemm on the calling
 /// thread outside a region, whatever its kernel set, so no second pool starts; the meson test
@@ -62,11 +54,6 @@ inline constexpr std::int64_t kPixelAlign = 16;
 inline constexpr std::int64_t kMinSplitPixels = 64;
 /// A forward filter block keeps at least this many filters (the sgemm M dimension).
 inline constexpr std::int64_t kMinFiltersPerBlock = 16;
-/// Backward weights with at most this many filters per group accumulates dW^T = col * dy^T
-/// (then transposes it into dW): OpenBLAS runs that orientation 5-14% faster for narrow dW
-/// (measured here, one thread: 64 x 288 x 912: 145 -> 165 GFLOP/s; 96 x 363 x 608: 162 -> 177;
-/// equal from 256 filters on).
-inline constexpr std::int64_t kMaxFiltersTransposedWeights = 128;
 /// Work items are balanced over the threads if their count is a multiple of the thread count
 /// or at least this many per thread.
 inline constexpr std::int64_t kBalancedItemsPerThread = 4;
@@ -82,39 +69,29 @@ inline constexpr std::size_t kMaxWeightPartialBytes = std::size_t{2} << 20;
 /// The automatic backend choice (conv_backend) gives a pass to the packed engine only where
 /// it measured ahead of the openblas path. Forward: output rows of at least
 /// 1/kMinPackedRowPanelFraction of a micro-panel (shorter rows cut the im2col packing into
-/// short segments: on AVX-512's 48-lane panels lenet_conv2's 8-pixel rows and the 7x7 layers
-/// ran 0.6-0.8x the openblas path; on AVX2's 16-lane panels, measured on AMD Zen 3, the same
-/// layers ran 1.2-1.3x it: lenet_conv2 92 vs 77 GFLOP/s, resnet_l4_b8 150 vs 114), and
-/// 1x1 stride-1 layers only on panels of at most kMaxNarrowPanelLanes lanes (resnet_1x1 on
-/// AVX2: 129 vs 104). Backward data: rows of at least kMinPackedRowPixels input pixels
-/// (resnet_l4_b1 ran 0.5x the openblas path on AVX2), never 1x1 stride-1 unpadded. Both: a GEMM K of at least
-/// kMinPackedK (below it the set-up and store of a tile weigh: lenet_conv1, K = 25), and for
-/// backward data at least kMinPackedBackwardDataChannels input channels per group (its M;
-/// lenet_conv1's single channel runs 18x oneDNN on the openblas path with col2im).
+/// short segments: behind on AVX-512's 48-lane panels, ahead on AVX2's 16), and 1x1 stride-1
+/// layers only on panels of at most kMaxNarrowPanelLanes lanes. Backward data: rows of at
+/// least kMinPackedRowPixels input pixels, never 1x1 stride-1 unpadded. Both: a GEMM K of at
+/// least kMinPackedK (below it the set-up and store of a tile weigh), and for backward data
+/// at least kMinPackedBackwardDataChannels input channels per group (its M: fewer fill too
+/// few rows of a tile).
 inline constexpr std::int64_t kMinPackedRowPanelFraction = 3;
 /// Forward on the packed engine up to this horizontal stride, and above stride 1 only where
 /// the plan packs from column phases (PackedPlan::phases: one image per block, the split
-/// image within its bound, an ISA with a phase packer). Packing with strided loads measured
-/// behind the openblas path (AVX2 on Zen 3, GFLOP/s, 4 alternated runs, medians:
-/// resnet_conv1 84.6 vs 105, resnet_3x3s2 100.7 vs 111: the strided loads cost 0.4-0.6 of
-/// the micro-kernel's time). From the phases, alternated with the openblas path in the same
-/// runs (bench_conv): alexnet_conv1 (stride 4) 137-157 vs 113-142, resnet_conv1 145-152 vs
-/// 118-143, resnet_3x3s2 level (medians of 8 pairs 140 vs 142).
+/// image within its bound, an ISA with a phase packer): packing with strided loads measured
+/// behind the openblas path (the strided loads cost about half the micro-kernel's time),
+/// packing from the phases ahead.
 inline constexpr std::int64_t kMaxPackedForwardStride = 4;
 /// ... and where each float of the split image feeds at least this many multiply-adds,
 /// F/groups*KH*KW / (SH*SW): the split's cost is over the input, the GEMM's over this
-/// factor. In a quiet window (3-5 alternated runs, GFLOP/s, packed vs openblas, AVX2 on
-/// Zen 3): alexnet_conv1 (726) 157.7 vs 144.0, resnet_conv1 (784) 151.6 vs 145.6,
-/// resnet_3x3s2 (288, its split image 1.7 MB, past L2) 155.4 vs 161.9.
+/// factor.
 inline constexpr std::int64_t kMinPhaseMacsPerInput = 512;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
 /// Backward weights on the packed engine without the fused pack (sgemm_nt on im2col blocks:
-/// strided and 1x1 shapes) needs output planes of at least this many pixels: on AVX2 (Zen 3,
-/// bench_conv, GFLOP/s packed vs openblas) it was ahead on the suite's large planes
-/// (resnet_conv1 98.7 vs 83.9, resnet_1x1 117.4 vs 92.6) and level or behind on 8x8 and 7x7
-/// planes (before the fused pack: lenet_conv2 48.2 vs 50.5, resnet_l4_b1 77.6 vs 78.2).
+/// strided and 1x1 shapes) needs output planes of at least this many pixels: ahead of the
+/// openblas path on large planes, level or behind on 8x8 and 7x7 ones.
 inline constexpr std::int64_t kMinPackedWeightsPixels = 256;
 inline constexpr std::int64_t kMinPackedBackwardDataChannels = 16;
 /// Backward weights on panels wider than kMaxNarrowPanelLanes, with the fused pack or not:
