@@ -736,7 +736,9 @@ TEST_CASE(
   grouped.batch = 3;
   grouped.groups = 2;
   shapes.emplace_back("lenet_conv2 g2", grouped);
-  for (const auto& [name, s] : shapes) {
+  for (const auto& layer : shapes) {
+    const auto& name = layer.first;  // no structured binding: clang 14 cannot capture one
+    const auto& s = layer.second;
     for (int threads = 1; threads <= 8; ++threads) {
       for (ConvPass pass :
            {ConvPass::forward, ConvPass::backward_data, ConvPass::backward_weights}) {
