@@ -682,6 +682,15 @@ void check_items_cover(const im2gemm::detail::ConvPlan& p) {
     }
   }
   REQUIRE(dealt == p.items());
+  // Items of one columns_key share their column block: same runs, group and pixels.
+  for (int64_t it = 1; it < p.items(); ++it) {
+    const WorkItem a = p.item(it - 1), b = p.item(it);
+    if (a.columns_key != b.columns_key) continue;
+    REQUIRE(a.runs.begin == b.runs.begin);
+    REQUIRE(a.groups.begin == b.groups.begin);
+    REQUIRE(a.pixels.begin == b.pixels.begin);
+    REQUIRE(a.pixels.end == b.pixels.end);
+  }
   int64_t wrong = 0;
   for (int c : count) wrong += c != 1;
   CHECK(wrong == 0);

@@ -93,18 +93,14 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, cons
   const ConvGeom geo(s, isa);
   const Dims d(s, p);
   run_threads(p, [&](i64 t, i64 nthr, const Scratch& sc) {
-    // Which (image run, group, pixel block) sc.col holds.
-    i64 col_run = -1, col_group = -1, col_block = -1;
+    i64 col_key = -1;  // the columns_key of the column block sc.col holds
     const detail::Part mine = p.thread_items(t, nthr);
     for (i64 it = mine.begin; it < mine.end; ++it) {
       const detail::WorkItem item = p.item(it);
       const i64 n0 = item.images.begin, n1 = item.images.end, gi = item.groups.begin;
       const i64 f0 = item.filters.begin, f1 = item.filters.end;
-      const bool same_columns = item.runs.begin == col_run && gi == col_group &&
-                                item.pixel_block == col_block;
-      col_run = item.runs.begin;
-      col_group = gi;
-      col_block = item.pixel_block;
+      const bool same_columns = item.columns_key == col_key;
+      col_key = item.columns_key;
       const float* wg = w + (gi * d.Fg + f0) * d.K;
       const float* bg = bias ? bias + gi * d.Fg + f0 : nullptr;
       if (n1 - n0 == 1) {
@@ -132,7 +128,7 @@ void forward_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa isa, cons
             sgemm(false, false, f1 - f0, q1 - q0, (c1 - c0) * d.khw, wg + c0 * d.khw, d.K, sc.col,
                   q1 - q0, bg || kc > 0 ? 1.0f : 0.0f, yb, d.P);
           }
-          col_run = -1;  // sc.col holds the last chunk only
+          col_key = -1;  // sc.col holds the last chunk only
         }
         detail::bias_act_rows(yb, d.P, f1 - f0, q1 - q0, nullptr, act);
       } else {

@@ -42,7 +42,6 @@ PackedConv packed_backward_data_problem(const Conv2dShape& s);
 void transform_weights_for_backward_data(const Conv2dShape& s, const float* w, float* wt,
                                          std::int64_t c0, std::int64_t c1);
 
-/// How one call is blocked and threaded (filled by plan_packed, read by run_packed).
 /// One work item of a PackedPlan, decoded in one place (PackedPlan::item) for run_packed and
 /// the balance model: a block of columns of one group (of one image, unless fold) times an
 /// MR-aligned block of the group's filters. Items are dealt to the threads in contiguous
@@ -57,6 +56,7 @@ struct PackedItem {
   std::int64_t columns_key = 0;  ///< equal for the items of one column block
 };
 
+/// How one call is blocked and threaded (filled by plan_packed, read by run_packed).
 struct PackedPlan {
   Isa isa = Isa::scalar;
   int threads = 1;

@@ -104,6 +104,7 @@ std::int64_t ConvPlan::items() const {
 
 WorkItem ConvPlan::item(std::int64_t it) const {
   WorkItem w;
+  w.columns_key = it;
   w.pixels = Part{0, P};
   w.filters = Part{0, Fg};
   w.channels = Part{0, Cg};
@@ -113,6 +114,7 @@ WorkItem ConvPlan::item(std::int64_t it) const {
       w.block = it % filter_blocks;
       w.filters = part(w.block, filter_blocks, Fg);
       const std::int64_t key = it / filter_blocks;
+      w.columns_key = key;
       w.pixel_block = key % pixel_blocks;
       w.pixels = pixel_block_range(w.pixel_block);
       const std::int64_t g = key / pixel_blocks % groups;

@@ -138,8 +138,11 @@ struct WorkItem {
   std::int64_t pixel_block = 0;
   Part pixels;             ///< of each image: the pixel block's (forward), all of them (backward)
   std::int64_t block = 0;  ///< the filter block (forward) or channel block (backward)
-  Part filters;            ///< of a group: the filter block's (forward), all (backward)
-  Part channels;           ///< of a group: the channel block's (backward), all (forward)
+  /// Equal for items that share one column block (forward: the filter blocks of one image
+  /// run, group and pixel block); the item's index in the other passes.
+  std::int64_t columns_key = 0;
+  Part filters;   ///< of a group: the filter block's (forward), all (backward)
+  Part channels;  ///< of a group: the channel block's (backward), all (forward)
 };
 
 struct ConvPlan {
