@@ -94,11 +94,21 @@ struct Avx512 {
 
 void avgpool2d_forward_rows_avx512(AvgKernel k, const AvgGeom& g, const float* x, float* y,
                                    std::int64_t oh_begin, std::int64_t oh_end) {
+  // Short rows of whole quads take the AVX2 kernel's two-quad vectors, forward and backward
+  // (as max pooling does: 16 lanes over rows of fewer than 16 outputs are masked groups).
+  if (k == AvgKernel::k2x2_s2_p0 && quads_apply(g.h, g.w, g.ow, oh_begin, oh_end)) {
+    avgpool2d_forward_rows_avx2(k, g, x, y, oh_begin, oh_end);
+    return;
+  }
   avg_forward_rows<Avx512>(k, g, x, y, oh_begin, oh_end);
 }
 
 void avgpool2d_backward_plane_avx512(AvgKernel k, const AvgGeom& g, const float* dy, float* dx,
                                      float* buf) {
+  if (k == AvgKernel::k2x2_s2_p0 && quads_apply(g.h, g.w, g.ow, 0, g.oh)) {
+    avgpool2d_backward_plane_avx2(k, g, dy, dx, buf);
+    return;
+  }
   avg_backward_plane<Avx512>(k, g, dy, dx, buf);
 }
 
