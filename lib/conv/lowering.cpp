@@ -1274,6 +1274,20 @@ bool avx512_im2col(const ConvGeom& g) {
   return avx512_lowering(g) && (g.OW < kWideRow || g.SW == 4);
 }
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
+// Stride-1 rows wider than 16 that end in a part of a 16-lane vector (lenet_conv1's 24): the
+// AVX2 kernel's whole 8-lane vectors instead of a masked last chunk a row. Measured under the
+// AVX-512 cap, openblas path, alternated: lenet_conv1 forward 0.314-0.317 -> 0.257-0.265 ms,
+// backward weights 0.317-0.347 -> 0.252-0.255; vgg_conv3_2 and vgg_conv3_b1 (56) level;
+// rows of 8 (lenet_conv2) were 9-14% slower that way and keep the AVX-512 kernel.
+bool avx2_rows_under_avx512(const ConvGeom& g) {
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  return g.SW == 1 && g.OW > 16 && g.OW % 16 != 0 && g.KH <= ValidRows::kMaxKernelHeight &&
+         g.KW <= ValidColumns::kMaxKernelWidth;
+#else
+  (void)g;
+  return false;
+#endif
+}
 // col2im at horizontal strides > 1 on AVX2 CPUs: by column phases, where SW phase rows fit
 // the stack buffer.
 bool avx2_col2im_phases(const ConvGeom& g) {
@@ -1330,7 +1344,12 @@ void im2col_block(const ConvGeom& g, const float* x, i64 nch, i64 q0, i64 q1, fl
   if (im2col_small_plane(g, q0, q1)) {
     return im2col_block_small_plane_avx512(g, x, nch, q0, q1, col, ldcol);
   }
-  if (avx512_im2col(g)) return im2col_block_avx512(g, x, nch, q0, q1, col, ldcol);
+  if (avx512_im2col(g)) {
+#ifdef IM2GEMM_HAVE_AVX2_LOWERING
+    if (avx2_rows_under_avx512(g)) return im2col_block_avx2<1>(g, x, nch, q0, q1, col, ldcol);
+#endif
+    return im2col_block_avx512(g, x, nch, q0, q1, col, ldcol);
+  }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   if (avx2_lowering(g)) {
