@@ -1275,10 +1275,9 @@ bool avx512_im2col(const ConvGeom& g) {
 }
 bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; }
 // Stride-1 rows wider than 16 that end in a part of a 16-lane vector (lenet_conv1's 24): the
-// AVX2 kernel's whole 8-lane vectors instead of a masked last chunk a row. Measured under the
-// AVX-512 cap, openblas path, alternated: lenet_conv1 forward 0.314-0.317 -> 0.257-0.265 ms,
-// backward weights 0.317-0.347 -> 0.252-0.255; vgg_conv3_2 and vgg_conv3_b1 (56) level;
-// rows of 8 (lenet_conv2) were 9-14% slower that way and keep the AVX-512 kernel.
+// AVX2 kernel's whole 8-lane vectors instead of a masked last chunk a row, which costs several
+// plain operations on AMD Zen. Rows of at most 16 keep the AVX-512 kernel, which measured
+// ahead on them (README, "Tuning constants").
 bool avx2_rows_under_avx512(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   return g.SW == 1 && g.OW > 16 && g.OW % 16 != 0 && g.KH <= ValidRows::kMaxKernelHeight &&

@@ -128,8 +128,8 @@ void maxpool2d_forward_rows_avx512(PoolKernel k, const PoolGeom& g, const float*
                                    std::int32_t* argmax, std::int64_t oh_begin,
                                    std::int64_t oh_end) {
   // Short rows of whole quads take the AVX2 kernel's two-quad vectors: 16 lanes over rows of
-  // fewer than 16 outputs would be masked groups, which ran at 0.55-0.6x of it (lenet_pool's
-  // 12-wide rows, one thread; Zen 4 splits a 512-bit operation in two 256-bit ones anyway).
+  // fewer than 16 outputs would be masked groups, slow on AMD Zen (which splits a 512-bit
+  // operation in two 256-bit ones anyway; README, "Tuning constants").
   if (k == PoolKernel::k2x2_s2_p0 && quads_apply(g.h, g.w, g.ow, oh_begin, oh_end)) {
     maxpool2d_forward_rows_avx2(k, g, x, y, argmax, oh_begin, oh_end);
     return;
