@@ -1277,16 +1277,9 @@ bool avx512_col2im(const ConvGeom& g) { return avx512_lowering(g) && g.SW >= 2; 
 // Stride-1 rows wider than 16 that end in a part of a 16-lane vector (lenet_conv1's 24): the
 // AVX2 kernel's whole 8-lane vectors instead of a masked last chunk a row, which costs several
 // plain operations on AMD Zen. Rows of at most 16 keep the AVX-512 kernel, which measured
-// ahead on them (README, "Tuning constants").
-bool avx2_rows_under_avx512(const ConvGeom& g) {
-#ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  return g.SW == 1 && g.OW > 16 && g.OW % 16 != 0 && g.KH <= ValidRows::kMaxKernelHeight &&
-         g.KW <= ValidColumns::kMaxKernelWidth;
-#else
-  (void)g;
-  return false;
-#endif
-}
+// ahead on them (README, "Tuning constants"). Asked only where avx512_im2col holds (kernel
+// size within the AVX2 kernel's limits too).
+bool avx2_rows_under_avx512(const ConvGeom& g) { return g.SW == 1 && g.OW > 16 && g.OW % 16 != 0; }
 // col2im at horizontal strides > 1 on AVX2 CPUs: by column phases, where SW phase rows fit
 // the stack buffer.
 bool avx2_col2im_phases(const ConvGeom& g) {

@@ -112,21 +112,18 @@ void pack_transposed(const PackGeom& g, const float* x, i64 k0, i64 k1, i64 j0, 
         const i64 n = std::min({i64{8}, OW - ow, k1 - kk});  // pixels of one output row
         const i64 ih0 = oh * g.SH - g.PH, iw0 = Phases ? ow : ow - g.PW;
         const i64 pix = img * g.image_stride + ih0 * W + iw0;
+        // Everything else (a whole chunk inside the input went to the run above): masked
+        // loads, zero where a tap is dead or falls in the padding.
         __m256 r[8];
-        if (all_live && n == 8 && ih0 + dh_min >= 0 && ih0 + dh_max < g.H && iw0 + dw_min >= 0 &&
-            iw0 + dw_max + 8 <= W) {
-          for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(at(base, pix + off[l]));
-        } else {
-          for (int l = 0; l < 8; ++l) {
-            const i64 ih = ih0 + dh[l], iw = iw0 + dw[l];
-            if (!live[l] || ih < 0 || ih >= g.H) {
-              r[l] = _mm256_setzero_ps();
-              continue;
-            }
-            // Pixels t < n whose column iw + t lies in [0, W).
-            const i64 lo = std::clamp<i64>(-iw, 0, 8), hi = std::clamp<i64>(W - iw, lo, n);
-            r[l] = _mm256_maskload_ps(at(base, pix + off[l]), lanes_between(lo, hi));
+        for (int l = 0; l < 8; ++l) {
+          const i64 ih = ih0 + dh[l], iw = iw0 + dw[l];
+          if (!live[l] || ih < 0 || ih >= g.H) {
+            r[l] = _mm256_setzero_ps();
+            continue;
           }
+          // Pixels t < n whose column iw + t lies in [0, W).
+          const i64 lo = std::clamp<i64>(-iw, 0, 8), hi = std::clamp<i64>(W - iw, lo, n);
+          r[l] = _mm256_maskload_ps(at(base, pix + off[l]), lanes_between(lo, hi));
         }
         transpose8x8_avx2(r);
         float* drow = d + (kk - k0) * nr + l0;
