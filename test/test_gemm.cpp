@@ -204,6 +204,95 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("gemm: the row-major B packers fill every lane of every panel, zero past j1") {
+  // pack_b_rows (portable) and pack_b_rows_avx2 (whole panels of 16 or 48 lanes in vectors,
+  // the panel reaching past j1 and other widths by the portable copy), on every panel width
+  // configured and a width neither handles; the gap after each panel's rows stays NaN.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Isa> isas = cpu_isas();
+  const bool avx2 = std::find(isas.begin(), isas.end(), Isa::avx2) != isas.end();
+  const int64_t ldb = 131;
+  const auto b = testutil::random_ints(static_cast<std::size_t>(40 * ldb), 7);
+  for (int nr : {4, 8, 16, 48}) {
+    for (const auto& kj : {std::array<int64_t, 4>{0, 1, 0, 1},
+                           {3, 40, 5, 5 + 2 * 48},
+                           {0, 17, 2, 2 + 3 * 16 + 7},
+                           {7, 9, 0, 131},
+                           {1, 33, 100, 129}}) {
+      const int64_t k0 = kj[0], k1 = kj[1], j0 = kj[2], j1 = kj[3];
+      const int64_t stride = (k1 - k0) * nr + 5, panels = (j1 - j0 + nr - 1) / nr;
+      for (int variant = 0; variant < (avx2 ? 2 : 1); ++variant) {
+        CAPTURE(nr);
+        CAPTURE(k0);
+        CAPTURE(j0);
+        CAPTURE(j1);
+        CAPTURE(variant);
+        std::vector<float> got(static_cast<std::size_t>(panels * stride), nan);
+        (variant == 0 ? gemm::pack_b_rows : gemm::pack_b_rows_avx2)(b.data(), ldb, k0, k1, j0, j1,
+                                                                    nr, got.data(), stride);
+        bool ok = true;
+        for (int64_t p = 0; p < panels && ok; ++p) {
+          for (int64_t kk = k0; kk < k1 && ok; ++kk) {
+            for (int64_t l = 0; l < nr && ok; ++l) {
+              const int64_t j = j0 + p * nr + l;
+              const float want = j < j1 ? b[static_cast<std::size_t>(kk * ldb + j)] : 0.0f;
+              const float v = got[static_cast<std::size_t>(p * stride + (kk - k0) * nr + l)];
+              if (!(v == want)) {
+                INFO("panel " << p << " row " << kk << " lane " << l);
+                CHECK(v == want);
+                ok = false;
+              }
+            }
+          }
+          for (int64_t e = (k1 - k0) * nr; e < stride && ok; ++e) {
+            ok = std::isnan(got[static_cast<std::size_t>(p * stride + e)]);
+          }
+        }
+        CHECK(ok);
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "gemm: sgemm_nn (row-major B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
+  for (Isa isa : cpu_isas()) {
+    const gemm::Config& cfg = gemm::config(isa);
+    CAPTURE(cfg.name);
+    Aligned pack(static_cast<std::size_t>(gemm::nt_pack_floats(cfg)), 0.0f);
+    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1},
+                            {9, 50, 3},
+                            {17, 97, 300},
+                            {8, 500, 257},
+                            {33, 784, 128}}) {
+      const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
+      CAPTURE(m);
+      CAPTURE(n);
+      CAPTURE(k);
+      const int64_t lda = k + 1, ldb = n + 3, ldc = n + 2;
+      const auto a = testutil::random_ints(static_cast<std::size_t>(m * lda), 3);
+      const auto bm = testutil::random_ints(static_cast<std::size_t>(k * ldb), 5);
+      for (bool accumulate : {false, true}) {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> got(static_cast<std::size_t>(m * ldc), nan);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j)
+            got[static_cast<std::size_t>(i * ldc + j)] = accumulate ? 2.0f : nan;
+        }
+        std::vector<float> want(got);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
+                    static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(lda),
+                    bm.data(), static_cast<int>(ldb), accumulate ? 1.0f : 0.0f, want.data(),
+                    static_cast<int>(ldc));
+        gemm::sgemm_nn(cfg, m, n, k, a.data(), lda, bm.data(), ldb, got.data(), ldc, accumulate,
+                       pack.p);
+        // Integer data: exact; the padding columns of C (NaN) untouched.
+        CHECK(testutil::bitwise_equal(got, want));
+      }
+    }
+  }
+}
+
 TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowered matrix") {
   // Every packer against the definition of the lowered matrix on odd geometries, blocks that
   // cross output rows, images and panels, and negative pads (backward data's cropping).

@@ -147,17 +147,19 @@ namespace {
 struct RowsB {
   const float* b;
   i64 ldb;
-  int nr;
+  const Config* cfg;
 };
 void pack_rows_b(const void* ctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst, i64 panel_stride) {
   const auto& r = *static_cast<const RowsB*>(ctx);
-  pack_b_rows(r.b, r.ldb, k0, k1, j0, j1, r.nr, dst, panel_stride);
+  // The configured ISA's CPU has AVX2 unless it is the scalar row.
+  (r.cfg->isa == Isa::scalar ? pack_b_rows : pack_b_rows_avx2)(r.b, r.ldb, k0, k1, j0, j1,
+                                                               r.cfg->nr, dst, panel_stride);
 }
 }  // namespace
 
 void sgemm_nn(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b,
               i64 ldb, float* c, i64 ldc, bool accumulate, float* pack) {
-  const RowsB r{b, ldb, cfg.nr};
+  const RowsB r{b, ldb, &cfg};
   sgemm_nt_with(cfg, m, n, k, a, lda, &pack_rows_b, &r, c, ldc, accumulate, pack);
 }
 

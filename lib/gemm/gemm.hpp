@@ -76,6 +76,12 @@ void multiply_block(const Config& cfg, const BlockArgs& args);
 void pack_b_rows(const float* b, std::int64_t ldb, std::int64_t k0, std::int64_t k1,
                  std::int64_t j0, std::int64_t j1, int nr, float* dst, std::int64_t panel_stride);
 
+/// The same with AVX2 copies for panels of 16 or 48 lanes (others take the portable copy).
+/// Only on a CPU with AVX2.
+void pack_b_rows_avx2(const float* b, std::int64_t ldb, std::int64_t k0, std::int64_t k1,
+                      std::int64_t j0, std::int64_t j1, int nr, float* dst,
+                      std::int64_t panel_stride);
+
 /// Packs rows [k0, k1) and columns [j0, j1) of B = X^T, X row-major n x k (row stride ldx):
 /// panel p, row kk holds X[j0 + p*nr + l][kk] in lane l (zero past j1). A transposing copy:
 /// X's rows (the summed index contiguous, e.g. dy or a column block over pixels) become the

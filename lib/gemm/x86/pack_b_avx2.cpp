@@ -1,7 +1,10 @@
-// The transposing B pack of sgemm_nt with AVX2: 8 rows of X by 8 k at a time, one 8x8
-// register transpose, 8 stores of 8 lanes into the panel rows. Edge lanes (past j1) and the
-// k tail take the portable loop's per-element copy. Compiled with -mavx2 -mfma (meson: the
-// avx2 kernel library); also used by the AVX-512 configuration (48 lanes = 6 x 8).
+// The B packs of the driver with AVX2. Transposing (sgemm_nt): 8 rows of X by 8 k at a time,
+// one 8x8 register transpose, 8 stores of 8 lanes into the panel rows; edge lanes (past j1)
+// and the k tail take the portable loop's per-element copy. Row-major (sgemm_nn): whole panels
+// copied a row of nr floats at a time in 8-lane vectors (the portable loop, built for the
+// baseline ISA, copied them 4 floats at a time with a length test per row); a panel reaching
+// past j1 takes the portable copy. Compiled with -mavx2 -mfma (meson: the avx2 kernel
+// library); also used by the AVX-512 configuration (48 lanes = 6 x 8).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -15,7 +18,36 @@ namespace {
 
 using i64 = std::int64_t;
 
+// Whole panels [0, panels) of columns j0 + p*NR: rows [k0, k1) of B (row stride ldb).
+template <int NR>
+void copy_panels(const float* b, i64 ldb, i64 k0, i64 k1, i64 j0, i64 panels, float* dst,
+                 i64 panel_stride) {
+  for (i64 p = 0; p < panels; ++p) {
+    const float* s = b + k0 * ldb + j0 + p * NR;
+    float* d = dst + p * panel_stride;
+    for (i64 kk = k0; kk < k1; ++kk, s += ldb, d += NR) {
+      for (int l = 0; l < NR; l += 8) _mm256_storeu_ps(d + l, _mm256_loadu_ps(s + l));
+    }
+  }
+}
+
 }  // namespace
+
+void pack_b_rows_avx2(const float* b, i64 ldb, i64 k0, i64 k1, i64 j0, i64 j1, int nr, float* dst,
+                      i64 panel_stride) {
+  const i64 whole = (j1 - j0) / nr;
+  if (nr == 16) {
+    copy_panels<16>(b, ldb, k0, k1, j0, whole, dst, panel_stride);
+  } else if (nr == 48) {
+    copy_panels<48>(b, ldb, k0, k1, j0, whole, dst, panel_stride);
+  } else {
+    pack_b_rows(b, ldb, k0, k1, j0, j1, nr, dst, panel_stride);
+    return;
+  }
+  if (j0 + whole * nr < j1) {
+    pack_b_rows(b, ldb, k0, k1, j0 + whole * nr, j1, nr, dst + whole * panel_stride, panel_stride);
+  }
+}
 
 void pack_b_transposed_avx2(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, int nr,
                             float* dst, i64 panel_stride) {
