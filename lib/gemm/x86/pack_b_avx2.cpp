@@ -22,10 +22,10 @@ using i64 = std::int64_t;
 template <int NR>
 void copy_panels(const float* b, i64 ldb, i64 k0, i64 k1, i64 j0, i64 panels, float* dst,
                  i64 panel_stride) {
-  for (i64 p = 0; p < panels; ++p) {
-    const float* s = b + k0 * ldb + j0 + p * NR;
-    float* d = dst + p * panel_stride;
-    for (i64 kk = k0; kk < k1; ++kk, s += ldb, d += NR) {
+  for (i64 kk = k0; kk < k1; ++kk) {
+    const float* s = b + kk * ldb + j0;
+    float* d = dst + (kk - k0) * NR;
+    for (i64 p = 0; p < panels; ++p, s += NR, d += panel_stride) {
       for (int l = 0; l < NR; l += 8) _mm256_storeu_ps(d + l, _mm256_loadu_ps(s + l));
     }
   }
