@@ -325,16 +325,20 @@ TEST_CASE(
     small_strided.stride_height = small_strided.stride_width = 2;
     CHECK_FALSE(im2gemm::detail::weights_fused_pack(small_strided, isa));
     CHECK(bww(small_strided) == GemmBackend::openblas);
-    // Backward data: lenet_conv2 (input plane 2.25x its output's) by col2im with the engine's
-    // GEMMs on 16-lane panels; a 3-channel strided layer on openblas.
+    // Backward data by col2im with the engine's GEMMs: lenet_conv2 (input plane 2.25x its
+    // output's) on both panel widths; a 3-channel strided layer only on 48-lane panels; a
+    // short GEMM K (2 filters x 3 x 3) on neither.
     const auto bwd = [&](const Conv2dShape& s) {
       return im2gemm::detail::conv_backend(s, ConvPass::backward_data, o);
     };
-    CHECK(bwd(lenet2) == narrow);
+    CHECK(bwd(lenet2) == GemmBackend::packed);
     Conv2dShape rgb = vgg;
     rgb.in_channels = 3;
     rgb.stride_height = rgb.stride_width = 2;
-    CHECK(bwd(rgb) == GemmBackend::openblas);
+    CHECK(bwd(rgb) == (isa == Isa::avx2 ? GemmBackend::openblas : GemmBackend::packed));
+    Conv2dShape few_filters = rgb;
+    few_filters.out_channels = 2;
+    CHECK(bwd(few_filters) == GemmBackend::openblas);
   }
 }
 

@@ -648,9 +648,12 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
                         s.out_channels / s.groups * khw >= kMinPackedK;
       if (!backward_data_transposed(s)) {
         // col2im with the engine's GEMMs (M = C/groups*KH*KW, one image's pixels a GEMM):
-        // ahead of the openblas path on 16-lane panels with enough input channels, behind with
-        // 3; on 48-lane panels level at best.
-        return vector_isa && narrow_panels && wide ? GemmBackend::packed : GemmBackend::openblas;
+        // on 16-lane panels ahead of the openblas path with enough input channels, level or
+        // behind with 3; on 48-lane panels level or ahead on every suite layer since dy is
+        // packed with vector copies (README, "Tuning constants").
+        return vector_isa && (narrow_panels ? wide : s.out_channels / s.groups * khw >= kMinPackedK)
+                   ? GemmBackend::packed
+                   : GemmBackend::openblas;
       }
       // The transposed problem: M = input channels per group (few of them fill too few rows
       // of a tile; the openblas path with col2im is far ahead there), rows of in_width pixels,
