@@ -61,6 +61,7 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
   constexpr int kShapes = 320, kWide = 40;
   int runs = 0, packed_fwd = 0, packed_bwd = 0, packed_w = 0, phases = 0, weight_phases = 0;
   int phase_isa_runs = 0;  // packed runs on an ISA with a column-phase packer
+  int pixel_parts = 0;     // backward weights with one image's pixels split over the threads
   for (int i = 0; i < kShapes + kWide; ++i) {
     const Conv2dShape s = i < kShapes ? convcases::random_shape(rng) : random_wide_shape(rng);
     const Activation act = convcases::kActs[i % 4];
@@ -97,6 +98,9 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
               im2gemm::detail::weights_fused_phases(
                   s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning),
                   isa);
+          pixel_parts +=
+              im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning)
+                  .pixel_parts > 1;
           packed_fwd += im2gemm::detail::conv_backend(s, ConvPass::forward, o) ==
                         GemmBackend::packed;
           packed_bwd += im2gemm::detail::conv_backend(s, ConvPass::backward_data, o) ==
@@ -111,11 +115,13 @@ TEST_CASE("engines: random shapes on every backend and ISA, 1 and 2 threads, exa
                             << ", packed backward data " << packed_bwd
                             << ", packed backward weights " << packed_w
                             << "; packed forward from column phases " << phases
-                            << ", backward weights " << weight_phases);
+                            << ", backward weights " << weight_phases
+                            << "; backward weights by pixel parts " << pixel_parts);
   // Strides 2..4 of unfolded plans, on the ISAs with a phase packer (every one since the
   // AVX-512 packer): about a fifth of their runs.
   CHECK(phases > phase_isa_runs / 6);
   CHECK(weight_phases > 0);  // on AVX2 and AVX-512; the shapes that fill the panels: next test
+  CHECK(pixel_parts > 0);    // single images at 2 threads, on both backends
   CHECK(packed_fwd ==
         runs - runs / static_cast<int>(cpu_isas().size() + 1));  // every forward asked of it
   CHECK(packed_bwd > runs / 8);   // and backward data wherever the stride is 1

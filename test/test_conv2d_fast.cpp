@@ -642,7 +642,8 @@ namespace {
 
 // Counts, over the items of plan p as thread_items deals them to p.threads threads, how often
 // each unit of the pass's work is done: forward (image, group, pixel, filter), backward data
-// (image, group, channel), backward weights (image, group, channel); every count must be 1.
+// (image, group, channel), backward weights (image, group, pixel, channel); every count must
+// be 1.
 // Also checks each image run: not empty, at most images_per_block images.
 void check_items_cover(const im2gemm::detail::ConvPlan& p) {
   using im2gemm::detail::WorkItem;
@@ -657,7 +658,8 @@ void check_items_cover(const im2gemm::detail::ConvPlan& p) {
   }
   REQUIRE(next == p.N);
   const bool fwd = p.pass == ConvPass::forward;
-  const int64_t lanes = fwd ? p.Fg : p.Cg, pixels = fwd ? p.P : 1;
+  const bool by_pixel = p.pass != ConvPass::backward_data;  // items own pixel ranges
+  const int64_t lanes = fwd ? p.Fg : p.Cg, pixels = by_pixel ? p.P : 1;
   std::vector<int> count(static_cast<std::size_t>(p.N * p.groups * pixels * lanes), 0);
   int64_t dealt = 0;
   for (int64_t t = 0; t < p.threads; ++t) {
@@ -668,7 +670,7 @@ void check_items_cover(const im2gemm::detail::ConvPlan& p) {
       const WorkItem w = p.item(it);
       REQUIRE(w.images.begin == p.image_run(w.runs.begin).begin);
       REQUIRE(w.images.end == p.image_run(w.runs.end - 1).end);
-      const auto q = fwd ? w.pixels : im2gemm::detail::Part{0, 1};
+      const auto q = by_pixel ? w.pixels : im2gemm::detail::Part{0, 1};
       const auto l = fwd ? w.filters : w.channels;
       for (int64_t n = w.images.begin; n < w.images.end; ++n) {
         for (int64_t g = w.groups.begin; g < w.groups.end; ++g) {

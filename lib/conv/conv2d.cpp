@@ -311,11 +311,15 @@ struct FusedPackCtx {
   /// into column phases.
   const float* x;
   int nr;
+  /// The GEMM's K index k is the run's pixel k + k_offset (a pixel part's first pixel).
+  i64 k_offset = 0;
 };
 
 void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst,
                             i64 panel_stride) {
   const auto& c = *static_cast<const FusedPackCtx*>(vctx);
+  k0 += c.k_offset;
+  k1 += c.k_offset;
   if (c.geom.SW > 1) {
     detail::pack_phases_transposed_avx2(c.geom, c.x, k0, k1, j0, j1, c.nr, dst, panel_stride);
   } else {
@@ -323,11 +327,12 @@ void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, fl
   }
 }
 
-// Accumulates images [n0, n1) (one run) of group gi, channels [c0, c1) of the group into
-// c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride
-// Fg). The first sgemm overwrites (beta 0) if `first`.
-void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi, i64 c0, i64 c1,
-                 float* c_out, bool first, double* db_acc) {
+// Accumulates images [n0, n1) (one run; pixels [px.begin, px.end) of each, all of them
+// unless the run is one image) of group gi, channels [c0, c1) of the group into c_out: dW
+// rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride Fg). The
+// first sgemm overwrites (beta 0) if `first`.
+void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, detail::Part px, i64 gi,
+                 i64 c0, i64 c1, float* c_out, bool first, double* db_acc) {
   const Dims& d = cx.d;
   const ConvPlan& p = cx.p;
   const i64 nch = c1 - c0, rows = nch * d.khw;
@@ -355,8 +360,8 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
   };
   if (cx.fused) {
     // dW (Fg x rows) += dy-run (Fg x pixels of the run) * col^T, B packed from x.
-    const i64 cols = (n1 - n0) * d.P;
-    const float* a = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
+    const i64 cols = n1 - n0 > 1 ? (n1 - n0) * d.P : px.size();
+    const float* a = cx.dy + (n0 * d.F + gi * d.Fg) * d.P + (n1 - n0 > 1 ? 0 : px.begin);
     i64 lda = d.P;
     if (n1 - n0 > 1) {  // the run's dy rows side by side
       for (i64 i = 0; i < n1 - n0; ++i) {
@@ -370,7 +375,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
     }
     const ConvGeom& g = cx.geo;
     FusedPackCtx pc{pack_geom(g, nch, d.C * d.HW), cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW,
-                    cx.packed->nr};
+                    cx.packed->nr, n1 - n0 > 1 ? 0 : px.begin};
     if (g.SW > 1) {  // the run's images split into column phases, in the column block's room
       const i64 per_image = detail::phase_floats(pc.geom);
       const detail::SplitFn split = detail::phase_packer(cx.packed->isa).split;
@@ -387,8 +392,10 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
   if (n1 - n0 == 1) {
     const float* xg = cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW;
     const float* dyg = cx.dy + (n0 * d.F + gi * d.Fg) * d.P;
-    for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {
-      const auto [q0, q1] = p.pixel_block_range(pb);
+    for (i64 pb = 0; pb < p.pixel_blocks; ++pb) {  // the blocks' parts inside px
+      const auto [b0, b1] = p.pixel_block_range(pb);
+      const i64 q0 = std::max(b0, px.begin), q1 = std::min(b1, px.end);
+      if (q0 >= q1) continue;
       const float* cb = xg + q0;  // conv1x1_s1_p0_d1: the input plane is the column block
       i64 ldb = d.P;
       if (!p.pointwise) {
@@ -396,7 +403,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, i64 gi
         cb = sc.col;
         ldb = q1 - q0;
       }
-      gemm(q1 - q0, dyg + q0, d.P, cb, ldb, first && pb == 0 ? 0.0f : 1.0f);
+      gemm(q1 - q0, dyg + q0, d.P, cb, ldb, first && q0 == px.begin ? 0.0f : 1.0f);
       bias_sums(dyg + q0, d.P, q1 - q0);
     }
     return;
@@ -440,8 +447,9 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa 
         const detail::WorkItem item = p.item(it);
         for (i64 gi = item.groups.begin; gi < item.groups.end; ++gi) {
           double* acc = db ? db_sums.data() + t * d.F + gi * d.Fg : nullptr;
-          weights_run(cx, sc, item.images.begin, item.images.end, gi, item.channels.begin,
-                      item.channels.end, mine + gi * d.Fg * d.K, it == items.begin, acc);
+          weights_run(cx, sc, item.images.begin, item.images.end, item.pixels, gi,
+                      item.channels.begin, item.channels.end, mine + gi * d.Fg * d.K,
+                      it == items.begin, acc);
         }
       }
 #pragma omp barrier
@@ -480,7 +488,8 @@ void backward_weights_impl(const Conv2dShape& s, const ConvPlan& p, detail::Isa 
         double* acc = db && item.block == 0 ? db_sums.data() + gi * d.Fg : nullptr;
         for (i64 r = item.runs.begin; r < item.runs.end; ++r) {
           const detail::Part run = p.image_run(r);
-          weights_run(cx, sc, run.begin, run.end, gi, c0, c1, c_out, r == item.runs.begin, acc);
+          weights_run(cx, sc, run.begin, run.end, item.pixels, gi, c0, c1, c_out,
+                      r == item.runs.begin, acc);
         }
         if (p.weights_transposed) {  // dW slice (Fg x rows, stride K) = accumulated dW^T
           const i64 rows = (c1 - c0) * d.khw;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 namespace im2gemm::detail {
 
@@ -93,11 +94,17 @@ Part ConvPlan::image_run(std::int64_t r) const {
   return Part{share.begin + run.begin, share.begin + run.end};
 }
 
+Part ConvPlan::pixel_part_range(std::int64_t i) const {
+  const std::int64_t rows = P / OW;
+  return Part{part_begin(i, pixel_parts, rows) * OW, part_begin(i + 1, pixel_parts, rows) * OW};
+}
+
 std::int64_t ConvPlan::items() const {
   switch (pass) {
     case ConvPass::forward: return image_runs * groups * pixel_blocks * filter_blocks;
     case ConvPass::backward_data: return image_runs * groups * channel_blocks;
-    case ConvPass::backward_weights: return weight_partials ? image_runs : groups * channel_blocks;
+    case ConvPass::backward_weights:
+      return weight_partials ? image_runs * pixel_parts : groups * channel_blocks;
   }
   return 1;
 }
@@ -133,7 +140,8 @@ WorkItem ConvPlan::item(std::int64_t it) const {
     case ConvPass::backward_weights: {
       if (weight_partials) {
         w.groups = Part{0, groups};
-        run = it;
+        w.pixels = pixel_part_range(it % pixel_parts);
+        run = it / pixel_parts;
         break;
       }
       w.block = it % channel_blocks;
@@ -195,6 +203,7 @@ ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
   p.khw = s.kernel_height * s.kernel_width;
   p.K = p.Cg * p.khw;
   p.P = s.out_height() * s.out_width();
+  p.OW = s.out_width();
   p.N = s.batch;
   p.pointwise = is_conv1x1_s1_p0_d1(s);
   const std::int64_t macs = p.N * s.out_channels * p.P * p.K;  // s.macs(), without re-dividing
@@ -271,15 +280,25 @@ ConvPlan plan_with_threads(const Conv2dShape& s, ConvPass pass, int threads,
     case ConvPass::backward_weights: {
       const auto partial_bytes = static_cast<std::size_t>(s.out_channels) *
                                  static_cast<std::size_t>(p.K) * sizeof(float);
-      p.weight_partials = T > 1 && p.N >= T && partial_bytes <= kMaxWeightPartialBytes;
+      // Fewer images than threads: the images' output rows cut into pixel parts, as many
+      // per image as make the items a multiple of the threads, each of at least
+      // kMinSplitPixels pixels (horizontal stride 1: a strided pass's fused pack splits
+      // whole images into column phases first).
+      const std::int64_t parts = p.N < T ? T / std::gcd(p.N, T) : 1;
+      const bool pixel_split = p.N < T && s.stride_width == 1 && s.out_height() >= parts &&
+                               p.P / parts >= kMinSplitPixels;
+      p.weight_partials = T > 1 && (p.N >= T || pixel_split) &&
+                          partial_bytes <= kMaxWeightPartialBytes;
       std::int64_t rows = p.K;
       if (p.weight_partials) {
-        // Items: image runs, each over all groups and channels, summed into the partial dW
-        // of the thread they are dealt to: each thread's equal share of the images cut into
-        // the same number of runs (image_run), or runs of one image each.
-        choose_blocks(p, tuning, rows, p.Fg, ceil_div(p.N, T));
+        // Items: image runs (or pixel parts of single images), each over all groups and
+        // channels, summed into the partial dW of the thread they are dealt to: each
+        // thread's equal share of the images cut into the same number of runs (image_run),
+        // or runs of one image each.
+        choose_blocks(p, tuning, rows, p.Fg, pixel_split ? 1 : ceil_div(p.N, T));
         p.image_runs = p.images_per_block == 1 ? p.N
                                                : T * ceil_div(ceil_div(p.N, T), p.images_per_block);
+        p.pixel_parts = pixel_split ? parts : 1;
         p.partial_floats = s.out_channels * p.K;
       } else {
         // Items: group x channel block, each owning its columns of dW over all images.

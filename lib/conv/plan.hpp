@@ -129,14 +129,17 @@ inline Part part(std::int64_t i, std::int64_t parts, std::int64_t total) {
 ///   backward data    one image run x group x channel block, all pixels; the item owns its
 ///                    dx planes;
 ///   backward weights group x channel block over every image run (the item owns those dW
-///                    columns), or, with weight_partials, one image run over every group and
-///                    channel, added into its thread's partial dW.
+///                    columns), or, with weight_partials, one image run (one pixel part of
+///                    it when pixel_parts > 1) over every group and channel, added into its
+///                    thread's partial dW.
 struct WorkItem {
   Part runs;    ///< image runs, [r0, r1)
   Part images;  ///< their images
   Part groups;
   std::int64_t pixel_block = 0;
-  Part pixels;             ///< of each image: the pixel block's (forward), all of them (backward)
+  /// Of each image: the pixel block's (forward), the pixel part's (backward weights with
+  /// partials), all of them (otherwise).
+  Part pixels;
   std::int64_t block = 0;  ///< the filter block (forward) or channel block (backward)
   /// Equal for items that share one column block (forward: the filter blocks of one image
   /// run, group and pixel block); the item's index in the other passes.
@@ -151,6 +154,7 @@ struct ConvPlan {
   /// One thread and at most kMaxMacsInline: run on the calling thread, no OpenMP region.
   bool run_inline = false;
   std::int64_t groups = 1, Cg = 1, Fg = 1, khw = 1, K = 1, P = 1, N = 1;
+  std::int64_t OW = 1;  ///< output width (P = output height * OW)
   /// 1x1 kernel, stride 1, no padding, dilation 1: a plane of x is already the column matrix.
   bool pointwise = false;
   /// The batch is cut into image_runs runs (image_run) of at most images_per_block images; a
@@ -172,6 +176,10 @@ struct ConvPlan {
   /// Backward weights: images split over threads, each thread a partial dW, reduced in a
   /// fixed order (thread 0 + 1 + ...). Otherwise channel_blocks parts of dW, no reduction.
   bool weight_partials = false;
+  /// Backward weights with partials and fewer images than threads: each image's pixels cut
+  /// into this many parts (pixel_part_range), an item each, so that the threads share the
+  /// images' pixels instead of splitting dW's channels (then every thread reads all of dy).
+  std::int64_t pixel_parts = 1;
   /// Backward weights: accumulate dW^T (rows x filters) in scratch and transpose at the end.
   bool weights_transposed = false;
   /// Scratch of one thread, in floats: column block, gathered block, partial dW (or the dW^T
@@ -192,6 +200,8 @@ struct ConvPlan {
   Part pixel_block_range(std::int64_t b) const {
     return Part{std::min(P, b * block_pixels), std::min(P, (b + 1) * block_pixels)};
   }
+  /// The pixels of pixel part i < pixel_parts (whole output rows).
+  Part pixel_part_range(std::int64_t i) const;
   /// Work of the busiest thread over the mean (1: perfectly balanced), each thread's items
   /// counted as the passes deal them (backward weights' reduction not counted).
   double imbalance() const;
