@@ -254,45 +254,6 @@ TEST_CASE("gemm: the row-major B packers fill every lane of every panel, zero pa
   }
 }
 
-TEST_CASE(
-    "gemm: sgemm_nn (row-major B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
-  for (Isa isa : cpu_isas()) {
-    const gemm::Config& cfg = gemm::config(isa);
-    CAPTURE(cfg.name);
-    Aligned pack(static_cast<std::size_t>(gemm::nt_pack_floats(cfg)), 0.0f);
-    for (const auto& mnk : {std::array<int64_t, 3>{1, 1, 1},
-                            {9, 50, 3},
-                            {17, 97, 300},
-                            {8, 500, 257},
-                            {33, 784, 128}}) {
-      const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
-      CAPTURE(m);
-      CAPTURE(n);
-      CAPTURE(k);
-      const int64_t lda = k + 1, ldb = n + 3, ldc = n + 2;
-      const auto a = testutil::random_ints(static_cast<std::size_t>(m * lda), 3);
-      const auto bm = testutil::random_ints(static_cast<std::size_t>(k * ldb), 5);
-      for (bool accumulate : {false, true}) {
-        const float nan = std::numeric_limits<float>::quiet_NaN();
-        std::vector<float> got(static_cast<std::size_t>(m * ldc), nan);
-        for (int64_t i = 0; i < m; ++i) {
-          for (int64_t j = 0; j < n; ++j)
-            got[static_cast<std::size_t>(i * ldc + j)] = accumulate ? 2.0f : nan;
-        }
-        std::vector<float> want(got);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
-                    static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(lda),
-                    bm.data(), static_cast<int>(ldb), accumulate ? 1.0f : 0.0f, want.data(),
-                    static_cast<int>(ldc));
-        gemm::sgemm_nn(cfg, m, n, k, a.data(), lda, bm.data(), ldb, got.data(), ldc, accumulate,
-                       pack.p);
-        // Integer data: exact; the padding columns of C (NaN) untouched.
-        CHECK(testutil::bitwise_equal(got, want));
-      }
-    }
-  }
-}
-
 TEST_CASE("gemm: the im2col packers fill every lane of every panel with the lowered matrix") {
   // Every packer against the definition of the lowered matrix on odd geometries, blocks that
   // cross output rows, images and panels, and negative pads (backward data's cropping).
