@@ -327,10 +327,10 @@ void pack_im2col_transposed(const void* vctx, i64 k0, i64 k1, i64 j0, i64 j1, fl
   }
 }
 
-// Accumulates images [n0, n1) (one run; pixels [px.begin, px.end) of each, all of them
-// unless the run is one image) of group gi, channels [c0, c1) of the group into c_out: dW
-// rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row stride Fg). The
-// first sgemm overwrites (beta 0) if `first`.
+// Accumulates pixels px of images [n0, n1) (one run; a run of several images has all of
+// them: pixel parts split single images only) of group gi, channels [c0, c1) of the group
+// into c_out: dW rows (row stride K) or, with p.weights_transposed, dW^T (rows x Fg, row
+// stride Fg). The first sgemm overwrites (beta 0) if `first`.
 void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, detail::Part px, i64 gi,
                  i64 c0, i64 c1, float* c_out, bool first, double* db_acc) {
   const Dims& d = cx.d;
@@ -360,8 +360,8 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, detail
   };
   if (cx.fused) {
     // dW (Fg x rows) += dy-run (Fg x pixels of the run) * col^T, B packed from x.
-    const i64 cols = n1 - n0 > 1 ? (n1 - n0) * d.P : px.size();
-    const float* a = cx.dy + (n0 * d.F + gi * d.Fg) * d.P + (n1 - n0 > 1 ? 0 : px.begin);
+    const i64 cols = (n1 - n0) * px.size();
+    const float* a = cx.dy + (n0 * d.F + gi * d.Fg) * d.P + px.begin;
     i64 lda = d.P;
     if (n1 - n0 > 1) {  // the run's dy rows side by side
       for (i64 i = 0; i < n1 - n0; ++i) {
@@ -375,7 +375,7 @@ void weights_run(const WeightsCtx& cx, const Scratch& sc, i64 n0, i64 n1, detail
     }
     const ConvGeom& g = cx.geo;
     FusedPackCtx pc{pack_geom(g, nch, d.C * d.HW), cx.x + (n0 * d.C + gi * d.Cg + c0) * d.HW,
-                    cx.packed->nr, n1 - n0 > 1 ? 0 : px.begin};
+                    cx.packed->nr, px.begin};
     if (g.SW > 1) {  // the run's images split into column phases, in the column block's room
       const i64 per_image = detail::phase_floats(pc.geom);
       const detail::SplitFn split = detail::phase_packer(cx.packed->isa).split;
@@ -653,16 +653,15 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
     }
     case ConvPass::backward_data: {
       if (o.backend != GemmBackend::automatic) return o.backend;
-      const bool wide = s.in_channels / s.groups >= kMinPackedBackwardDataChannels &&
-                        s.out_channels / s.groups * khw >= kMinPackedK;
+      const bool long_k = s.out_channels / s.groups * khw >= kMinPackedK;
+      const bool wide = s.in_channels / s.groups >= kMinPackedBackwardDataChannels && long_k;
       if (!backward_data_transposed(s)) {
         // col2im with the engine's GEMMs (M = C/groups*KH*KW, one image's pixels a GEMM):
         // on 16-lane panels ahead of the openblas path with enough input channels, level or
         // behind with 3; on 48-lane panels level or ahead on every suite layer since dy is
         // packed with vector copies (README, "Tuning constants").
-        return vector_isa && (narrow_panels ? wide : s.out_channels / s.groups * khw >= kMinPackedK)
-                   ? GemmBackend::packed
-                   : GemmBackend::openblas;
+        return vector_isa && (narrow_panels ? wide : long_k) ? GemmBackend::packed
+                                                             : GemmBackend::openblas;
       }
       // The transposed problem: M = input channels per group (few of them fill too few rows
       // of a tile; the openblas path with col2im is far ahead there), rows of in_width pixels,

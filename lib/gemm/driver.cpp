@@ -89,6 +89,15 @@ void pack_b_transposed(const float* x, i64 ldx, i64 k0, i64 k1, i64 j0, i64 j1, 
   }
 }
 
+namespace {
+// The row-major B pack of a configuration: the configured ISA's CPU has AVX2 unless it is the
+// scalar row.
+using RowsPackFn = void (*)(const float*, i64, i64, i64, i64, i64, int, float*, i64);
+RowsPackFn rows_pack(const Config& cfg) {
+  return cfg.isa == Isa::scalar ? pack_b_rows : pack_b_rows_avx2;
+}
+}  // namespace
+
 i64 nt_block_cols(const Config& cfg) {
   return std::max<i64>(cfg.nr, cfg.b_bytes / (4 * cfg.kc) / cfg.nr * cfg.nr);
 }
@@ -147,19 +156,18 @@ namespace {
 struct RowsB {
   const float* b;
   i64 ldb;
-  const Config* cfg;
+  RowsPackFn pack;
+  int nr;
 };
 void pack_rows_b(const void* ctx, i64 k0, i64 k1, i64 j0, i64 j1, float* dst, i64 panel_stride) {
   const auto& r = *static_cast<const RowsB*>(ctx);
-  // The configured ISA's CPU has AVX2 unless it is the scalar row.
-  (r.cfg->isa == Isa::scalar ? pack_b_rows : pack_b_rows_avx2)(r.b, r.ldb, k0, k1, j0, j1,
-                                                               r.cfg->nr, dst, panel_stride);
+  r.pack(r.b, r.ldb, k0, k1, j0, j1, r.nr, dst, panel_stride);
 }
 }  // namespace
 
 void sgemm_nn(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b,
               i64 ldb, float* c, i64 ldc, bool accumulate, float* pack) {
-  const RowsB r{b, ldb, &cfg};
+  const RowsB r{b, ldb, rows_pack(cfg), cfg.nr};
   sgemm_nt_with(cfg, m, n, k, a, lda, &pack_rows_b, &r, c, ldc, accumulate, pack);
 }
 
@@ -172,6 +180,7 @@ void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const f
   i64 nc = std::max<i64>(cfg.nr, cfg.b_bytes / (4 * kc) / cfg.nr * cfg.nr);
   const i64 blocks = (n + nc - 1) / nc;
   const i64 panel_stride = kc * cfg.nr;
+  const RowsPackFn pack = rows_pack(cfg);
   const std::size_t bytes = static_cast<std::size_t>((nc / cfg.nr) * panel_stride) * sizeof(float);
   std::atomic<bool> failed{false};
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -186,7 +195,7 @@ void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const f
         const i64 j0 = blk * nc, j1 = std::min(n, j0 + nc);
         for (i64 k0 = 0; k0 < k; k0 += kc) {
           const i64 k1 = std::min(k, k0 + kc);
-          pack_b_rows(b, ldb, k0, k1, j0, j1, cfg.nr, bp, panel_stride);
+          pack(b, ldb, k0, k1, j0, j1, cfg.nr, bp, panel_stride);
           BlockArgs g;
           g.a = a + k0;
           g.lda = lda;
