@@ -72,14 +72,30 @@ inline void ukernel(const Tile& t) {
   }
 }
 
+template <int MR>
+inline void ukernel_rows(const Tile& t) {
+  if (t.n <= 16) return ukernel<MR, 1, 3>(t);
+  if (t.n <= 32) return ukernel<MR, 2, 3>(t);
+  ukernel<MR, 3, 3>(t);
+}
+
 }  // namespace
 
 // Tiles of at most 16 or 32 columns (a block's last panel: folded 7x7 images, row ends)
-// run one or two vectors wide.
+// run one or two vectors wide, and a tile of m < 8 rows runs m rows tall: the driver cuts M
+// into tiles of equal height, so M = 50 runs 8 + 6 x 7 rows, and 8-row tiles would compute
+// 56 rows.
 void sgemm_ukernel_8x48_avx512(const Tile& t) {
-  if (t.n <= 16) return ukernel<8, 1, 3>(t);
-  if (t.n <= 32) return ukernel<8, 2, 3>(t);
-  ukernel<8, 3, 3>(t);
+  switch (t.m) {
+    case 1: return ukernel_rows<1>(t);
+    case 2: return ukernel_rows<2>(t);
+    case 3: return ukernel_rows<3>(t);
+    case 4: return ukernel_rows<4>(t);
+    case 5: return ukernel_rows<5>(t);
+    case 6: return ukernel_rows<6>(t);
+    case 7: return ukernel_rows<7>(t);
+    default: return ukernel_rows<8>(t);
+  }
 }
 
 }  // namespace im2gemm::detail::gemm
