@@ -590,22 +590,29 @@ IM2GEMM_AVX512 inline __m512 times_act_derivative(__m512 acc, Activation act, co
 // col2im_gather_rows at stride 1: every dx element is the sum of its KH*KW taps (those of the
 // block's output rows), gathered in a register and stored once (added to the row where an
 // earlier block reached it), times the input activation's derivative where it is complete.
+// KWT: the kernel width as a constant (0: g.KW at run time). With it the tap loop unrolls,
+// its masks stay in mask registers and each kernel column sums into its own register: the
+// run-time loop spent 9 instructions a tap and waited on one chain of KH*KW adds.
+template <int KWT>
 IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
                                             i64 o0, i64 o1, float* dx, Activation act,
                                             const float* x) {
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW, PW = g.PW, DW = g.DW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, PW = g.PW, DW = g.DW;
+  const i64 KW = KWT > 0 ? KWT : g.KW;
   const i64 nchunks = (W + 15) / 16;
-  __mmask16 tap[kMaxGatherTaps];  // [kw][chunk]: lanes whose source column lies in [0, OW)
+  __mmask16 tap[kMaxGatherTaps];  // [chunk][kw]: lanes whose source column lies in [0, OW)
   for (i64 kw = 0; kw < KW; ++kw) {
     for (i64 k = 0; k < nchunks; ++k) {
       const i64 ow0 = 16 * k + PW - kw * DW;
-      tap[kw * nchunks + k] =
+      tap[k * KW + kw] =
           static_cast<__mmask16>(lane_range(-ow0, OW - ow0) & lane_range(0, W - 16 * k));
     }
   }
+  constexpr int kAcc = KWT > 0 ? KWT : 1;
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps(g);
+    GatherRows taps = taps0;
     for (i64 ih = 0; ih < H; ++ih) {
       const float* rows[ValidRows::kMaxKernelHeight];
       const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
@@ -614,16 +621,22 @@ IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col,
       const float* xrow = x ? x + (c * H + ih) * W : nullptr;
       for (i64 k = 0; k < nchunks; ++k) {
         const __mmask16 out = lane_range(0, W - 16 * k);
-        __m512 acc = t.first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(out, drow + 16 * k);
+        const __mmask16* tk = tap + k * KW;
+        __m512 acc[kAcc];
+        for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_setzero_ps();
+        if (!t.first) acc[0] = _mm512_maskz_loadu_ps(out, drow + 16 * k);
         for (int r = 0; r < t.n; ++r) {
           const float* base = offset(rows[r], 16 * k + PW);
           for (i64 kw = 0; kw < KW; ++kw) {
-            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
-                                                           offset(base, kw * (ldcol - DW))));
+            const int a = KWT > 0 ? static_cast<int>(kw) : 0;
+            acc[a] = _mm512_add_ps(acc[a],
+                                   _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * (ldcol - DW))));
           }
         }
-        if (t.final) acc = times_act_derivative(acc, act, xrow ? xrow + 16 * k : nullptr, out);
-        _mm512_mask_storeu_ps(drow + 16 * k, out, acc);
+        for (int a = 1; a < kAcc; ++a) acc[0] = _mm512_add_ps(acc[0], acc[a]);
+        if (t.final)
+          acc[0] = times_act_derivative(acc[0], act, xrow ? xrow + 16 * k : nullptr, out);
+        _mm512_mask_storeu_ps(drow + 16 * k, out, acc[0]);
       }
     }
   }
@@ -661,9 +674,10 @@ IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* 
     idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
   }
   const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps(g);
+    GatherRows taps = taps0;
     for (i64 ih = 0; ih < H; ++ih) {
       const float* rows[ValidRows::kMaxKernelHeight];
       const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
@@ -1193,9 +1207,10 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
   const GatherPhases<2> phases(g, ldcol, 8, nchunks);
   const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps(g);
+    GatherRows taps = taps0;
     for (i64 ih = 0; ih < H; ++ih) {
       const float* rows[ValidRows::kMaxKernelHeight];
       const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
@@ -1393,7 +1408,12 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
 #ifdef IM2GEMM_HAVE_AVX512_LOWERING
   if (avx512_lowering(g)) {
     if (g.SW == 1) {
-      col2im_gather_s1_avx512(g, col, ldcol, nch, o0, o1, dx, act, x);
+      switch (g.KW) {
+        case 3: col2im_gather_s1_avx512<3>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
+        case 5: col2im_gather_s1_avx512<5>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
+        case 7: col2im_gather_s1_avx512<7>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
+        default: col2im_gather_s1_avx512<0>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
+      }
     } else if (g.SW == 2) {
       col2im_gather_phases_avx512<2>(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
