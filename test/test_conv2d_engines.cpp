@@ -451,7 +451,7 @@ TEST_CASE(
   }
   std::mt19937 rng(77);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  int checked = 0, padded = 0, short_rows = 0;
+  int checked = 0, padded = 0, short_rows = 0, whole_rows = 0;
   for (int i = 0; i < 600; ++i) {
     Conv2dShape s;
     s.batch = pick(1, 3);
@@ -465,6 +465,10 @@ TEST_CASE(
     s.dilation_width = pick(1, 2);
     s.pad_height = pick(0, 2);
     s.pad_width = pick(0, 2);
+    if (i % 4 == 0) {  // rows of exactly 8 or 16 pixels, unpadded: whole rows packed in a run
+      s.pad_width = 0;
+      s.in_width = (s.kernel_width - 1) * s.dilation_width + 8 * pick(1, 2);
+    }
     if ((s.kernel_height - 1) * s.dilation_height + 1 > s.in_height + 2 * s.pad_height ||
         (s.kernel_width - 1) * s.dilation_width + 1 > s.in_width + 2 * s.pad_width) {
       continue;
@@ -501,10 +505,13 @@ TEST_CASE(
     ++checked;
     padded += s.pad_width > 0;
     short_rows += g.OW < 8;
+    whole_rows += g.OW % 8 == 0 && s.pad_width == 0 && k1 - k0 >= 2 * g.OW;
   }
   MESSAGE(checked << " blocks, " << padded << " with horizontal padding, " << short_rows
-                  << " with rows under 8 pixels");
+                  << " with rows under 8 pixels, " << whole_rows
+                  << " unpadded with rows of 8 or 16 pixels and two rows or more");
   CHECK(checked > 300);
   CHECK(padded > 100);
   CHECK(short_rows > 100);
+  CHECK(whole_rows > 40);
 }
