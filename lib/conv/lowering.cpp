@@ -590,9 +590,9 @@ IM2GEMM_AVX512 inline __m512 times_act_derivative(__m512 acc, Activation act, co
 // col2im_gather_rows at stride 1: every dx element is the sum of its KH*KW taps (those of the
 // block's output rows), gathered in a register and stored once (added to the row where an
 // earlier block reached it), times the input activation's derivative where it is complete.
-// KWT: the kernel width as a constant (0: g.KW at run time). With it the tap loop unrolls,
-// its masks stay in mask registers and each kernel column sums into its own register: the
-// run-time loop spent 9 instructions a tap and waited on one chain of KH*KW adds.
+// KWT: the kernel width as a constant (0: g.KW at run time). With it the tap loop unrolls and
+// its masks stay in mask registers (the run-time loop reloaded each tap's mask from the stack:
+// 9 instructions a tap), and each kernel column sums into its own register.
 template <int KWT>
 IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
                                             i64 o0, i64 o1, float* dx, Activation act,
