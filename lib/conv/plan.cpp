@@ -95,8 +95,8 @@ Part ConvPlan::image_run(std::int64_t r) const {
 }
 
 Part ConvPlan::pixel_part_range(std::int64_t i) const {
-  const std::int64_t rows = P / OW;
-  return Part{part_begin(i, pixel_parts, rows) * OW, part_begin(i + 1, pixel_parts, rows) * OW};
+  const Part rows = part(i, pixel_parts, P / OW);
+  return Part{rows.begin * OW, rows.end * OW};
 }
 
 std::int64_t ConvPlan::items() const {

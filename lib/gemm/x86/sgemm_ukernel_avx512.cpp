@@ -24,25 +24,22 @@ inline void ukernel(const Tile& t) {
     const int r = t.n - 16 * v;
     mask[v] = r >= 16 ? __mmask16(0xFFFF) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
   }
-  // Branch-free edges, so that the accumulators stay in registers from the first load to the
-  // last store: rows past m read row 0 of A (never stored), and their C loads and stores are
-  // masked off entirely (their pointers clamped to row 0).
+  // The tile has exactly MR rows (the dispatcher below picks the kernel of its height); its
+  // column edge is masked, branch-free, so that the accumulators stay in registers from the
+  // first load to the last store.
   const float* ar[MR];
   float* cr[MR];
-  __mmask16 row[MR];
   for (int i = 0; i < MR; ++i) {
-    const int ii = i < t.m ? i : 0;
-    ar[i] = t.a + ii * t.lda;
-    cr[i] = t.c + ii * t.ldc;
-    row[i] = i < t.m ? __mmask16(0xFFFF) : __mmask16(0);
+    ar[i] = t.a + i * t.lda;
+    cr[i] = t.c + i * t.ldc;
   }
   const __mmask16 load_all = t.accumulate ? __mmask16(0xFFFF) : __mmask16(0);
 
   __m512 acc[MR][NV];
   for (int i = 0; i < MR; ++i) {
-    const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i < t.m ? i : 0]) : _mm512_setzero_ps();
+    const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i]) : _mm512_setzero_ps();
     for (int v = 0; v < NV; ++v) {
-      acc[i][v] = _mm512_mask_loadu_ps(b0, mask[v] & row[i] & load_all, cr[i] + 16 * v);
+      acc[i][v] = _mm512_mask_loadu_ps(b0, mask[v] & load_all, cr[i] + 16 * v);
     }
   }
 
@@ -68,7 +65,7 @@ inline void ukernel(const Tile& t) {
     }
   }
   for (int i = 0; i < MR; ++i) {
-    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[i] + 16 * v, mask[v] & row[i], acc[i][v]);
+    for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[i] + 16 * v, mask[v], acc[i][v]);
   }
 }
 
@@ -82,9 +79,9 @@ inline void ukernel_rows(const Tile& t) {
 }  // namespace
 
 // Tiles of at most 16 or 32 columns (a block's last panel: folded 7x7 images, row ends)
-// run one or two vectors wide, and a tile of m < 8 rows runs m rows tall: the driver cuts M
-// into tiles of equal height, so M = 50 runs 8 + 6 x 7 rows, and 8-row tiles would compute
-// 56 rows.
+// run one or two vectors wide, and a tile of m < 8 rows runs the kernel m rows tall: the
+// driver cuts M into tiles of equal height, so M = 50 runs 8 + 6 x 7 rows, and 8-row tiles
+// would compute 56 rows. Every kernel gets a tile of exactly its height (m <= 8 = mr).
 void sgemm_ukernel_8x48_avx512(const Tile& t) {
   switch (t.m) {
     case 1: return ukernel_rows<1>(t);
