@@ -250,6 +250,23 @@ IM2GEMM_AVX512 inline float* offset(float* p, i64 n) {
                                   static_cast<std::uintptr_t>(n) * sizeof(float));
 }
 
+// The gathers' dx rows: where they are many (more than kDxPrefetchBytes in the call: dx
+// planes of small layers stay in cache), their stores missed in cache (perf: the loop's top
+// cost after them), so each 64-byte chunk stored asks for the same chunk kDxAhead rows on,
+// with the intent to write (PREFETCHW, which every AVX-512 CPU has: the gathers are compiled
+// for it). Inside the chunk loop: gcc deletes a loop of prefetches alone as one without side
+// effects.
+#define IM2GEMM_AVX512_W __attribute__((target("avx512f,prfchw")))
+constexpr i64 kDxAhead = 4;
+constexpr i64 kDxPrefetchBytes = i64{256} << 10;
+// Rows ahead to prefetch in a gather of nch dx planes: kDxAhead, or H (never) when few.
+inline i64 dx_rows_ahead(const ConvGeom& g, i64 nch) {
+  return nch * g.H * g.W * i64{sizeof(float)} > kDxPrefetchBytes ? kDxAhead : g.H;
+}
+IM2GEMM_AVX512_W inline void prefetch_dx_ahead(const float* d, i64 ih, i64 ahead, i64 H, i64 W) {
+  if (ih + ahead < H) __builtin_prefetch(d + ahead * W, 1, 3);
+}
+
 IM2GEMM_AVX512 inline void zero_n(float* d, i64 n) {
   const __m512 z = _mm512_setzero_ps();
   i64 i = 0;
@@ -594,9 +611,9 @@ IM2GEMM_AVX512 inline __m512 times_act_derivative(__m512 acc, Activation act, co
 // its masks stay in mask registers (the run-time loop reloaded each tap's mask from the stack:
 // 9 instructions a tap), and each kernel column sums into its own register.
 template <int KWT>
-IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                            i64 o0, i64 o1, float* dx, Activation act,
-                                            const float* x) {
+IM2GEMM_AVX512_W void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                              i64 nch, i64 o0, i64 o1, float* dx, Activation act,
+                                              const float* x) {
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, PW = g.PW, DW = g.DW;
   const i64 KW = KWT > 0 ? KWT : g.KW;
   const i64 nchunks = (W + 15) / 16;
@@ -609,6 +626,7 @@ IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col,
     }
   }
   constexpr int kAcc = KWT > 0 ? KWT : 1;
+  const i64 ahead = dx_rows_ahead(g, nch);
   const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
@@ -636,6 +654,7 @@ IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col,
         for (int a = 1; a < kAcc; ++a) acc[0] = _mm512_add_ps(acc[0], acc[a]);
         if (t.final)
           acc[0] = times_act_derivative(acc[0], act, xrow ? xrow + 16 * k : nullptr, out);
+        prefetch_dx_ahead(drow + 16 * k, ih, ahead, H, W);
         _mm512_mask_storeu_ps(drow + 16 * k, out, acc[0]);
       }
     }
@@ -651,9 +670,9 @@ IM2GEMM_AVX512 void col2im_gather_s1_avx512(const ConvGeom& g, const float* col,
 // phases of a 16 S-column chunk (one expanding load a tap and 16 columns measured 2.5x slower
 // on AMD Zen 4). Rows: GatherRows.
 template <int S>
-IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* col, i64 ldcol,
-                                                i64 nch, i64 o0, i64 o1, float* dx, Activation act,
-                                                const float* x) {
+IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                                  i64 nch, i64 o0, i64 o1, float* dx,
+                                                  Activation act, const float* x) {
   static_assert(S == 2 || S == 4);
   const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW;
   const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
@@ -674,6 +693,7 @@ IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* 
     idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
   }
   const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
+  const i64 ahead = dx_rows_ahead(g, nch);
   const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
@@ -730,6 +750,81 @@ IM2GEMM_AVX512 void col2im_gather_phases_avx512(const ConvGeom& g, const float* 
           __m512 v = out[q];
           if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
           if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
+          prefetch_dx_ahead(drow + j, ih, ahead, H, W);
+          if (m != 0) _mm512_mask_storeu_ps(drow + j, m, v);
+        }
+      }
+    }
+  }
+}
+
+// col2im_gather_phases_avx512<2> for dilation 1 and kernel widths 3, 5 and 7, with the width
+// and the padding's parity (PODD = PW % 2) as constants: tap kw reaches phase (kw + PODD) % 2,
+// so the tap loop unrolls, each tap sums into its own register, and every chunk takes one
+// path of masked loads (all lanes set inside the row). The generic loop, short loops over
+// run-time tap lists with its accumulators spilled between them, ran as slowly with its
+// column block in L2 as in L3: its instructions, not the column block, held it back.
+template <int KWT, int PODD>
+IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol,
+                                              i64 nch, i64 o0, i64 o1, float* dx, Activation act,
+                                              const float* x) {
+  constexpr int KW = KWT;
+  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH;
+  const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
+  // Tap kw: phase column m takes output column m + off[kw] (an exact division: the phase
+  // has the parity of kw - PW).
+  i64 off[KW];
+  for (int kw = 0; kw < KW; ++kw) off[kw] = (((kw + PODD) & 1) + g.PW - kw) / 2;
+  // [chunk][kw]: lanes m with 0 <= m + off < OW (lanes past the dx row are summed, never
+  // stored).
+  __mmask16 tap[kMaxGatherTaps];
+  for (i64 k = 0; k < nchunks; ++k) {
+    for (int kw = 0; kw < KW; ++kw) {
+      tap[k * KW + kw] = lane_range(-16 * k - off[kw], OW - 16 * k - off[kw]);
+    }
+  }
+  alignas(64) std::int32_t idx[2][16];
+  for (int l = 0; l < 16; ++l) {
+    idx[0][l] = (l / 2) + (l % 2) * 16;
+    idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
+  }
+  const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
+  const i64 ahead = dx_rows_ahead(g, nch);
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * KH * KW * ldcol;
+    GatherRows taps = taps0;
+    for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      float* drow = dx + (c * H + ih) * W;
+      const float* xrow = x ? x + (c * H + ih) * W : nullptr;
+      for (i64 k = 0; k < nchunks; ++k) {
+        const __mmask16* tk = tap + k * KW;
+        __m512 acc[KW];
+        for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
+        for (int r = 0; r < t.n; ++r) {
+          const float* base = rows[r] + 16 * k;
+          for (int kw = 0; kw < KW; ++kw) {
+            acc[kw] =
+                _mm512_add_ps(acc[kw],
+                              _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
+          }
+        }
+        __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int kw = 0; kw < KW; ++kw) {
+          phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+        }
+        const __m512 out[2] = {_mm512_permutex2var_ps(phase[0], lo, phase[1]),
+                               _mm512_permutex2var_ps(phase[0], hi, phase[1])};
+        for (int q = 0; q < 2; ++q) {
+          const i64 j = 32 * k + 16 * q;
+          const __mmask16 m = lane_range(0, W - j);
+          __m512 v = out[q];
+          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
+          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
+          prefetch_dx_ahead(drow + j, ih, ahead, H, W);
           if (m != 0) _mm512_mask_storeu_ps(drow + j, m, v);
         }
       }
@@ -1207,6 +1302,7 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
   const GatherPhases<2> phases(g, ldcol, 8, nchunks);
   const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const i64 ahead = dx_rows_ahead(g, nch);
   const GatherRows taps0(g);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * KH * KW * ldcol;
@@ -1254,6 +1350,8 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
           }
         }
         const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+        // As prefetch_dx_ahead, for reading (PREFETCHW is not in AVX2's baseline).
+        if (ih + ahead < H) __builtin_prefetch(drow + 16 * k + ahead * W, 1, 3);
         store_dx_avx2(drow, yrow, 16 * k, W, _mm256_permute2f128_ps(lo, hi, 0x20), t.first, t.final,
                       act);
         store_dx_avx2(drow, yrow, 16 * k + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first,
@@ -1415,7 +1513,14 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
         default: col2im_gather_s1_avx512<0>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
       }
     } else if (g.SW == 2) {
-      col2im_gather_phases_avx512<2>(g, col, ldcol, nch, o0, o1, dx, act, x);
+      const bool podd = g.PW % 2 != 0;
+      const auto s2 =
+          g.DW != 1   ? nullptr
+          : g.KW == 3 ? (podd ? &col2im_gather_s2_avx512<3, 1> : &col2im_gather_s2_avx512<3, 0>)
+          : g.KW == 5 ? (podd ? &col2im_gather_s2_avx512<5, 1> : &col2im_gather_s2_avx512<5, 0>)
+          : g.KW == 7 ? (podd ? &col2im_gather_s2_avx512<7, 1> : &col2im_gather_s2_avx512<7, 0>)
+                      : nullptr;
+      (s2 ? s2 : &col2im_gather_phases_avx512<2>)(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
       col2im_gather_phases_avx512<4>(g, col, ldcol, nch, o0, o1, dx, act, x);
     }
