@@ -30,6 +30,7 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
   // A and C through clamped pointers; their C loads and stores are masked off entirely).
   const float* ar[MR];
   float* cr[MR];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const int ii = i < t.m ? i : 0;
     ar[i] = t.a + ii * t.lda;
@@ -37,17 +38,21 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
   }
 
   // The lane masks are rebuilt after the k loop rather than kept: with them live, the 12
-  // accumulators and 3 operands would not fit in the 16 ymm registers.
+  // accumulators and 3 operands would not fit in the 16 ymm registers. Every loop over the
+  // accumulators is unrolled in full (the pragmas): with an index left in one, gcc kept acc as
+  // an array on the stack outside the k loop.
   __m256 acc[MR][NV];
   const bool full = t.m == MR && t.n == NR;
   if (full) {
     // A whole tile: plain loads and stores (the masked ones cost about 145 cycles a tile on
     // AMD Zen 3).
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i]) : _mm256_setzero_ps();
       for (int v = 0; v < NV; ++v) acc[i][v] = t.accumulate ? _mm256_loadu_ps(cr[i] + 8 * v) : b0;
     }
   } else {
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i < t.m ? i : 0]) : _mm256_setzero_ps();
       const __m256i row = _mm256_set1_epi32(t.accumulate && i < t.m ? -1 : 0);
@@ -77,16 +82,19 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
   // ReLU without a branch (a conditional update makes gcc keep the accumulators in memory).
   const __m256 z = _mm256_setzero_ps();
   const __m256 relu = _mm256_castsi256_ps(_mm256_set1_epi32(t.relu ? -1 : 0));
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     for (int v = 0; v < NV; ++v)
       acc[i][v] = _mm256_blendv_ps(acc[i][v], _mm256_max_ps(acc[i][v], z), relu);
   }
   if (full) {
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       for (int v = 0; v < NV; ++v) _mm256_storeu_ps(cr[i] + 8 * v, acc[i][v]);
     }
     return;
   }
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m256i row = _mm256_set1_epi32(i < t.m ? -1 : 0);
     for (int v = 0; v < NV; ++v) {

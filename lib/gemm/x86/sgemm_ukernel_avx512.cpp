@@ -35,7 +35,11 @@ inline void ukernel(const Tile& t) {
   }
   const __mmask16 load_all = t.accumulate ? __mmask16(0xFFFF) : __mmask16(0);
 
+  // Every loop over the accumulators unrolled in full (the pragmas): with an index left in
+  // the set-up loop, gcc kept acc as an array on the stack, every accumulator stored there
+  // after the set-up and after the k loop and reloaded for the stores.
   __m512 acc[MR][NV];
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i]) : _mm512_setzero_ps();
     for (int v = 0; v < NV; ++v) {
@@ -55,15 +59,17 @@ inline void ukernel(const Tile& t) {
     b += NR;
   }
 
-  if (t.relu) {
-    const __m512 z = _mm512_setzero_ps();
-    for (int i = 0; i < MR; ++i) {
-      // The masked form: the plain one trips GCC 12's -Wmaybe-uninitialized in its header.
-      for (int v = 0; v < NV; ++v) {
-        acc[i][v] = _mm512_mask_max_ps(z, static_cast<__mmask16>(0xFFFF), acc[i][v], z);
-      }
-    }
+  // ReLU without a branch: lanes of the mask (all of them, or none without relu) take
+  // max(acc, 0) (0 for NaN, as before), the others keep acc. A conditional update made gcc
+  // give the accumulators a home on the stack: every one stored there after the set-up and
+  // after the k loop, and reloaded for the stores.
+  const __m512 z = _mm512_setzero_ps();
+  const __mmask16 relu = t.relu ? __mmask16(0xFFFF) : __mmask16(0);
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_mask_max_ps(acc[i][v], relu, acc[i][v], z);
   }
+#pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[i] + 16 * v, mask[v], acc[i][v]);
   }
