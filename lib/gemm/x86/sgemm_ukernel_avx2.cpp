@@ -49,6 +49,7 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i]) : _mm256_setzero_ps();
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = t.accumulate ? _mm256_loadu_ps(cr[i] + 8 * v) : b0;
     }
   } else {
@@ -56,6 +57,7 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
     for (int i = 0; i < MR; ++i) {
       const __m256 b0 = t.bias ? _mm256_set1_ps(t.bias[i < t.m ? i : 0]) : _mm256_setzero_ps();
       const __m256i row = _mm256_set1_epi32(t.accumulate && i < t.m ? -1 : 0);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         const __m256i lm = _mm256_and_si256(lane_mask(t.n, v), row);
         acc[i][v] =
@@ -71,9 +73,12 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
 #pragma GCC unroll 4
   for (std::int64_t kk = 0; kk < k; ++kk) {
     __m256 bv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m256 av = _mm256_set1_ps(ar[i][kk]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_fmadd_ps(av, bv[v], acc[i][v]);
     }
     b += kPanelLanes;
@@ -84,12 +89,14 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
   const __m256 relu = _mm256_castsi256_ps(_mm256_set1_epi32(t.relu ? -1 : 0));
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v)
       acc[i][v] = _mm256_blendv_ps(acc[i][v], _mm256_max_ps(acc[i][v], z), relu);
   }
   if (full) {
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) _mm256_storeu_ps(cr[i] + 8 * v, acc[i][v]);
     }
     return;
@@ -97,6 +104,7 @@ __attribute__((noinline)) void ukernel(const Tile& t) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m256i row = _mm256_set1_epi32(i < t.m ? -1 : 0);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       _mm256_maskstore_ps(cr[i] + 8 * v, _mm256_and_si256(lane_mask(t.n, v), row), acc[i][v]);
     }

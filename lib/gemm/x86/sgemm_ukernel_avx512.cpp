@@ -20,6 +20,7 @@ inline void ukernel(const Tile& t) {
   static_assert(NV <= NP);
   constexpr int NR = 16 * NP;
   __mmask16 mask[NV];
+#pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
     const int r = t.n - 16 * v;
     mask[v] = r >= 16 ? __mmask16(0xFFFF) : r <= 0 ? __mmask16(0) : __mmask16((1u << r) - 1);
@@ -42,6 +43,7 @@ inline void ukernel(const Tile& t) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m512 b0 = t.bias ? _mm512_set1_ps(t.bias[i]) : _mm512_setzero_ps();
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
       acc[i][v] = _mm512_mask_loadu_ps(b0, mask[v] & load_all, cr[i] + 16 * v);
     }
@@ -51,9 +53,12 @@ inline void ukernel(const Tile& t) {
   const std::int64_t k = t.k;
   for (std::int64_t kk = 0; kk < k; ++kk) {
     __m512 bv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const __m512 av = _mm512_set1_ps(ar[i][kk]);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_fmadd_ps(av, bv[v], acc[i][v]);
     }
     b += NR;
@@ -67,10 +72,12 @@ inline void ukernel(const Tile& t) {
   const __mmask16 relu = t.relu ? __mmask16(0xFFFF) : __mmask16(0);
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_mask_max_ps(acc[i][v], relu, acc[i][v], z);
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) _mm512_mask_storeu_ps(cr[i] + 16 * v, mask[v], acc[i][v]);
   }
 }
