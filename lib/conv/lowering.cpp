@@ -604,6 +604,60 @@ IM2GEMM_AVX512 inline __m512 times_act_derivative(__m512 acc, Activation act, co
   }
 }
 
+// The phase gathers' two-source permutes that interleave vectors a and b lane by lane: lo
+// takes lanes 0-7 of each, hi lanes 8-15.
+struct Interleave {
+  __m512i lo, hi;
+  IM2GEMM_AVX512 Interleave() {
+    alignas(64) std::int32_t idx[2][16];
+    for (int l = 0; l < 16; ++l) {
+      idx[0][l] = (l / 2) + (l % 2) * 16;
+      idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
+    }
+    lo = _mm512_load_si512(idx[0]);
+    hi = _mm512_load_si512(idx[1]);
+  }
+};
+
+// A gathered dx row (W floats; xrow: the layer's output for the activation's derivative, or
+// null): store(j, v) writes v to columns [j, j + 16) that lie in the row, added to what is
+// there unless first, times the derivative where final.
+struct DxRow {
+  float* drow;
+  const float* xrow;
+  i64 W;
+  bool first, final;
+  Activation act;
+  IM2GEMM_AVX512 void store(i64 j, __m512 v) const {
+    const __mmask16 m = lane_range(0, W - j);
+    if (m == 0) return;
+    if (!first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
+    if (final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
+    _mm512_mask_storeu_ps(drow + j, m, v);
+  }
+};
+
+// Calls row(ih, taps, rows, drow, xrow) for every dx row ih of the nch channels that the block
+// of output rows [o0, o1) writes (GatherRows::writes): rows[0, taps.n) its column rows, drow
+// the dx row, xrow the layer's output row there (null without x).
+template <class Row>
+IM2GEMM_AVX512_W inline void for_each_gather_row(const ConvGeom& g, const float* col, i64 ldcol,
+                                                 i64 nch, i64 o0, i64 o1, float* dx, const float* x,
+                                                 Row&& row) {
+  const i64 H = g.H, W = g.W;
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * g.KH * g.KW * ldcol;
+    GatherRows taps = taps0;
+    for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      row(ih, t, rows, dx + (c * H + ih) * W, x ? x + (c * H + ih) * W : nullptr);
+    }
+  }
+}
+
 // col2im_gather_rows at stride 1: every dx element is the sum of its KH*KW taps (those of the
 // block's output rows), gathered in a register and stored once (added to the row where an
 // earlier block reached it), times the input activation's derivative where it is complete.
@@ -614,7 +668,7 @@ template <int KWT>
 IM2GEMM_AVX512_W void col2im_gather_s1_avx512(const ConvGeom& g, const float* col, i64 ldcol,
                                               i64 nch, i64 o0, i64 o1, float* dx, Activation act,
                                               const float* x) {
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, PW = g.PW, DW = g.DW;
+  const i64 H = g.H, W = g.W, OW = g.OW, PW = g.PW, DW = g.DW;
   const i64 KW = KWT > 0 ? KWT : g.KW;
   const i64 nchunks = (W + 15) / 16;
   __mmask16 tap[kMaxGatherTaps];  // [chunk][kw]: lanes whose source column lies in [0, OW)
@@ -627,38 +681,32 @@ IM2GEMM_AVX512_W void col2im_gather_s1_avx512(const ConvGeom& g, const float* co
   }
   constexpr int kAcc = KWT > 0 ? KWT : 1;
   const i64 ahead = dx_rows_ahead(g, nch);
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      float* drow = dx + (c * H + ih) * W;
-      const float* xrow = x ? x + (c * H + ih) * W : nullptr;
-      for (i64 k = 0; k < nchunks; ++k) {
-        const __mmask16 out = lane_range(0, W - 16 * k);
-        const __mmask16* tk = tap + k * KW;
-        __m512 acc[kAcc];
-        for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_setzero_ps();
-        if (!t.first) acc[0] = _mm512_maskz_loadu_ps(out, drow + 16 * k);
-        for (int r = 0; r < t.n; ++r) {
-          const float* base = offset(rows[r], 16 * k + PW);
-          for (i64 kw = 0; kw < KW; ++kw) {
-            const int a = KWT > 0 ? static_cast<int>(kw) : 0;
-            acc[a] = _mm512_add_ps(acc[a],
-                                   _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * (ldcol - DW))));
+  for_each_gather_row(
+      g, col, ldcol, nch, o0, o1, dx, x,
+      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+          const float* xrow) IM2GEMM_AVX512_W {
+        for (i64 k = 0; k < nchunks; ++k) {
+          const __mmask16 out = lane_range(0, W - 16 * k);
+          const __mmask16* tk = tap + k * KW;
+          __m512 acc[kAcc];
+          for (int a = 0; a < kAcc; ++a) acc[a] = _mm512_setzero_ps();
+          if (!t.first) acc[0] = _mm512_maskz_loadu_ps(out, drow + 16 * k);
+          for (int r = 0; r < t.n; ++r) {
+            const float* base = offset(rows[r], 16 * k + PW);
+            for (i64 kw = 0; kw < KW; ++kw) {
+              const int a = KWT > 0 ? static_cast<int>(kw) : 0;
+              acc[a] =
+                  _mm512_add_ps(acc[a],
+                                _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * (ldcol - DW))));
+            }
           }
+          for (int a = 1; a < kAcc; ++a) acc[0] = _mm512_add_ps(acc[0], acc[a]);
+          if (t.final)
+            acc[0] = times_act_derivative(acc[0], act, xrow ? xrow + 16 * k : nullptr, out);
+          prefetch_dx_ahead(drow + 16 * k, ih, ahead, H, W);
+          _mm512_mask_storeu_ps(drow + 16 * k, out, acc[0]);
         }
-        for (int a = 1; a < kAcc; ++a) acc[0] = _mm512_add_ps(acc[0], acc[a]);
-        if (t.final)
-          acc[0] = times_act_derivative(acc[0], act, xrow ? xrow + 16 * k : nullptr, out);
-        prefetch_dx_ahead(drow + 16 * k, ih, ahead, H, W);
-        _mm512_mask_storeu_ps(drow + 16 * k, out, acc[0]);
-      }
-    }
-  }
+      });
 }
 
 // col2im_gather_rows at horizontal stride S = 2 or 4 (any vertical stride): the same, a dx
@@ -674,7 +722,7 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float
                                                   i64 nch, i64 o0, i64 o1, float* dx,
                                                   Activation act, const float* x) {
   static_assert(S == 2 || S == 4);
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KW = g.KW;
   const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
   const GatherPhases<S> phases(g, ldcol, 16, nchunks);
   const i64 *ph = phases.ph, *off = phases.off;
@@ -686,76 +734,60 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float
                                                      lane_range(0, phases.cols[kw] - m0));
     }
   }
-  // Interleaving two vectors a and b lane by lane: lo takes lanes 0-7 of each, hi 8-15.
-  alignas(64) std::int32_t idx[2][16];
-  for (int l = 0; l < 16; ++l) {
-    idx[0][l] = (l / 2) + (l % 2) * 16;
-    idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
-  }
-  const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
+  const Interleave il;
+  const __m512i lo = il.lo, hi = il.hi;
   const i64 ahead = dx_rows_ahead(g, nch);
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      float* drow = dx + (c * H + ih) * W;
-      const float* xrow = x ? x + (c * H + ih) * W : nullptr;
-      for (i64 k = 0; k < nchunks; ++k) {
-        __m512 acc[S];
-        for (int p = 0; p < S; ++p) acc[p] = _mm512_setzero_ps();
-        if (k >= phases.k_in && k < phases.k_out) {
-          for (int r = 0; r < t.n; ++r) {
-            const float* row = rows[r] + 16 * k;
-            for (int p = 0; p < S; ++p) {
-              for (int e = 0; e < phases.n[p]; ++e) {
-                acc[p] = _mm512_add_ps(acc[p], _mm512_loadu_ps(row + phases.lists[p][e]));
+  for_each_gather_row(
+      g, col, ldcol, nch, o0, o1, dx, x,
+      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+          const float* xrow) IM2GEMM_AVX512_W {
+        for (i64 k = 0; k < nchunks; ++k) {
+          __m512 acc[S];
+          for (int p = 0; p < S; ++p) acc[p] = _mm512_setzero_ps();
+          if (k >= phases.k_in && k < phases.k_out) {
+            for (int r = 0; r < t.n; ++r) {
+              const float* row = rows[r] + 16 * k;
+              for (int p = 0; p < S; ++p) {
+                for (int e = 0; e < phases.n[p]; ++e) {
+                  acc[p] = _mm512_add_ps(acc[p], _mm512_loadu_ps(row + phases.lists[p][e]));
+                }
+              }
+            }
+          } else {
+            for (int r = 0; r < t.n; ++r) {
+              for (i64 kw = 0; kw < KW; ++kw) {
+                const __m512 v =
+                    _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
+                                          offset(rows[r], kw * ldcol + 16 * k + off[kw]));
+                for (int p = 0; p < S; ++p) {  // acc[ph[kw]] += v, the accumulators in registers
+                  if (p == ph[kw]) acc[p] = _mm512_add_ps(acc[p], v);
+                }
               }
             }
           }
-        } else {
-          for (int r = 0; r < t.n; ++r) {
-            for (i64 kw = 0; kw < KW; ++kw) {
-              const __m512 v =
-                  _mm512_maskz_loadu_ps(tap[kw * nchunks + k],
-                                        offset(rows[r], kw * ldcol + 16 * k + off[kw]));
-              for (int p = 0; p < S; ++p) {  // acc[ph[kw]] += v, the accumulators in registers
-                if (p == ph[kw]) acc[p] = _mm512_add_ps(acc[p], v);
-              }
-            }
+          __m512 out[S];
+          if constexpr (S == 2) {
+            out[0] = _mm512_permutex2var_ps(acc[0], lo, acc[1]);
+            out[1] = _mm512_permutex2var_ps(acc[0], hi, acc[1]);
+          } else {
+            // Phases 0 and 2 lane by lane, 1 and 3 likewise; then the two results lane by lane
+            // again: a0 = (p0, p2) and b0 = (p1, p3) give p0 p1 p2 p3 of each column.
+            const __m512 a0 = _mm512_permutex2var_ps(acc[0], lo, acc[2]);
+            const __m512 a1 = _mm512_permutex2var_ps(acc[0], hi, acc[2]);
+            const __m512 b0 = _mm512_permutex2var_ps(acc[1], lo, acc[3]);
+            const __m512 b1 = _mm512_permutex2var_ps(acc[1], hi, acc[3]);
+            out[0] = _mm512_permutex2var_ps(a0, lo, b0);
+            out[1] = _mm512_permutex2var_ps(a0, hi, b0);
+            out[2] = _mm512_permutex2var_ps(a1, lo, b1);
+            out[3] = _mm512_permutex2var_ps(a1, hi, b1);
+          }
+          for (int q = 0; q < S; ++q) {
+            const DxRow row{drow, xrow, W, t.first, t.final, act};
+            row.store(16 * S * k + 16 * q, out[q]);
+            prefetch_dx_ahead(drow + 16 * S * k + 16 * q, ih, ahead, H, W);
           }
         }
-        __m512 out[S];
-        if constexpr (S == 2) {
-          out[0] = _mm512_permutex2var_ps(acc[0], lo, acc[1]);
-          out[1] = _mm512_permutex2var_ps(acc[0], hi, acc[1]);
-        } else {
-          // Phases 0 and 2 lane by lane, 1 and 3 likewise; then the two results lane by lane
-          // again: a0 = (p0, p2) and b0 = (p1, p3) give p0 p1 p2 p3 of each column.
-          const __m512 a0 = _mm512_permutex2var_ps(acc[0], lo, acc[2]);
-          const __m512 a1 = _mm512_permutex2var_ps(acc[0], hi, acc[2]);
-          const __m512 b0 = _mm512_permutex2var_ps(acc[1], lo, acc[3]);
-          const __m512 b1 = _mm512_permutex2var_ps(acc[1], hi, acc[3]);
-          out[0] = _mm512_permutex2var_ps(a0, lo, b0);
-          out[1] = _mm512_permutex2var_ps(a0, hi, b0);
-          out[2] = _mm512_permutex2var_ps(a1, lo, b1);
-          out[3] = _mm512_permutex2var_ps(a1, hi, b1);
-        }
-        for (int q = 0; q < S; ++q) {
-          const i64 j = 16 * S * k + 16 * q;
-          const __mmask16 m = lane_range(0, W - j);
-          __m512 v = out[q];
-          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
-          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
-          prefetch_dx_ahead(drow + j, ih, ahead, H, W);
-          if (m != 0) _mm512_mask_storeu_ps(drow + j, m, v);
-        }
-      }
-    }
-  }
+      });
 }
 
 // col2im_gather_phases_avx512<2> for dilation 1 and kernel widths 3, 5 and 7, with the width
@@ -769,7 +801,7 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
                                               i64 nch, i64 o0, i64 o1, float* dx, Activation act,
                                               const float* x) {
   constexpr int KW = KWT;
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH;
+  const i64 H = g.H, W = g.W, OW = g.OW;
   const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
   // Tap kw: phase column m takes output column m + off[kw] (an exact division: the phase
   // has the parity of kw - PW).
@@ -783,53 +815,38 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
       tap[k * KW + kw] = lane_range(-16 * k - off[kw], OW - 16 * k - off[kw]);
     }
   }
-  alignas(64) std::int32_t idx[2][16];
-  for (int l = 0; l < 16; ++l) {
-    idx[0][l] = (l / 2) + (l % 2) * 16;
-    idx[1][l] = 8 + (l / 2) + (l % 2) * 16;
-  }
-  const __m512i lo = _mm512_load_si512(idx[0]), hi = _mm512_load_si512(idx[1]);
+  const Interleave il;
+  const __m512i lo = il.lo, hi = il.hi;
   const i64 ahead = dx_rows_ahead(g, nch);
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      float* drow = dx + (c * H + ih) * W;
-      const float* xrow = x ? x + (c * H + ih) * W : nullptr;
-      for (i64 k = 0; k < nchunks; ++k) {
-        const __mmask16* tk = tap + k * KW;
-        __m512 acc[KW];
-        for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
-        for (int r = 0; r < t.n; ++r) {
-          const float* base = rows[r] + 16 * k;
+  for_each_gather_row(
+      g, col, ldcol, nch, o0, o1, dx, x,
+      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+          const float* xrow) IM2GEMM_AVX512_W {
+        for (i64 k = 0; k < nchunks; ++k) {
+          const __mmask16* tk = tap + k * KW;
+          __m512 acc[KW];
+          for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
+          for (int r = 0; r < t.n; ++r) {
+            const float* base = rows[r] + 16 * k;
+            for (int kw = 0; kw < KW; ++kw) {
+              acc[kw] =
+                  _mm512_add_ps(acc[kw],
+                                _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
+            }
+          }
+          __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
           for (int kw = 0; kw < KW; ++kw) {
-            acc[kw] =
-                _mm512_add_ps(acc[kw],
-                              _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
+            phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+          }
+          const __m512 out[2] = {_mm512_permutex2var_ps(phase[0], lo, phase[1]),
+                                 _mm512_permutex2var_ps(phase[0], hi, phase[1])};
+          for (int q = 0; q < 2; ++q) {
+            const DxRow row{drow, xrow, W, t.first, t.final, act};
+            row.store(32 * k + 16 * q, out[q]);
+            prefetch_dx_ahead(drow + 32 * k + 16 * q, ih, ahead, H, W);
           }
         }
-        __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        for (int kw = 0; kw < KW; ++kw) {
-          phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
-        }
-        const __m512 out[2] = {_mm512_permutex2var_ps(phase[0], lo, phase[1]),
-                               _mm512_permutex2var_ps(phase[0], hi, phase[1])};
-        for (int q = 0; q < 2; ++q) {
-          const i64 j = 32 * k + 16 * q;
-          const __mmask16 m = lane_range(0, W - j);
-          __m512 v = out[q];
-          if (!t.first) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, drow + j));
-          if (t.final) v = times_act_derivative(v, act, xrow ? xrow + j : nullptr, m);
-          prefetch_dx_ahead(drow + j, ih, ahead, H, W);
-          if (m != 0) _mm512_mask_storeu_ps(drow + j, m, v);
-        }
-      }
-    }
-  }
+      });
 }
 
 // ---- AVX-512: im2col of planes of at most 64 floats ---------------------------------------
