@@ -637,6 +637,34 @@ struct DxRow {
   }
 };
 
+// Interleaves the S phase sums of a chunk (16 columns of each phase) into the 16 S dx
+// columns from j0 and stores them (DxRow::store), each 64 bytes asking for their place
+// `ahead` rows on.
+template <int S>
+IM2GEMM_AVX512_W inline void store_phases(const __m512 (&acc)[S], const Interleave& il,
+                                          const DxRow& row, i64 j0, i64 ih, i64 ahead, i64 H) {
+  __m512 out[S];
+  if constexpr (S == 2) {
+    out[0] = _mm512_permutex2var_ps(acc[0], il.lo, acc[1]);
+    out[1] = _mm512_permutex2var_ps(acc[0], il.hi, acc[1]);
+  } else {
+    // Phases 0 and 2 lane by lane, 1 and 3 likewise; then the two results lane by lane
+    // again: a0 = (p0, p2) and b0 = (p1, p3) give p0 p1 p2 p3 of each column.
+    const __m512 a0 = _mm512_permutex2var_ps(acc[0], il.lo, acc[2]);
+    const __m512 a1 = _mm512_permutex2var_ps(acc[0], il.hi, acc[2]);
+    const __m512 b0 = _mm512_permutex2var_ps(acc[1], il.lo, acc[3]);
+    const __m512 b1 = _mm512_permutex2var_ps(acc[1], il.hi, acc[3]);
+    out[0] = _mm512_permutex2var_ps(a0, il.lo, b0);
+    out[1] = _mm512_permutex2var_ps(a0, il.hi, b0);
+    out[2] = _mm512_permutex2var_ps(a1, il.lo, b1);
+    out[3] = _mm512_permutex2var_ps(a1, il.hi, b1);
+  }
+  for (int q = 0; q < S; ++q) {
+    row.store(j0 + 16 * q, out[q]);
+    prefetch_dx_ahead(row.drow + j0 + 16 * q, ih, ahead, H, row.W);
+  }
+}
+
 // Calls row(ih, taps, rows, drow, xrow) for every dx row ih of the nch channels that the block
 // of output rows [o0, o1) writes (GatherRows::writes): rows[0, taps.n) its column rows, drow
 // the dx row, xrow the layer's output row there (null without x).
@@ -735,12 +763,12 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float
     }
   }
   const Interleave il;
-  const __m512i lo = il.lo, hi = il.hi;
   const i64 ahead = dx_rows_ahead(g, nch);
   for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* xrow) IM2GEMM_AVX512_W {
+        const DxRow dxrow{drow, xrow, W, t.first, t.final, act};
         for (i64 k = 0; k < nchunks; ++k) {
           __m512 acc[S];
           for (int p = 0; p < S; ++p) acc[p] = _mm512_setzero_ps();
@@ -765,27 +793,7 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float
               }
             }
           }
-          __m512 out[S];
-          if constexpr (S == 2) {
-            out[0] = _mm512_permutex2var_ps(acc[0], lo, acc[1]);
-            out[1] = _mm512_permutex2var_ps(acc[0], hi, acc[1]);
-          } else {
-            // Phases 0 and 2 lane by lane, 1 and 3 likewise; then the two results lane by lane
-            // again: a0 = (p0, p2) and b0 = (p1, p3) give p0 p1 p2 p3 of each column.
-            const __m512 a0 = _mm512_permutex2var_ps(acc[0], lo, acc[2]);
-            const __m512 a1 = _mm512_permutex2var_ps(acc[0], hi, acc[2]);
-            const __m512 b0 = _mm512_permutex2var_ps(acc[1], lo, acc[3]);
-            const __m512 b1 = _mm512_permutex2var_ps(acc[1], hi, acc[3]);
-            out[0] = _mm512_permutex2var_ps(a0, lo, b0);
-            out[1] = _mm512_permutex2var_ps(a0, hi, b0);
-            out[2] = _mm512_permutex2var_ps(a1, lo, b1);
-            out[3] = _mm512_permutex2var_ps(a1, hi, b1);
-          }
-          for (int q = 0; q < S; ++q) {
-            const DxRow row{drow, xrow, W, t.first, t.final, act};
-            row.store(16 * S * k + 16 * q, out[q]);
-            prefetch_dx_ahead(drow + 16 * S * k + 16 * q, ih, ahead, H, W);
-          }
+          store_phases<S>(acc, il, dxrow, 16 * S * k, ih, ahead, H);
         }
       });
 }
@@ -816,12 +824,12 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
     }
   }
   const Interleave il;
-  const __m512i lo = il.lo, hi = il.hi;
   const i64 ahead = dx_rows_ahead(g, nch);
   for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* xrow) IM2GEMM_AVX512_W {
+        const DxRow dxrow{drow, xrow, W, t.first, t.final, act};
         for (i64 k = 0; k < nchunks; ++k) {
           const __mmask16* tk = tap + k * KW;
           __m512 acc[KW];
@@ -838,13 +846,7 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
           for (int kw = 0; kw < KW; ++kw) {
             phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
           }
-          const __m512 out[2] = {_mm512_permutex2var_ps(phase[0], lo, phase[1]),
-                                 _mm512_permutex2var_ps(phase[0], hi, phase[1])};
-          for (int q = 0; q < 2; ++q) {
-            const DxRow row{drow, xrow, W, t.first, t.final, act};
-            row.store(32 * k + 16 * q, out[q]);
-            prefetch_dx_ahead(drow + 32 * k + 16 * q, ih, ahead, H, W);
-          }
+          store_phases<2>(phase, il, dxrow, 32 * k, ih, ahead, H);
         }
       });
 }
