@@ -1310,74 +1310,155 @@ IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i6
   for (i64 l = 0; l < n; ++l) drow[j + l] = buf[l];
 }
 
+// Interleaves the even and odd phase sums of a chunk (8 columns of each) into the 16 dx
+// columns from j0 and stores them (store_dx_avx2), asking for their place `ahead` rows on
+// first (as prefetch_dx_ahead, for reading: PREFETCHW is not in AVX2's baseline).
+IM2GEMM_AVX2 inline void store_phase_pair_avx2(float* drow, const float* yrow, i64 j0, i64 W,
+                                               __m256 even, __m256 odd, const GatherRows::Taps& t,
+                                               Activation act, i64 ih, i64 ahead, i64 H) {
+  const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+  if (ih + ahead < H) __builtin_prefetch(drow + j0 + ahead * W, 1, 3);
+  store_dx_avx2(drow, yrow, j0, W, _mm256_permute2f128_ps(lo, hi, 0x20), t.first, t.final, act);
+  store_dx_avx2(drow, yrow, j0 + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first, t.final, act);
+}
+
+// Calls row(ih, taps, rows, drow, yrow) for every dx row the block of output rows [o0, o1)
+// writes: for_each_gather_row on AVX2.
+template <class Row>
+IM2GEMM_AVX2 inline void for_each_gather_row_avx2(const ConvGeom& g, const float* col, i64 ldcol,
+                                                  i64 nch, i64 o0, i64 o1, float* dx,
+                                                  const float* x, Row&& row) {
+  const i64 H = g.H, W = g.W;
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * g.KH * g.KW * ldcol;
+    GatherRows taps = taps0;
+    for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      row(ih, t, rows, dx + (c * H + ih) * W, x ? x + (c * H + ih) * W : nullptr);
+    }
+  }
+}
+
+// Lanes of an 8-lane chunk in [from, to), as a mask of _mm256_maskload_ps.
+IM2GEMM_AVX2 inline __m256i lane_range_avx2(i64 from, i64 to) {
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const auto clamp8 = [](i64 v) { return static_cast<int>(std::clamp<i64>(v, -1, 8)); };
+  return _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(clamp8(from - 1))),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(clamp8(to)), iota));
+}
+
 // col2im_gather_rows at horizontal stride 2 on AVX2: col2im_gather_phases_avx512's
 // gather with 8 columns of each phase a chunk (16 dx columns): plain loads where a tap's 8
 // output columns lie inside its column row, masked loads at the row's ends; the two phases
 // interleaved by unpacks and a lane permute.
 IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
                                         i64 o0, i64 o1, float* dx, Activation act, const float* x) {
-  const i64 H = g.H, W = g.W, OW = g.OW, KH = g.KH, KW = g.KW;
+  const i64 H = g.H, W = g.W, OW = g.OW, KW = g.KW;
   const i64 nchunks = (W + 15) / 16;
   const GatherPhases<2> phases(g, ldcol, 8, nchunks);
   const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
-  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   const i64 ahead = dx_rows_ahead(g, nch);
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * KH * KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      const int nrows = t.n;
-      float* drow = dx + (c * H + ih) * W;
-      const float* yrow = x ? x + (c * H + ih) * W : nullptr;
-      for (i64 k = 0; k < nchunks; ++k) {
-        const i64 m0 = 8 * k;
-        __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
-        if (k >= phases.k_in && k < phases.k_out) {
-          for (int r = 0; r < nrows; ++r) {
-            const float* row = rows[r] + m0;
-            for (int e = 0; e < phases.n[0]; ++e)
-              even = _mm256_add_ps(even, _mm256_loadu_ps(row + phases.lists[0][e]));
-            for (int o = 0; o < phases.n[1]; ++o)
-              odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + phases.lists[1][o]));
-          }
-        } else {
-          for (int r = 0; r < nrows; ++r) {
-            for (i64 kw = 0; kw < KW; ++kw) {
-              const i64 a = m0 + off[kw];                       // lane 0's output column
-              const i64 lim = std::min(OW - a, cols[kw] - m0);  // lanes [max(0, -a), lim)
-              const __m256i m =
-                  _mm256_and_si256(_mm256_cmpgt_epi32(iota, _mm256_set1_epi32(static_cast<int>(
-                                                                std::min<i64>(-a - 1, 8)))),
-                                   _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(
-                                                          std::clamp<i64>(lim, -1, 8))),
-                                                      iota));
-              // The base may lie outside the row: only the mask's lanes are read.
-              const auto* p = reinterpret_cast<const float*>(
-                  reinterpret_cast<std::uintptr_t>(rows[r] + kw * ldcol) +
-                  static_cast<std::uintptr_t>(a) * sizeof(float));
-              const __m256 v = _mm256_maskload_ps(p, m);
-              if (ph[kw] != 0) {
-                odd = _mm256_add_ps(odd, v);
-              } else {
-                even = _mm256_add_ps(even, v);
+  for_each_gather_row_avx2(
+      g, col, ldcol, nch, o0, o1, dx, x,
+      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+          const float* yrow) IM2GEMM_AVX2 {
+        const int nrows = t.n;
+        for (i64 k = 0; k < nchunks; ++k) {
+          const i64 m0 = 8 * k;
+          __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+          if (k >= phases.k_in && k < phases.k_out) {
+            for (int r = 0; r < nrows; ++r) {
+              const float* row = rows[r] + m0;
+              for (int e = 0; e < phases.n[0]; ++e)
+                even = _mm256_add_ps(even, _mm256_loadu_ps(row + phases.lists[0][e]));
+              for (int o = 0; o < phases.n[1]; ++o)
+                odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + phases.lists[1][o]));
+            }
+          } else {
+            for (int r = 0; r < nrows; ++r) {
+              for (i64 kw = 0; kw < KW; ++kw) {
+                const i64 a = m0 + off[kw];  // lane 0's output column
+                // lanes [max(0, -a), min(OW - a, cols - m0))
+                const __m256i m = lane_range_avx2(-a, std::min(OW - a, cols[kw] - m0));
+                // The base may lie outside the row: only the mask's lanes are read.
+                const auto* p = reinterpret_cast<const float*>(
+                    reinterpret_cast<std::uintptr_t>(rows[r] + kw * ldcol) +
+                    static_cast<std::uintptr_t>(a) * sizeof(float));
+                const __m256 v = _mm256_maskload_ps(p, m);
+                if (ph[kw] != 0) {
+                  odd = _mm256_add_ps(odd, v);
+                } else {
+                  even = _mm256_add_ps(even, v);
+                }
               }
             }
           }
+          store_phase_pair_avx2(drow, yrow, 16 * k, W, even, odd, t, act, ih, ahead, H);
         }
-        const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
-        // As prefetch_dx_ahead, for reading (PREFETCHW is not in AVX2's baseline).
-        if (ih + ahead < H) __builtin_prefetch(drow + 16 * k + ahead * W, 1, 3);
-        store_dx_avx2(drow, yrow, 16 * k, W, _mm256_permute2f128_ps(lo, hi, 0x20), t.first, t.final,
-                      act);
-        store_dx_avx2(drow, yrow, 16 * k + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first,
-                      t.final, act);
-      }
-    }
-  }
+      });
+}
+
+// col2im_gather_s2_avx2 for dilation 1 and kernel widths 3, 5 and 7, with the width and the
+// padding's parity (PODD = PW % 2) as constants (col2im_gather_s2_avx512's reasons): tap kw
+// reaches phase (kw + PODD) % 2, the tap loop unrolls and each tap sums into its own register.
+template <int KWT, int PODD>
+IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                          i64 o0, i64 o1, float* dx, Activation act,
+                                          const float* x) {
+  constexpr int KW = KWT;
+  const i64 H = g.H, W = g.W, OW = g.OW;
+  const i64 nchunks = (W + 15) / 16;
+  const GatherPhases<2> phases(g, ldcol, 8, nchunks);
+  const i64 k_in = phases.k_in, k_out = phases.k_out;
+  i64 off[KW];
+  for (int kw = 0; kw < KW; ++kw) off[kw] = phases.off[kw];
+  const i64 ahead = dx_rows_ahead(g, nch);
+  for_each_gather_row_avx2(
+      g, col, ldcol, nch, o0, o1, dx, x,
+      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+          const float* yrow) IM2GEMM_AVX2 {
+        for (i64 k = 0; k < nchunks; ++k) {
+          __m256 acc[KW];
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm256_setzero_ps();
+          if (k >= k_in && k < k_out) {
+            for (int r = 0; r < t.n; ++r) {
+              const float* base = rows[r] + 8 * k;
+#pragma GCC unroll 8
+              for (int kw = 0; kw < KW; ++kw) {
+                acc[kw] = _mm256_add_ps(acc[kw], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
+              }
+            }
+          } else {
+            __m256i m[KW];  // lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off
+#pragma GCC unroll 8
+            for (int kw = 0; kw < KW; ++kw) {
+              const i64 a = 8 * k + off[kw];
+              m[kw] = lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
+            }
+            for (int r = 0; r < t.n; ++r) {
+              const float* base = rows[r] + 8 * k;
+#pragma GCC unroll 8
+              for (int kw = 0; kw < KW; ++kw) {
+                // The base may lie outside the row: only the mask's lanes are read.
+                const auto* p = reinterpret_cast<const float*>(
+                    reinterpret_cast<std::uintptr_t>(base + kw * ldcol) +
+                    static_cast<std::uintptr_t>(off[kw]) * sizeof(float));
+                acc[kw] = _mm256_add_ps(acc[kw], _mm256_maskload_ps(p, m[kw]));
+              }
+            }
+          }
+          __m256 phase[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw) {
+            phase[(kw + PODD) & 1] = _mm256_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+          }
+          store_phase_pair_avx2(drow, yrow, 16 * k, W, phase[0], phase[1], t, act, ih, ahead, H);
+        }
+      });
 }
 
 }  // namespace
@@ -1547,7 +1628,16 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
   }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  col2im_gather_s2_avx2(g, col, ldcol, nch, o0, o1, dx, act, x);
+  {
+    const bool podd = g.PW % 2 != 0;
+    const auto s2 =
+        g.DW != 1   ? nullptr
+        : g.KW == 3 ? (podd ? &col2im_gather_s2_avx2_k<3, 1> : &col2im_gather_s2_avx2_k<3, 0>)
+        : g.KW == 5 ? (podd ? &col2im_gather_s2_avx2_k<5, 1> : &col2im_gather_s2_avx2_k<5, 0>)
+        : g.KW == 7 ? (podd ? &col2im_gather_s2_avx2_k<7, 1> : &col2im_gather_s2_avx2_k<7, 0>)
+                    : nullptr;
+    (s2 ? s2 : &col2im_gather_s2_avx2)(g, col, ldcol, nch, o0, o1, dx, act, x);
+  }
   return true;
 #else
   (void)col, (void)ldcol, (void)nch, (void)o0, (void)o1, (void)dx, (void)act, (void)x;
