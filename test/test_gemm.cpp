@@ -146,7 +146,8 @@ TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
                             {7, 50, 3},
                             {17, 97, 300},
                             {33, 200, 513},
-                            {9, 1000, 40}}) {
+                            {9, 1000, 40},
+                            {5, 3001, 700}}) {  // several K blocks, several B blocks a thread
       const int64_t m = mnk[0], n = mnk[1], k = mnk[2];  // clang 14 cannot capture a binding
       CAPTURE(m);
       CAPTURE(n);
@@ -157,7 +158,9 @@ TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m),
                   static_cast<int>(n), static_cast<int>(k), 1.0f, a.data(), static_cast<int>(k),
                   b.data(), static_cast<int>(n), 0.0f, want.data(), static_cast<int>(n));
-      for (int threads : {1, 2}) {
+      for (int threads : {1, 2, 3}) {  // each thread's share of the columns, all written
+        CAPTURE(threads);
+        std::fill(got.begin(), got.end(), std::numeric_limits<float>::quiet_NaN());
         gemm::sgemm_packed(isa, m, n, k, a.data(), k, b.data(), n, got.data(), n, threads);
         CHECK_CLOSE_SPANS(got, want, 1e-4f, 1e-4f);
       }
