@@ -195,51 +195,55 @@ TEST_CASE(
 }
 
 TEST_CASE("engines: backward weights packed from column phases, strides 2-4, exact on integers") {
-  // Strided shapes whose taps (channels x KH x KW) fill 16-lane panels, where backward
-  // weights on the AVX2 engine packs col^T from column phases (weights_fused_phases).
-  if (std::find(cpu_isas().begin(), cpu_isas().end(), Isa::avx2) == cpu_isas().end()) {
-    MESSAGE("no AVX2 on this CPU (or IM2GEMM_ISA=scalar): the phase pack does not run");
-    return;
-  }
+  // Strided shapes whose taps (channels x KH x KW) leave at most 1/10 of the 16-lane vectors
+  // that the tiles compute empty, where backward weights on the engine packs col^T from
+  // column phases (weights_fused_phases): multiples of 16, and resnet_conv1's 147 taps on 160
+  // lanes, 63 on 64, 75 on 80 (on AVX-512 the last of each 48-lane panel run one, two or three
+  // vectors wide).
   std::mt19937 rng(4242);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
-  // (channels, kernel) with channels * KH * KW a multiple of 16.
-  const std::array<std::array<int, 3>, 5> taps{
-      {{16, 1, 1}, {16, 3, 3}, {3, 4, 4}, {8, 2, 2}, {1, 4, 4}}};
-  int fused = 0;
-  for (int i = 0; i < 40; ++i) {
-    const auto& t = taps[static_cast<std::size_t>(i) % taps.size()];
-    Conv2dShape s;
-    s.batch = pick(1, 3);
-    s.in_channels = t[0];
-    s.kernel_height = t[1];
-    s.kernel_width = t[2];
-    s.out_channels = pick(1, 20);
-    s.stride_height = pick(1, 3);
-    s.stride_width = pick(2, 4);
-    s.pad_height = pick(0, t[1] / 2);
-    s.pad_width = pick(0, t[2] / 2);
-    s.in_height = pick(t[1], 20);
-    s.in_width = pick(t[2], 70);
-    s.validate();
-    INFO("shape " << i << ": " << testutil::describe(s));
-    const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 900, true);
-    const auto ri = convcases::run_ref(s, di, Activation::identity, true);
-    for (int threads : {1, 2}) {
-      const ConvOptions o{.backend = GemmBackend::packed,
-                          .isa = Isa::avx2,
-                          .threads = threads,
-                          .tuning = kEveryThread};
-      const bool phases = im2gemm::detail::weights_fused_phases(
-          s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning),
-          Isa::avx2);
-      fused += phases;
-      convcases::compare(s, convcases::run_with(o, s, di, Activation::identity, true), ri, true);
+  const std::array<std::array<int, 3>, 8> taps{
+      {{16, 1, 1}, {16, 3, 3}, {3, 4, 4}, {8, 2, 2}, {1, 4, 4}, {3, 7, 7}, {7, 3, 3}, {3, 5, 5}}};
+  for (Isa isa : {Isa::avx2, Isa::avx512}) {
+    if (std::find(cpu_isas().begin(), cpu_isas().end(), isa) == cpu_isas().end()) {
+      MESSAGE(im2gemm::detail::isa_name(isa) << " not on this CPU (or capped): not run");
+      continue;
     }
+    CAPTURE(im2gemm::detail::isa_name(isa));
+    int fused = 0;
+    for (int i = 0; i < 48; ++i) {
+      const auto& t = taps[static_cast<std::size_t>(i) % taps.size()];
+      Conv2dShape s;
+      s.batch = pick(1, 3);
+      s.in_channels = t[0];
+      s.kernel_height = t[1];
+      s.kernel_width = t[2];
+      s.out_channels = pick(1, 20);
+      s.stride_height = pick(1, 3);
+      s.stride_width = pick(2, 4);
+      s.pad_height = pick(0, t[1] / 2);
+      s.pad_width = pick(0, t[2] / 2);
+      s.in_height = pick(t[1], 20);
+      s.in_width = pick(t[2], 70);
+      s.validate();
+      INFO("shape " << i << ": " << testutil::describe(s));
+      const auto di = convcases::make_data(s, static_cast<std::uint32_t>(i) + 900, true);
+      const auto ri = convcases::run_ref(s, di, Activation::identity, true);
+      for (int threads : {1, 2}) {
+        const ConvOptions o{.backend = GemmBackend::packed,
+                            .isa = isa,
+                            .threads = threads,
+                            .tuning = kEveryThread};
+        const bool phases = im2gemm::detail::weights_fused_phases(
+            s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, threads, o.tuning), isa);
+        fused += phases;
+        convcases::compare(s, convcases::run_with(o, s, di, Activation::identity, true), ri, true);
+      }
+    }
+    // The rest: split images larger than the column block's room (1x1 kernels at stride 2-4).
+    MESSAGE(fused << " of 96 runs packed backward weights from column phases");
+    CHECK(fused > 40);
   }
-  // The rest: split images larger than the column block's room (1x1 kernels at stride 2-4).
-  MESSAGE(fused << " of 80 runs packed backward weights from column phases");
-  CHECK(fused > 30);
 }
 
 TEST_CASE(
@@ -327,6 +331,17 @@ TEST_CASE(
     rgb7.stride_height = rgb7.stride_width = 2;
     rgb7.pad_height = rgb7.pad_width = 3;
     CHECK(bww(rgb7) == GemmBackend::packed);
+    // Its 147 taps leave 13 of the 160 lanes the tiles compute empty (1/10 at most packs from
+    // column phases); 3x3x3 taps leave 5 of 32.
+    const auto weights_phases = [&](const Conv2dShape& s) {
+      return im2gemm::detail::weights_fused_phases(
+          s, im2gemm::detail::plan_conv(s, ConvPass::backward_weights, 2, {}), isa);
+    };
+    CHECK(weights_phases(rgb7));
+    Conv2dShape rgb3 = rgb7;
+    rgb3.kernel_height = rgb3.kernel_width = 3;
+    rgb3.pad_height = rgb3.pad_width = 1;
+    CHECK_FALSE(weights_phases(rgb3));
     Conv2dShape small_strided = lenet2;  // 4x4 output planes, stride 2: no fused pack
     small_strided.stride_height = small_strided.stride_width = 2;
     CHECK_FALSE(im2gemm::detail::weights_fused_pack(small_strided, isa));

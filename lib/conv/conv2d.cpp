@@ -605,6 +605,11 @@ bool weights_fused_pack(const Conv2dShape& s, Isa isa) {
          !is_conv1x1_s1_p0_d1(s);
 }
 
+// Floats of one vector of a tile: a micro-panel's last tile computes whole vectors only (on
+// AVX-512 one, two or three of its 48 lanes), so a GEMM's lane dimension costs its size
+// rounded up to this, not to the panel width.
+constexpr i64 kTileVector = 16;
+
 bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
   const gemm::Config& cfg = gemm::config(isa);
   if (cfg.isa == Isa::scalar || cfg.nr % 8 != 0 || s.stride_width < 2 ||
@@ -614,10 +619,10 @@ bool weights_fused_phases(const Conv2dShape& s, const ConvPlan& p, Isa isa) {
   // The most channels a run packs: all of a group's (image split) or a channel block's.
   const i64 nch = p.weight_partials ? p.Cg : (p.Cg + p.channel_blocks - 1) / p.channel_blocks;
   // The fused pack computes dW (taps on the panels' lanes), not dW^T: taps that leave more
-  // than 1/kMinLaneFill of the last panels empty keep the im2col blocks (README, "Tuning
-  // constants").
-  constexpr i64 kMinLaneFill = 32;
-  const i64 rows = nch * p.khw, lanes = (rows + cfg.nr - 1) / cfg.nr * cfg.nr;
+  // than 1/kMinLaneFill of the lanes the tiles compute empty keep the im2col blocks (README,
+  // "Tuning constants").
+  constexpr i64 kMinLaneFill = 10;
+  const i64 rows = nch * p.khw, lanes = round_up(rows, kTileVector);
   if ((lanes - rows) * kMinLaneFill > rows) return false;
   return p.images_per_block * phase_floats(pack_geom(ConvGeom(s), nch, 0)) <= p.col_floats;
 }
@@ -683,7 +688,6 @@ GemmBackend conv_backend(const Conv2dShape& s, ConvPass pass, const ConvOptions&
       const i64 Fg = s.out_channels / s.groups, K = s.in_channels / s.groups * khw;
       const bool fused = weights_fused_pack(s, o.isa);
       const i64 lanes = !fused && Fg <= kMaxFiltersTransposedWeights ? Fg : K;
-      constexpr i64 kTileVector = 16;  // floats of one vector of an AVX-512 tile
       const bool fills = narrow_panels || lanes * kMinWidePanelFill.den >=
                                               round_up(lanes, kTileVector) * kMinWidePanelFill.num;
       const bool fits = fills && (fused || (K >= kMinPackedK && s.out_height() * s.out_width() >=
