@@ -103,6 +103,28 @@ struct GatherRows {
   static bool writes(const Taps& t, i64 o0) { return t.n > 0 || (t.none && o0 == 0); }
 };
 
+// Calls row(ih, taps, rows, drow, xrow) for every dx row ih of the nch channels that the block
+// of output rows [o0, o1) writes (GatherRows::writes): rows[0, taps.n) its column rows, drow
+// the dx row, xrow the layer's output row there (null without x). No ISA of its own: always
+// inlined into the AVX-512 and AVX2 gathers, whose row lambdas are then inlined in turn.
+template <class Row>
+[[gnu::always_inline]] inline void for_each_gather_row(const ConvGeom& g, const float* col,
+                                                       i64 ldcol, i64 nch, i64 o0, i64 o1,
+                                                       float* dx, const float* x, Row&& row) {
+  const i64 H = g.H, W = g.W;
+  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
+  for (i64 c = 0; c < nch; ++c) {
+    const float* colc = col + c * g.KH * g.KW * ldcol;
+    GatherRows taps = taps0;
+    for (i64 ih = 0; ih < H; ++ih) {
+      const float* rows[ValidRows::kMaxKernelHeight];
+      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
+      if (!GatherRows::writes(t, o0)) continue;
+      row(ih, t, rows, dx + (c * H + ih) * W, x ? x + (c * H + ih) * W : nullptr);
+    }
+  }
+}
+
 // The column phases of a gather at horizontal stride S (col2im_gather_phases_*), with chunks
 // of V phase columns: tap kw reaches phase ph[kw] only, where phase column m takes output
 // column m + off[kw]; cols[kw] phase columns lie in the dx row. Chunks [k_in, k_out) have
@@ -662,27 +684,6 @@ IM2GEMM_AVX512_W inline void store_phases(const __m512 (&acc)[S], const Interlea
   for (int q = 0; q < S; ++q) {
     row.store(j0 + 16 * q, out[q]);
     prefetch_dx_ahead(row.drow + j0 + 16 * q, ih, ahead, H, row.W);
-  }
-}
-
-// Calls row(ih, taps, rows, drow, xrow) for every dx row ih of the nch channels that the block
-// of output rows [o0, o1) writes (GatherRows::writes): rows[0, taps.n) its column rows, drow
-// the dx row, xrow the layer's output row there (null without x).
-template <class Row>
-IM2GEMM_AVX512_W inline void for_each_gather_row(const ConvGeom& g, const float* col, i64 ldcol,
-                                                 i64 nch, i64 o0, i64 o1, float* dx, const float* x,
-                                                 Row&& row) {
-  const i64 H = g.H, W = g.W;
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * g.KH * g.KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      row(ih, t, rows, dx + (c * H + ih) * W, x ? x + (c * H + ih) * W : nullptr);
-    }
   }
 }
 
@@ -1322,26 +1323,6 @@ IM2GEMM_AVX2 inline void store_phase_pair_avx2(float* drow, const float* yrow, i
   store_dx_avx2(drow, yrow, j0 + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first, t.final, act);
 }
 
-// Calls row(ih, taps, rows, drow, yrow) for every dx row the block of output rows [o0, o1)
-// writes: for_each_gather_row on AVX2.
-template <class Row>
-IM2GEMM_AVX2 inline void for_each_gather_row_avx2(const ConvGeom& g, const float* col, i64 ldcol,
-                                                  i64 nch, i64 o0, i64 o1, float* dx,
-                                                  const float* x, Row&& row) {
-  const i64 H = g.H, W = g.W;
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
-  for (i64 c = 0; c < nch; ++c) {
-    const float* colc = col + c * g.KH * g.KW * ldcol;
-    GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
-      const float* rows[ValidRows::kMaxKernelHeight];
-      const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
-      if (!GatherRows::writes(t, o0)) continue;
-      row(ih, t, rows, dx + (c * H + ih) * W, x ? x + (c * H + ih) * W : nullptr);
-    }
-  }
-}
-
 // Lanes of an 8-lane chunk in [from, to), as a mask of _mm256_maskload_ps.
 IM2GEMM_AVX2 inline __m256i lane_range_avx2(i64 from, i64 to) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -1361,7 +1342,7 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
   const GatherPhases<2> phases(g, ldcol, 8, nchunks);
   const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
   const i64 ahead = dx_rows_ahead(g, nch);
-  for_each_gather_row_avx2(
+  for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* yrow) IM2GEMM_AVX2 {
@@ -1416,7 +1397,7 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i
   i64 off[KW];
   for (int kw = 0; kw < KW; ++kw) off[kw] = phases.off[kw];
   const i64 ahead = dx_rows_ahead(g, nch);
-  for_each_gather_row_avx2(
+  for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* yrow) IM2GEMM_AVX2 {
