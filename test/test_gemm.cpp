@@ -168,6 +168,24 @@ TEST_CASE("gemm: the packed driver equals OpenBLAS sgemm on odd shapes") {
   }
 }
 
+TEST_CASE("gemm: the packed driver on empty shapes: nothing for m or n of 0, zeros for k of 0") {
+  for (Isa isa : cpu_isas()) {
+    CAPTURE(im2gemm::detail::isa_name(isa));
+    const std::vector<float> a(12, 1.0f), b(12, 1.0f);
+    std::vector<float> c(12, 7.0f);
+    for (int threads : {1, 2}) {
+      gemm::sgemm_packed(isa, 0, 3, 4, a.data(), 4, b.data(), 3, c.data(), 3, threads);
+      gemm::sgemm_packed(isa, 4, 0, 3, a.data(), 3, b.data(), 1, c.data(), 1, threads);
+      CHECK(std::count(c.begin(), c.end(), 7.0f) == 12);
+      gemm::sgemm_packed(isa, 2, 3, 0, a.data(), 1, b.data(), 3, c.data(), 4, threads);
+      // Rows of 4 floats, 3 of them C's: zeros there, the fourth untouched.
+      CHECK(std::vector<float>(c.begin(), c.begin() + 8) ==
+            std::vector<float>{0, 0, 0, 7, 0, 0, 0, 7});
+      std::fill(c.begin(), c.end(), 7.0f);
+    }
+  }
+}
+
 TEST_CASE(
     "gemm: sgemm_nt (transposing B pack) equals OpenBLAS on odd shapes, overwrite and accumulate") {
   for (Isa isa : cpu_isas()) {

@@ -173,6 +173,11 @@ void sgemm_nn(const Config& cfg, i64 m, i64 n, i64 k, const float* a, i64 lda, c
 
 void sgemm_packed(Isa isa, i64 m, i64 n, i64 k, const float* a, i64 lda, const float* b, i64 ldb,
                   float* c, i64 ldc, int threads) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {  // an empty sum
+    for (i64 i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
   const Config& cfg = config(isa);
   const i64 kc_max = std::min<i64>(k, cfg.kc);
   const i64 k_blocks = (k + kc_max - 1) / kc_max;

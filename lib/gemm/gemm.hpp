@@ -128,7 +128,8 @@ void sgemm_nn(const Config& cfg, std::int64_t m, std::int64_t n, std::int64_t k,
               bool accumulate, float* pack);
 /// Plain row-major C (m x n) = A (m x k) * B (k x n) on the packed engine with `threads`
 /// OpenMP threads (columns split over threads): the yardstick against OpenBLAS's sgemm in the
-/// tests and benchmarks. Throws std::bad_alloc (C untouched) if scratch cannot be had.
+/// tests and benchmarks. m or n of 0: nothing; k of 0: C = 0. Throws std::bad_alloc (C
+/// untouched) if scratch cannot be had.
 void sgemm_packed(Isa isa, std::int64_t m, std::int64_t n, std::int64_t k, const float* a,
                   std::int64_t lda, const float* b, std::int64_t ldb, float* c, std::int64_t ldc,
                   int threads);
