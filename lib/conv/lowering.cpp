@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/activation_impl.hpp"
 #include "common/isa.hpp"
@@ -102,6 +103,18 @@ struct GatherRows {
   // Whether the block writes the row: it reaches it, or nothing does and it is the first.
   static bool writes(const Taps& t, i64 o0) { return t.n > 0 || (t.none && o0 == 0); }
 };
+
+// Address arithmetic for a row base that may lie outside the plane (only valid lanes are
+// dereferenced, through masked loads and stores). No ISA of its own: the AVX-512 and the AVX2
+// kernels inline it.
+inline const float* offset(const float* p, i64 n) {
+  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) +
+                                        static_cast<std::uintptr_t>(n) * sizeof(float));
+}
+inline float* offset(float* p, i64 n) {
+  return reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(p) +
+                                  static_cast<std::uintptr_t>(n) * sizeof(float));
+}
 
 // Calls row(ih, taps, rows, drow, xrow) for every dx row ih of the nch channels that the block
 // of output rows [o0, o1) writes (GatherRows::writes): rows[0, taps.n) its column rows, drow
@@ -259,17 +272,6 @@ IM2GEMM_AVX512 inline __mmask16 lane_range(i64 from, i64 to) {
   to = to > 16 ? 16 : to;
   if (to <= from) return 0;
   return static_cast<__mmask16>(lanes(to) & ~lanes(from));
-}
-
-// Address arithmetic for a row base that may lie outside the plane (only valid lanes are
-// dereferenced, through masked loads and stores).
-IM2GEMM_AVX512 inline const float* offset(const float* p, i64 n) {
-  return reinterpret_cast<const float*>(reinterpret_cast<std::uintptr_t>(p) +
-                                        static_cast<std::uintptr_t>(n) * sizeof(float));
-}
-IM2GEMM_AVX512 inline float* offset(float* p, i64 n) {
-  return reinterpret_cast<float*>(reinterpret_cast<std::uintptr_t>(p) +
-                                  static_cast<std::uintptr_t>(n) * sizeof(float));
 }
 
 // The gathers' dx rows: where they are many (more than kDxPrefetchBytes in the call: dx
@@ -1365,10 +1367,7 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
                 // lanes [max(0, -a), min(OW - a, cols - m0))
                 const __m256i m = lane_range_avx2(-a, std::min(OW - a, cols[kw] - m0));
                 // The base may lie outside the row: only the mask's lanes are read.
-                const auto* p = reinterpret_cast<const float*>(
-                    reinterpret_cast<std::uintptr_t>(rows[r] + kw * ldcol) +
-                    static_cast<std::uintptr_t>(a) * sizeof(float));
-                const __m256 v = _mm256_maskload_ps(p, m);
+                const __m256 v = _mm256_maskload_ps(offset(rows[r], kw * ldcol + a), m);
                 if (ph[kw] != 0) {
                   odd = _mm256_add_ps(odd, v);
                 } else {
@@ -1425,10 +1424,9 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i
 #pragma GCC unroll 8
               for (int kw = 0; kw < KW; ++kw) {
                 // The base may lie outside the row: only the mask's lanes are read.
-                const auto* p = reinterpret_cast<const float*>(
-                    reinterpret_cast<std::uintptr_t>(base + kw * ldcol) +
-                    static_cast<std::uintptr_t>(off[kw]) * sizeof(float));
-                acc[kw] = _mm256_add_ps(acc[kw], _mm256_maskload_ps(p, m[kw]));
+                acc[kw] =
+                    _mm256_add_ps(acc[kw],
+                                  _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
               }
             }
           }
@@ -1581,6 +1579,28 @@ bool col2im_gathers(const ConvGeom& g) {
   return avx2_gather_s2(g);
 }
 
+namespace {
+using GatherFn = void (*)(const ConvGeom&, const float*, i64, i64, i64, i64, float*, Activation,
+                          const float*);
+// The stride-2 gather specialised for g's kernel width and padding parity, where there is one
+// (kernel widths 3, 5 and 7 at dilation 1), as pick(kw, podd) names it for the constants
+// std::integral_constant<int, KW> and <int, PW % 2>; else null (the ISA's generic gather).
+template <class Pick>
+[[maybe_unused]] GatherFn s2_gather_for(const ConvGeom& g, Pick pick) {
+  if (g.DW != 1) return nullptr;
+  const auto width = [&](auto kw) {
+    return g.PW % 2 != 0 ? pick(kw, std::integral_constant<int, 1>{})
+                         : pick(kw, std::integral_constant<int, 0>{});
+  };
+  switch (g.KW) {
+    case 3: return width(std::integral_constant<int, 3>{});
+    case 5: return width(std::integral_constant<int, 5>{});
+    case 7: return width(std::integral_constant<int, 7>{});
+    default: return nullptr;
+  }
+}
+}  // namespace
+
 bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 o0, i64 o1,
                         float* dx, Activation act, const float* x) {
   if (!col2im_gathers(g)) return false;
@@ -1594,13 +1614,9 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
         default: col2im_gather_s1_avx512<0>(g, col, ldcol, nch, o0, o1, dx, act, x); break;
       }
     } else if (g.SW == 2) {
-      const bool podd = g.PW % 2 != 0;
-      const auto s2 =
-          g.DW != 1   ? nullptr
-          : g.KW == 3 ? (podd ? &col2im_gather_s2_avx512<3, 1> : &col2im_gather_s2_avx512<3, 0>)
-          : g.KW == 5 ? (podd ? &col2im_gather_s2_avx512<5, 1> : &col2im_gather_s2_avx512<5, 0>)
-          : g.KW == 7 ? (podd ? &col2im_gather_s2_avx512<7, 1> : &col2im_gather_s2_avx512<7, 0>)
-                      : nullptr;
+      const GatherFn s2 = s2_gather_for(g, [](auto kw, auto podd) -> GatherFn {
+        return &col2im_gather_s2_avx512<decltype(kw)::value, decltype(podd)::value>;
+      });
       (s2 ? s2 : &col2im_gather_phases_avx512<2>)(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
       col2im_gather_phases_avx512<4>(g, col, ldcol, nch, o0, o1, dx, act, x);
@@ -1609,16 +1625,10 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
   }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  {
-    const bool podd = g.PW % 2 != 0;
-    const auto s2 =
-        g.DW != 1   ? nullptr
-        : g.KW == 3 ? (podd ? &col2im_gather_s2_avx2_k<3, 1> : &col2im_gather_s2_avx2_k<3, 0>)
-        : g.KW == 5 ? (podd ? &col2im_gather_s2_avx2_k<5, 1> : &col2im_gather_s2_avx2_k<5, 0>)
-        : g.KW == 7 ? (podd ? &col2im_gather_s2_avx2_k<7, 1> : &col2im_gather_s2_avx2_k<7, 0>)
-                    : nullptr;
-    (s2 ? s2 : &col2im_gather_s2_avx2)(g, col, ldcol, nch, o0, o1, dx, act, x);
-  }
+  const GatherFn s2 = s2_gather_for(g, [](auto kw, auto podd) -> GatherFn {
+    return &col2im_gather_s2_avx2_k<decltype(kw)::value, decltype(podd)::value>;
+  });
+  (s2 ? s2 : &col2im_gather_s2_avx2)(g, col, ldcol, nch, o0, o1, dx, act, x);
   return true;
 #else
   (void)col, (void)ldcol, (void)nch, (void)o0, (void)o1, (void)dx, (void)act, (void)x;
