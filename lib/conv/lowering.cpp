@@ -68,9 +68,10 @@ struct ValidRows {
 struct GatherRows {
   i64 oh[ValidRows::kMaxKernelHeight], rem[ValidRows::kMaxKernelHeight];
   i64 KH, KW, SH, OH, OW;
-  explicit GatherRows(const ConvGeom& g) : KH(g.KH), KW(g.KW), SH(g.SH), OH(g.OH), OW(g.OW) {
+  // The state at dx row ih0.
+  GatherRows(const ConvGeom& g, i64 ih0) : KH(g.KH), KW(g.KW), SH(g.SH), OH(g.OH), OW(g.OW) {
     for (i64 kh = 0; kh < KH; ++kh) {
-      const i64 u = g.PH - kh * g.DH;
+      const i64 u = ih0 + g.PH - kh * g.DH;
       rem[kh] = (u % SH + SH) % SH;
       oh[kh] = (u - rem[kh]) / SH;
     }
@@ -125,11 +126,15 @@ template <class Row>
                                                        i64 ldcol, i64 nch, i64 o0, i64 o1,
                                                        float* dx, const float* x, Row&& row) {
   const i64 H = g.H, W = g.W;
-  const GatherRows taps0(g);  // copied for each channel (its set-up divides)
+  // The dx rows [lo, hi) that the block's output rows reach; from o0 = 0, every row to H
+  // (the rows no output row reaches are zeroed then).
+  const i64 lo = o0 == 0 ? 0 : std::clamp(o0 * g.SH - g.PH, i64{0}, H);
+  const i64 hi = o0 == 0 ? H : std::clamp((o1 - 1) * g.SH - g.PH + (g.KH - 1) * g.DH + 1, lo, H);
+  const GatherRows taps0(g, lo);  // copied for each channel (its set-up divides)
   for (i64 c = 0; c < nch; ++c) {
     const float* colc = col + c * g.KH * g.KW * ldcol;
     GatherRows taps = taps0;
-    for (i64 ih = 0; ih < H; ++ih) {
+    for (i64 ih = lo; ih < hi; ++ih) {
       const float* rows[ValidRows::kMaxKernelHeight];
       const GatherRows::Taps t = taps.next(colc, ldcol, o0, o1, rows);
       if (!GatherRows::writes(t, o0)) continue;
@@ -826,31 +831,74 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
       tap[k * KW + kw] = lane_range(-16 * k - off[kw], OW - 16 * k - off[kw]);
     }
   }
+  // The row's last chunk: the dx lanes of its two stores that lie in the row (the others
+  // store all 32 columns).
+  const i64 last = nchunks - 1;
+  const __mmask16 out0 = lane_range(0, W - 32 * last), out1 = lane_range(0, W - 32 * last - 16);
   const Interleave il;
   const i64 ahead = dx_rows_ahead(g, nch);
+  // One dx row from NT tap rows (0: t.n at run time). PLAIN: the row is written once, as is
+  // (first and final, no derivative): two stores a chunk, masked on the last only.
+  auto gather_row = [&]<int NT, bool PLAIN>(i64 ih, const GatherRows::Taps& t,
+                                            const float* const* rows, float* drow,
+                                            const float* xrow) IM2GEMM_AVX512_W {
+    const int nt = NT > 0 ? NT : t.n;
+    const DxRow dxrow{drow, xrow, W, t.first, t.final, act};
+    const bool fetch = ih + ahead < H;
+    for (i64 k = 0; k < nchunks; ++k) {
+      const __mmask16* tk = tap + k * KW;
+      __m512 acc[KW];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+      for (int r = 0; r < nt; ++r) {
+        const float* base = rows[r] + 16 * k;
+#pragma GCC unroll 8
+        for (int kw = 0; kw < KW; ++kw) {
+          acc[kw] =
+              _mm512_add_ps(acc[kw],
+                            _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
+        }
+      }
+      __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) {
+        phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+      }
+      if constexpr (PLAIN) {
+        float* d = drow + 32 * k;
+        const __m512 lo = _mm512_permutex2var_ps(phase[0], il.lo, phase[1]);
+        const __m512 hi = _mm512_permutex2var_ps(phase[0], il.hi, phase[1]);
+        if (k < last) {
+          _mm512_storeu_ps(d, lo);
+          _mm512_storeu_ps(d + 16, hi);
+        } else {
+          _mm512_mask_storeu_ps(d, out0, lo);
+          _mm512_mask_storeu_ps(d + 16, out1, hi);
+        }
+        if (fetch) {
+          __builtin_prefetch(d + ahead * W, 1, 3);
+          __builtin_prefetch(d + 16 + ahead * W, 1, 3);
+        }
+      } else {
+        store_phases<2>(phase, il, dxrow, 32 * k, ih, ahead, H);
+      }
+    }
+  };
   for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* xrow) IM2GEMM_AVX512_W {
-        const DxRow dxrow{drow, xrow, W, t.first, t.final, act};
-        for (i64 k = 0; k < nchunks; ++k) {
-          const __mmask16* tk = tap + k * KW;
-          __m512 acc[KW];
-          for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
-          for (int r = 0; r < t.n; ++r) {
-            const float* base = rows[r] + 16 * k;
-            for (int kw = 0; kw < KW; ++kw) {
-              acc[kw] =
-                  _mm512_add_ps(acc[kw],
-                                _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
-            }
+        if (t.first && t.final && act == Activation::identity) {
+          switch (t.n) {
+            case 1: return gather_row.template operator()<1, true>(ih, t, rows, drow, xrow);
+            case 2: return gather_row.template operator()<2, true>(ih, t, rows, drow, xrow);
+            case 3: return gather_row.template operator()<3, true>(ih, t, rows, drow, xrow);
+            case 4: return gather_row.template operator()<4, true>(ih, t, rows, drow, xrow);
+            default: break;
           }
-          __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-          for (int kw = 0; kw < KW; ++kw) {
-            phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
-          }
-          store_phases<2>(phase, il, dxrow, 32 * k, ih, ahead, H);
         }
+        gather_row.template operator()<0, false>(ih, t, rows, drow, xrow);
       });
 }
 
@@ -1396,47 +1444,74 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i
   i64 off[KW];
   for (int kw = 0; kw < KW; ++kw) off[kw] = phases.off[kw];
   const i64 ahead = dx_rows_ahead(g, nch);
+  // One dx row from NT tap rows (0: t.n at run time). PLAIN: the row is written once, as is
+  // (first and final, no derivative): two stores a chunk inside the row.
+  auto gather_row = [&]<int NT, bool PLAIN>(i64 ih, const GatherRows::Taps& t,
+                                            const float* const* rows, float* drow,
+                                            const float* yrow) IM2GEMM_AVX2 {
+    const int nt = NT > 0 ? NT : t.n;
+    for (i64 k = 0; k < nchunks; ++k) {
+      __m256 acc[KW];
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm256_setzero_ps();
+      if (k >= k_in && k < k_out) {
+#pragma GCC unroll 4
+        for (int r = 0; r < nt; ++r) {
+          const float* base = rows[r] + 8 * k;
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw) {
+            acc[kw] = _mm256_add_ps(acc[kw], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
+          }
+        }
+      } else {
+        __m256i m[KW];  // lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off
+#pragma GCC unroll 8
+        for (int kw = 0; kw < KW; ++kw) {
+          const i64 a = 8 * k + off[kw];
+          m[kw] = lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nt; ++r) {
+          const float* base = rows[r] + 8 * k;
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw) {
+            // The base may lie outside the row: only the mask's lanes are read.
+            acc[kw] = _mm256_add_ps(acc[kw],
+                                    _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
+          }
+        }
+      }
+      __m256 phase[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) {
+        phase[(kw + PODD) & 1] = _mm256_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+      }
+      if (PLAIN && 16 * k + 16 <= W) {
+        const __m256 lo = _mm256_unpacklo_ps(phase[0], phase[1]);
+        const __m256 hi = _mm256_unpackhi_ps(phase[0], phase[1]);
+        float* d = drow + 16 * k;
+        if (ih + ahead < H) __builtin_prefetch(d + ahead * W, 1, 3);
+        _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+      } else {
+        store_phase_pair_avx2(drow, yrow, 16 * k, W, phase[0], phase[1], t, act, ih, ahead, H);
+      }
+    }
+  };
   for_each_gather_row(
       g, col, ldcol, nch, o0, o1, dx, x,
       [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
           const float* yrow) IM2GEMM_AVX2 {
-        for (i64 k = 0; k < nchunks; ++k) {
-          __m256 acc[KW];
-#pragma GCC unroll 8
-          for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm256_setzero_ps();
-          if (k >= k_in && k < k_out) {
-            for (int r = 0; r < t.n; ++r) {
-              const float* base = rows[r] + 8 * k;
-#pragma GCC unroll 8
-              for (int kw = 0; kw < KW; ++kw) {
-                acc[kw] = _mm256_add_ps(acc[kw], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
-              }
-            }
-          } else {
-            __m256i m[KW];  // lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off
-#pragma GCC unroll 8
-            for (int kw = 0; kw < KW; ++kw) {
-              const i64 a = 8 * k + off[kw];
-              m[kw] = lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
-            }
-            for (int r = 0; r < t.n; ++r) {
-              const float* base = rows[r] + 8 * k;
-#pragma GCC unroll 8
-              for (int kw = 0; kw < KW; ++kw) {
-                // The base may lie outside the row: only the mask's lanes are read.
-                acc[kw] =
-                    _mm256_add_ps(acc[kw],
-                                  _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
-              }
-            }
+        if (t.first && t.final && act == Activation::identity) {
+          switch (t.n) {
+            case 1: return gather_row.template operator()<1, true>(ih, t, rows, drow, yrow);
+            case 2: return gather_row.template operator()<2, true>(ih, t, rows, drow, yrow);
+            case 3: return gather_row.template operator()<3, true>(ih, t, rows, drow, yrow);
+            case 4: return gather_row.template operator()<4, true>(ih, t, rows, drow, yrow);
+            default: break;
           }
-          __m256 phase[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-#pragma GCC unroll 8
-          for (int kw = 0; kw < KW; ++kw) {
-            phase[(kw + PODD) & 1] = _mm256_add_ps(phase[(kw + PODD) & 1], acc[kw]);
-          }
-          store_phase_pair_avx2(drow, yrow, 16 * k, W, phase[0], phase[1], t, act, ih, ahead, H);
         }
+        gather_row.template operator()<0, false>(ih, t, rows, drow, yrow);
       });
 }
 
