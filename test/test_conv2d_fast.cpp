@@ -463,9 +463,12 @@ TEST_CASE(
       {2, 4, 21, 19, 3, 3, 2, 3, 2, 1, 0, 2, 1},     // vertical stride 3, dilated rows
       {2, 2, 17, 9, 3, 5, 5, 2, 2, 0, 0, 1, 1},      // rows no tap reaches past the last window
       {2, 2, 20, 33, 3, 5, 5, 1, 1, 2, 2, 1, 1},     // stride 1 (the AVX-512 gather)
-      {2, 3, 47, 75, 4, 11, 11, 4, 4, 0, 0, 1, 1},   // alexnet_conv1-like, stride 4 (AVX-512)
+      {2, 3, 47, 75, 4, 11, 11, 4, 4, 0, 0, 1, 1},   // alexnet_conv1-like, stride 4
       {2, 2, 30, 93, 3, 3, 5, 1, 4, 1, 2, 1, 2},     // stride 4 with dilated, padded taps
       {2, 2, 20, 171, 3, 11, 11, 4, 4, 2, 2, 1, 1},  // stride 4, rows with inner chunks
+      // Width 11 at stride 4 with each padding phase (AVX2: one instance each).
+      {2, 2, 25, 70, 3, 11, 11, 4, 4, 1, 1, 1, 1},
+      {2, 2, 26, 77, 3, 11, 11, 4, 4, 3, 3, 1, 1},
   };
   int gathered = 0, n = 0;
   for (const auto& s : shapes) {

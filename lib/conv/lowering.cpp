@@ -1381,15 +1381,48 @@ IM2GEMM_AVX2 inline __m256i lane_range_avx2(i64 from, i64 to) {
                           _mm256_cmpgt_epi32(_mm256_set1_epi32(clamp8(to)), iota));
 }
 
-// col2im_gather_rows at horizontal stride 2 on AVX2: col2im_gather_phases_avx512's
-// gather with 8 columns of each phase a chunk (16 dx columns): plain loads where a tap's 8
-// output columns lie inside its column row, masked loads at the row's ends; the two phases
-// interleaved by unpacks and a lane permute.
-IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                        i64 o0, i64 o1, float* dx, Activation act, const float* x) {
+// The four phase sums of a stride-4 chunk (8 columns of each) interleaved into its 32 dx
+// columns, out[q] = columns [8 q, 8 q + 8): a 4 x 8 transpose (unpacks, then lane permutes).
+IM2GEMM_AVX2 inline void interleave4_avx2(const __m256 (&p)[4], __m256 (&out)[4]) {
+  const __m256 t0 = _mm256_unpacklo_ps(p[0], p[2]), t1 = _mm256_unpacklo_ps(p[1], p[3]);
+  const __m256 t2 = _mm256_unpackhi_ps(p[0], p[2]), t3 = _mm256_unpackhi_ps(p[1], p[3]);
+  // u0: columns 0 and 4 of each phase; u1: 1 and 5; u2: 2 and 6; u3: 3 and 7.
+  const __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
+  const __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
+  out[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+  out[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+  out[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+  out[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+}
+
+// Stores the 32 dx columns of a stride-4 chunk from j0 (store_dx_avx2), asking for their
+// place `ahead` rows on first.
+IM2GEMM_AVX2 inline void store_phase_quad_avx2(float* drow, const float* yrow, i64 j0, i64 W,
+                                               const __m256 (&p)[4], const GatherRows::Taps& t,
+                                               Activation act, i64 ih, i64 ahead, i64 H) {
+  __m256 out[4];
+  interleave4_avx2(p, out);
+  if (ih + ahead < H) {
+    __builtin_prefetch(drow + j0 + ahead * W, 1, 3);
+    __builtin_prefetch(drow + j0 + 16 + ahead * W, 1, 3);
+  }
+  for (int q = 0; q < 4; ++q) {
+    store_dx_avx2(drow, yrow, j0 + 8 * q, W, out[q], t.first, t.final, act);
+  }
+}
+
+// col2im_gather_rows at horizontal stride S = 2 or 4 on AVX2: col2im_gather_phases_avx512's
+// gather with 8 columns of each phase a chunk (8 S dx columns): plain loads where a tap's 8
+// output columns lie inside its column row, masked loads at the row's ends; the phases
+// interleaved by unpacks and lane permutes.
+template <int S>
+IM2GEMM_AVX2 void col2im_gather_phases_avx2(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
+                                            i64 o0, i64 o1, float* dx, Activation act,
+                                            const float* x) {
+  static_assert(S == 2 || S == 4);
   const i64 H = g.H, W = g.W, OW = g.OW, KW = g.KW;
-  const i64 nchunks = (W + 15) / 16;
-  const GatherPhases<2> phases(g, ldcol, 8, nchunks);
+  const i64 nchunks = (W + 8 * S - 1) / (8 * S);
+  const GatherPhases<S> phases(g, ldcol, 8, nchunks);
   const i64 *ph = phases.ph, *off = phases.off, *cols = phases.cols;
   const i64 ahead = dx_rows_ahead(g, nch);
   for_each_gather_row(
@@ -1399,14 +1432,15 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
         const int nrows = t.n;
         for (i64 k = 0; k < nchunks; ++k) {
           const i64 m0 = 8 * k;
-          __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();
+          __m256 acc[S];
+          for (int p = 0; p < S; ++p) acc[p] = _mm256_setzero_ps();
           if (k >= phases.k_in && k < phases.k_out) {
             for (int r = 0; r < nrows; ++r) {
               const float* row = rows[r] + m0;
-              for (int e = 0; e < phases.n[0]; ++e)
-                even = _mm256_add_ps(even, _mm256_loadu_ps(row + phases.lists[0][e]));
-              for (int o = 0; o < phases.n[1]; ++o)
-                odd = _mm256_add_ps(odd, _mm256_loadu_ps(row + phases.lists[1][o]));
+              for (int p = 0; p < S; ++p) {
+                for (int e = 0; e < phases.n[p]; ++e)
+                  acc[p] = _mm256_add_ps(acc[p], _mm256_loadu_ps(row + phases.lists[p][e]));
+              }
             }
           } else {
             for (int r = 0; r < nrows; ++r) {
@@ -1416,56 +1450,67 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2(const ConvGeom& g, const float* col, i64
                 const __m256i m = lane_range_avx2(-a, std::min(OW - a, cols[kw] - m0));
                 // The base may lie outside the row: only the mask's lanes are read.
                 const __m256 v = _mm256_maskload_ps(offset(rows[r], kw * ldcol + a), m);
-                if (ph[kw] != 0) {
-                  odd = _mm256_add_ps(odd, v);
-                } else {
-                  even = _mm256_add_ps(even, v);
+                for (int p = 0; p < S; ++p) {  // acc[ph[kw]] += v, the accumulators in registers
+                  if (p == ph[kw]) acc[p] = _mm256_add_ps(acc[p], v);
                 }
               }
             }
           }
-          store_phase_pair_avx2(drow, yrow, 16 * k, W, even, odd, t, act, ih, ahead, H);
+          if constexpr (S == 2) {
+            store_phase_pair_avx2(drow, yrow, 16 * k, W, acc[0], acc[1], t, act, ih, ahead, H);
+          } else {
+            store_phase_quad_avx2(drow, yrow, 32 * k, W, acc, t, act, ih, ahead, H);
+          }
         }
       });
 }
 
-// col2im_gather_s2_avx2 for dilation 1 and kernel widths 3, 5 and 7, with the width and the
-// padding's parity (PODD = PW % 2) as constants (col2im_gather_s2_avx512's reasons): tap kw
-// reaches phase (kw + PODD) % 2, the tap loop unrolls and each tap sums into its own register.
-template <int KWT, int PODD>
-IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
-                                          i64 o0, i64 o1, float* dx, Activation act,
-                                          const float* x) {
+// col2im_gather_phases_avx2<S> for dilation 1 with the kernel width and the padding's phase
+// (PM = PW % S) as constants (col2im_gather_s2_avx512's reasons): tap kw reaches phase
+// (kw - PM) mod S, so the tap loop unrolls and, for kernels of up to 7 columns, each tap sums
+// into its own register (wider ones straight into their phase's: 11 taps' registers would
+// not fit AVX2's 16). Instances: stride 2 and widths 3, 5, 7; stride 4 and width 11.
+template <int S, int KWT, int PM>
+IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* col, i64 ldcol,
+                                              i64 nch, i64 o0, i64 o1, float* dx, Activation act,
+                                              const float* x) {
+  static_assert(S == 2 || S == 4);
   constexpr int KW = KWT;
+  constexpr bool kPerTap = KW <= 7;
+  constexpr int kAcc = kPerTap ? KW : S;
+  // The accumulator of tap kw, and the phase it reaches.
+  [[maybe_unused]] constexpr auto phase_of = [](int kw) { return ((kw - PM) % S + S) % S; };
+  constexpr auto slot = [](int kw) { return kPerTap ? kw : ((kw - PM) % S + S) % S; };
   const i64 H = g.H, W = g.W, OW = g.OW;
-  const i64 nchunks = (W + 15) / 16;
-  const GatherPhases<2> phases(g, ldcol, 8, nchunks);
+  const i64 nchunks = (W + 8 * S - 1) / (8 * S);
+  const GatherPhases<S> phases(g, ldcol, 8, nchunks);
   const i64 k_in = phases.k_in, k_out = phases.k_out;
   i64 off[KW];
   for (int kw = 0; kw < KW; ++kw) off[kw] = phases.off[kw];
   const i64 ahead = dx_rows_ahead(g, nch);
   // One dx row from NT tap rows (0: t.n at run time). PLAIN: the row is written once, as is
-  // (first and final, no derivative): two stores a chunk inside the row.
+  // (first and final, no derivative): S plain stores a chunk inside the row.
   auto gather_row = [&]<int NT, bool PLAIN>(i64 ih, const GatherRows::Taps& t,
                                             const float* const* rows, float* drow,
                                             const float* yrow) IM2GEMM_AVX2 {
     const int nt = NT > 0 ? NT : t.n;
     for (i64 k = 0; k < nchunks; ++k) {
-      __m256 acc[KW];
-#pragma GCC unroll 8
-      for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm256_setzero_ps();
+      __m256 acc[kAcc];
+#pragma GCC unroll 12
+      for (int i = 0; i < kAcc; ++i) acc[i] = _mm256_setzero_ps();
       if (k >= k_in && k < k_out) {
 #pragma GCC unroll 4
         for (int r = 0; r < nt; ++r) {
           const float* base = rows[r] + 8 * k;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
           for (int kw = 0; kw < KW; ++kw) {
-            acc[kw] = _mm256_add_ps(acc[kw], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
+            acc[slot(kw)] =
+                _mm256_add_ps(acc[slot(kw)], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
           }
         }
       } else {
         __m256i m[KW];  // lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int kw = 0; kw < KW; ++kw) {
           const i64 a = 8 * k + off[kw];
           m[kw] = lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
@@ -1473,28 +1518,44 @@ IM2GEMM_AVX2 void col2im_gather_s2_avx2_k(const ConvGeom& g, const float* col, i
 #pragma GCC unroll 4
         for (int r = 0; r < nt; ++r) {
           const float* base = rows[r] + 8 * k;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
           for (int kw = 0; kw < KW; ++kw) {
             // The base may lie outside the row: only the mask's lanes are read.
-            acc[kw] = _mm256_add_ps(acc[kw],
-                                    _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
+            acc[slot(kw)] =
+                _mm256_add_ps(acc[slot(kw)],
+                              _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
           }
         }
       }
-      __m256 phase[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-#pragma GCC unroll 8
-      for (int kw = 0; kw < KW; ++kw) {
-        phase[(kw + PODD) & 1] = _mm256_add_ps(phase[(kw + PODD) & 1], acc[kw]);
-      }
-      if (PLAIN && 16 * k + 16 <= W) {
-        const __m256 lo = _mm256_unpacklo_ps(phase[0], phase[1]);
-        const __m256 hi = _mm256_unpackhi_ps(phase[0], phase[1]);
-        float* d = drow + 16 * k;
-        if (ih + ahead < H) __builtin_prefetch(d + ahead * W, 1, 3);
-        _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
-        _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+      __m256 phase[S];
+      if constexpr (kPerTap) {
+        for (int p = 0; p < S; ++p) phase[p] = _mm256_setzero_ps();
+#pragma GCC unroll 12
+        for (int kw = 0; kw < KW; ++kw) {
+          phase[phase_of(kw)] = _mm256_add_ps(phase[phase_of(kw)], acc[kw]);
+        }
       } else {
-        store_phase_pair_avx2(drow, yrow, 16 * k, W, phase[0], phase[1], t, act, ih, ahead, H);
+        for (int p = 0; p < S; ++p) phase[p] = acc[p];
+      }
+      const i64 j0 = 8 * S * k;
+      if (PLAIN && j0 + 8 * S <= W) {
+        float* d = drow + j0;
+        if (ih + ahead < H) __builtin_prefetch(d + ahead * W, 1, 3);
+        if constexpr (S == 2) {
+          const __m256 lo = _mm256_unpacklo_ps(phase[0], phase[1]);
+          const __m256 hi = _mm256_unpackhi_ps(phase[0], phase[1]);
+          _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+          _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+        } else {
+          if (ih + ahead < H) __builtin_prefetch(d + 16 + ahead * W, 1, 3);
+          __m256 out[4];
+          interleave4_avx2(phase, out);
+          for (int q = 0; q < 4; ++q) _mm256_storeu_ps(d + 8 * q, out[q]);
+        }
+      } else if constexpr (S == 2) {
+        store_phase_pair_avx2(drow, yrow, j0, W, phase[0], phase[1], t, act, ih, ahead, H);
+      } else {
+        store_phase_quad_avx2(drow, yrow, j0, W, phase, t, act, ih, ahead, H);
       }
     }
   };
@@ -1557,10 +1618,10 @@ bool avx2_col2im_phases(const ConvGeom& g) {
   return false;
 #endif
 }
-// The gathering col2im at horizontal stride 2 on AVX2 CPUs (col2im_gather_s2_avx2).
-bool avx2_gather_s2(const ConvGeom& g) {
+// The gathering col2im at horizontal stride 2 or 4 on AVX2 CPUs (col2im_gather_phases_avx2).
+bool avx2_gathers(const ConvGeom& g) {
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
-  return g.isa == Isa::avx2 && g.SW == 2 && g.KH <= ValidRows::kMaxKernelHeight &&
+  return g.isa == Isa::avx2 && (g.SW == 2 || g.SW == 4) && g.KH <= ValidRows::kMaxKernelHeight &&
          g.KW <= ValidColumns::kMaxKernelWidth;
 #else
   (void)g;
@@ -1651,7 +1712,7 @@ bool col2im_gathers(const ConvGeom& g) {
     return ((g.SH == 1 && g.SW == 1) || g.SW == 2 || g.SW == 4) &&
            g.KW * ((g.W + 15) / 16) <= kMaxGatherTaps;
   }
-  return avx2_gather_s2(g);
+  return avx2_gathers(g);
 }
 
 namespace {
@@ -1700,10 +1761,23 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
   }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
+  if (g.SW == 4) {
+    GatherFn s4 = &col2im_gather_phases_avx2<4>;
+    if (g.DW == 1 && g.KW == 11) {
+      switch (g.PW % 4) {
+        case 0: s4 = &col2im_gather_phases_avx2_k<4, 11, 0>; break;
+        case 1: s4 = &col2im_gather_phases_avx2_k<4, 11, 1>; break;
+        case 2: s4 = &col2im_gather_phases_avx2_k<4, 11, 2>; break;
+        default: s4 = &col2im_gather_phases_avx2_k<4, 11, 3>; break;
+      }
+    }
+    s4(g, col, ldcol, nch, o0, o1, dx, act, x);
+    return true;
+  }
   const GatherFn s2 = s2_gather_for(g, [](auto kw, auto podd) -> GatherFn {
-    return &col2im_gather_s2_avx2_k<decltype(kw)::value, decltype(podd)::value>;
+    return &col2im_gather_phases_avx2_k<2, decltype(kw)::value, decltype(podd)::value>;
   });
-  (s2 ? s2 : &col2im_gather_s2_avx2)(g, col, ldcol, nch, o0, o1, dx, act, x);
+  (s2 ? s2 : &col2im_gather_phases_avx2<2>)(g, col, ldcol, nch, o0, o1, dx, act, x);
   return true;
 #else
   (void)col, (void)ldcol, (void)nch, (void)o0, (void)o1, (void)dx, (void)act, (void)x;

@@ -47,7 +47,7 @@ void col2im_add_block(const ConvGeom& g, float* col, std::int64_t ldcol, std::in
                       std::int64_t q0, std::int64_t q1, float* dx);
 
 /// True where col2im_gather_rows applies: on AVX-512, stride 1 or horizontal stride 2 or 4
-/// (any vertical stride); on AVX2, horizontal stride 2.
+/// (any vertical stride); on AVX2, horizontal stride 2 or 4.
 bool col2im_gathers(const ConvGeom& g);
 
 /// col2im of whole output rows [o0, o1) of an image (the column block: nch channels' KH*KW rows
