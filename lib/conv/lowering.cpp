@@ -670,9 +670,8 @@ struct DxRow {
 // columns from j0 and stores them (DxRow::store), each 64 bytes asking for their place
 // `ahead` rows on.
 template <int S>
-IM2GEMM_AVX512_W inline void store_phases(const __m512 (&acc)[S], const Interleave& il,
-                                          const DxRow& row, i64 j0, i64 ih, i64 ahead, i64 H) {
-  __m512 out[S];
+IM2GEMM_AVX512 inline void interleave_phases(const __m512 (&acc)[S], const Interleave& il,
+                                             __m512 (&out)[S]) {
   if constexpr (S == 2) {
     out[0] = _mm512_permutex2var_ps(acc[0], il.lo, acc[1]);
     out[1] = _mm512_permutex2var_ps(acc[0], il.hi, acc[1]);
@@ -688,6 +687,15 @@ IM2GEMM_AVX512_W inline void store_phases(const __m512 (&acc)[S], const Interlea
     out[2] = _mm512_permutex2var_ps(a1, il.lo, b1);
     out[3] = _mm512_permutex2var_ps(a1, il.hi, b1);
   }
+}
+
+// Interleaves the S phase sums of a chunk (16 columns of each) into the 16 S dx columns from
+// j0 and stores them (DxRow::store), each 64 bytes asking for their place `ahead` rows on.
+template <int S>
+IM2GEMM_AVX512_W inline void store_phases(const __m512 (&acc)[S], const Interleave& il,
+                                          const DxRow& row, i64 j0, i64 ih, i64 ahead, i64 H) {
+  __m512 out[S];
+  interleave_phases<S>(acc, il, out);
   for (int q = 0; q < S; ++q) {
     row.store(j0 + 16 * q, out[q]);
     prefetch_dx_ahead(row.drow + j0 + 16 * q, ih, ahead, H, row.W);
@@ -806,23 +814,26 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512(const ConvGeom& g, const float
       });
 }
 
-// col2im_gather_phases_avx512<2> for dilation 1 and kernel widths 3, 5 and 7, with the width
-// and the padding's parity (PODD = PW % 2) as constants: tap kw reaches phase (kw + PODD) % 2,
-// so the tap loop unrolls, each tap sums into its own register, and every chunk takes one
-// path of masked loads (all lanes set inside the row). The generic loop, short loops over
-// run-time tap lists with its accumulators spilled between them, ran as slowly with its
-// column block in L2 as in L3: its instructions, not the column block, held it back.
-template <int KWT, int PODD>
-IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* col, i64 ldcol,
-                                              i64 nch, i64 o0, i64 o1, float* dx, Activation act,
-                                              const float* x) {
+// col2im_gather_phases_avx512<S> for dilation 1 with the kernel width and the padding's phase
+// (PM = PW % S) as constants: tap kw reaches phase (kw - PM) mod S, so the tap loop unrolls,
+// each tap sums into its own register, and every chunk takes one path of masked loads (all
+// lanes set inside the row). The generic loop, short loops over run-time tap lists with its
+// accumulators spilled between them, ran as slowly with its column block in L2 as in L3: its
+// instructions, not the column block, held it back. Instances: stride 2 and widths 3, 5, 7;
+// stride 4 and width 11.
+template <int S, int KWT, int PM>
+IM2GEMM_AVX512_W void col2im_gather_phases_avx512_k(const ConvGeom& g, const float* col, i64 ldcol,
+                                                    i64 nch, i64 o0, i64 o1, float* dx,
+                                                    Activation act, const float* x) {
+  static_assert(S == 2 || S == 4);
   constexpr int KW = KWT;
+  constexpr auto phase_of = [](int kw) { return ((kw - PM) % S + S) % S; };
   const i64 H = g.H, W = g.W, OW = g.OW;
-  const i64 nchunks = (W + 31) / 32;  // 32 dx columns: 16 of each phase
+  const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
   // Tap kw: phase column m takes output column m + off[kw] (an exact division: the phase
-  // has the parity of kw - PW).
+  // is kw - PW's remainder).
   i64 off[KW];
-  for (int kw = 0; kw < KW; ++kw) off[kw] = (((kw + PODD) & 1) + g.PW - kw) / 2;
+  for (int kw = 0; kw < KW; ++kw) off[kw] = (phase_of(kw) + g.PW - kw) / S;
   // [chunk][kw]: lanes m with 0 <= m + off < OW (lanes past the dx row are summed, never
   // stored).
   __mmask16 tap[kMaxGatherTaps];
@@ -831,14 +842,15 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
       tap[k * KW + kw] = lane_range(-16 * k - off[kw], OW - 16 * k - off[kw]);
     }
   }
-  // The row's last chunk: the dx lanes of its two stores that lie in the row (the others
-  // store all 32 columns).
+  // The row's last chunk: the dx lanes of its S stores that lie in the row (the others
+  // store all 16 S columns).
   const i64 last = nchunks - 1;
-  const __mmask16 out0 = lane_range(0, W - 32 * last), out1 = lane_range(0, W - 32 * last - 16);
+  __mmask16 out_last[S];
+  for (int q = 0; q < S; ++q) out_last[q] = lane_range(0, W - 16 * S * last - 16 * q);
   const Interleave il;
   const i64 ahead = dx_rows_ahead(g, nch);
   // One dx row from NT tap rows (0: t.n at run time). PLAIN: the row is written once, as is
-  // (first and final, no derivative): two stores a chunk, masked on the last only.
+  // (first and final, no derivative): S stores a chunk, masked on the last only.
   auto gather_row = [&]<int NT, bool PLAIN>(i64 ih, const GatherRows::Taps& t,
                                             const float* const* rows, float* drow,
                                             const float* xrow) IM2GEMM_AVX512_W {
@@ -848,40 +860,38 @@ IM2GEMM_AVX512_W void col2im_gather_s2_avx512(const ConvGeom& g, const float* co
     for (i64 k = 0; k < nchunks; ++k) {
       const __mmask16* tk = tap + k * KW;
       __m512 acc[KW];
-#pragma GCC unroll 8
+#pragma GCC unroll 12
       for (int kw = 0; kw < KW; ++kw) acc[kw] = _mm512_setzero_ps();
 #pragma GCC unroll 4
       for (int r = 0; r < nt; ++r) {
         const float* base = rows[r] + 16 * k;
-#pragma GCC unroll 8
+#pragma GCC unroll 12
         for (int kw = 0; kw < KW; ++kw) {
           acc[kw] =
               _mm512_add_ps(acc[kw],
                             _mm512_maskz_loadu_ps(tk[kw], offset(base, kw * ldcol + off[kw])));
         }
       }
-      __m512 phase[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-#pragma GCC unroll 8
+      __m512 phase[S];
+      for (int p = 0; p < S; ++p) phase[p] = _mm512_setzero_ps();
+#pragma GCC unroll 12
       for (int kw = 0; kw < KW; ++kw) {
-        phase[(kw + PODD) & 1] = _mm512_add_ps(phase[(kw + PODD) & 1], acc[kw]);
+        phase[phase_of(kw)] = _mm512_add_ps(phase[phase_of(kw)], acc[kw]);
       }
       if constexpr (PLAIN) {
-        float* d = drow + 32 * k;
-        const __m512 lo = _mm512_permutex2var_ps(phase[0], il.lo, phase[1]);
-        const __m512 hi = _mm512_permutex2var_ps(phase[0], il.hi, phase[1]);
-        if (k < last) {
-          _mm512_storeu_ps(d, lo);
-          _mm512_storeu_ps(d + 16, hi);
-        } else {
-          _mm512_mask_storeu_ps(d, out0, lo);
-          _mm512_mask_storeu_ps(d + 16, out1, hi);
-        }
-        if (fetch) {
-          __builtin_prefetch(d + ahead * W, 1, 3);
-          __builtin_prefetch(d + 16 + ahead * W, 1, 3);
+        float* d = drow + 16 * S * k;
+        __m512 out[S];
+        interleave_phases<S>(phase, il, out);
+        for (int q = 0; q < S; ++q) {
+          if (k < last) {
+            _mm512_storeu_ps(d + 16 * q, out[q]);
+          } else {
+            _mm512_mask_storeu_ps(d + 16 * q, out_last[q], out[q]);
+          }
+          if (fetch) __builtin_prefetch(d + 16 * q + ahead * W, 1, 3);
         }
       } else {
-        store_phases<2>(phase, il, dxrow, 32 * k, ih, ahead, H);
+        store_phases<S>(phase, il, dxrow, 16 * S * k, ih, ahead, H);
       }
     }
   };
@@ -1735,6 +1745,18 @@ template <class Pick>
     default: return nullptr;
   }
 }
+// The same at stride 4: kernel width 11 at dilation 1 (alexnet_conv1), as pick(pm) names it
+// for std::integral_constant<int, PW % 4>.
+template <class Pick>
+[[maybe_unused]] GatherFn s4_gather_for(const ConvGeom& g, Pick pick) {
+  if (g.DW != 1 || g.KW != 11) return nullptr;
+  switch (g.PW % 4) {
+    case 0: return pick(std::integral_constant<int, 0>{});
+    case 1: return pick(std::integral_constant<int, 1>{});
+    case 2: return pick(std::integral_constant<int, 2>{});
+    default: return pick(std::integral_constant<int, 3>{});
+  }
+}
 }  // namespace
 
 bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch, i64 o0, i64 o1,
@@ -1751,27 +1773,24 @@ bool col2im_gather_rows(const ConvGeom& g, const float* col, i64 ldcol, i64 nch,
       }
     } else if (g.SW == 2) {
       const GatherFn s2 = s2_gather_for(g, [](auto kw, auto podd) -> GatherFn {
-        return &col2im_gather_s2_avx512<decltype(kw)::value, decltype(podd)::value>;
+        return &col2im_gather_phases_avx512_k<2, decltype(kw)::value, decltype(podd)::value>;
       });
       (s2 ? s2 : &col2im_gather_phases_avx512<2>)(g, col, ldcol, nch, o0, o1, dx, act, x);
     } else {
-      col2im_gather_phases_avx512<4>(g, col, ldcol, nch, o0, o1, dx, act, x);
+      const GatherFn s4 = s4_gather_for(g, [](auto pm) -> GatherFn {
+        return &col2im_gather_phases_avx512_k<4, 11, decltype(pm)::value>;
+      });
+      (s4 ? s4 : &col2im_gather_phases_avx512<4>)(g, col, ldcol, nch, o0, o1, dx, act, x);
     }
     return true;
   }
 #endif
 #ifdef IM2GEMM_HAVE_AVX2_LOWERING
   if (g.SW == 4) {
-    GatherFn s4 = &col2im_gather_phases_avx2<4>;
-    if (g.DW == 1 && g.KW == 11) {
-      switch (g.PW % 4) {
-        case 0: s4 = &col2im_gather_phases_avx2_k<4, 11, 0>; break;
-        case 1: s4 = &col2im_gather_phases_avx2_k<4, 11, 1>; break;
-        case 2: s4 = &col2im_gather_phases_avx2_k<4, 11, 2>; break;
-        default: s4 = &col2im_gather_phases_avx2_k<4, 11, 3>; break;
-      }
-    }
-    s4(g, col, ldcol, nch, o0, o1, dx, act, x);
+    const GatherFn s4 = s4_gather_for(g, [](auto pm) -> GatherFn {
+      return &col2im_gather_phases_avx2_k<4, 11, decltype(pm)::value>;
+    });
+    (s4 ? s4 : &col2im_gather_phases_avx2<4>)(g, col, ldcol, nch, o0, o1, dx, act, x);
     return true;
   }
   const GatherFn s2 = s2_gather_for(g, [](auto kw, auto podd) -> GatherFn {
