@@ -1497,9 +1497,28 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
   const i64 k_in = phases.k_in, k_out = phases.k_out;
   i64 off[KW];
   for (int kw = 0; kw < KW; ++kw) off[kw] = phases.off[kw];
+  // Tap kw's load mask in chunk k: lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off.
+  auto tap_mask = [&](i64 k, int kw) IM2GEMM_AVX2 {
+    const i64 a = 8 * k + off[kw];
+    return lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
+  };
+  // The masks of the edge chunks (before k_in, from k_out), up to kEdge on each side, made
+  // once a call instead of once a row; edge_slot(k) is -1 for chunks past those.
+  constexpr i64 kEdge = 4;
+  auto edge_slot = [&](i64 k) -> i64 {
+    if (k < k_in) return k < kEdge ? k : -1;
+    return nchunks - 1 - k < kEdge ? kEdge + (nchunks - 1 - k) : -1;
+  };
+  __m256i edge[2 * kEdge][KW];
+  for (i64 k = 0; k < nchunks; ++k) {
+    if (k >= k_in && k < k_out) continue;
+    const i64 e = edge_slot(k);
+    if (e < 0) continue;
+    for (int kw = 0; kw < KW; ++kw) edge[e][kw] = tap_mask(k, kw);
+  }
   const i64 ahead = dx_rows_ahead(g, nch);
   // One dx row from NT tap rows (0: t.n at run time). PLAIN: the row is written once, as is
-  // (first and final, no derivative): S plain stores a chunk inside the row.
+  // (first and final, no derivative): plain stores of its whole 8-column parts.
   auto gather_row = [&]<int NT, bool PLAIN>(i64 ih, const GatherRows::Taps& t,
                                             const float* const* rows, float* drow,
                                             const float* yrow) IM2GEMM_AVX2 {
@@ -1519,12 +1538,10 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
           }
         }
       } else {
-        __m256i m[KW];  // lanes [max(0, -a), min(OW - a, cols - 8 k)), a = 8 k + off
+        __m256i m[KW];
+        const i64 e = edge_slot(k);
 #pragma GCC unroll 12
-        for (int kw = 0; kw < KW; ++kw) {
-          const i64 a = 8 * k + off[kw];
-          m[kw] = lane_range_avx2(-a, std::min(OW - a, phases.cols[kw] - 8 * k));
-        }
+        for (int kw = 0; kw < KW; ++kw) m[kw] = e >= 0 ? edge[e][kw] : tap_mask(k, kw);
 #pragma GCC unroll 4
         for (int r = 0; r < nt; ++r) {
           const float* base = rows[r] + 8 * k;
@@ -1548,19 +1565,26 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
         for (int p = 0; p < S; ++p) phase[p] = acc[p];
       }
       const i64 j0 = 8 * S * k;
-      if (PLAIN && j0 + 8 * S <= W) {
+      if constexpr (PLAIN) {
         float* d = drow + j0;
-        if (ih + ahead < H) __builtin_prefetch(d + ahead * W, 1, 3);
+        __m256 out[S];
         if constexpr (S == 2) {
           const __m256 lo = _mm256_unpacklo_ps(phase[0], phase[1]);
           const __m256 hi = _mm256_unpackhi_ps(phase[0], phase[1]);
-          _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
-          _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+          out[0] = _mm256_permute2f128_ps(lo, hi, 0x20);
+          out[1] = _mm256_permute2f128_ps(lo, hi, 0x31);
         } else {
-          if (ih + ahead < H) __builtin_prefetch(d + 16 + ahead * W, 1, 3);
-          __m256 out[4];
           interleave4_avx2(phase, out);
-          for (int q = 0; q < 4; ++q) _mm256_storeu_ps(d + 8 * q, out[q]);
+        }
+        if (ih + ahead < H) {
+          for (int q = 0; q < S; q += 2) __builtin_prefetch(d + 8 * q + ahead * W, 1, 3);
+        }
+        for (int q = 0; q < S; ++q) {  // the row's end: store_dx_avx2 (fewer floats, or none)
+          if (j0 + 8 * q + 8 <= W) {
+            _mm256_storeu_ps(d + 8 * q, out[q]);
+          } else {
+            store_dx_avx2(drow, yrow, j0 + 8 * q, W, out[q], true, true, act);
+          }
         }
       } else if constexpr (S == 2) {
         store_phase_pair_avx2(drow, yrow, j0, W, phase[0], phase[1], t, act, ih, ahead, H);
