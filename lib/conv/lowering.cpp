@@ -143,6 +143,27 @@ template <class Row>
   }
 }
 
+// Calls row.operator()<NT, PLAIN>(ih, t, rows, drow, xrow) for a dx row of a
+// width-specialised gather: NT its tap rows as a constant (1-4; 0: t.n at run time), PLAIN
+// where the row is written once as it is (first and final, no derivative). No ISA of its own:
+// always inlined into the AVX-512 and AVX2 gathers' row lambdas.
+template <class Row>
+[[gnu::always_inline]] inline void dispatch_gather_row(Row& row, Activation act, i64 ih,
+                                                       const GatherRows::Taps& t,
+                                                       const float* const* rows, float* drow,
+                                                       const float* xrow) {
+  if (t.first && t.final && act == Activation::identity) {
+    switch (t.n) {
+      case 1: return row.template operator()<1, true>(ih, t, rows, drow, xrow);
+      case 2: return row.template operator()<2, true>(ih, t, rows, drow, xrow);
+      case 3: return row.template operator()<3, true>(ih, t, rows, drow, xrow);
+      case 4: return row.template operator()<4, true>(ih, t, rows, drow, xrow);
+      default: break;
+    }
+  }
+  row.template operator()<0, false>(ih, t, rows, drow, xrow);
+}
+
 // The column phases of a gather at horizontal stride S (col2im_gather_phases_*), with chunks
 // of V phase columns: tap kw reaches phase ph[kw] only, where phase column m takes output
 // column m + off[kw]; cols[kw] phase columns lie in the dx row. Chunks [k_in, k_out) have
@@ -895,21 +916,11 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512_k(const ConvGeom& g, const flo
       }
     }
   };
-  for_each_gather_row(
-      g, col, ldcol, nch, o0, o1, dx, x,
-      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
-          const float* xrow) IM2GEMM_AVX512_W {
-        if (t.first && t.final && act == Activation::identity) {
-          switch (t.n) {
-            case 1: return gather_row.template operator()<1, true>(ih, t, rows, drow, xrow);
-            case 2: return gather_row.template operator()<2, true>(ih, t, rows, drow, xrow);
-            case 3: return gather_row.template operator()<3, true>(ih, t, rows, drow, xrow);
-            case 4: return gather_row.template operator()<4, true>(ih, t, rows, drow, xrow);
-            default: break;
-          }
-        }
-        gather_row.template operator()<0, false>(ih, t, rows, drow, xrow);
-      });
+  for_each_gather_row(g, col, ldcol, nch, o0, o1, dx, x,
+                      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+                          const float* xrow) IM2GEMM_AVX512_W {
+                        dispatch_gather_row(gather_row, act, ih, t, rows, drow, xrow);
+                      });
 }
 
 // ---- AVX-512: im2col of planes of at most 64 floats ---------------------------------------
@@ -1593,21 +1604,11 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
       }
     }
   };
-  for_each_gather_row(
-      g, col, ldcol, nch, o0, o1, dx, x,
-      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
-          const float* yrow) IM2GEMM_AVX2 {
-        if (t.first && t.final && act == Activation::identity) {
-          switch (t.n) {
-            case 1: return gather_row.template operator()<1, true>(ih, t, rows, drow, yrow);
-            case 2: return gather_row.template operator()<2, true>(ih, t, rows, drow, yrow);
-            case 3: return gather_row.template operator()<3, true>(ih, t, rows, drow, yrow);
-            case 4: return gather_row.template operator()<4, true>(ih, t, rows, drow, yrow);
-            default: break;
-          }
-        }
-        gather_row.template operator()<0, false>(ih, t, rows, drow, yrow);
-      });
+  for_each_gather_row(g, col, ldcol, nch, o0, o1, dx, x,
+                      [&](i64 ih, const GatherRows::Taps& t, const float* const* rows, float* drow,
+                          const float* yrow) IM2GEMM_AVX2 {
+                        dispatch_gather_row(gather_row, act, ih, t, rows, drow, yrow);
+                      });
 }
 
 }  // namespace
