@@ -283,7 +283,7 @@ TEST_CASE(
     CHECK(fwd(vgg) == GemmBackend::packed);
     // Strides 2..4: packed where the plan packs from column phases (every vector ISA;
     // openblas where it would pack with strided loads: folded images) and each input float
-    // feeds F*KH*KW/(SH*SW) >= 512 multiply-adds; stride 5: openblas.
+    // feeds F*KH*KW/(SH*SW) >= 256 multiply-adds; stride 5: openblas.
     const GemmBackend phases = im2gemm::detail::phase_packer(isa).pack != nullptr
                                    ? GemmBackend::packed
                                    : GemmBackend::openblas;
@@ -300,8 +300,10 @@ TEST_CASE(
     // third of AVX-512's 48 lanes.
     CHECK(fwd(strided(96, 11, 4)) == (isa == Isa::avx2 ? phases : GemmBackend::openblas));
     CHECK(fwd(strided(256, 3, 2)) == phases);                 // 576
-    CHECK(fwd(strided(128, 3, 2)) == GemmBackend::openblas);  // resnet_3x3s2's: 288
-    CHECK(fwd(strided(256, 3, 3)) == GemmBackend::openblas);  // 256
+    CHECK(fwd(strided(128, 3, 2)) == phases);                 // resnet_3x3s2's: 288
+    CHECK(fwd(strided(256, 3, 3)) == phases);                 // 256
+    CHECK(fwd(strided(224, 3, 3)) == GemmBackend::openblas);  // 224
+    CHECK(fwd(strided(64, 3, 2)) == GemmBackend::openblas);   // 144
     CHECK(fwd(strided(256, 5, 5)) == GemmBackend::openblas);  // stride 5
     Conv2dShape folded = strided(64, 7, 2);  // 14x14 -> 7x7: 49-pixel images side by side
     folded.in_height = folded.in_width = 14;

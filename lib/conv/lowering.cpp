@@ -687,9 +687,8 @@ struct DxRow {
   }
 };
 
-// Interleaves the S phase sums of a chunk (16 columns of each phase) into the 16 S dx
-// columns from j0 and stores them (DxRow::store), each 64 bytes asking for their place
-// `ahead` rows on.
+// The S phase sums of a chunk (16 columns of each phase) interleaved into its 16 S dx
+// columns, out[q] = columns [16 q, 16 q + 16).
 template <int S>
 IM2GEMM_AVX512 inline void interleave_phases(const __m512 (&acc)[S], const Interleave& il,
                                              __m512 (&out)[S]) {

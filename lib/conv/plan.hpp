@@ -85,7 +85,7 @@ inline constexpr std::int64_t kMaxPackedForwardStride = 4;
 /// ... and where each float of the split image feeds at least this many multiply-adds,
 /// F/groups*KH*KW / (SH*SW): the split's cost is over the input, the GEMM's over this
 /// factor.
-inline constexpr std::int64_t kMinPhaseMacsPerInput = 512;
+inline constexpr std::int64_t kMinPhaseMacsPerInput = 256;
 inline constexpr std::int64_t kMaxNarrowPanelLanes = 16;
 inline constexpr std::int64_t kMinPackedRowPixels = 16;
 inline constexpr std::int64_t kMinPackedK = 64;
