@@ -164,6 +164,14 @@ template <class Row>
   row.template operator()<0, false>(ih, t, rows, drow, xrow);
 }
 
+// The column phase that kernel column kw reaches at horizontal stride S, dilation 1 and a
+// padding of PM mod S (GatherPhases::ph for those constants): the width-specialised gathers'
+// compile-time twin.
+template <int S, int PM>
+constexpr int tap_phase(int kw) {
+  return ((kw - PM) % S + S) % S;
+}
+
 // The column phases of a gather at horizontal stride S (col2im_gather_phases_*), with chunks
 // of V phase columns: tap kw reaches phase ph[kw] only, where phase column m takes output
 // column m + off[kw]; cols[kw] phase columns lie in the dx row. Chunks [k_in, k_out) have
@@ -847,13 +855,12 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512_k(const ConvGeom& g, const flo
                                                     Activation act, const float* x) {
   static_assert(S == 2 || S == 4);
   constexpr int KW = KWT;
-  constexpr auto phase_of = [](int kw) { return ((kw - PM) % S + S) % S; };
   const i64 H = g.H, W = g.W, OW = g.OW;
   const i64 nchunks = (W + 16 * S - 1) / (16 * S);  // 16 S dx columns: 16 of each phase
   // Tap kw: phase column m takes output column m + off[kw] (an exact division: the phase
   // is kw - PW's remainder).
   i64 off[KW];
-  for (int kw = 0; kw < KW; ++kw) off[kw] = (phase_of(kw) + g.PW - kw) / S;
+  for (int kw = 0; kw < KW; ++kw) off[kw] = (tap_phase<S, PM>(kw) + g.PW - kw) / S;
   // [chunk][kw]: lanes m with 0 <= m + off < OW (lanes past the dx row are summed, never
   // stored).
   __mmask16 tap[kMaxGatherTaps];
@@ -896,7 +903,7 @@ IM2GEMM_AVX512_W void col2im_gather_phases_avx512_k(const ConvGeom& g, const flo
       for (int p = 0; p < S; ++p) phase[p] = _mm512_setzero_ps();
 #pragma GCC unroll 12
       for (int kw = 0; kw < KW; ++kw) {
-        phase[phase_of(kw)] = _mm512_add_ps(phase[phase_of(kw)], acc[kw]);
+        phase[tap_phase<S, PM>(kw)] = _mm512_add_ps(phase[tap_phase<S, PM>(kw)], acc[kw]);
       }
       if constexpr (PLAIN) {
         float* d = drow + 16 * S * k;
@@ -1381,18 +1388,6 @@ IM2GEMM_AVX2 inline void store_dx_avx2(float* drow, const float* yrow, i64 j, i6
   for (i64 l = 0; l < n; ++l) drow[j + l] = buf[l];
 }
 
-// Interleaves the even and odd phase sums of a chunk (8 columns of each) into the 16 dx
-// columns from j0 and stores them (store_dx_avx2), asking for their place `ahead` rows on
-// first (as prefetch_dx_ahead, for reading: PREFETCHW is not in AVX2's baseline).
-IM2GEMM_AVX2 inline void store_phase_pair_avx2(float* drow, const float* yrow, i64 j0, i64 W,
-                                               __m256 even, __m256 odd, const GatherRows::Taps& t,
-                                               Activation act, i64 ih, i64 ahead, i64 H) {
-  const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
-  if (ih + ahead < H) __builtin_prefetch(drow + j0 + ahead * W, 1, 3);
-  store_dx_avx2(drow, yrow, j0, W, _mm256_permute2f128_ps(lo, hi, 0x20), t.first, t.final, act);
-  store_dx_avx2(drow, yrow, j0 + 8, W, _mm256_permute2f128_ps(lo, hi, 0x31), t.first, t.final, act);
-}
-
 // Lanes of an 8-lane chunk in [from, to), as a mask of _mm256_maskload_ps.
 IM2GEMM_AVX2 inline __m256i lane_range_avx2(i64 from, i64 to) {
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -1401,33 +1396,48 @@ IM2GEMM_AVX2 inline __m256i lane_range_avx2(i64 from, i64 to) {
                           _mm256_cmpgt_epi32(_mm256_set1_epi32(clamp8(to)), iota));
 }
 
-// The four phase sums of a stride-4 chunk (8 columns of each) interleaved into its 32 dx
-// columns, out[q] = columns [8 q, 8 q + 8): a 4 x 8 transpose (unpacks, then lane permutes).
-IM2GEMM_AVX2 inline void interleave4_avx2(const __m256 (&p)[4], __m256 (&out)[4]) {
-  const __m256 t0 = _mm256_unpacklo_ps(p[0], p[2]), t1 = _mm256_unpacklo_ps(p[1], p[3]);
-  const __m256 t2 = _mm256_unpackhi_ps(p[0], p[2]), t3 = _mm256_unpackhi_ps(p[1], p[3]);
-  // u0: columns 0 and 4 of each phase; u1: 1 and 5; u2: 2 and 6; u3: 3 and 7.
-  const __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
-  const __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
-  out[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
-  out[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
-  out[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
-  out[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+// The S phase sums of a chunk (8 columns of each) interleaved into its 8 S dx columns,
+// out[q] = columns [8 q, 8 q + 8): unpacks, then lane permutes (at stride 4 a 4 x 8
+// transpose).
+template <int S>
+IM2GEMM_AVX2 inline void interleave_phases_avx2(const __m256 (&p)[S], __m256 (&out)[S]) {
+  static_assert(S == 2 || S == 4);
+  if constexpr (S == 2) {
+    const __m256 lo = _mm256_unpacklo_ps(p[0], p[1]), hi = _mm256_unpackhi_ps(p[0], p[1]);
+    out[0] = _mm256_permute2f128_ps(lo, hi, 0x20);
+    out[1] = _mm256_permute2f128_ps(lo, hi, 0x31);
+  } else {
+    const __m256 t0 = _mm256_unpacklo_ps(p[0], p[2]), t1 = _mm256_unpacklo_ps(p[1], p[3]);
+    const __m256 t2 = _mm256_unpackhi_ps(p[0], p[2]), t3 = _mm256_unpackhi_ps(p[1], p[3]);
+    // u0: columns 0 and 4 of each phase; u1: 1 and 5; u2: 2 and 6; u3: 3 and 7.
+    const __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
+    const __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
+    out[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+    out[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+    out[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+    out[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+  }
 }
 
-// Stores the 32 dx columns of a stride-4 chunk from j0 (store_dx_avx2), asking for their
-// place `ahead` rows on first.
-IM2GEMM_AVX2 inline void store_phase_quad_avx2(float* drow, const float* yrow, i64 j0, i64 W,
-                                               const __m256 (&p)[4], const GatherRows::Taps& t,
-                                               Activation act, i64 ih, i64 ahead, i64 H) {
-  __m256 out[4];
-  interleave4_avx2(p, out);
+// Stores the 8 S dx columns of a chunk from j0 (plain stores where the row is written once as
+// it is and the 8 columns lie in it, else store_dx_avx2), asking for their place `ahead` rows
+// on first (as prefetch_dx_ahead, for reading: PREFETCHW is not in AVX2's baseline).
+template <int S, bool PLAIN>
+[[gnu::always_inline]] IM2GEMM_AVX2 inline void store_phases_avx2(
+    float* drow, const float* yrow, i64 j0, i64 W, const __m256 (&p)[S], const GatherRows::Taps& t,
+    Activation act, i64 ih, i64 ahead, i64 H) {
+  __m256 out[S];
+  interleave_phases_avx2<S>(p, out);
   if (ih + ahead < H) {
-    __builtin_prefetch(drow + j0 + ahead * W, 1, 3);
-    __builtin_prefetch(drow + j0 + 16 + ahead * W, 1, 3);
+    for (int q = 0; q < S; q += 2) __builtin_prefetch(drow + j0 + 8 * q + ahead * W, 1, 3);
   }
-  for (int q = 0; q < 4; ++q) {
-    store_dx_avx2(drow, yrow, j0 + 8 * q, W, out[q], t.first, t.final, act);
+  for (int q = 0; q < S; ++q) {
+    const i64 j = j0 + 8 * q;
+    if (PLAIN && j + 8 <= W) {
+      _mm256_storeu_ps(drow + j, out[q]);
+    } else {
+      store_dx_avx2(drow, yrow, j, W, out[q], PLAIN || t.first, PLAIN || t.final, act);
+    }
   }
 }
 
@@ -1476,17 +1486,13 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2(const ConvGeom& g, const float* col,
               }
             }
           }
-          if constexpr (S == 2) {
-            store_phase_pair_avx2(drow, yrow, 16 * k, W, acc[0], acc[1], t, act, ih, ahead, H);
-          } else {
-            store_phase_quad_avx2(drow, yrow, 32 * k, W, acc, t, act, ih, ahead, H);
-          }
+          store_phases_avx2<S, false>(drow, yrow, 8 * S * k, W, acc, t, act, ih, ahead, H);
         }
       });
 }
 
 // col2im_gather_phases_avx2<S> for dilation 1 with the kernel width and the padding's phase
-// (PM = PW % S) as constants (col2im_gather_s2_avx512's reasons): tap kw reaches phase
+// (PM = PW % S) as constants (col2im_gather_phases_avx512_k's reasons): tap kw reaches phase
 // (kw - PM) mod S, so the tap loop unrolls and, for kernels of up to 7 columns, each tap sums
 // into its own register (wider ones straight into their phase's: 11 taps' registers would
 // not fit AVX2's 16). Instances: stride 2 and widths 3, 5, 7; stride 4 and width 11.
@@ -1498,9 +1504,8 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
   constexpr int KW = KWT;
   constexpr bool kPerTap = KW <= 7;
   constexpr int kAcc = kPerTap ? KW : S;
-  // The accumulator of tap kw, and the phase it reaches.
-  [[maybe_unused]] constexpr auto phase_of = [](int kw) { return ((kw - PM) % S + S) % S; };
-  constexpr auto slot = [](int kw) { return kPerTap ? kw : ((kw - PM) % S + S) % S; };
+  // Tap kw's accumulator: its own, or its phase's (tap_phase).
+  constexpr auto slot = [](int kw) { return kPerTap ? kw : tap_phase<S, PM>(kw); };
   const i64 H = g.H, W = g.W, OW = g.OW;
   const i64 nchunks = (W + 8 * S - 1) / (8 * S);
   const GatherPhases<S> phases(g, ldcol, 8, nchunks);
@@ -1537,70 +1542,43 @@ IM2GEMM_AVX2 void col2im_gather_phases_avx2_k(const ConvGeom& g, const float* co
       __m256 acc[kAcc];
 #pragma GCC unroll 12
       for (int i = 0; i < kAcc; ++i) acc[i] = _mm256_setzero_ps();
-      if (k >= k_in && k < k_out) {
+      // Every tap of the chunk's nt rows into its accumulator, load(p, kw) reading tap kw's
+      // 8 floats at p (which may lie outside the row where the load is masked).
+      auto add_taps = [&](auto load) __attribute__((always_inline)) IM2GEMM_AVX2 {
 #pragma GCC unroll 4
         for (int r = 0; r < nt; ++r) {
           const float* base = rows[r] + 8 * k;
 #pragma GCC unroll 12
           for (int kw = 0; kw < KW; ++kw) {
             acc[slot(kw)] =
-                _mm256_add_ps(acc[slot(kw)], _mm256_loadu_ps(base + kw * ldcol + off[kw]));
+                _mm256_add_ps(acc[slot(kw)], load(offset(base, kw * ldcol + off[kw]), kw));
           }
         }
+      };
+      if (k >= k_in && k < k_out) {
+        // (Capturing: a capture-less lambda's function-pointer conversion would be built
+        // without AVX, and return a __m256 under the baseline ABI.)
+        add_taps([&](const float* p, int) __attribute__((always_inline))
+                 IM2GEMM_AVX2 { return _mm256_loadu_ps(p); });
       } else {
         __m256i m[KW];
         const i64 e = edge_slot(k);
 #pragma GCC unroll 12
         for (int kw = 0; kw < KW; ++kw) m[kw] = e >= 0 ? edge[e][kw] : tap_mask(k, kw);
-#pragma GCC unroll 4
-        for (int r = 0; r < nt; ++r) {
-          const float* base = rows[r] + 8 * k;
-#pragma GCC unroll 12
-          for (int kw = 0; kw < KW; ++kw) {
-            // The base may lie outside the row: only the mask's lanes are read.
-            acc[slot(kw)] =
-                _mm256_add_ps(acc[slot(kw)],
-                              _mm256_maskload_ps(offset(base, kw * ldcol + off[kw]), m[kw]));
-          }
-        }
+        add_taps([&](const float* p, int kw) __attribute__((always_inline))
+                 IM2GEMM_AVX2 { return _mm256_maskload_ps(p, m[kw]); });
       }
       __m256 phase[S];
       if constexpr (kPerTap) {
         for (int p = 0; p < S; ++p) phase[p] = _mm256_setzero_ps();
 #pragma GCC unroll 12
         for (int kw = 0; kw < KW; ++kw) {
-          phase[phase_of(kw)] = _mm256_add_ps(phase[phase_of(kw)], acc[kw]);
+          phase[tap_phase<S, PM>(kw)] = _mm256_add_ps(phase[tap_phase<S, PM>(kw)], acc[kw]);
         }
       } else {
         for (int p = 0; p < S; ++p) phase[p] = acc[p];
       }
-      const i64 j0 = 8 * S * k;
-      if constexpr (PLAIN) {
-        float* d = drow + j0;
-        __m256 out[S];
-        if constexpr (S == 2) {
-          const __m256 lo = _mm256_unpacklo_ps(phase[0], phase[1]);
-          const __m256 hi = _mm256_unpackhi_ps(phase[0], phase[1]);
-          out[0] = _mm256_permute2f128_ps(lo, hi, 0x20);
-          out[1] = _mm256_permute2f128_ps(lo, hi, 0x31);
-        } else {
-          interleave4_avx2(phase, out);
-        }
-        if (ih + ahead < H) {
-          for (int q = 0; q < S; q += 2) __builtin_prefetch(d + 8 * q + ahead * W, 1, 3);
-        }
-        for (int q = 0; q < S; ++q) {  // the row's end: store_dx_avx2 (fewer floats, or none)
-          if (j0 + 8 * q + 8 <= W) {
-            _mm256_storeu_ps(d + 8 * q, out[q]);
-          } else {
-            store_dx_avx2(drow, yrow, j0 + 8 * q, W, out[q], true, true, act);
-          }
-        }
-      } else if constexpr (S == 2) {
-        store_phase_pair_avx2(drow, yrow, j0, W, phase[0], phase[1], t, act, ih, ahead, H);
-      } else {
-        store_phase_quad_avx2(drow, yrow, j0, W, phase, t, act, ih, ahead, H);
-      }
+      store_phases_avx2<S, PLAIN>(drow, yrow, 8 * S * k, W, phase, t, act, ih, ahead, H);
     }
   };
   for_each_gather_row(g, col, ldcol, nch, o0, o1, dx, x,
